@@ -1,0 +1,24 @@
+"""Organisations (the customers) and their API keys."""
+
+from modelmint.accounts.keys import (
+    KeyInfo,
+    create_key,
+    hash_secret,
+    list_keys,
+    lookup_key,
+    revoke_key,
+)
+from modelmint.accounts.orgs import create_org, ensure_org, get_org, list_orgs
+
+__all__ = [
+    "KeyInfo",
+    "create_key",
+    "create_org",
+    "ensure_org",
+    "get_org",
+    "hash_secret",
+    "list_keys",
+    "list_orgs",
+    "lookup_key",
+    "revoke_key",
+]

@@ -1,0 +1,135 @@
+"""API keys: created once, shown once, stored only as a SHA-256 hash.
+
+Keys carry 256 bits of randomness, so a fast hash is enough: no password-style
+stretching is needed to resist guessing, and the hot path can hash every request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from modelmint.errors import InvalidRequest, NotFound
+from modelmint.storage.db import new_id, utcnow
+from modelmint.storage.tables import ApiKey, Organization
+
+__all__ = ["KeyInfo", "create_key", "hash_secret", "list_keys", "lookup_key", "revoke_key"]
+
+SECRET_PREFIX = "mm-"
+# How much of the secret is kept in clear to tell keys apart: "mm-" + 8 characters.
+SHOWN_CHARS = 11
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """What the gateway needs to know about a key, safe to cache in memory."""
+
+    id: str
+    organization_id: str
+    prefix: str
+    models: frozenset[str] | None
+    rpm_limit: int | None
+    tpm_limit: int | None
+    expires_at: datetime | None
+    revoked: bool
+
+    def allows(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+    def usable_at(self, now: datetime) -> bool:
+        return not self.revoked and (self.expires_at is None or now < self.expires_at)
+
+    @classmethod
+    def of(cls, row: ApiKey) -> KeyInfo:
+        return cls(
+            id=row.id,
+            organization_id=row.organization_id,
+            prefix=row.prefix,
+            models=frozenset(row.models) if row.models is not None else None,
+            rpm_limit=row.rpm_limit,
+            tpm_limit=row.tpm_limit,
+            expires_at=row.expires_at,
+            revoked=row.revoked_at is not None,
+        )
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def create_key(
+    session: Session,
+    organization: Organization,
+    *,
+    name: str = "",
+    models: list[str] | None = None,
+    expires_at: datetime | None = None,
+    rpm_limit: int | None = None,
+    tpm_limit: int | None = None,
+) -> tuple[ApiKey, str]:
+    """Create a key; returns the row and the secret, which is never retrievable again."""
+    if rpm_limit is not None and rpm_limit <= 0:
+        raise InvalidRequest("rpm must be a positive integer", param="rpm")
+    if tpm_limit is not None and tpm_limit <= 0:
+        raise InvalidRequest("tpm must be a positive integer", param="tpm")
+    if expires_at is not None and expires_at <= utcnow():
+        raise InvalidRequest("expiry date is in the past", param="expires")
+    if models is not None:
+        models = sorted({m.strip() for m in models if m.strip()})
+        if not models:
+            raise InvalidRequest("models list is empty", param="models")
+    secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+    row = ApiKey(
+        id=new_id("key"),
+        organization_id=organization.id,
+        name=name,
+        prefix=secret[:SHOWN_CHARS],
+        key_hash=hash_secret(secret),
+        models=models,
+        rpm_limit=rpm_limit,
+        tpm_limit=tpm_limit,
+        expires_at=expires_at,
+    )
+    session.add(row)
+    session.flush()
+    return row, secret
+
+
+def lookup_key(session: Session, secret: str) -> KeyInfo | None:
+    """The key whose secret this is, revoked and expired keys included, or None."""
+    digest = hash_secret(secret)
+    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
+    # The lookup is by hash, so timing reveals nothing of the secret; compare anyway to
+    # make the equality explicit and constant-time.
+    if row is None or not secrets.compare_digest(row.key_hash, digest):
+        return None
+    return KeyInfo.of(row)
+
+
+def list_keys(session: Session, organization: Organization | None = None) -> list[ApiKey]:
+    query = select(ApiKey).order_by(ApiKey.created_at)
+    if organization is not None:
+        query = query.where(ApiKey.organization_id == organization.id)
+    return list(session.scalars(query))
+
+
+def revoke_key(session: Session, id_or_prefix: str) -> ApiKey:
+    """Revoke by id (``key_...``) or by the shown prefix (``mm-Ab12Cd34``)."""
+    rows = list(
+        session.scalars(
+            select(ApiKey).where(or_(ApiKey.id == id_or_prefix, ApiKey.prefix == id_or_prefix))
+        )
+    )
+    if not rows:
+        raise NotFound(f"no API key {id_or_prefix!r}", param="key")
+    if len(rows) > 1:
+        raise InvalidRequest(f"prefix {id_or_prefix!r} matches several keys; use the key id")
+    row = rows[0]
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+    return row

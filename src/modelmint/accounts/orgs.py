@@ -1,0 +1,57 @@
+"""Organisations: the customers whose keys call models and who get billed."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from modelmint.errors import Conflict, InvalidRequest, NotFound
+from modelmint.storage.db import new_id
+from modelmint.storage.tables import Organization
+
+__all__ = ["create_org", "ensure_org", "get_org", "list_orgs"]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}$")
+
+
+def _check_name(name: str) -> str:
+    name = name.strip()
+    if not _NAME.match(name):
+        raise InvalidRequest(
+            "organisation name must be 1-100 letters, digits, spaces, '.', '_' or '-'",
+            param="name",
+        )
+    return name
+
+
+def create_org(session: Session, name: str) -> Organization:
+    name = _check_name(name)
+    if session.scalar(select(Organization).where(Organization.name == name)) is not None:
+        raise Conflict(f"organisation {name!r} already exists", param="name")
+    org = Organization(id=new_id("org"), name=name)
+    session.add(org)
+    session.flush()
+    return org
+
+
+def ensure_org(session: Session, name: str) -> Organization:
+    """The organisation with this name, created if missing (used for demo seeding)."""
+    existing = session.scalar(select(Organization).where(Organization.name == name))
+    return existing if existing is not None else create_org(session, name)
+
+
+def get_org(session: Session, name_or_id: str) -> Organization:
+    org = session.scalar(
+        select(Organization).where(
+            or_(Organization.id == name_or_id, Organization.name == name_or_id)
+        )
+    )
+    if org is None:
+        raise NotFound(f"no organisation named {name_or_id!r}", param="organization")
+    return org
+
+
+def list_orgs(session: Session) -> list[Organization]:
+    return list(session.scalars(select(Organization).order_by(Organization.created_at)))

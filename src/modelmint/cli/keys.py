@@ -1,0 +1,132 @@
+"""`modelmint keys`: create, list and revoke API keys."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time
+from typing import Annotated
+
+import orjson
+import typer
+from rich.table import Table
+
+from modelmint import accounts
+from modelmint.cli.context import console, session_scope
+from modelmint.errors import InvalidRequest
+
+app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+
+
+def _parse_expiry(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        if len(value) == 10:
+            return datetime.combine(date.fromisoformat(value), time.min, tzinfo=UTC)
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise InvalidRequest(
+            f"--expires {value!r} is not a date (YYYY-MM-DD) or ISO datetime"
+        ) from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@app.command("create")
+def create(
+    org: Annotated[str, typer.Option(help="Organisation name or id; created if missing.")],
+    name: Annotated[str, typer.Option(help="A label for the key.")] = "",
+    models: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated model names the key may call (default: all)."),
+    ] = None,
+    expires: Annotated[str | None, typer.Option(help="Expiry date, YYYY-MM-DD (UTC).")] = None,
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Create an API key. The secret is printed once and cannot be shown again."""
+    expires_at = _parse_expiry(expires)
+    model_list = models.split(",") if models is not None else None
+    with session_scope() as session:
+        organization = accounts.ensure_org(session, org)
+        row, secret = accounts.create_key(
+            session,
+            organization,
+            name=name,
+            models=model_list,
+            expires_at=expires_at,
+            rpm_limit=rpm,
+            tpm_limit=tpm,
+        )
+        info = {
+            "id": row.id,
+            "key": secret,
+            "prefix": row.prefix,
+            "organization": organization.name,
+            "organization_id": organization.id,
+            "models": row.models,
+            "rpm": row.rpm_limit,
+            "tpm": row.tpm_limit,
+            "expires_at": row.expires_at.isoformat() if row.expires_at else None,
+        }
+    if as_json:
+        typer.echo(orjson.dumps(info).decode())
+        return
+    console.print(f"Created key [bold]{info['id']}[/] for organisation [bold]{org}[/].")
+    console.print("Store this secret now; it will not be shown again:")
+    console.print(f"  [bold green]{secret}[/]", soft_wrap=True)
+
+
+@app.command("list")
+def list_(
+    org: Annotated[str | None, typer.Option(help="Only this organisation's keys.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List keys (prefix only; secrets are never stored)."""
+    with session_scope() as session:
+        organization = accounts.get_org(session, org) if org else None
+        names = {o.id: o.name for o in accounts.list_orgs(session)}
+        rows = [
+            {
+                "id": k.id,
+                "prefix": k.prefix,
+                "organization": names.get(k.organization_id, k.organization_id),
+                "name": k.name,
+                "models": k.models,
+                "rpm": k.rpm_limit,
+                "tpm": k.tpm_limit,
+                "expires_at": k.expires_at.isoformat() if k.expires_at else None,
+                "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
+            }
+            for k in accounts.list_keys(session, organization)
+        ]
+    if as_json:
+        typer.echo(orjson.dumps(rows).decode())
+        return
+    table = Table(
+        "id", "prefix", "organisation", "name", "models", "rpm", "tpm", "expires", "status"
+    )
+    for r in rows:
+        status = "[red]revoked[/]" if r["revoked_at"] else "[green]active[/]"
+        table.add_row(
+            r["id"],
+            r["prefix"] + "…",
+            r["organization"],
+            r["name"],
+            ",".join(r["models"]) if r["models"] else "all",
+            str(r["rpm"] or "-"),
+            str(r["tpm"] or "-"),
+            r["expires_at"] or "-",
+            status,
+        )
+    console.print(table)
+
+
+@app.command("revoke")
+def revoke(
+    key: Annotated[str, typer.Argument(help="Key id (key_...) or its shown prefix.")],
+) -> None:
+    """Revoke a key; every gateway process refuses it within a second."""
+    with session_scope() as session:
+        row = accounts.revoke_key(session, key)
+        key_id = row.id
+    console.print(f"Revoked {key_id}.")

@@ -1,0 +1,72 @@
+"""`modelmint`: the command line of the platform.
+
+Errors a user can act on print one line and exit with the error's code; no traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import orjson
+import typer
+from rich.table import Table
+
+from modelmint import accounts
+from modelmint.cli import keys, models
+from modelmint.cli.context import console, err_console, open_database, session_scope
+from modelmint.cli.up import up
+from modelmint.errors import ModelMintError
+
+app = typer.Typer(
+    help="ModelMint: train, serve, meter and bill AI models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.command("up")(up)
+app.add_typer(keys.app, name="keys")
+app.add_typer(models.app, name="models")
+
+orgs = typer.Typer(help="Organisations (customers).", no_args_is_help=True)
+app.add_typer(orgs, name="orgs")
+
+
+@orgs.command("create")
+def orgs_create(name: Annotated[str, typer.Argument(help="Organisation name.")]) -> None:
+    """Create an organisation."""
+    with session_scope() as session:
+        org = accounts.create_org(session, name)
+        org_id = org.id
+    console.print(f"Created organisation {name} ({org_id}).")
+
+
+@orgs.command("list")
+def orgs_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List organisations."""
+    with session_scope() as session:
+        rows = [
+            {"id": o.id, "name": o.name, "created_at": o.created_at.isoformat()}
+            for o in accounts.list_orgs(session)
+        ]
+    if as_json:
+        typer.echo(orjson.dumps(rows).decode())
+        return
+    table = Table("id", "name", "created")
+    for r in rows:
+        table.add_row(r["id"], r["name"], r["created_at"])
+    console.print(table)
+
+
+@app.command("migrate")
+def migrate_command() -> None:
+    """Bring the database schema to the newest version."""
+    open_database().dispose()
+    console.print("Database is up to date.")
+
+
+def main() -> None:
+    try:
+        app()
+    except ModelMintError as exc:
+        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        sys.exit(exc.exit_code)

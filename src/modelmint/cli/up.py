@@ -1,0 +1,123 @@
+"""`modelmint up`: migrate, seed the bundled models and a demo key, serve."""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from typing import Annotated
+
+import typer
+from pydantic import SecretStr
+from sqlalchemy import select
+
+from modelmint import accounts, registry
+from modelmint.cli.context import console, open_database
+from modelmint.cli.context import settings as load_settings
+from modelmint.config import Settings
+from modelmint.observability.logs import configure_logging
+from modelmint.storage.tables import ApiKey
+
+DEMO_ORG = "demo"
+DEMO_KEY_NAME = "demo"
+
+
+def _seed(config: Settings) -> tuple[str | None, str | None]:
+    """Register bundled models and the demo organisation; returns a new demo key, if made."""
+    database = open_database(config)
+    try:
+        with database.session() as session:
+            if config.load_bundled_models:
+                registry.register_bundled_models(session)
+            org = accounts.ensure_org(session, DEMO_ORG)
+            existing = session.scalar(
+                select(ApiKey).where(
+                    ApiKey.organization_id == org.id,
+                    ApiKey.name == DEMO_KEY_NAME,
+                    ApiKey.revoked_at.is_(None),
+                )
+            )
+            if existing is not None:
+                return None, existing.prefix
+            _, secret = accounts.create_key(session, org, name=DEMO_KEY_NAME)
+            return secret, None
+    finally:
+        database.dispose()
+
+
+def _banner(config: Settings, secret: str | None, prefix: str | None, admin: str | None) -> None:
+    base = f"http://{config.host}:{config.port}/v1"
+    shown = secret or "<your key>"
+    console.rule("[bold]ModelMint")
+    if secret:
+        console.print("Demo API key (shown once, store it now):")
+        console.print(f"  [bold green]{secret}[/]", soft_wrap=True)
+    else:
+        console.print(
+            f"The demo key was created on an earlier run ({prefix}…); secrets are not stored. "
+            "Make another with: [bold]modelmint keys create --org demo[/]"
+        )
+    if admin:
+        console.print(
+            "Admin token for /admin (generated for this run; set MODELMINT_ADMIN_TOKEN "
+            "to choose one):"
+        )
+        console.print(f"  [bold yellow]{admin}[/]", soft_wrap=True)
+    console.print("\nTry it with curl:")
+    console.print(
+        f"  curl {base}/chat/completions -H 'Authorization: Bearer {shown}' "
+        "-H 'Content-Type: application/json' "
+        '-d \'{"model": "smollm2-135m-instruct", "messages": '
+        '[{"role": "user", "content": "Say hello"}]}\'',
+        soft_wrap=True,
+        highlight=False,
+    )
+    console.print("\nor with the openai SDK:")
+    console.print(
+        "  from openai import OpenAI\n"
+        f'  client = OpenAI(base_url="{base}", api_key="{shown}")\n'
+        '  reply = client.chat.completions.create(model="smollm2-135m-instruct",\n'
+        '      messages=[{"role": "user", "content": "Say hello"}])\n'
+        "  print(reply.choices[0].message.content, reply.usage)\n"
+        '  emb = client.embeddings.create(model="all-minilm-l6-v2", input="hello")',
+        soft_wrap=True,
+        highlight=False,
+    )
+    console.print(
+        f"\nServing on http://{config.host}:{config.port} (models load first; "
+        f"GET /readyz says when). Ctrl-C stops."
+    )
+    console.rule()
+
+
+def up(
+    host: Annotated[str | None, typer.Option(help="Bind address (MODELMINT_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (MODELMINT_PORT).")] = None,
+) -> None:
+    """Start the platform: migrate the database, register the bundled models, create a
+    demo organisation and key, and serve the OpenAI-compatible API."""
+    import uvicorn
+
+    from modelmint.gateway import create_app
+
+    config = load_settings()
+    updates: dict[str, object] = {}
+    if host:
+        updates["host"] = host
+    if port:
+        updates["port"] = port
+    generated_admin = None
+    if config.admin_token is None:
+        generated_admin = secrets.token_urlsafe(24)
+        updates["admin_token"] = SecretStr(generated_admin)
+    config = config.model_copy(update=updates)
+    configure_logging(config.log_level, json_lines=config.log_json and not sys.stderr.isatty())
+    secret, prefix = _seed(config)
+    _banner(config, secret, prefix, generated_admin)
+    uvicorn.run(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )

@@ -1,0 +1,72 @@
+"""Settings of a ModelMint process: one typed place for every default.
+
+Values come from ``MODELMINT_*`` environment variables (``MODELMINT_PORT=9000``)
+or a ``.env`` file in the working directory. Nothing else reads the environment
+for configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MODELMINT_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    # Everything the platform writes (database, artifacts) lives below this folder.
+    home: Path = Path("var")
+    # Empty means SQLite (WAL) at <home>/modelmint.db: no server needed to start.
+    database_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    # Protects /admin. `modelmint up` generates one when unset; it is never defaulted to a
+    # constant, because a known default admin secret is a hole in every deployment.
+    admin_token: SecretStr | None = None
+    log_level: str = "INFO"
+    # JSON logs for machines; `modelmint up` switches to plain text on a terminal.
+    log_json: bool = True
+
+    # Requests larger than this are refused with 413 before parsing: a chat prompt of a
+    # 8k-token context is ~32 KB, so 4 MiB leaves room for long embedding batches.
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # Embedding requests may carry at most this many inputs (OpenAI allows 2048).
+    max_embedding_inputs: int = Field(default=2048, ge=1)
+
+    # Bundled local models, loaded by `modelmint up` unless switched off.
+    load_bundled_models: bool = True
+    # Context window of the local LLM. SmolLM2 was trained on 8k; 4k keeps memory small.
+    llm_context: int = Field(default=4096, ge=256)
+    # 0 means: as many threads as cores.
+    llm_threads: int = Field(default=0, ge=0)
+
+    # Remote upstream defaults; a deployment can override them.
+    upstream_timeout_s: float = Field(default=60.0, gt=0)
+    upstream_connect_timeout_s: float = Field(default=5.0, gt=0)
+    upstream_max_retries: int = Field(default=2, ge=0, le=10)
+
+    # How long an in-memory copy of a key or route may be served before it is re-read.
+    # A revoked key stops working within this delay in every process.
+    cache_ttl_s: float = Field(default=1.0, gt=0, le=60)
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        return value.upper()
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.home / 'modelmint.db'}"
+
+    @property
+    def cpu_threads(self) -> int:
+        return self.llm_threads or (os.cpu_count() or 1)

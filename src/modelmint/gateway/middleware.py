@@ -1,0 +1,136 @@
+"""ASGI middleware around the whole app: request id, body size limit, access log, HTTP metrics.
+
+Written against raw ASGI rather than Starlette's BaseHTTPMiddleware, which buffers
+and re-wraps every response and costs streaming requests their latency.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from modelmint.errors import PayloadTooLarge
+from modelmint.observability.logs import request_id_var
+from modelmint.observability.metrics import HTTP_REQUESTS
+
+__all__ = ["GatewayMiddleware", "new_request_id"]
+
+log = logging.getLogger("modelmint.access")
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(12)
+
+
+class GatewayMiddleware:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        # Our id keys the usage record; a client's X-Request-ID is echoed and logged
+        # but never trusted as a record key (two requests could share it).
+        request_id = new_request_id()
+        client_id = _header(scope, b"x-request-id")
+        if client_id is not None and not _CLIENT_ID.match(client_id):
+            client_id = None
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = request_id_var.set(request_id)
+        echo_id = (client_id or request_id).encode()
+        status = 500
+
+        length = _header(scope, b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            await self._reject_too_large(send, echo_id)
+            self._done(scope, 413, started, client_id)
+            request_id_var.reset(token)
+            return
+
+        received = 0
+        response_started = False
+        too_large = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    too_large = True
+                    raise PayloadTooLarge("request body too large")
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal status, response_started
+            if too_large:
+                # Whatever the app made of the aborted body read, the answer is our 413.
+                return
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", echo_id)]
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except PayloadTooLarge:
+            pass
+        finally:
+            if too_large and not response_started:
+                status = 413
+                await self._reject_too_large(send, echo_id)
+            self._done(scope, status, started, client_id)
+            request_id_var.reset(token)
+
+    def _done(self, scope: Scope, status: int, started: float, client_id: str | None) -> None:
+        route = scope.get("route")
+        label = getattr(route, "path", None) or "unmatched"
+        HTTP_REQUESTS.labels(label, str(status)).inc()
+        extra: dict[str, Any] = {
+            "method": scope["method"],
+            "path": scope["path"],
+            "status": status,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+        }
+        state = scope.get("state", {})
+        for name in ("organization_id", "model"):
+            if name in state:
+                extra[name] = state[name]
+        if client_id:
+            extra["client_request_id"] = client_id
+        log.info("request", extra=extra)
+
+    async def _reject_too_large(self, send: Send, echo_id: bytes) -> None:
+        body = orjson.dumps(
+            PayloadTooLarge(f"request body exceeds {self.max_body_bytes} bytes").to_body()
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"x-request-id", echo_id),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None

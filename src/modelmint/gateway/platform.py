@@ -1,0 +1,82 @@
+"""The running parts of one gateway process, built from settings and wired together."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from sqlalchemy.orm import Session
+
+from modelmint.accounts.keys import KeyInfo
+from modelmint.config import Settings
+from modelmint.gateway.inference import InferenceService
+from modelmint.gateway.key_cache import KeyCache
+from modelmint.limits import LocalRateLimiter
+from modelmint.metering import UsageWriter
+from modelmint.registry.catalog import load_routes
+from modelmint.serving.factory import build_backend
+from modelmint.serving.router import Router
+from modelmint.storage.db import Database
+from modelmint.storage.tables import ApiKey
+
+__all__ = ["Platform"]
+
+T = TypeVar("T")
+
+
+@dataclass
+class Platform:
+    settings: Settings
+    database: Database
+    router: Router
+    writer: UsageWriter
+    keys: KeyCache
+    inference: InferenceService
+
+    @classmethod
+    def build(cls, settings: Settings, database: Database | None = None) -> Platform:
+        database = database or Database(settings.resolved_database_url)
+
+        def routes() -> dict[str, object]:
+            with database.session() as session:
+                return load_routes(session)  # type: ignore[return-value]
+
+        def lookup(digest: str) -> KeyInfo | None:
+            with database.session() as session:
+                row = session.query(ApiKey).filter(ApiKey.key_hash == digest).one_or_none()
+                return KeyInfo.of(row) if row is not None else None
+
+        router = Router(
+            routes,  # type: ignore[arg-type]
+            lambda spec: build_backend(spec, settings),
+            refresh_s=settings.cache_ttl_s,
+        )
+        writer = UsageWriter(database)
+        return cls(
+            settings=settings,
+            database=database,
+            router=router,
+            writer=writer,
+            keys=KeyCache(lookup, ttl=settings.cache_ttl_s),
+            inference=InferenceService(router, writer, LocalRateLimiter()),
+        )
+
+    async def start(self) -> None:
+        self.writer.start()
+        await self.router.start()
+
+    async def close(self) -> None:
+        await self.router.close()
+        self.writer.close()
+        self.database.dispose()
+
+    async def in_session(self, work: Callable[[Session], T]) -> T:
+        """Run ``work`` in one transaction on a worker thread (admin paths, never hot ones)."""
+
+        def run() -> T:
+            with self.database.session() as session:
+                return work(session)
+
+        return await asyncio.to_thread(run)

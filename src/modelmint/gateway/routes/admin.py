@@ -1,0 +1,206 @@
+"""Admin API under /admin, protected by the admin token."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from modelmint import accounts, registry
+from modelmint.gateway.deps import AdminDep, PlatformDep
+from modelmint.storage.tables import ApiKey, Organization, UsageRecord
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
+
+
+class OrganizationCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=100)
+
+
+class OrganizationPublic(BaseModel):
+    id: str
+    name: str
+    created_at: datetime
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    organization: str = Field(min_length=1, description="organisation name or id")
+    name: str = ""
+    models: list[str] | None = None
+    expires_at: datetime | None = None
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+
+
+class KeyPublic(BaseModel):
+    id: str
+    organization_id: str
+    name: str
+    prefix: str
+    models: list[str] | None
+    rpm: int | None
+    tpm: int | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: ApiKey) -> KeyPublic:
+        return cls(
+            id=row.id,
+            organization_id=row.organization_id,
+            name=row.name,
+            prefix=row.prefix,
+            models=row.models,
+            rpm=row.rpm_limit,
+            tpm=row.tpm_limit,
+            expires_at=row.expires_at,
+            revoked_at=row.revoked_at,
+            created_at=row.created_at,
+        )
+
+
+class KeyCreated(KeyPublic):
+    key: str = Field(description="the secret; shown once, never again")
+
+
+class RemoteModelCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=128)
+    base_url: str
+    api_key_env: str | None = None
+    upstream_model: str | None = None
+    task: str = "chat"
+    fallback: str | None = None
+    timeout_s: float | None = Field(default=None, gt=0)
+    max_retries: int | None = Field(default=None, ge=0, le=10)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    from datetime import UTC
+
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+@router.get("/organizations")
+async def list_organizations(platform: PlatformDep) -> list[OrganizationPublic]:
+    rows = await platform.in_session(accounts.list_orgs)
+    return [OrganizationPublic(id=r.id, name=r.name, created_at=r.created_at) for r in rows]
+
+
+@router.post("/organizations", status_code=201)
+async def create_organization(
+    body: OrganizationCreate, platform: PlatformDep
+) -> OrganizationPublic:
+    row = await platform.in_session(lambda s: accounts.create_org(s, body.name))
+    return OrganizationPublic(id=row.id, name=row.name, created_at=row.created_at)
+
+
+@router.get("/keys")
+async def list_keys(
+    platform: PlatformDep, organization: str | None = Query(default=None)
+) -> list[KeyPublic]:
+    def work(session: Session) -> list[ApiKey]:
+        org = accounts.get_org(session, organization) if organization else None
+        return accounts.list_keys(session, org)
+
+    return [KeyPublic.of(row) for row in await platform.in_session(work)]
+
+
+@router.post("/keys", status_code=201)
+async def create_key(body: KeyCreate, platform: PlatformDep) -> KeyCreated:
+    def work(session: Session) -> tuple[ApiKey, str]:
+        org = accounts.get_org(session, body.organization)
+        return accounts.create_key(
+            session,
+            org,
+            name=body.name,
+            models=body.models,
+            expires_at=_aware(body.expires_at),
+            rpm_limit=body.rpm,
+            tpm_limit=body.tpm,
+        )
+
+    row, secret = await platform.in_session(work)
+    return KeyCreated(**KeyPublic.of(row).model_dump(), key=secret)
+
+
+@router.post("/keys/{key}/revoke")
+async def revoke_key(key: str, platform: PlatformDep) -> KeyPublic:
+    row = await platform.in_session(lambda s: accounts.revoke_key(s, key))
+    platform.keys.forget(row.id)
+    return KeyPublic.of(row)
+
+
+@router.get("/models")
+async def list_models(platform: PlatformDep) -> list[dict[str, Any]]:
+    routes = platform.router.routes
+    return [
+        {
+            "name": name,
+            "task": route.task,
+            "deployments": [
+                {
+                    "id": d.id,
+                    "model": d.model_name,
+                    "version": d.version,
+                    "backend": d.backend,
+                    "weight": d.weight,
+                    "fallback": d.fallback,
+                }
+                for d in route.deployments
+            ],
+        }
+        for name, route in sorted(routes.items())
+    ]
+
+
+@router.post("/models/remote", status_code=201)
+async def add_remote_model(body: RemoteModelCreate, platform: PlatformDep) -> dict[str, Any]:
+    deployment = await platform.in_session(
+        lambda s: registry.add_remote_model(
+            s,
+            body.name,
+            base_url=body.base_url,
+            api_key_env=body.api_key_env,
+            upstream_model=body.upstream_model,
+            task=body.task,
+            fallback=body.fallback,
+            timeout_s=body.timeout_s,
+            max_retries=body.max_retries,
+        )
+    )
+    await platform.router.refresh()
+    return {"name": deployment.public_name, "deployment_id": deployment.id}
+
+
+@router.delete("/models/{name:path}")
+async def remove_model(name: str, platform: PlatformDep) -> dict[str, Any]:
+    retired = await platform.in_session(lambda s: registry.remove_public_name(s, name))
+    await platform.router.refresh()
+    return {"name": name, "deployments_retired": retired}
+
+
+@router.get("/usage")
+async def list_usage(
+    platform: PlatformDep,
+    organization: str | None = Query(default=None),
+    limit: int = Query(default=100, ge=1, le=10_000),
+) -> list[dict[str, Any]]:
+    def work(session: Session) -> list[dict[str, Any]]:
+        query = select(UsageRecord).order_by(UsageRecord.created_at.desc()).limit(limit)
+        if organization:
+            org: Organization = accounts.get_org(session, organization)
+            query = query.where(UsageRecord.organization_id == org.id)
+        return [
+            {c.name: getattr(row, c.name) for c in UsageRecord.__table__.columns}
+            for row in session.scalars(query)
+        ]
+
+    return await platform.in_session(work)

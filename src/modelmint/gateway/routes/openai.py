@@ -1,0 +1,82 @@
+"""OpenAI-compatible routes. Each parses, calls one service method, and formats."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from modelmint.errors import InvalidRequest, ModelNotFound
+from modelmint.gateway.deps import CurrentKey, PlatformDep, RequestId
+from modelmint.gateway.inference import Answer
+from modelmint.gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from modelmint.gateway.responses import OrjsonResponse
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+def _respond(answer: Answer) -> OrjsonResponse | StreamingResponse:
+    if answer.stream is not None:
+        headers = {**answer.headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(answer.stream, media_type="text/event-stream", headers=headers)
+    return OrjsonResponse(answer.body, headers=answer.headers)
+
+
+def _model_card(name: str, created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "modelmint"}
+
+
+@router.get("/models")
+async def list_models(key: CurrentKey, platform: PlatformDep) -> dict[str, Any]:
+    routes = platform.router.routes
+    data = [_model_card(n, r.created) for n, r in sorted(routes.items()) if key.allows(n)]
+    return {"object": "list", "data": data}
+
+
+@router.get("/models/{model:path}")
+async def get_model(model: str, key: CurrentKey, platform: PlatformDep) -> dict[str, Any]:
+    route = platform.router.routes.get(model)
+    if route is None or not key.allows(model):
+        raise ModelNotFound(f"the model {model!r} does not exist", param="model")
+    return _model_card(model, route.created)
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatCompletionRequest,
+    key: CurrentKey,
+    platform: PlatformDep,
+    request_id: RequestId,
+    request: Request,
+) -> OrjsonResponse | StreamingResponse:
+    request.state.model = body.model
+    return _respond(await platform.inference.chat(key, request_id, body))
+
+
+@router.post("/completions", response_model=None)
+async def completions(
+    body: CompletionRequest,
+    key: CurrentKey,
+    platform: PlatformDep,
+    request_id: RequestId,
+    request: Request,
+) -> OrjsonResponse | StreamingResponse:
+    request.state.model = body.model
+    return _respond(await platform.inference.completion(key, request_id, body))
+
+
+@router.post("/embeddings", response_model=None)
+async def embeddings(
+    body: EmbeddingRequest,
+    key: CurrentKey,
+    platform: PlatformDep,
+    request_id: RequestId,
+    request: Request,
+) -> OrjsonResponse | StreamingResponse:
+    request.state.model = body.model
+    if len(body.texts) > platform.settings.max_embedding_inputs:
+        raise InvalidRequest(
+            f"at most {platform.settings.max_embedding_inputs} inputs per request", param="input"
+        )
+    return _respond(await platform.inference.embeddings(key, request_id, body))

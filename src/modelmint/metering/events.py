@@ -1,0 +1,31 @@
+"""The usage event: what one request consumed, as the gateway saw it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+__all__ = ["UsageEvent"]
+
+
+@dataclass(slots=True)
+class UsageEvent:
+    id: str  # the request id; unique, so a retried write can never count twice
+    created_at: datetime
+    organization_id: str
+    api_key_id: str
+    model: str
+    endpoint: str
+    status_code: int
+    input_tokens: int = 0
+    output_tokens: int = 0
+    latency_ms: int = 0
+    deployment_id: str | None = None
+    model_version_id: str | None = None
+    streamed: bool = False
+    usage_estimated: bool = False
+    finish_reason: str | None = None
+
+    def row(self) -> dict[str, Any]:
+        return asdict(self)

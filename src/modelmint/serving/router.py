@@ -1,0 +1,109 @@
+"""Public model name -> deployment -> running backend.
+
+The router keeps the route table in memory and re-reads it from the database in
+the background, so a model added by another process (or the CLI) becomes
+callable within a second without a restart, and no request waits on the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from modelmint.errors import ModelNotFound, ServiceUnavailable
+from modelmint.registry.catalog import DeploymentSpec, RouteSpec
+from modelmint.serving.backend import Backend
+
+__all__ = ["Router", "Target"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    deployment: DeploymentSpec
+    backend: Backend
+
+
+class Router:
+    def __init__(
+        self,
+        load_routes: Callable[[], dict[str, RouteSpec]],
+        build: Callable[[DeploymentSpec], Backend],
+        *,
+        refresh_s: float = 1.0,
+    ) -> None:
+        self._load_routes = load_routes
+        self._build = build
+        self._refresh_s = refresh_s
+        self._routes: dict[str, RouteSpec] = {}
+        self._backends: dict[str, Backend] = {}
+        self._failed: dict[str, str] = {}
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self.ready = False
+
+    @property
+    def routes(self) -> dict[str, RouteSpec]:
+        return self._routes
+
+    async def start(self) -> None:
+        await self.refresh()
+        self.ready = True
+        self._task = asyncio.create_task(self._refresh_forever(), name="router-refresh")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        for backend in self._backends.values():
+            await backend.close()
+        self._backends.clear()
+
+    async def refresh(self) -> None:
+        """Re-read the routes; start backends of new deployments, stop retired ones."""
+        async with self._lock:
+            routes = await asyncio.to_thread(self._load_routes)
+            wanted = {d.id: d for r in routes.values() for d in r.deployments}
+            for dep_id in set(self._backends) - set(wanted):
+                await self._backends.pop(dep_id).close()
+            for dep_id, spec in wanted.items():
+                if dep_id in self._backends or dep_id in self._failed:
+                    continue
+                try:
+                    backend = self._build(spec)
+                    await backend.start()
+                except Exception as exc:
+                    # One broken deployment must not take the others down; it answers 503.
+                    log.error(
+                        "deployment %s (%s) failed to start: %s", dep_id, spec.public_name, exc
+                    )
+                    self._failed[dep_id] = str(exc)
+                    continue
+                self._backends[dep_id] = backend
+                log.info("deployment %s serving %s", dep_id, spec.public_name)
+            self._routes = routes
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_s)
+            try:
+                await self.refresh()
+            except Exception as exc:  # the database may be down; keep serving what we have
+                log.warning("route refresh failed: %s", exc)
+
+    def route(self, public_name: str) -> RouteSpec:
+        route = self._routes.get(public_name)
+        if route is None:
+            raise ModelNotFound(f"the model {public_name!r} does not exist", param="model")
+        return route
+
+    def pick(self, route: RouteSpec) -> Target:
+        """One deployment of the route, chosen at random in proportion to its weight."""
+        live = [d for d in route.deployments if d.id in self._backends and d.weight > 0]
+        if not live:
+            raise ServiceUnavailable(f"the model {route.public_name!r} has no running deployment")
+        chosen = live[0] if len(live) == 1 else random.choices(live, [d.weight for d in live])[0]
+        return Target(chosen, self._backends[chosen.id])
