@@ -54,5 +54,9 @@ class ChatTemplate:
                 bos_token=self._bos,
                 eos_token=self._eos,
             )
-        except TemplateError as exc:
+        except InvalidRequest:
+            raise
+        except (TemplateError, ArithmeticError, LookupError, TypeError, ValueError) as exc:
+            # The template is the model's code running on the client's messages: whatever
+            # it trips on (a sandbox limit, a bad operand) is a refusal, not a server fault.
             raise InvalidRequest(f"cannot apply the chat template: {exc}") from exc

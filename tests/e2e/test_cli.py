@@ -1,0 +1,75 @@
+"""The `modelmint` command line as a user runs it: real processes, real exit codes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from modelmint.cli.up import _seed
+from modelmint.config import Settings
+from tests.support.processes import cli, cli_json
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {"MODELMINT_HOME": str(tmp_path)}
+
+
+def test_keys_create_list_revoke(env: dict[str, str]) -> None:
+    created = cli_json(
+        env, "keys", "create", "--org", "acme", "--models", "a,b", "--rpm", "5",
+        "--tpm", "100", "--expires", "2099-01-01",
+    )
+    assert created["key"].startswith(created["prefix"]) and created["key"].startswith("mm-")
+    assert created["models"] == ["a", "b"] and created["rpm"] == 5 and created["tpm"] == 100
+    listed = cli_json(env, "keys", "list", "--org", "acme")
+    assert [k["id"] for k in listed] == [created["id"]]
+    assert created["key"] not in orjson.dumps(listed).decode()  # only the prefix, never the key
+    cli(env, "keys", "revoke", created["prefix"])
+    assert cli_json(env, "keys", "list")[0]["revoked_at"] is not None
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("keys", "revoke", "key_missing"), 4, "no API key"),
+        (("keys", "create", "--org", "acme", "--rpm", "0"), 2, "rpm must be a positive"),
+        (("keys", "create", "--org", "acme", "--expires", "soon"), 2, "is not a date"),
+        (("keys", "create", "--org", "acme", "--expires", "2001-01-01"), 2, "in the past"),
+        (("keys", "list", "--org", "ghost"), 4, "no organisation"),
+        (("models", "add-remote", "x", "--base-url", "ftp://h"), 2, "http(s) URL"),
+        (("models", "remove", "ghost"), 4, "no deployed model"),
+        (("orgs", "create", "bad/name"), 2, "organisation name"),
+    ],
+)
+def test_bad_input_gives_a_message_and_exit_code(
+    env: dict[str, str], args: tuple[str, ...], code: int, message: str
+) -> None:
+    result = cli(env, *args, check=False)
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_remote_models_are_added_listed_and_removed(env: dict[str, str]) -> None:
+    cli(env, "models", "add-remote", "gpt-up", "--base-url", "http://127.0.0.1:9/v1",
+        "--api-key-env", "UPSTREAM_KEY", "--upstream-model", "real-name", "--max-retries", "1")
+    [row] = cli_json(env, "models", "list")
+    assert (row["name"], row["backend"], row["target"]) == ("gpt-up", "openai_remote",
+                                                            "http://127.0.0.1:9/v1")
+    duplicate = cli(env, "models", "add-remote", "gpt-up", "--base-url", "http://h/v1", check=False)
+    assert duplicate.returncode == 5 and "already deployed" in duplicate.stderr
+    cli(env, "models", "remove", "gpt-up")
+    assert cli_json(env, "models", "list") == []
+
+
+def test_up_seeding_reuses_the_database(tmp_path: Path) -> None:
+    config = Settings(home=tmp_path, load_bundled_models=True)
+    secret, prefix = _seed(config)
+    assert secret is not None and prefix is None
+    again_secret, again_prefix = _seed(config)
+    assert again_secret is None and again_prefix == secret[: len(again_prefix)]
+    models = cli_json({"MODELMINT_HOME": str(tmp_path)}, "models", "list")
+    assert sorted(m["name"] for m in models) == ["all-minilm-l6-v2", "smollm2-135m-instruct"]
