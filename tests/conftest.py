@@ -25,8 +25,12 @@ def _admin_connect() -> object:
 
     url = make_url(POSTGRES_URL)
     return psycopg.connect(
-        host=url.host, port=url.port or 5432, user=url.username, dbname=url.database,
-        autocommit=True, connect_timeout=3,
+        host=url.host,
+        port=url.port or 5432,
+        user=url.username,
+        dbname=url.database,
+        autocommit=True,
+        connect_timeout=3,
     )
 
 
@@ -70,7 +74,9 @@ def _truncate(database: Database) -> None:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
+def database(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Database]:
     """A migrated, empty database: once on SQLite, once on PostgreSQL."""
     if request.param == "sqlite":
         path = tmp_path_factory.mktemp("db") / "modelmint.db"

@@ -15,6 +15,7 @@ message and ``exit_code``.
     ├── Conflict                  409  name already taken
     ├── PayloadTooLarge           413
     ├── RateLimited               429  carries retry_after seconds
+    │   └── UpstreamRateLimited   429  the upstream, not the caller, is over its limit
     ├── BackendError              502  upstream answered with garbage or an error
     ├── ServiceUnavailable        503  model not loaded, queue full, database down
     └── UpstreamTimeout           504
@@ -36,6 +37,7 @@ __all__ = [
     "PermissionDenied",
     "RateLimited",
     "ServiceUnavailable",
+    "UpstreamRateLimited",
     "UpstreamTimeout",
 ]
 
@@ -130,6 +132,10 @@ class RateLimited(ModelMintError):
     def __init__(self, message: str, *, retry_after: float, code: str | None = None):
         super().__init__(message, code=code)
         self.retry_after = retry_after
+
+
+class UpstreamRateLimited(RateLimited):
+    code = "upstream_rate_limited"
 
 
 class BackendError(ModelMintError):

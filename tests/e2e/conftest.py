@@ -29,9 +29,13 @@ class LiveServer:
         engine = create_engine(f"sqlite:///{self.server.home / 'modelmint.db'}")
         try:
             with engine.connect() as connection:
-                row = connection.execute(
-                    text("SELECT * FROM usage_records WHERE id = :id"), {"id": request_id}
-                ).mappings().first()
+                row = (
+                    connection.execute(
+                        text("SELECT * FROM usage_records WHERE id = :id"), {"id": request_id}
+                    )
+                    .mappings()
+                    .first()
+                )
                 return dict(row) if row is not None else None
         finally:
             engine.dispose()

@@ -19,8 +19,19 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 def test_keys_create_list_revoke(env: dict[str, str]) -> None:
     created = cli_json(
-        env, "keys", "create", "--org", "acme", "--models", "a,b", "--rpm", "5",
-        "--tpm", "100", "--expires", "2099-01-01",
+        env,
+        "keys",
+        "create",
+        "--org",
+        "acme",
+        "--models",
+        "a,b",
+        "--rpm",
+        "5",
+        "--tpm",
+        "100",
+        "--expires",
+        "2099-01-01",
     )
     assert created["key"].startswith(created["prefix"]) and created["key"].startswith("mm-")
     assert created["models"] == ["a", "b"] and created["rpm"] == 5 and created["tpm"] == 100
@@ -54,11 +65,26 @@ def test_bad_input_gives_a_message_and_exit_code(
 
 
 def test_remote_models_are_added_listed_and_removed(env: dict[str, str]) -> None:
-    cli(env, "models", "add-remote", "gpt-up", "--base-url", "http://127.0.0.1:9/v1",
-        "--api-key-env", "UPSTREAM_KEY", "--upstream-model", "real-name", "--max-retries", "1")
+    cli(
+        env,
+        "models",
+        "add-remote",
+        "gpt-up",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "--api-key-env",
+        "UPSTREAM_KEY",
+        "--upstream-model",
+        "real-name",
+        "--max-retries",
+        "1",
+    )
     [row] = cli_json(env, "models", "list")
-    assert (row["name"], row["backend"], row["target"]) == ("gpt-up", "openai_remote",
-                                                            "http://127.0.0.1:9/v1")
+    assert (row["name"], row["backend"], row["target"]) == (
+        "gpt-up",
+        "openai_remote",
+        "http://127.0.0.1:9/v1",
+    )
     duplicate = cli(env, "models", "add-remote", "gpt-up", "--base-url", "http://h/v1", check=False)
     assert duplicate.returncode == 5 and "already deployed" in duplicate.stderr
     cli(env, "models", "remove", "gpt-up")

@@ -78,7 +78,9 @@ def test_stream_ends_with_a_usage_chunk_that_matches_the_usage_row(
     last = chunks[-1]
     assert last.choices == [] and last.usage is not None
     assert all(c.usage is None for c in chunks[:-1])
-    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert finishes in (["stop"], ["length"])
     row = live.usage_row(_request_id(last.id))
     assert row is not None and row["streamed"]
@@ -147,7 +149,9 @@ def test_model_scope_gives_403_and_unknown_model_404(live: LiveServer) -> None:
     scoped = live.new_key("--org", "e2e-org", "--models", EMBED_MODEL)
     client = OpenAI(base_url=live.base_url, api_key=scoped["key"], max_retries=0)
     with pytest.raises(openai.PermissionDeniedError) as denied:
-        client.chat.completions.create(model=CHAT_MODEL, messages=[{"role": "user", "content": "x"}])
+        client.chat.completions.create(
+            model=CHAT_MODEL, messages=[{"role": "user", "content": "x"}]
+        )
     assert denied.value.body["code"] == "model_not_allowed"  # type: ignore[index]
     with pytest.raises(openai.NotFoundError) as missing:
         client.embeddings.create(model="no-such-model", input="x")
@@ -211,11 +215,16 @@ def test_rate_limit_gives_429_with_retry_after(live: LiveServer) -> None:
             400,
             "tools",
         ),
-        (b'{"model": "all-minilm-l6-v2", "messages": [{"role": "user", "content": "x"}]}', 400,
-         "model"),
+        (
+            b'{"model": "all-minilm-l6-v2", "messages": [{"role": "user", "content": "x"}]}',
+            400,
+            "model",
+        ),
     ],
 )
-def test_bad_requests_get_clear_400s(live: LiveServer, body: bytes, status: int, param: str | None) -> None:
+def test_bad_requests_get_clear_400s(
+    live: LiveServer, body: bytes, status: int, param: str | None
+) -> None:
     response = httpx.post(
         live.base_url + "/chat/completions",
         headers={"Authorization": f"Bearer {live.key}", "Content-Type": "application/json"},
@@ -250,8 +259,11 @@ def test_request_id_is_echoed_and_logged_without_secrets(live: LiveServer, clien
     response = httpx.post(
         live.base_url + "/chat/completions",
         headers={"Authorization": f"Bearer {live.key}", "X-Request-ID": "client-abc.1"},
-        json={"model": CHAT_MODEL, "messages": [{"role": "user", "content": secret_prompt}],
-              "max_tokens": 4},
+        json={
+            "model": CHAT_MODEL,
+            "messages": [{"role": "user", "content": secret_prompt}],
+            "max_tokens": 4,
+        },
     )
     assert response.status_code == 200
     assert response.headers["x-request-id"] == "client-abc.1"
@@ -281,3 +293,35 @@ def test_admin_api_needs_the_admin_token(live: LiveServer) -> None:
     assert httpx.get(url, headers={"Authorization": f"Bearer {live.key}"}).status_code == 401
     ok = httpx.get(url, headers={"Authorization": f"Bearer {live.server.admin_token}"})
     assert ok.status_code == 200 and "e2e-org" in {o["name"] for o in ok.json()}
+
+
+def test_stream_cut_by_the_client_is_metered_for_what_was_sent(live: LiveServer) -> None:
+    received = 0
+    with httpx.stream(
+        "POST",
+        live.base_url + "/chat/completions",
+        headers={"Authorization": f"Bearer {live.key}"},
+        json={
+            "model": CHAT_MODEL,
+            "messages": [{"role": "user", "content": "Write a long essay."}],
+            "max_tokens": 400,
+            "stream": True,
+        },
+        timeout=30,
+    ) as response:
+        request_id = response.headers["x-request-id"]
+        for line in response.iter_lines():
+            if line.startswith("data: {") and '"content":"' in line and '"content":""' not in line:
+                received += 1
+                if received == 5:
+                    break  # leaving the block closes the connection mid-stream
+    deadline = time.monotonic() + 10
+    row = None
+    while row is None and time.monotonic() < deadline:
+        row = live.usage_row(request_id)
+        time.sleep(0.05)
+    assert row is not None, "a cut stream left no usage record"
+    assert row["finish_reason"] == "cancelled" and row["streamed"]
+    # Tokens decoded after the last chunk we read but before the server saw the close are
+    # metered too: the model produced them. Never fewer than the client received.
+    assert received <= row["output_tokens"] < 400

@@ -12,7 +12,7 @@ every failure path of a remote backend over real sockets::
 
 Knobs (plain attributes, change them at any time): ``reply``, ``prompt_tokens``,
 ``completion_tokens``, ``omit_usage``, ``delay_s``, ``cut_stream_after``, ``cut_by``.
-One-shot faults queue up with ``fail_next`` and ``reset_next``.
+One-shot faults queue up with ``fail_next``, ``reset_next`` and ``garble_next``.
 
 Standalone, for load benchmarks (answers at once, records nothing)::
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import re
 import socket
 import time
@@ -47,7 +48,8 @@ class Received:
 
 @dataclass(frozen=True, slots=True)
 class _Fault:
-    status: int | None  # None: close the connection without answering
+    kind: Literal["status", "reset", "garble"]
+    status: int = 200
     retry_after: str | None = None
 
 
@@ -70,7 +72,7 @@ class MockUpstream:
         # Hold every request this long before answering (``release()`` ends the wait).
         self.delay_s = 0.0
         # Streams: after this many content chunks, "drop" the connection or "stall" it
-        # (hold it open, silent, for ``delay_s`` or until ``release()``).
+        # (hold it open and silent until ``release()`` or ``close()``).
         self.cut_stream_after: int | None = None
         self.cut_by: Literal["drop", "stall"] = "drop"
         self.requests: list[Received] = []
@@ -119,24 +121,30 @@ class MockUpstream:
 
     def fail_next(self, n: int = 1, *, status: int = 500, retry_after: str | None = None) -> None:
         """Answer the next ``n`` requests with ``status`` and an OpenAI error body."""
-        self._faults.extend(_Fault(status, retry_after) for _ in range(n))
+        self._faults.extend(_Fault("status", status, retry_after) for _ in range(n))
 
     def reset_next(self, n: int = 1) -> None:
         """Close the connection of the next ``n`` requests without answering."""
-        self._faults.extend(_Fault(None) for _ in range(n))
+        self._faults.extend(_Fault("reset") for _ in range(n))
+
+    def garble_next(self, n: int = 1) -> None:
+        """Answer the next ``n`` requests with 200 and JSON that is no OpenAI answer."""
+        self._faults.extend(_Fault("garble") for _ in range(n))
 
     def release(self) -> None:
         """End every current and future hold (``delay_s``, stalled streams)."""
         self._released.set()
 
-    async def wait_for_requests(self, n: int, timeout: float = 5.0) -> None:
-        """Return once at least ``n`` requests have arrived."""
-        async with self._arrived:
-            await asyncio.wait_for(self._arrived.wait_for(lambda: len(self.requests) >= n), timeout)
+    async def wait_for_requests(self, n: int) -> None:
+        """Return once at least ``n`` requests have arrived (fail after 5 s)."""
+        async with asyncio.timeout(5.0), self._arrived:
+            await self._arrived.wait_for(lambda: len(self.requests) >= n)
 
     # -- handlers ----------------------------------------------------------------------
 
-    async def _admit(self, request: web.Request) -> tuple[dict[str, Any], web.StreamResponse | None]:
+    async def _admit(
+        self, request: web.Request
+    ) -> tuple[dict[str, Any], web.StreamResponse | None]:
         """Record the request and apply faults; returns its body and an early answer, if any."""
         body = orjson.loads(await request.read())
         if self._record:
@@ -145,29 +153,31 @@ class MockUpstream:
                 self.requests.append(Received(request.path, headers, body))
                 self._arrived.notify_all()
         if self.delay_s:
-            await self._hold()
+            await self._hold(self.delay_s)
+            if request.transport is None or request.transport.is_closing():
+                return body, web.Response()  # the client gave up; nobody to answer
         if not self._faults:
             return body, None
         fault = self._faults.popleft()
-        if fault.status is None:
+        if fault.kind == "reset":
             assert request.transport is not None
             request.transport.close()
             return body, web.Response()  # never sent: the connection is gone
+        if fault.kind == "garble":
+            return body, web.Response(body=b"[1, 2, 3]", content_type="application/json")
         error = {"message": f"mock upstream failure {fault.status}", "type": "mock_error"}
-        headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
-        return body, _json({"error": error}, status=fault.status, headers=headers)
+        retry = {"Retry-After": fault.retry_after} if fault.retry_after else None
+        return body, _json({"error": error}, status=fault.status, headers=retry)
 
-    async def _hold(self) -> None:
-        try:
-            await asyncio.wait_for(self._released.wait(), self.delay_s or None)
-        except TimeoutError:
-            pass
+    async def _hold(self, seconds: float | None) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._released.wait(), seconds)
 
-    def _usage(self, completion_tokens: int) -> dict[str, int]:
+    def _usage(self) -> dict[str, int]:
         return {
             "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": self.prompt_tokens + completion_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
         }
 
     async def _text(self, request: web.Request) -> web.StreamResponse:
@@ -186,10 +196,12 @@ class MockUpstream:
         payload["object"] = "chat.completion" if chat else "text_completion"
         payload["system_fingerprint"] = "fp_mock"
         if not self.omit_usage:
-            payload["usage"] = self._usage(self.completion_tokens)
+            payload["usage"] = self._usage()
         return _json(payload)
 
-    async def _stream(self, request: web.Request, body: dict[str, Any], chat: bool) -> Any:
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], chat: bool
+    ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         options = body.get("stream_options") or {}
@@ -206,16 +218,16 @@ class MockUpstream:
         for n, word in enumerate(re.findall(r"\S+\s*", self.reply)):
             if n == self.cut_stream_after:
                 if self.cut_by == "stall":
-                    await self._hold()
-                assert request.transport is not None
-                request.transport.close()  # flushes what was written, then FIN
+                    await self._hold(None)
+                if request.transport is not None:  # None if the client left first
+                    request.transport.close()  # flushes what was written, then FIN
                 return response
             part = {"content": word} if chat else None
             await send([_piece(part, word, None)])
         await send([_piece({} if chat else None, "", "stop")])
         if with_usage:
             last = self._envelope(body, chat, [])
-            last["usage"] = self._usage(self.completion_tokens)
+            last["usage"] = self._usage()
             await response.write(b"data: " + orjson.dumps(last) + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
@@ -232,7 +244,10 @@ class MockUpstream:
         ]
         payload: dict[str, Any] = {"object": "list", "data": data, "model": body.get("model")}
         if not self.omit_usage:
-            payload["usage"] = {"prompt_tokens": self.prompt_tokens, "total_tokens": self.prompt_tokens}
+            payload["usage"] = {
+                "prompt_tokens": self.prompt_tokens,
+                "total_tokens": self.prompt_tokens,
+            }
         return _json(payload)
 
     def _envelope(

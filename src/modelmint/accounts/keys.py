@@ -77,6 +77,8 @@ def create_key(
         raise InvalidRequest("rpm must be a positive integer", param="rpm")
     if tpm_limit is not None and tpm_limit <= 0:
         raise InvalidRequest("tpm must be a positive integer", param="tpm")
+    if expires_at is not None and expires_at.tzinfo is None:
+        raise InvalidRequest("expiry must carry a timezone (UTC)", param="expires")
     if expires_at is not None and expires_at <= utcnow():
         raise InvalidRequest("expiry date is in the past", param="expires")
     if models is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from sqlalchemy import or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from modelmint.errors import Conflict, InvalidRequest, NotFound
@@ -13,12 +14,12 @@ from modelmint.storage.tables import Organization
 
 __all__ = ["create_org", "ensure_org", "get_org", "list_orgs"]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}")
 
 
 def _check_name(name: str) -> str:
     name = name.strip()
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise InvalidRequest(
             "organisation name must be 1-100 letters, digits, spaces, '.', '_' or '-'",
             param="name",
@@ -32,7 +33,10 @@ def create_org(session: Session, name: str) -> Organization:
         raise Conflict(f"organisation {name!r} already exists", param="name")
     org = Organization(id=new_id("org"), name=name)
     session.add(org)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError as exc:  # created concurrently, between the check and the insert
+        raise Conflict(f"organisation {name!r} already exists", param="name") from exc
     return org
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 import typer
@@ -85,7 +85,7 @@ def list_(
     with session_scope() as session:
         organization = accounts.get_org(session, org) if org else None
         names = {o.id: o.name for o in accounts.list_orgs(session)}
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "id": k.id,
                 "prefix": k.prefix,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 import typer
@@ -19,7 +19,7 @@ def list_(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
     """Public model names and the deployments behind them."""
     with session_scope() as session:
         routes = registry.load_routes(session)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": name,
             "task": route.task,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
 import sys
 from typing import Annotated
 
 import typer
-from pydantic import SecretStr
 from sqlalchemy import select
 
 from modelmint import accounts, registry
@@ -89,32 +90,46 @@ def _banner(config: Settings, secret: str | None, prefix: str | None, admin: str
     console.rule()
 
 
+def _prepare_metrics_dir(config: Settings) -> None:
+    """Worker processes share Prometheus metrics through files in one fresh folder."""
+    folder = config.home / "prometheus"
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder.resolve())
+
+
 def up(
     host: Annotated[str | None, typer.Option(help="Bind address (MODELMINT_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (MODELMINT_PORT).")] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Gateway worker processes (use PostgreSQL beyond one).")
+    ] = 1,
 ) -> None:
     """Start the platform: migrate the database, register the bundled models, create a
     demo organisation and key, and serve the OpenAI-compatible API."""
     import uvicorn
 
-    from modelmint.gateway import create_app
-
     config = load_settings()
-    updates: dict[str, object] = {}
     if host:
-        updates["host"] = host
+        os.environ["MODELMINT_HOST"] = host
     if port:
-        updates["port"] = port
+        os.environ["MODELMINT_PORT"] = str(port)
     generated_admin = None
     if config.admin_token is None:
         generated_admin = secrets.token_urlsafe(24)
-        updates["admin_token"] = SecretStr(generated_admin)
-    config = config.model_copy(update=updates)
+        # Workers read their settings from the environment: hand them the same token.
+        os.environ["MODELMINT_ADMIN_TOKEN"] = generated_admin
+    config = load_settings()
     configure_logging(config.log_level, json_lines=config.log_json and not sys.stderr.isatty())
     secret, prefix = _seed(config)
+    if workers > 1:
+        _prepare_metrics_dir(config)
     _banner(config, secret, prefix, generated_admin)
     uvicorn.run(
-        create_app(config),
+        "modelmint.gateway.server:app_from_env",
+        factory=True,
+        workers=workers,
         host=config.host,
         port=config.port,
         log_config=None,

@@ -61,7 +61,7 @@ def install_error_handlers(app: FastAPI) -> None:
         error = ModelMintError(str(exc.detail), code=kinds.get(exc.status_code))
         error.status_code = exc.status_code
         error.error_type = "invalid_request_error"
-        return error_response(error)
+        return error_response(error, headers=dict(exc.headers or {}))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> OrjsonResponse:

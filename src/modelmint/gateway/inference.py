@@ -25,8 +25,10 @@ from modelmint.errors import (
     BackendError,
     InvalidRequest,
     ModelMintError,
+    ModelNotFound,
     PermissionDenied,
     ServiceUnavailable,
+    UpstreamRateLimited,
     UpstreamTimeout,
 )
 from modelmint.gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -45,7 +47,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Failures of a backend (not of the request) that a fallback deployment may absorb.
-_FALLBACK_ON = (BackendError, UpstreamTimeout, ServiceUnavailable)
+_FALLBACK_ON = (BackendError, UpstreamTimeout, ServiceUnavailable, UpstreamRateLimited)
 
 
 @dataclass(slots=True)
@@ -100,7 +102,10 @@ class InferenceService:
             fallback = target.deployment.fallback
             if fallback is None:
                 raise
-            backup_route = self.router.route(fallback)
+            try:
+                backup_route = self.router.route(fallback)
+            except ModelNotFound:
+                raise exc from None  # a dangling fallback must not hide the real failure
             if backup_route.task != route.task:
                 raise
             log.warning(
@@ -150,11 +155,14 @@ class InferenceService:
     # -- chat and completions -----------------------------------------------------------
 
     async def chat(self, key: KeyInfo, request_id: str, body: ChatCompletionRequest) -> Answer:
+        extra = body.passthrough()
+        if body.max_completion_tokens is not None:
+            extra["max_completion_tokens"] = body.max_completion_tokens
         request = TextRequest(
             kind="chat",
             sampling=body.sampling(body.effective_max_tokens),
             messages=body.message_dicts(),
-            extra=body.passthrough(),
+            extra=extra,
         )
         return await self._text(
             key,
@@ -228,7 +236,9 @@ class InferenceService:
         usage = Usage()
 
         async def first_piece(target: Target) -> tuple[AsyncIterator[StreamDelta], StreamDelta]:
+            # A failed first attempt may have left counts or the estimate flag behind.
             usage.input_tokens = usage.output_tokens = 0
+            usage.estimated = False
             pieces = _text_backend(target).stream(request, usage)
             try:
                 return pieces, await anext(pieces)

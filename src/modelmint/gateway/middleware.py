@@ -22,7 +22,7 @@ from modelmint.observability.metrics import HTTP_REQUESTS
 __all__ = ["GatewayMiddleware", "new_request_id"]
 
 log = logging.getLogger("modelmint.access")
-_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def new_request_id() -> str:
@@ -43,7 +43,7 @@ class GatewayMiddleware:
         # but never trusted as a record key (two requests could share it).
         request_id = new_request_id()
         client_id = _header(scope, b"x-request-id")
-        if client_id is not None and not _CLIENT_ID.match(client_id):
+        if client_id is not None and not _CLIENT_ID.fullmatch(client_id):
             client_id = None
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)

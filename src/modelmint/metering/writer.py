@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
 from modelmint.errors import ServiceUnavailable
 from modelmint.metering.events import UsageEvent
@@ -37,6 +38,9 @@ class UsageWriter:
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        # Guards ``_closed`` so that no event can be queued behind the stop marker.
+        self._lock = threading.Lock()
+        self._closed = False
         self._table: Table = UsageRecord.__table__  # type: ignore[assignment]
         self.batches = 0
         self.events = 0
@@ -47,15 +51,30 @@ class UsageWriter:
 
     def close(self) -> None:
         """Commit everything already submitted, then stop."""
+        with self._lock:
+            self._closed = True
         if self._thread is not None:
             self._queue.put(_STOP)
             self._thread.join()
             self._thread = None
+        # Events queued on a writer that never started: fail them rather than leave their
+        # callers waiting forever.
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP and item[1].set_running_or_notify_cancel():
+                item[1].set_exception(ServiceUnavailable("usage writer is not running"))
 
     def submit(self, event: UsageEvent) -> Future[None]:
         """Queue an event; the future completes once its transaction has committed."""
         future: Future[None] = Future()
-        self._queue.put((event, future))
+        with self._lock:
+            if self._closed:
+                future.set_exception(ServiceUnavailable("usage writer is closed"))
+            else:
+                self._queue.put((event, future))
         return future
 
     async def record(self, event: UsageEvent) -> None:
@@ -92,15 +111,54 @@ class UsageWriter:
                 return
 
     def _commit(self, statement: Any, batch: list[tuple[UsageEvent, Future[None]]]) -> None:
+        for _, future in batch:
+            # From here on a waiter can no longer cancel its future. One cancelled earlier
+            # (its request task was cancelled, e.g. the client went away) is still written:
+            # the usage happened.
+            future.set_running_or_notify_cancel()
         try:
-            with self._db.engine.begin() as connection:
-                connection.execute(statement, [event.row() for event, _ in batch])
+            self._write(statement, batch)
         except Exception as exc:
+            if len(batch) > 1 and _bad_data(exc):
+                # One malformed event must not cost the rest of the batch its record.
+                log.error("usage batch of %d refused (%s); writing one by one", len(batch), exc)
+                for item in batch:
+                    try:
+                        self._write(statement, [item])
+                    except Exception as single:
+                        log.error("usage event %s failed to commit: %s", item[0].id, single)
+                        _settle(item[1], single)
+                    else:
+                        _settle(item[1], None)
+                return
             log.error("usage batch of %d failed to commit: %s", len(batch), exc)
             for _, future in batch:
-                future.set_exception(exc)
+                _settle(future, exc)
             return
+        for _, future in batch:
+            _settle(future, None)
+
+    def _write(self, statement: Any, batch: list[tuple[UsageEvent, Future[None]]]) -> None:
+        with self._db.engine.begin() as connection:
+            connection.execute(statement, [event.row() for event, _ in batch])
         self.batches += 1
         self.events += len(batch)
-        for _, future in batch:
-            future.set_result(None)
+
+
+def _bad_data(exc: Exception) -> bool:
+    """Whether the rows themselves were refused, as opposed to the database being down."""
+    if isinstance(exc, IntegrityError | DataError):
+        return True
+    # A value the driver could not even bind (e.g. a naive datetime): a StatementError that
+    # the database never saw.
+    return isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
+
+
+def _settle(future: Future[None], error: BaseException | None) -> None:
+    """Complete a future unless its waiter cancelled it (setting it then would raise)."""
+    if future.cancelled():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)

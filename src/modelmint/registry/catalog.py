@@ -27,7 +27,9 @@ __all__ = [
 ]
 
 TASKS = ("chat", "embedding")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+# fullmatch, not match with "$": "$" also matches before a trailing newline.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
+_ENV_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +61,7 @@ class RouteSpec:
 
 
 def check_name(name: str, param: str = "name") -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise InvalidRequest(
             f"invalid model name {name!r}: use letters, digits and . _ : / - (max 128)",
             param=param,
@@ -165,7 +167,7 @@ def add_remote_model(
     parsed = urlparse(base_url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise InvalidRequest("base_url must be an http(s) URL", param="base_url")
-    if api_key_env is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", api_key_env):
+    if api_key_env is not None and not _ENV_VAR.fullmatch(api_key_env):
         raise InvalidRequest(
             "api_key_env must be an environment variable name", param="api_key_env"
         )
@@ -175,6 +177,8 @@ def add_remote_model(
         raise InvalidRequest("max_retries must be between 0 and 10", param="max_retries")
     if _public_name_taken(session, name):
         raise Conflict(f"a model named {name!r} is already deployed", param="name")
+    if fallback is not None and not _public_name_taken(session, fallback):
+        raise InvalidRequest(f"fallback model {fallback!r} is not deployed", param="fallback")
     model = ensure_model(session, name, task)
     version = add_version(session, model, format="remote", artifact_uri=base_url.rstrip("/"))
     config: dict[str, Any] = {"upstream_model": upstream_model or name}

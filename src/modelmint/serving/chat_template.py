@@ -54,8 +54,6 @@ class ChatTemplate:
                 bos_token=self._bos,
                 eos_token=self._eos,
             )
-        except InvalidRequest:
-            raise
         except (TemplateError, ArithmeticError, LookupError, TypeError, ValueError) as exc:
             # The template is the model's code running on the client's messages: whatever
             # it trips on (a sandbox limit, a bad operand) is a refusal, not a server fault.

@@ -142,16 +142,17 @@ class LlamaCppBackend:
             text.append(piece or "")
             finish = choice.get("finish_reason") or finish
         content = "".join(text)
+        answer: dict[str, Any]
         if request.kind == "chat":
-            choice: dict[str, Any] = {
+            answer = {
                 "index": 0,
                 "message": {"role": "assistant", "content": content},
                 "finish_reason": finish,
                 "logprobs": None,
             }
         else:
-            choice = {"index": 0, "text": content, "finish_reason": finish, "logprobs": None}
-        return Generation(choices=[choice], usage=usage)
+            answer = {"index": 0, "text": content, "finish_reason": finish, "logprobs": None}
+        return Generation(choices=[answer], usage=usage)
 
     async def stream(self, request: TextRequest, usage: Usage) -> AsyncIterator[StreamDelta]:
         tokens, max_tokens = self._prepare(request)

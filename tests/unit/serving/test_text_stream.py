@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -102,7 +104,7 @@ def text_pieces_and_stop(draw: st.DrawFn) -> tuple[str, list[bytes], str]:
     raw = text.encode()
     cuts = sorted(draw(st.sets(st.integers(0, len(raw)), max_size=12)))
     bounds = [0, *cuts, len(raw)]
-    pieces = [raw[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    pieces = [raw[a:b] for a, b in itertools.pairwise(bounds)]
     return text, pieces, stop
 
 
