@@ -261,3 +261,12 @@ def test_a_retired_remote_name_can_be_registered_again(database: Database) -> No
     with database.session() as session:
         (spec,) = load_routes(session)["remote-a"].deployments
     assert (spec.artifact_uri, spec.version) == ("http://new:1/v1", 2)
+
+
+def test_a_fallback_must_name_a_deployed_model(database: Database) -> None:
+    with (
+        pytest.raises(InvalidRequest, match="fallback model 'ghost' is not deployed"),
+        database.session() as session,
+    ):
+        add_remote_model(session, "remote-b", base_url="http://h:1/v1", fallback="ghost")
+    assert count(database, Deployment) == 0
