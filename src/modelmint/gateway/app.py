@@ -36,6 +36,9 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
         version=__version__,
         default_response_class=OrjsonResponse,
         lifespan=lifespan,
+        # FastAPI's OpenTelemetry hooks look up global providers on every request; our
+        # metrics are Prometheus, and the hot path has no microseconds to spare.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
     app.include_router(openai.router)

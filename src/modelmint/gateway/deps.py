@@ -1,4 +1,8 @@
-"""FastAPI dependencies shared by the routes."""
+"""FastAPI dependencies shared by the routes.
+
+All are ``async def``: FastAPI runs a plain ``def`` dependency on a worker thread,
+a thread hop per dependency per request.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from modelmint.storage.db import utcnow
 __all__ = ["AdminDep", "CurrentKey", "PlatformDep", "RequestId"]
 
 
-def _platform(request: Request) -> Platform:
+async def _platform(request: Request) -> Platform:
     platform: Platform = request.app.state.platform
     return platform
 
@@ -53,14 +57,14 @@ async def _current_key(request: Request, platform: PlatformDep) -> KeyInfo:
 CurrentKey = Annotated[KeyInfo, Depends(_current_key)]
 
 
-def _request_id(request: Request) -> str:
+async def _request_id(request: Request) -> str:
     return str(request.scope["state"]["request_id"])
 
 
 RequestId = Annotated[str, Depends(_request_id)]
 
 
-def _admin(request: Request, platform: PlatformDep) -> None:
+async def _admin(request: Request, platform: PlatformDep) -> None:
     expected = platform.settings.admin_token
     given = _bearer(request)
     if expected is None:

@@ -6,9 +6,10 @@ them, and a local engine refuses by name the ones it cannot honour.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Required, cast
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing_extensions import TypedDict
 
 from modelmint.serving.types import SamplingParams
 
@@ -67,20 +68,20 @@ class _TextRequest(BaseModel):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class ContentPart(TypedDict, total=False):
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    type: Required[str]
+    text: str
 
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[dict[str, Any]] | None = None
-    name: str | None = None
 
-    @model_validator(mode="after")
-    def _content_parts(self) -> ChatMessage:
-        if isinstance(self.content, list):
-            for part in self.content:
-                if not isinstance(part.get("type"), str):
-                    raise ValueError("each content part needs a 'type'")
-        return self
+class ChatMessage(TypedDict, total=False):
+    """A message, validated but kept as the client's own dict: extra keys such as
+    ``tool_calls`` pass through to an upstream, and no copy is made per request."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    role: Required[Literal["system", "developer", "user", "assistant", "tool", "function"]]
+    content: str | list[ContentPart] | None
+    name: str
 
 
 class ChatCompletionRequest(_TextRequest):
@@ -93,7 +94,7 @@ class ChatCompletionRequest(_TextRequest):
         return self.max_completion_tokens or self.max_tokens
 
     def message_dicts(self) -> list[dict[str, Any]]:
-        return [m.model_dump(exclude_none=True) for m in self.messages]
+        return cast(list[dict[str, Any]], self.messages)
 
 
 class CompletionRequest(_TextRequest):

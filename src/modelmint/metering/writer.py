@@ -4,12 +4,14 @@ Requests hand their event to one writer thread and wait for its commit. While
 the writer commits one batch, the next batch gathers, so under load hundreds of
 requests share a transaction and its fsync, and at low load a lone request
 waits for a single small commit. Inserts ignore ids already present, which
-makes a retried write harmless.
+makes a retried write harmless. The hourly rollups are updated in the same
+transaction, from the rows that were actually inserted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -22,6 +24,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
 from modelmint.errors import ServiceUnavailable
 from modelmint.metering.events import UsageEvent
+from modelmint.metering.rollups import rollup_rows, rollup_upsert
 from modelmint.storage.db import Database
 from modelmint.storage.tables import UsageRecord
 
@@ -30,6 +33,9 @@ __all__ = ["UsageWriter"]
 log = logging.getLogger(__name__)
 
 _STOP = object()
+# Whoever waits for an event's commit: a thread-safe future (``submit``) or an asyncio
+# future of the requesting event loop (``record``).
+_Waiter = Future[None] | asyncio.Future[None]
 
 
 class UsageWriter:
@@ -42,6 +48,7 @@ class UsageWriter:
         self._lock = threading.Lock()
         self._closed = False
         self._table: Table = UsageRecord.__table__  # type: ignore[assignment]
+        self._rollup = rollup_upsert(database.is_sqlite)
         self.batches = 0
         self.events = 0
 
@@ -64,31 +71,42 @@ class UsageWriter:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is not _STOP and item[1].set_running_or_notify_cancel():
-                item[1].set_exception(ServiceUnavailable("usage writer is not running"))
+            if item is not _STOP:
+                _deliver([(item[1], ServiceUnavailable("usage writer is not running"))])
 
     def submit(self, event: UsageEvent) -> Future[None]:
         """Queue an event; the future completes once its transaction has committed."""
         future: Future[None] = Future()
-        with self._lock:
-            if self._closed:
-                future.set_exception(ServiceUnavailable("usage writer is closed"))
-            else:
-                self._queue.put((event, future))
+        self._enqueue(event, future)
         return future
 
     async def record(self, event: UsageEvent) -> None:
         """Write the event durably; returns only after the commit."""
+        # An asyncio future, not a wrapped concurrent one: the writer then wakes each event
+        # loop once per batch instead of once per request.
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._enqueue(event, waiter)
         try:
-            await asyncio.wrap_future(self.submit(event))
+            await waiter
         except ServiceUnavailable:
             raise
         except Exception as exc:
             raise ServiceUnavailable("usage could not be recorded; try again") from exc
 
+    def _enqueue(self, event: UsageEvent, waiter: _Waiter) -> None:
+        with self._lock:
+            if self._closed:
+                _settle_now(waiter, ServiceUnavailable("usage writer is closed"))
+            else:
+                self._queue.put((event, waiter))
+
     def _insert(self) -> Any:
         statement = (sqlite.insert if self._db.is_sqlite else postgresql.insert)(self._table)
-        return statement.on_conflict_do_nothing(index_elements=["id"])
+        # RETURNING names the rows actually inserted, so a retried event is neither
+        # stored nor rolled up twice.
+        return statement.on_conflict_do_nothing(index_elements=["id"]).returning(
+            self._table.c.id
+        )
 
     def _run(self) -> None:
         statement = self._insert()
@@ -110,37 +128,39 @@ class UsageWriter:
             if stop:
                 return
 
-    def _commit(self, statement: Any, batch: list[tuple[UsageEvent, Future[None]]]) -> None:
-        for _, future in batch:
-            # From here on a waiter can no longer cancel its future. One cancelled earlier
-            # (its request task was cancelled, e.g. the client went away) is still written:
-            # the usage happened.
-            future.set_running_or_notify_cancel()
+    def _commit(self, statement: Any, batch: list[tuple[UsageEvent, _Waiter]]) -> None:
+        # A waiter cancelled before or during the commit (its request task was cancelled,
+        # e.g. the client went away) still has its event written: the usage happened.
         try:
             self._write(statement, batch)
         except Exception as exc:
             if len(batch) > 1 and _bad_data(exc):
                 # One malformed event must not cost the rest of the batch its record.
                 log.error("usage batch of %d refused (%s); writing one by one", len(batch), exc)
-                for item in batch:
+                outcomes: list[tuple[_Waiter, BaseException | None]] = []
+                for event, waiter in batch:
                     try:
-                        self._write(statement, [item])
+                        self._write(statement, [(event, waiter)])
                     except Exception as single:
-                        log.error("usage event %s failed to commit: %s", item[0].id, single)
-                        _settle(item[1], single)
+                        log.error("usage event %s failed to commit: %s", event.id, single)
+                        outcomes.append((waiter, single))
                     else:
-                        _settle(item[1], None)
+                        outcomes.append((waiter, None))
+                _deliver(outcomes)
                 return
             log.error("usage batch of %d failed to commit: %s", len(batch), exc)
-            for _, future in batch:
-                _settle(future, exc)
+            _deliver([(waiter, exc) for _, waiter in batch])
             return
-        for _, future in batch:
-            _settle(future, None)
+        _deliver([(waiter, None) for _, waiter in batch])
 
-    def _write(self, statement: Any, batch: list[tuple[UsageEvent, Future[None]]]) -> None:
+    def _write(self, statement: Any, batch: list[tuple[UsageEvent, _Waiter]]) -> None:
         with self._db.engine.begin() as connection:
-            connection.execute(statement, [event.row() for event, _ in batch])
+            inserted = set(
+                connection.execute(statement, [event.row() for event, _ in batch]).scalars()
+            )
+            fresh = [event for event, _ in batch if event.id in inserted]
+            if fresh:
+                connection.execute(self._rollup, rollup_rows(fresh))
         self.batches += 1
         self.events += len(batch)
 
@@ -154,11 +174,36 @@ def _bad_data(exc: Exception) -> bool:
     return isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
 
 
-def _settle(future: Future[None], error: BaseException | None) -> None:
-    """Complete a future unless its waiter cancelled it (setting it then would raise)."""
-    if future.cancelled():
+def _settle_now(waiter: _Waiter, error: BaseException | None) -> None:
+    """Complete a waiter unless it was cancelled (setting it then would raise).
+
+    For an asyncio future this must run on its own event loop's thread.
+    """
+    if waiter.done():
+        return
+    if isinstance(waiter, Future) and not waiter.set_running_or_notify_cancel():
         return
     if error is None:
-        future.set_result(None)
+        waiter.set_result(None)
     else:
-        future.set_exception(error)
+        waiter.set_exception(error)
+
+
+def _settle_all(outcomes: list[tuple[_Waiter, BaseException | None]]) -> None:
+    for waiter, error in outcomes:
+        _settle_now(waiter, error)
+
+
+def _deliver(outcomes: list[tuple[_Waiter, BaseException | None]]) -> None:
+    """Settle waiters from the writer thread: thread-safe futures directly, asyncio futures
+    with one call into each event loop for the whole batch."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Waiter, BaseException | None]]] = {}
+    for waiter, error in outcomes:
+        if isinstance(waiter, asyncio.Future):
+            by_loop.setdefault(waiter.get_loop(), []).append((waiter, error))
+        else:
+            _settle_now(waiter, error)
+    for loop, items in by_loop.items():
+        # A closed loop raises RuntimeError: nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle_all, items)

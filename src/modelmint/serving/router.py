@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from modelmint.errors import ModelNotFound, ServiceUnavailable
 from modelmint.registry.catalog import DeploymentSpec, RouteSpec
-from modelmint.serving.backend import Backend
+from modelmint.serving.backend import Backend, EmbeddingBackend, TextBackend
 
 __all__ = ["Router", "Target"]
 
@@ -74,6 +74,7 @@ class Router:
                     continue
                 try:
                     backend = self._build(spec)
+                    _check_serves(backend, spec)
                     await backend.start()
                 except Exception as exc:
                     # One broken deployment must not take the others down; it answers 503.
@@ -107,3 +108,13 @@ class Router:
             raise ServiceUnavailable(f"the model {route.public_name!r} has no running deployment")
         chosen = live[0] if len(live) == 1 else random.choices(live, [d.weight for d in live])[0]
         return Target(chosen, self._backends[chosen.id])
+
+
+_TASK_PROTOCOLS: dict[str, type] = {"chat": TextBackend, "embedding": EmbeddingBackend}
+
+
+def _check_serves(backend: Backend, spec: DeploymentSpec) -> None:
+    """Refuse, once at start, a backend that cannot serve its deployment's task."""
+    protocol = _TASK_PROTOCOLS.get(spec.task)
+    if protocol is None or not isinstance(backend, protocol):
+        raise TypeError(f"backend {spec.backend!r} cannot serve the task {spec.task!r}")

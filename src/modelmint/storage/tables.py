@@ -33,6 +33,7 @@ __all__ = [
     "Organization",
     "RegisteredModel",
     "UsageRecord",
+    "UsageRollup",
 ]
 
 # Stable constraint names let Alembic alter them on both SQLite and PostgreSQL.
@@ -59,6 +60,10 @@ class Organization(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
+    # Limits shared by all of the organisation's keys; NULL means unlimited.
+    rpm_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tpm_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_concurrent: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -77,6 +82,7 @@ class ApiKey(Base):
     models: Mapped[list[str] | None] = mapped_column(nullable=True)
     rpm_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
     tpm_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_concurrent: Mapped[int | None] = mapped_column(Integer, nullable=True)
     expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -156,3 +162,20 @@ class UsageRecord(Base):
     # True when the upstream reported no usage and we counted with our own tokenizer.
     usage_estimated: Mapped[bool] = mapped_column(Boolean, default=False)
     finish_reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
+
+
+class UsageRollup(Base):
+    """Hourly sums of usage, kept by the metering writer in the same transaction as the
+    usage rows, so billing and analytics read small tables however large raw usage grows."""
+
+    __tablename__ = "usage_rollups_hourly"
+
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    organization_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    api_key_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    # "" when unknown: primary key columns cannot be NULL.
+    model_version_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    # requests, errors, input_tokens, output_tokens, latency_ms
+    metric: Mapped[str] = mapped_column(String(40), primary_key=True)
+    quantity: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -46,7 +46,10 @@ def test_a_minimal_chat_request_is_valid() -> None:
         ({"top_p": 0}, ("top_p",)),
         ({"model": ""}, ("model",)),
         ({"messages": [{"role": "robot", "content": "x"}]}, ("messages", 0, "role")),
-        ({"messages": [{"role": "user", "content": [{"text": "no type"}]}]}, ("messages", 0)),
+        (
+            {"messages": [{"role": "user", "content": [{"text": "no type"}]}]},
+            ("messages", 0, "content", "list[ContentPart]", 0, "type"),
+        ),
     ],
 )
 def test_chat_validation_rules(fields: dict[str, Any], location: tuple[Any, ...]) -> None:
@@ -88,7 +91,7 @@ def test_include_usage_reads_stream_options() -> None:
     assert chat(stream=True, stream_options={}).include_usage is False
 
 
-def test_message_dicts_drop_absent_fields_and_keep_extras() -> None:
+def test_message_dicts_are_the_clients_own_dicts_with_extras() -> None:
     request = chat(
         messages=[
             {"role": "assistant", "content": None, "tool_calls": [{"id": "c1"}]},
@@ -96,7 +99,7 @@ def test_message_dicts_drop_absent_fields_and_keep_extras() -> None:
         ]
     )
     assert request.message_dicts() == [
-        {"role": "assistant", "tool_calls": [{"id": "c1"}]},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1"}]},
         {"role": "user", "content": [{"type": "text", "text": "hi"}], "name": "ann"},
     ]
 

@@ -1,0 +1,67 @@
+"""Hourly rollups of usage: the sums billing and analytics read instead of raw rows."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql, sqlite
+
+from modelmint.metering.events import UsageEvent
+from modelmint.storage.tables import UsageRollup
+
+__all__ = ["METRICS", "rollup_rows", "rollup_upsert"]
+
+# What one usage event adds to its hour. "requests" counts answered requests (2xx) and
+# "errors" the others, so error rates come from the rollups too.
+METRICS = ("requests", "errors", "input_tokens", "output_tokens", "latency_ms")
+
+_KEY = tuple[datetime, str, str, str, str]
+
+
+def _hour(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def rollup_rows(events: Iterable[UsageEvent]) -> list[dict[str, Any]]:
+    """Sum events into one row per (hour, organisation, key, model, version, metric)."""
+    sums: Counter[tuple[_KEY, str]] = Counter()
+    for event in events:
+        key: _KEY = (
+            _hour(event.created_at),
+            event.organization_id,
+            event.api_key_id,
+            event.model,
+            event.model_version_id or "",
+        )
+        ok = 200 <= event.status_code < 300
+        sums[key, "requests" if ok else "errors"] += 1
+        sums[key, "input_tokens"] += event.input_tokens
+        sums[key, "output_tokens"] += event.output_tokens
+        sums[key, "latency_ms"] += event.latency_ms
+    return [
+        {
+            "hour": hour,
+            "organization_id": org,
+            "api_key_id": key_id,
+            "model": model,
+            "model_version_id": version,
+            "metric": metric,
+            "quantity": quantity,
+        }
+        for ((hour, org, key_id, model, version), metric), quantity in sums.items()
+        if quantity
+    ]
+
+
+def rollup_upsert(is_sqlite: bool) -> Any:
+    """INSERT ... ON CONFLICT DO UPDATE adding to the existing sums (SQLite and PostgreSQL)."""
+    table: Table = UsageRollup.__table__  # type: ignore[assignment]
+    statement = (sqlite.insert if is_sqlite else postgresql.insert)(table)
+    return statement.on_conflict_do_update(
+        index_elements=[c.name for c in table.primary_key.columns],
+        set_={"quantity": table.c.quantity + statement.excluded.quantity},
+    )
