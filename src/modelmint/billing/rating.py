@@ -1,0 +1,153 @@
+"""Rating: what one request costs under a plan, given the period's usage so far.
+
+The gateway rates every request when its usage is known, and the amount is the
+*exact* (unrounded) Decimal it reserves and settles against a wallet and that the
+invoice later sums. For one line of usage (plan version, model, metric) with
+``before`` units of overage already used this period, a request adding ``n``
+overage units costs
+
+    charge.price(before + n) - charge.price(before)
+
+so tiers, packages and flat fees are applied to the running total and the charges
+of a period telescope: their exact sum is ``charge.price(total overage)``, the
+amount the invoice can recompute from the totals alone (it checks it does).
+
+Included units come from one pool per (plan version, metric), shared by every
+model and consumed in request order: the first requests of the period are free,
+the later ones pay. Tiers run per (plan version, model, metric) line.
+
+A free tier's hard cap is enforced *before* a request runs (``admit``), with the
+worst-case quantity; rating afterwards never refuses (the answer was served) and
+never charges on a free tier. On a priced plan, a model without a price raises
+``PriceNotFound`` on its first request, even inside the allowance, so a pricing
+gap shows up at once rather than at the first overage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+
+from modelmint.billing.errors import UsageCapExceeded
+from modelmint.billing.exact import EXACT, Quantity, minus, plus
+from modelmint.billing.metrics import Metric, check_quantity
+from modelmint.billing.plans import Plan, PlanRef
+
+__all__ = ["PeriodUsage", "RatedUsage", "UsageKey", "UsageTotal", "admit", "rate"]
+
+_ZERO = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class UsageKey:
+    """One line of usage: a metric of a model under one plan version."""
+
+    plan: PlanRef
+    model: str
+    metric: Metric
+
+
+@dataclass(frozen=True, slots=True)
+class UsageTotal:
+    """Period-to-date usage of one key: ``included`` of ``quantity`` came from the allowance."""
+
+    key: UsageKey
+    quantity: Quantity = 0
+    included: Quantity = 0
+
+    @property
+    def overage(self) -> Quantity:
+        return minus(self.quantity, self.included)
+
+
+@dataclass(frozen=True, slots=True)
+class RatedUsage:
+    """One request's usage of one key, split into included and overage, and its exact cost."""
+
+    key: UsageKey
+    quantity: Quantity
+    included: Quantity
+    overage: Quantity
+    amount: Decimal
+
+
+def admit(plan: Plan, metric: Metric, included_used: Quantity, requested: Quantity) -> None:
+    """Refuse ``requested`` units when a hard-capped plan's allowance cannot take them."""
+    if not plan.hard_cap:
+        return
+    limit = plan.allowance(metric)
+    quantity = check_quantity(requested, metric)
+    if limit is None or plus(included_used, quantity) <= limit:
+        return
+    raise UsageCapExceeded(
+        f"the {plan.code} plan includes {limit} {metric.value} per month; "
+        f"{included_used} used, {quantity} more requested. Upgrade the plan to continue.",
+        metric=metric.value,
+        limit=Decimal(limit),
+        used=Decimal(included_used),
+        requested=Decimal(quantity),
+    )
+
+
+def rate(plan: Plan, before: UsageTotal, included_used: Quantity, quantity: Quantity) -> RatedUsage:
+    """Rate ``quantity`` more units of ``before.key`` (pure: records nothing).
+
+    ``included_used`` is how much of the plan's allowance for the metric the whole
+    organisation has used this period, across models.
+    """
+    key = before.key
+    quantity = check_quantity(quantity, key.metric)
+    allowance = plan.allowance(key.metric)
+    if allowance is None:
+        included: Quantity = quantity
+    else:
+        left = minus(allowance, included_used)
+        included = min(quantity, max(left, 0))
+    overage = minus(quantity, included)
+    charge = plan.overage_charge(key.model, key.metric)
+    if charge is None or overage == 0:
+        amount = _ZERO
+    else:
+        start = before.overage
+        amount = EXACT.subtract(charge.price(plus(start, overage)), charge.price(start))
+    return RatedUsage(key, quantity, included, overage, amount)
+
+
+class PeriodUsage:
+    """Running usage totals of one organisation for one period, in memory.
+
+    The gateway's store keeps the same totals durably; this class is the rule set
+    and the reference the tests hold the store to.
+    """
+
+    def __init__(self, totals: Iterable[UsageTotal] = ()) -> None:
+        self._totals: dict[UsageKey, UsageTotal] = {t.key: t for t in totals}
+
+    def total(self, key: UsageKey) -> UsageTotal:
+        return self._totals.get(key, UsageTotal(key))
+
+    def totals(self) -> tuple[UsageTotal, ...]:
+        return tuple(sorted(self._totals.values(), key=lambda t: t.key))
+
+    def included_used(self, plan: PlanRef, metric: Metric) -> Quantity:
+        """Allowance of ``metric`` used this period under ``plan``, across models."""
+        used: Quantity = 0
+        for key, total in self._totals.items():
+            if key.plan == plan and key.metric == metric:
+                used = plus(used, total.included)
+        return used
+
+    def admit(self, plan: Plan, metric: Metric, requested: Quantity) -> None:
+        """Refuse the request if a hard cap cannot take ``requested`` more units."""
+        admit(plan, metric, self.included_used(plan.ref, metric), requested)
+
+    def rate(self, plan: Plan, model: str, metric: Metric, quantity: Quantity) -> RatedUsage:
+        """Rate one request's usage and add it to the totals."""
+        key = UsageKey(plan.ref, model, metric)
+        before = self.total(key)
+        rated = rate(plan, before, self.included_used(plan.ref, metric), quantity)
+        self._totals[key] = UsageTotal(
+            key, plus(before.quantity, rated.quantity), plus(before.included, rated.included)
+        )
+        return rated
