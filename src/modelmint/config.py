@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     upstream_connect_timeout_s: float = Field(default=5.0, gt=0)
     upstream_max_retries: int = Field(default=2, ge=0, le=10)
 
+    # Redis for cluster-wide rate limits (redis://host:6379/0); unset: limits per process.
+    redis_url: str | None = None
+    # A concurrency slot held longer than this is presumed lost (its process died).
+    lease_ttl_s: float = Field(default=600.0, gt=0)
+
     # How long an in-memory copy of a key or route may be served before it is re-read.
     # A revoked key stops working within this delay in every process.
     cache_ttl_s: float = Field(default=1.0, gt=0, le=60)

@@ -6,9 +6,10 @@ from modelmint.accounts.keys import (
     hash_secret,
     list_keys,
     lookup_key,
+    lookup_key_by_hash,
     revoke_key,
 )
-from modelmint.accounts.orgs import create_org, ensure_org, get_org, list_orgs
+from modelmint.accounts.orgs import create_org, ensure_org, get_org, list_orgs, set_org_limits
 
 __all__ = [
     "KeyInfo",
@@ -20,5 +21,7 @@ __all__ = [
     "list_keys",
     "list_orgs",
     "lookup_key",
+    "lookup_key_by_hash",
     "revoke_key",
+    "set_org_limits",
 ]

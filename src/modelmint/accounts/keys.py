@@ -18,7 +18,15 @@ from modelmint.errors import InvalidRequest, NotFound
 from modelmint.storage.db import new_id, utcnow
 from modelmint.storage.tables import ApiKey, Organization
 
-__all__ = ["KeyInfo", "create_key", "hash_secret", "list_keys", "lookup_key", "revoke_key"]
+__all__ = [
+    "KeyInfo",
+    "create_key",
+    "hash_secret",
+    "list_keys",
+    "lookup_key",
+    "lookup_key_by_hash",
+    "revoke_key",
+]
 
 SECRET_PREFIX = "mm-"
 # How much of the secret is kept in clear to tell keys apart: "mm-" + 8 characters.
@@ -37,6 +45,11 @@ class KeyInfo:
     tpm_limit: int | None
     expires_at: datetime | None
     revoked: bool
+    max_concurrent: int | None = None
+    # The organisation's own limits, shared by all its keys.
+    org_rpm_limit: int | None = None
+    org_tpm_limit: int | None = None
+    org_max_concurrent: int | None = None
 
     def allows(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -45,7 +58,7 @@ class KeyInfo:
         return not self.revoked and (self.expires_at is None or now < self.expires_at)
 
     @classmethod
-    def of(cls, row: ApiKey) -> KeyInfo:
+    def of(cls, row: ApiKey, org: Organization | None = None) -> KeyInfo:
         return cls(
             id=row.id,
             organization_id=row.organization_id,
@@ -55,6 +68,10 @@ class KeyInfo:
             tpm_limit=row.tpm_limit,
             expires_at=row.expires_at,
             revoked=row.revoked_at is not None,
+            max_concurrent=row.max_concurrent,
+            org_rpm_limit=org.rpm_limit if org else None,
+            org_tpm_limit=org.tpm_limit if org else None,
+            org_max_concurrent=org.max_concurrent if org else None,
         )
 
 
@@ -71,12 +88,15 @@ def create_key(
     expires_at: datetime | None = None,
     rpm_limit: int | None = None,
     tpm_limit: int | None = None,
+    max_concurrent: int | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key; returns the row and the secret, which is never retrievable again."""
     if rpm_limit is not None and rpm_limit <= 0:
         raise InvalidRequest("rpm must be a positive integer", param="rpm")
     if tpm_limit is not None and tpm_limit <= 0:
         raise InvalidRequest("tpm must be a positive integer", param="tpm")
+    if max_concurrent is not None and max_concurrent <= 0:
+        raise InvalidRequest("concurrent must be a positive integer", param="concurrent")
     if expires_at is not None and expires_at.tzinfo is None:
         raise InvalidRequest("expiry must carry a timezone (UTC)", param="expires")
     if expires_at is not None and expires_at <= utcnow():
@@ -95,6 +115,7 @@ def create_key(
         models=models,
         rpm_limit=rpm_limit,
         tpm_limit=tpm_limit,
+        max_concurrent=max_concurrent,
         expires_at=expires_at,
     )
     session.add(row)
@@ -104,13 +125,21 @@ def create_key(
 
 def lookup_key(session: Session, secret: str) -> KeyInfo | None:
     """The key whose secret this is, revoked and expired keys included, or None."""
-    digest = hash_secret(secret)
-    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
+    return lookup_key_by_hash(session, hash_secret(secret))
+
+
+def lookup_key_by_hash(session: Session, digest: str) -> KeyInfo | None:
+    """The key with this secret hash, with its organisation's limits, in one query."""
+    found = session.execute(
+        select(ApiKey, Organization)
+        .join(Organization, ApiKey.organization_id == Organization.id)
+        .where(ApiKey.key_hash == digest)
+    ).first()
     # The lookup is by hash, so timing reveals nothing of the secret; compare anyway to
     # make the equality explicit and constant-time.
-    if row is None or not secrets.compare_digest(row.key_hash, digest):
+    if found is None or not secrets.compare_digest(found[0].key_hash, digest):
         return None
-    return KeyInfo.of(row)
+    return KeyInfo.of(found[0], found[1])
 
 
 def list_keys(session: Session, organization: Organization | None = None) -> list[ApiKey]:

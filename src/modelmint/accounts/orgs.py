@@ -12,7 +12,7 @@ from modelmint.errors import Conflict, InvalidRequest, NotFound
 from modelmint.storage.db import new_id
 from modelmint.storage.tables import Organization
 
-__all__ = ["create_org", "ensure_org", "get_org", "list_orgs"]
+__all__ = ["create_org", "ensure_org", "get_org", "list_orgs", "set_org_limits"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}")
 
@@ -59,3 +59,20 @@ def get_org(session: Session, name_or_id: str) -> Organization:
 
 def list_orgs(session: Session) -> list[Organization]:
     return list(session.scalars(select(Organization).order_by(Organization.created_at)))
+
+
+def set_org_limits(
+    session: Session,
+    org: Organization,
+    *,
+    rpm_limit: int | None,
+    tpm_limit: int | None,
+    max_concurrent: int | None,
+) -> Organization:
+    """Replace the organisation's shared limits (None removes a limit)."""
+    for value, param in ((rpm_limit, "rpm"), (tpm_limit, "tpm"), (max_concurrent, "concurrent")):
+        if value is not None and value <= 0:
+            raise InvalidRequest(f"{param} must be a positive integer", param=param)
+    org.rpm_limit, org.tpm_limit, org.max_concurrent = rpm_limit, tpm_limit, max_concurrent
+    session.flush()
+    return org

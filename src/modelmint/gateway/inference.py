@@ -1,24 +1,20 @@
 """One paid request, from admission to a durable usage record.
 
-    admit (rate limits) -> route (public name -> deployment, scope check) -> backend
+    route (public name -> deployment, scope check) -> admit (rate limits) -> backend
     (with fallback) -> meter (group commit, before the answer completes) -> answer
 
-Routes call one method here and only translate HTTP; nothing in this module
-knows about FastAPI.
+Routes call one method here and only translate HTTP; nothing in this module knows
+about FastAPI. Every admitted request ends in exactly one ``_finish``: it releases the
+rate-limit permit, counts the metrics, and writes (or queues) the usage record.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
-
-import numpy as np
-import orjson
 
 from modelmint.accounts.keys import KeyInfo
 from modelmint.errors import (
@@ -31,8 +27,10 @@ from modelmint.errors import (
     UpstreamRateLimited,
     UpstreamTimeout,
 )
+from modelmint.gateway.envelope import Envelope, encode_embedding
+from modelmint.gateway.metered_stream import MeteredStream
 from modelmint.gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from modelmint.limits import RateLimiter, RateState
+from modelmint.limits import Permit, RateLimiter
 from modelmint.metering import UsageEvent, UsageWriter
 from modelmint.observability.metrics import MODEL_LATENCY, MODEL_REQUESTS, TOKENS
 from modelmint.registry.catalog import RouteSpec
@@ -52,23 +50,25 @@ _FALLBACK_ON = (BackendError, UpstreamTimeout, ServiceUnavailable, UpstreamRateL
 
 @dataclass(slots=True)
 class Answer:
-    """What a route sends back: a JSON body, or an SSE byte stream; plus rate headers."""
+    """What a route sends back: a JSON body or a metered event stream, plus rate headers."""
 
     headers: dict[str, str]
     body: dict[str, Any] | None = None
-    stream: AsyncIterator[bytes] | None = None
+    stream: MeteredStream | None = None
 
 
 @dataclass(slots=True)
 class _Call:
-    """The bookkeeping of one request while it runs."""
+    """The bookkeeping of one admitted request while it runs."""
 
     key: KeyInfo
     request_id: str
     public_name: str
     endpoint: str
+    permit: Permit
     started: float
     target: Target | None = None
+    finished: bool = False
 
 
 class InferenceService:
@@ -79,7 +79,9 @@ class InferenceService:
 
     # -- shared steps ------------------------------------------------------------------
 
-    def _admit(self, key: KeyInfo, model: str, task: str) -> tuple[RouteSpec, RateState]:
+    async def _admit(
+        self, key: KeyInfo, request_id: str, model: str, task: str, endpoint: str
+    ) -> tuple[RouteSpec, _Call]:
         route = self.router.route(model)
         if not key.allows(model):
             raise PermissionDenied(f"this API key may not use the model {model!r}", param="model")
@@ -89,7 +91,8 @@ class InferenceService:
                 param="model",
                 code="model_not_supported",
             )
-        return route, self.limiter.admit(key)
+        permit = await self.limiter.admit(key, request_id)
+        return route, _Call(key, request_id, model, endpoint, permit, time.perf_counter())
 
     async def _with_fallback(
         self, route: RouteSpec, call: _Call, run: Callable[[Target], Awaitable[T]]
@@ -135,6 +138,11 @@ class InferenceService:
         )
 
     def _observe(self, call: _Call, status: int, usage: Usage) -> None:
+        """Close the books of a request once: permit, metrics."""
+        if call.finished:
+            return
+        call.finished = True
+        self.limiter.release(call.permit, usage.total_tokens)
         MODEL_REQUESTS.labels(call.public_name, call.endpoint, str(status)).inc()
         MODEL_LATENCY.labels(call.public_name, call.endpoint).observe(
             time.perf_counter() - call.started
@@ -143,14 +151,32 @@ class InferenceService:
             TOKENS.labels(call.public_name, "input").inc(usage.input_tokens)
         if usage.output_tokens:
             TOKENS.labels(call.public_name, "output").inc(usage.output_tokens)
-        self.limiter.settle(call.key, usage.total_tokens)
 
-    async def _fail(self, call: _Call, error: ModelMintError) -> None:
-        """Record a request that reached a model but failed; the error goes to the client."""
-        usage = Usage()
-        self._observe(call, error.status_code, usage)
-        # Not awaited: the failed request owes nothing, and its client should not wait.
-        self.writer.submit(self._event(call, error.status_code, usage))
+    async def _succeed(self, call: _Call, usage: Usage, **fields: Any) -> None:
+        """Meter an answer durably before it reaches the client: none goes out unmetered."""
+        try:
+            await self.writer.record(self._event(call, 200, usage, **fields))
+        except ModelMintError as exc:
+            self._observe(call, exc.status_code, usage)
+            raise
+        finally:
+            self._observe(call, 200, usage)
+
+    def _queue(self, call: _Call, status: int, usage: Usage, **fields: Any) -> None:
+        """Meter without waiting: failures owe nothing, and a gone client cannot wait."""
+        self._observe(call, status, usage)
+        self.writer.submit(self._event(call, status, usage, **fields))
+
+    async def _guard(self, call: _Call, work: Awaitable[T]) -> T:
+        """Run the model work; any failure is recorded with its status and re-raised."""
+        try:
+            return await work
+        except ModelMintError as exc:
+            self._queue(call, exc.status_code, Usage())
+            raise
+        except BaseException:
+            self._queue(call, 500, Usage())
+            raise
 
     # -- chat and completions -----------------------------------------------------------
 
@@ -164,15 +190,7 @@ class InferenceService:
             messages=body.message_dicts(),
             extra=extra,
         )
-        return await self._text(
-            key,
-            request_id,
-            body.model,
-            request,
-            bool(body.stream),
-            body.include_usage,
-            "chat.completions",
-        )
+        return await self._text(key, request_id, body.model, request, body, "chat.completions")
 
     async def completion(self, key: KeyInfo, request_id: str, body: CompletionRequest) -> Answer:
         request = TextRequest(
@@ -181,15 +199,7 @@ class InferenceService:
             prompt=body.prompt_text,
             extra=body.passthrough(),
         )
-        return await self._text(
-            key,
-            request_id,
-            body.model,
-            request,
-            bool(body.stream),
-            body.include_usage,
-            "completions",
-        )
+        return await self._text(key, request_id, body.model, request, body, "completions")
 
     async def _text(
         self,
@@ -197,31 +207,24 @@ class InferenceService:
         request_id: str,
         model: str,
         request: TextRequest,
-        stream: bool,
-        include_usage: bool,
+        body: ChatCompletionRequest | CompletionRequest,
         endpoint: str,
     ) -> Answer:
-        route, rate = self._admit(key, model, "chat")
-        call = _Call(key, request_id, model, endpoint, time.perf_counter())
-        envelope = _Envelope(request_id, model, request.kind)
-        if stream:
-            return Answer(
-                rate.headers(),
-                stream=await self._open_stream(route, call, request, envelope, include_usage),
+        route, call = await self._admit(key, request_id, model, "chat", endpoint)
+        envelope = Envelope(request_id, model, request.kind)
+        if body.stream:
+            stream = await self._guard(
+                call, self._open_stream(route, call, request, envelope, body.include_usage)
             )
-        try:
-            generation = await self._with_fallback(
-                route, call, lambda t: _text_backend(t).generate(request)
-            )
-        except ModelMintError as exc:
-            await self._fail(call, exc)
-            raise
+            return Answer(call.permit.headers(), stream=stream)
+        generation = await self._guard(
+            call,
+            self._with_fallback(route, call, lambda t: _text_backend(t).generate(request)),
+        )
         finish = generation.choices[0].get("finish_reason") if generation.choices else None
-        # Durable before the client sees the answer: no answer goes out unmetered.
-        await self.writer.record(self._event(call, 200, generation.usage, finish_reason=finish))
-        self._observe(call, 200, generation.usage)
+        await self._succeed(call, generation.usage, finish_reason=finish)
         return Answer(
-            rate.headers(),
+            call.permit.headers(),
             body=envelope.full(generation.choices, generation.usage, generation.system_fingerprint),
         )
 
@@ -230,9 +233,9 @@ class InferenceService:
         route: RouteSpec,
         call: _Call,
         request: TextRequest,
-        envelope: _Envelope,
+        envelope: Envelope,
         include_usage: bool,
-    ) -> AsyncIterator[bytes]:
+    ) -> MeteredStream:
         usage = Usage()
 
         async def first_piece(target: Target) -> tuple[AsyncIterator[StreamDelta], StreamDelta]:
@@ -241,153 +244,66 @@ class InferenceService:
             usage.estimated = False
             pieces = _text_backend(target).stream(request, usage)
             try:
-                return pieces, await anext(pieces)
-            except StopAsyncIteration:
-                return pieces, StreamDelta([])
+                return pieces, await anext(pieces, StreamDelta([]))
             except BaseException:
                 await pieces.aclose()  # type: ignore[attr-defined]
                 raise
 
-        # Errors before the first piece (bad params, context length, upstream down)
-        # still become a normal HTTP error response.
-        try:
-            pieces, first = await self._with_fallback(route, call, first_piece)
-        except ModelMintError as exc:
-            await self._fail(call, exc)
-            raise
-        return self._sse(call, pieces, first, usage, envelope, include_usage)
+        # Errors before the first piece (bad params, context length, upstream down) still
+        # become a normal HTTP error response, and may fall back.
+        pieces, first = await self._with_fallback(route, call, first_piece)
 
-    async def _sse(
-        self,
-        call: _Call,
-        pieces: AsyncIterator[StreamDelta],
-        first: StreamDelta,
-        usage: Usage,
-        envelope: _Envelope,
-        include_usage: bool,
-    ) -> AsyncIterator[bytes]:
-        recorded = False
-        finish: str | None = None
-        try:
-            delta: StreamDelta | None = first
-            while delta is not None:
-                if delta.choices:
-                    finish = delta.choices[-1].get("finish_reason") or finish
-                    yield envelope.chunk(delta.choices, include_usage)
-                try:
-                    delta = await anext(pieces)
-                except StopAsyncIteration:
-                    delta = None
-            await pieces.aclose()  # type: ignore[attr-defined]
-            # Durable before the final chunk: a client that saw [DONE] was metered.
-            await self.writer.record(
-                self._event(call, 200, usage, streamed=True, finish_reason=finish)
-            )
-            recorded = True
-            self._observe(call, 200, usage)
-            if include_usage:
-                yield envelope.usage_chunk(usage)
-            yield b"data: [DONE]\n\n"
-        except ModelMintError as exc:
-            # The stream already started: tell the client in-band, charge what was sent.
-            await pieces.aclose()  # type: ignore[attr-defined]
-            self.writer.submit(self._event(call, 200, usage, streamed=True, finish_reason="error"))
-            recorded = True
-            self._observe(call, 200, usage)
-            yield b"data: " + orjson.dumps(exc.to_body()) + b"\n\n"
-        finally:
-            if not recorded:
-                # The client went away mid-stream. Meter what was produced; the write is
-                # queued, not awaited, because this task is being cancelled.
-                await _close_quietly(pieces)
-                self.writer.submit(
-                    self._event(call, 200, usage, streamed=True, finish_reason="cancelled")
-                )
-                self._observe(call, 200, usage)
+        async def record(final: Usage, finish: str | None) -> None:
+            await self._succeed(call, final, streamed=True, finish_reason=finish)
+
+        def record_later(final: Usage, reason: str) -> None:
+            self._queue(call, 200, final, streamed=True, finish_reason=reason)
+
+        return MeteredStream(
+            pieces,
+            first,
+            usage,
+            envelope,
+            include_usage,
+            record=record,
+            record_later=record_later,
+        )
 
     # -- embeddings ----------------------------------------------------------------------
 
     async def embeddings(self, key: KeyInfo, request_id: str, body: EmbeddingRequest) -> Answer:
-        route, rate = self._admit(key, body.model, "embedding")
-        call = _Call(key, request_id, body.model, "embeddings", time.perf_counter())
+        route, call = await self._admit(key, request_id, body.model, "embedding", "embeddings")
         texts = body.texts
-        try:
-            result = await self._with_fallback(
-                route, call, lambda t: _embed_backend(t).embed(texts)
-            )
-        except ModelMintError as exc:
-            await self._fail(call, exc)
-            raise
+        result = await self._guard(
+            call, self._with_fallback(route, call, lambda t: _embed_backend(t).embed(texts))
+        )
         vectors = result.vectors
         if body.dimensions is not None and vectors and body.dimensions != len(vectors[0]):
             error = InvalidRequest(
                 f"this model returns {len(vectors[0])} dimensions; it cannot change that",
                 param="dimensions",
             )
-            await self._fail(call, error)
+            self._queue(call, error.status_code, Usage())
             raise error
-        await self.writer.record(self._event(call, 200, result.usage))
-        self._observe(call, 200, result.usage)
+        await self._succeed(call, result.usage)
         data = [
-            {"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": encode_embedding(v, body.encoding_format),
+            }
             for i, v in enumerate(vectors)
         ]
-        usage = {
-            "prompt_tokens": result.usage.input_tokens,
-            "total_tokens": result.usage.input_tokens,
-        }
+        tokens = result.usage.input_tokens
         return Answer(
-            rate.headers(),
-            body={"object": "list", "data": data, "model": body.model, "usage": usage},
+            call.permit.headers(),
+            body={
+                "object": "list",
+                "data": data,
+                "model": body.model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            },
         )
-
-
-class _Envelope:
-    """The OpenAI envelope around backend choices: id, object, created, model."""
-
-    def __init__(self, request_id: str, model: str, kind: str) -> None:
-        chat = kind == "chat"
-        self.id = ("chatcmpl-" if chat else "cmpl-") + request_id.removeprefix("req_")
-        self.object = "chat.completion" if chat else "text_completion"
-        self.chunk_object = "chat.completion.chunk" if chat else "text_completion"
-        self.model = model
-        self.created = int(time.time())
-
-    def full(
-        self, choices: list[dict[str, Any]], usage: Usage, fingerprint: str | None
-    ) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": self.object,
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-            "usage": usage.to_openai(),
-            "system_fingerprint": fingerprint,
-        }
-
-    def chunk(self, choices: list[dict[str, Any]], include_usage: bool) -> bytes:
-        payload: dict[str, Any] = {
-            "id": self.id,
-            "object": self.chunk_object,
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        }
-        if include_usage:
-            payload["usage"] = None
-        return b"data: " + orjson.dumps(payload) + b"\n\n"
-
-    def usage_chunk(self, usage: Usage) -> bytes:
-        payload = {
-            "id": self.id,
-            "object": self.chunk_object,
-            "created": self.created,
-            "model": self.model,
-            "choices": [],
-            "usage": usage.to_openai(),
-        }
-        return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
 # The router checked, when it started each backend, that it can serve its deployment's
@@ -398,16 +314,3 @@ def _text_backend(target: Target) -> TextBackend:
 
 def _embed_backend(target: Target) -> EmbeddingBackend:
     return cast(EmbeddingBackend, target.backend)
-
-
-def _encode(vector: list[float], encoding: str) -> list[float] | str:
-    if encoding == "base64":
-        # OpenAI's base64 format: little-endian float32, as the SDK decodes it.
-        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
-    return vector
-
-
-async def _close_quietly(pieces: AsyncIterator[StreamDelta]) -> None:
-    # Cancelled while closing: the backend's own finally still ran.
-    with contextlib.suppress(BaseException):
-        await pieces.aclose()  # type: ignore[attr-defined]

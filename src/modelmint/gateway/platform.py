@@ -9,17 +9,17 @@ from typing import TypeVar
 
 from sqlalchemy.orm import Session
 
-from modelmint.accounts.keys import KeyInfo
+from modelmint.accounts.keys import KeyInfo, lookup_key_by_hash
 from modelmint.config import Settings
 from modelmint.gateway.inference import InferenceService
 from modelmint.gateway.key_cache import KeyCache
-from modelmint.limits import LocalRateLimiter
+from modelmint.limits import LocalRateLimiter, RateLimiter
+from modelmint.limits.redis_limiter import RedisRateLimiter
 from modelmint.metering import UsageWriter
 from modelmint.registry.catalog import load_routes
 from modelmint.serving.factory import build_backend
 from modelmint.serving.router import Router
 from modelmint.storage.db import Database
-from modelmint.storage.tables import ApiKey
 
 __all__ = ["Platform"]
 
@@ -45,8 +45,7 @@ class Platform:
 
         def lookup(digest: str) -> KeyInfo | None:
             with database.session() as session:
-                row = session.query(ApiKey).filter(ApiKey.key_hash == digest).one_or_none()
-                return KeyInfo.of(row) if row is not None else None
+                return lookup_key_by_hash(session, digest)
 
         router = Router(
             routes,  # type: ignore[arg-type]
@@ -54,13 +53,18 @@ class Platform:
             refresh_s=settings.cache_ttl_s,
         )
         writer = UsageWriter(database)
+        limiter: RateLimiter
+        if settings.redis_url:
+            limiter = RedisRateLimiter(settings.redis_url, lease_ttl_s=settings.lease_ttl_s)
+        else:
+            limiter = LocalRateLimiter()
         return cls(
             settings=settings,
             database=database,
             router=router,
             writer=writer,
             keys=KeyCache(lookup, ttl=settings.cache_ttl_s),
-            inference=InferenceService(router, writer, LocalRateLimiter()),
+            inference=InferenceService(router, writer, limiter),
         )
 
     async def start(self) -> None:
@@ -68,6 +72,9 @@ class Platform:
         await self.router.start()
 
     async def close(self) -> None:
+        limiter = self.inference.limiter
+        if isinstance(limiter, RedisRateLimiter):
+            await limiter.close()
         await self.router.close()
         self.writer.close()
         self.database.dispose()

@@ -104,9 +104,7 @@ class UsageWriter:
         statement = (sqlite.insert if self._db.is_sqlite else postgresql.insert)(self._table)
         # RETURNING names the rows actually inserted, so a retried event is neither
         # stored nor rolled up twice.
-        return statement.on_conflict_do_nothing(index_elements=["id"]).returning(
-            self._table.c.id
-        )
+        return statement.on_conflict_do_nothing(index_elements=["id"]).returning(self._table.c.id)
 
     def _run(self) -> None:
         statement = self._insert()

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-__all__ = ["HTTP_REQUESTS", "MODEL_LATENCY", "MODEL_REQUESTS", "TOKENS"]
+__all__ = [
+    "HTTP_REQUESTS",
+    "MODEL_LATENCY",
+    "MODEL_REQUESTS",
+    "RATE_LIMIT_FALLBACKS",
+    "TOKENS",
+]
 
 HTTP_REQUESTS = Counter(
     "modelmint_http_requests_total", "HTTP requests by route and status", ["route", "status"]
@@ -22,4 +28,8 @@ MODEL_LATENCY = Histogram(
 )
 TOKENS = Counter(
     "modelmint_tokens_total", "Tokens metered, by model and direction", ["model", "direction"]
+)
+RATE_LIMIT_FALLBACKS = Counter(
+    "modelmint_ratelimit_redis_fallbacks_total",
+    "Admissions decided by this process alone because Redis could not be reached",
 )

@@ -5,21 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
 
 from modelmint.errors import InvalidRequest, ModelNotFound
 from modelmint.gateway.deps import CurrentKey, PlatformDep, RequestId
 from modelmint.gateway.inference import Answer
 from modelmint.gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from modelmint.gateway.responses import OrjsonResponse
+from modelmint.gateway.responses import EventStreamResponse, OrjsonResponse
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 
-def _respond(answer: Answer) -> OrjsonResponse | StreamingResponse:
+def _respond(answer: Answer) -> OrjsonResponse | EventStreamResponse:
     if answer.stream is not None:
-        headers = {**answer.headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(answer.stream, media_type="text/event-stream", headers=headers)
+        return EventStreamResponse(answer.stream, answer.headers)
     return OrjsonResponse(answer.body, headers=answer.headers)
 
 
@@ -49,7 +47,7 @@ async def chat_completions(
     platform: PlatformDep,
     request_id: RequestId,
     request: Request,
-) -> OrjsonResponse | StreamingResponse:
+) -> OrjsonResponse | EventStreamResponse:
     request.state.model = body.model
     return _respond(await platform.inference.chat(key, request_id, body))
 
@@ -61,7 +59,7 @@ async def completions(
     platform: PlatformDep,
     request_id: RequestId,
     request: Request,
-) -> OrjsonResponse | StreamingResponse:
+) -> OrjsonResponse | EventStreamResponse:
     request.state.model = body.model
     return _respond(await platform.inference.completion(key, request_id, body))
 
@@ -73,7 +71,7 @@ async def embeddings(
     platform: PlatformDep,
     request_id: RequestId,
     request: Request,
-) -> OrjsonResponse | StreamingResponse:
+) -> OrjsonResponse | EventStreamResponse:
     request.state.model = body.model
     if len(body.texts) > platform.settings.max_embedding_inputs:
         raise InvalidRequest(
