@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import text
@@ -34,9 +35,9 @@ def _admin_connect() -> object:
     )
 
 
-@pytest.fixture(scope="session")
-def postgres_base_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session, dropped afterwards.
+@contextmanager
+def _fresh_postgres() -> Iterator[str]:
+    """A new, empty PostgreSQL database, dropped afterwards.
 
     In CI the server is part of the platform, so its absence fails the run instead of
     skipping the tests that need it.
@@ -57,6 +58,20 @@ def postgres_base_url() -> Iterator[str]:
             f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
         )
         admin.close()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def postgres_base_url() -> Iterator[str]:
+    """One PostgreSQL database for the session's `database` fixture."""
+    with _fresh_postgres() as url:
+        yield url
+
+
+@pytest.fixture
+def fresh_postgres_url() -> Iterator[str]:
+    """A PostgreSQL database of this test's own (for tests that start server processes)."""
+    with _fresh_postgres() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

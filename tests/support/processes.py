@@ -39,6 +39,52 @@ def cli_json(env: dict[str, str], *args: str) -> Any:
     return orjson.loads(cli(env, *args, "--json").stdout)
 
 
+def wait_for_http(
+    url: str, *, timeout: float = 30.0, process: subprocess.Popen[Any] | None = None
+) -> None:
+    """Poll ``url`` until it answers 200 (a readiness condition, not a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"process exited early with code {process.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{url} not ready in {timeout}s")
+
+
+class MockUpstreamProcess:
+    """The mock OpenAI upstream in its own process (`python -m tests.support.mock_upstream`)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.mock_upstream", "--port", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise AssertionError("mock upstream did not start")
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
 @dataclass
 class Server:
     """A `modelmint up` process on a free port, logging to a file."""
@@ -68,11 +114,11 @@ class Server:
     def log_path(self) -> Path:
         return self.home / "server.log"
 
-    def start(self, *, ready_timeout: float = 180.0) -> None:
+    def start(self, *args: str, ready_timeout: float = 180.0) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "modelmint", "up"],
+            [sys.executable, "-m", "modelmint", "up", *args],
             env={**os.environ, **self.env},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -89,6 +135,13 @@ class Server:
             time.sleep(0.2)
         self.stop()
         raise AssertionError(f"server not ready in {ready_timeout}s:\n{self.log_path.read_text()}")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, as in a crash."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -41,6 +41,7 @@ def create(
     expires: Annotated[str | None, typer.Option(help="Expiry date, YYYY-MM-DD (UTC).")] = None,
     rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
     tpm: Annotated[int | None, typer.Option(help="Tokens per minute.")] = None,
+    concurrent: Annotated[int | None, typer.Option(help="Requests in progress at once.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Create an API key. The secret is printed once and cannot be shown again."""
@@ -56,6 +57,7 @@ def create(
             expires_at=expires_at,
             rpm_limit=rpm,
             tpm_limit=tpm,
+            max_concurrent=concurrent,
         )
         info = {
             "id": row.id,
@@ -66,6 +68,7 @@ def create(
             "models": row.models,
             "rpm": row.rpm_limit,
             "tpm": row.tpm_limit,
+            "concurrent": row.max_concurrent,
             "expires_at": row.expires_at.isoformat() if row.expires_at else None,
         }
     if as_json:

@@ -57,6 +57,26 @@ def orgs_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     console.print(table)
 
 
+@orgs.command("limits")
+def orgs_limits(
+    name: Annotated[str, typer.Argument(help="Organisation name or id.")],
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute, all keys together.")] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute, all keys together.")] = None,
+    concurrent: Annotated[
+        int | None, typer.Option(help="Requests in progress at once, all keys together.")
+    ] = None,
+) -> None:
+    """Set the limits an organisation's keys share; an option left out removes that limit."""
+    with session_scope() as session:
+        org = accounts.get_org(session, name)
+        accounts.set_org_limits(
+            session, org, rpm_limit=rpm, tpm_limit=tpm, max_concurrent=concurrent
+        )
+    console.print(
+        f"Limits of {name}: rpm={rpm or '-'} tpm={tpm or '-'} concurrent={concurrent or '-'}"
+    )
+
+
 @app.command("migrate")
 def migrate_command() -> None:
     """Bring the database schema to the newest version."""

@@ -25,7 +25,28 @@ class OrganizationCreate(BaseModel):
 class OrganizationPublic(BaseModel):
     id: str
     name: str
+    rpm: int | None = None
+    tpm: int | None = None
+    concurrent: int | None = None
     created_at: datetime
+
+    @classmethod
+    def of(cls, row: Organization) -> OrganizationPublic:
+        return cls(
+            id=row.id,
+            name=row.name,
+            rpm=row.rpm_limit,
+            tpm=row.tpm_limit,
+            concurrent=row.max_concurrent,
+            created_at=row.created_at,
+        )
+
+
+class OrganizationLimits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    concurrent: int | None = Field(default=None, ge=1)
 
 
 class KeyCreate(BaseModel):
@@ -36,6 +57,7 @@ class KeyCreate(BaseModel):
     expires_at: datetime | None = None
     rpm: int | None = Field(default=None, ge=1)
     tpm: int | None = Field(default=None, ge=1)
+    concurrent: int | None = Field(default=None, ge=1)
 
 
 class KeyPublic(BaseModel):
@@ -46,6 +68,7 @@ class KeyPublic(BaseModel):
     models: list[str] | None
     rpm: int | None
     tpm: int | None
+    concurrent: int | None
     expires_at: datetime | None
     revoked_at: datetime | None
     created_at: datetime
@@ -60,6 +83,7 @@ class KeyPublic(BaseModel):
             models=row.models,
             rpm=row.rpm_limit,
             tpm=row.tpm_limit,
+            concurrent=row.max_concurrent,
             expires_at=row.expires_at,
             revoked_at=row.revoked_at,
             created_at=row.created_at,
@@ -91,7 +115,7 @@ def _aware(value: datetime | None) -> datetime | None:
 @router.get("/organizations")
 async def list_organizations(platform: PlatformDep) -> list[OrganizationPublic]:
     rows = await platform.in_session(accounts.list_orgs)
-    return [OrganizationPublic(id=r.id, name=r.name, created_at=r.created_at) for r in rows]
+    return [OrganizationPublic.of(r) for r in rows]
 
 
 @router.post("/organizations", status_code=201)
@@ -99,7 +123,22 @@ async def create_organization(
     body: OrganizationCreate, platform: PlatformDep
 ) -> OrganizationPublic:
     row = await platform.in_session(lambda s: accounts.create_org(s, body.name))
-    return OrganizationPublic(id=row.id, name=row.name, created_at=row.created_at)
+    return OrganizationPublic.of(row)
+
+
+@router.put("/organizations/{organization}/limits")
+async def set_organization_limits(
+    organization: str, body: OrganizationLimits, platform: PlatformDep
+) -> OrganizationPublic:
+    """Replace the limits the organisation's keys share (a field left out removes it)."""
+
+    def work(session: Session) -> Organization:
+        org = accounts.get_org(session, organization)
+        return accounts.set_org_limits(
+            session, org, rpm_limit=body.rpm, tpm_limit=body.tpm, max_concurrent=body.concurrent
+        )
+
+    return OrganizationPublic.of(await platform.in_session(work))
 
 
 @router.get("/keys")
@@ -125,6 +164,7 @@ async def create_key(body: KeyCreate, platform: PlatformDep) -> KeyCreated:
             expires_at=_aware(body.expires_at),
             rpm_limit=body.rpm,
             tpm_limit=body.tpm,
+            max_concurrent=body.concurrent,
         )
 
     row, secret = await platform.in_session(work)
