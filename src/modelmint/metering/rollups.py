@@ -7,13 +7,9 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table
-from sqlalchemy.dialects import postgresql, sqlite
-
 from modelmint.metering.events import UsageEvent
-from modelmint.storage.tables import UsageRollup
 
-__all__ = ["METRICS", "rollup_rows", "rollup_upsert"]
+__all__ = ["METRICS", "rollup_rows"]
 
 # What one usage event adds to its hour. "requests" counts answered requests (2xx) and
 # "errors" the others, so error rates come from the rollups too.
@@ -55,13 +51,3 @@ def rollup_rows(events: Iterable[UsageEvent]) -> list[dict[str, Any]]:
         for ((hour, org, key_id, model, version), metric), quantity in sums.items()
         if quantity
     ]
-
-
-def rollup_upsert(is_sqlite: bool) -> Any:
-    """INSERT ... ON CONFLICT DO UPDATE adding to the existing sums (SQLite and PostgreSQL)."""
-    table: Table = UsageRollup.__table__  # type: ignore[assignment]
-    statement = (sqlite.insert if is_sqlite else postgresql.insert)(table)
-    return statement.on_conflict_do_update(
-        index_elements=[c.name for c in table.primary_key.columns],
-        set_={"quantity": table.c.quantity + statement.excluded.quantity},
-    )

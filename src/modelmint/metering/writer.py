@@ -18,15 +18,10 @@ import threading
 from concurrent.futures import Future
 from typing import Any
 
-from sqlalchemy import Table
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
-
 from modelmint.errors import ServiceUnavailable
 from modelmint.metering.events import UsageEvent
-from modelmint.metering.rollups import rollup_rows, rollup_upsert
+from modelmint.metering.store import UsageStore
 from modelmint.storage.db import Database
-from modelmint.storage.tables import UsageRecord
 
 __all__ = ["UsageWriter"]
 
@@ -47,8 +42,7 @@ class UsageWriter:
         # Guards ``_closed`` so that no event can be queued behind the stop marker.
         self._lock = threading.Lock()
         self._closed = False
-        self._table: Table = UsageRecord.__table__  # type: ignore[assignment]
-        self._rollup = rollup_upsert(database.is_sqlite)
+        self._store = UsageStore(database)
         self.batches = 0
         self.events = 0
 
@@ -100,14 +94,13 @@ class UsageWriter:
             else:
                 self._queue.put((event, waiter))
 
-    def _insert(self) -> Any:
-        statement = (sqlite.insert if self._db.is_sqlite else postgresql.insert)(self._table)
-        # RETURNING names the rows actually inserted, so a retried event is neither
-        # stored nor rolled up twice.
-        return statement.on_conflict_do_nothing(index_elements=["id"]).returning(self._table.c.id)
-
     def _run(self) -> None:
-        statement = self._insert()
+        try:
+            self._loop()
+        finally:
+            self._store.close()
+
+    def _loop(self) -> None:
         while True:
             first = self._queue.get()
             batch = [] if first is _STOP else [first]
@@ -122,23 +115,23 @@ class UsageWriter:
                     continue
                 batch.append(item)
             if batch:
-                self._commit(statement, batch)
+                self._commit(batch)
             if stop:
                 return
 
-    def _commit(self, statement: Any, batch: list[tuple[UsageEvent, _Waiter]]) -> None:
+    def _commit(self, batch: list[tuple[UsageEvent, _Waiter]]) -> None:
         # A waiter cancelled before or during the commit (its request task was cancelled,
         # e.g. the client went away) still has its event written: the usage happened.
         try:
-            self._write(statement, batch)
+            self._write(batch)
         except Exception as exc:
-            if len(batch) > 1 and _bad_data(exc):
+            if len(batch) > 1 and isinstance(exc, self._store.data_errors):
                 # One malformed event must not cost the rest of the batch its record.
                 log.error("usage batch of %d refused (%s); writing one by one", len(batch), exc)
                 outcomes: list[tuple[_Waiter, BaseException | None]] = []
                 for event, waiter in batch:
                     try:
-                        self._write(statement, [(event, waiter)])
+                        self._write([(event, waiter)])
                     except Exception as single:
                         log.error("usage event %s failed to commit: %s", event.id, single)
                         outcomes.append((waiter, single))
@@ -151,25 +144,10 @@ class UsageWriter:
             return
         _deliver([(waiter, None) for _, waiter in batch])
 
-    def _write(self, statement: Any, batch: list[tuple[UsageEvent, _Waiter]]) -> None:
-        with self._db.engine.begin() as connection:
-            inserted = set(
-                connection.execute(statement, [event.row() for event, _ in batch]).scalars()
-            )
-            fresh = [event for event, _ in batch if event.id in inserted]
-            if fresh:
-                connection.execute(self._rollup, rollup_rows(fresh))
+    def _write(self, batch: list[tuple[UsageEvent, _Waiter]]) -> None:
+        self._store.write([event for event, _ in batch])
         self.batches += 1
         self.events += len(batch)
-
-
-def _bad_data(exc: Exception) -> bool:
-    """Whether the rows themselves were refused, as opposed to the database being down."""
-    if isinstance(exc, IntegrityError | DataError):
-        return True
-    # A value the driver could not even bind (e.g. a naive datetime): a StatementError that
-    # the database never saw.
-    return isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
 
 
 def _settle_now(waiter: _Waiter, error: BaseException | None) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from modelmint.errors import InvalidRequest, ModelNotFound
-from modelmint.gateway.deps import CurrentKey, PlatformDep, RequestId
+from modelmint.gateway.deps import CallerDep, CurrentKey, PlatformDep
 from modelmint.gateway.inference import Answer
 from modelmint.gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from modelmint.gateway.responses import EventStreamResponse, OrjsonResponse
@@ -42,39 +42,28 @@ async def get_model(model: str, key: CurrentKey, platform: PlatformDep) -> dict[
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
-    body: ChatCompletionRequest,
-    key: CurrentKey,
-    platform: PlatformDep,
-    request_id: RequestId,
-    request: Request,
+    body: ChatCompletionRequest, caller: CallerDep, request: Request
 ) -> OrjsonResponse | EventStreamResponse:
     request.state.model = body.model
-    return _respond(await platform.inference.chat(key, request_id, body))
+    return _respond(await caller.platform.inference.chat(caller.key, caller.request_id, body))
 
 
 @router.post("/completions", response_model=None)
 async def completions(
-    body: CompletionRequest,
-    key: CurrentKey,
-    platform: PlatformDep,
-    request_id: RequestId,
-    request: Request,
+    body: CompletionRequest, caller: CallerDep, request: Request
 ) -> OrjsonResponse | EventStreamResponse:
     request.state.model = body.model
-    return _respond(await platform.inference.completion(key, request_id, body))
+    inference = caller.platform.inference
+    return _respond(await inference.completion(caller.key, caller.request_id, body))
 
 
 @router.post("/embeddings", response_model=None)
 async def embeddings(
-    body: EmbeddingRequest,
-    key: CurrentKey,
-    platform: PlatformDep,
-    request_id: RequestId,
-    request: Request,
+    body: EmbeddingRequest, caller: CallerDep, request: Request
 ) -> OrjsonResponse | EventStreamResponse:
     request.state.model = body.model
-    if len(body.texts) > platform.settings.max_embedding_inputs:
-        raise InvalidRequest(
-            f"at most {platform.settings.max_embedding_inputs} inputs per request", param="input"
-        )
-    return _respond(await platform.inference.embeddings(key, request_id, body))
+    limit = caller.platform.settings.max_embedding_inputs
+    if len(body.texts) > limit:
+        raise InvalidRequest(f"at most {limit} inputs per request", param="input")
+    inference = caller.platform.inference
+    return _respond(await inference.embeddings(caller.key, caller.request_id, body))

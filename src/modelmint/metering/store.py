@@ -1,0 +1,138 @@
+"""The usage writer's direct line to the database: one batch, one transaction.
+
+The group-commit writer is the only thing on the request path that waits for the
+database, so it skips the ORM and SQL compilation: it holds one DBAPI connection
+and sends hand-written multi-row statements, which SQLite and PostgreSQL both
+accept. ``INSERT ... ON CONFLICT DO NOTHING RETURNING id`` names the rows actually
+inserted, so a retried event is neither stored nor rolled up twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from modelmint.metering.events import UsageEvent
+from modelmint.metering.rollups import rollup_rows
+from modelmint.storage.db import Database
+
+__all__ = ["UsageStore"]
+
+log = logging.getLogger(__name__)
+
+_USAGE_COLUMNS = (
+    "id",
+    "created_at",
+    "organization_id",
+    "api_key_id",
+    "model",
+    "deployment_id",
+    "model_version_id",
+    "endpoint",
+    "status_code",
+    "input_tokens",
+    "output_tokens",
+    "latency_ms",
+    "streamed",
+    "usage_estimated",
+    "finish_reason",
+)
+_ROLLUP_KEY = ("hour", "organization_id", "api_key_id", "model", "model_version_id", "metric")
+_ROLLUP_COLUMNS = (*_ROLLUP_KEY, "quantity")
+
+
+class UsageStore:
+    def __init__(self, database: Database) -> None:
+        self._db = database
+        self._sqlite = database.is_sqlite
+        self._mark = "?" if self._sqlite else "%s"
+        dbapi = database.engine.dialect.dbapi
+        # Errors that mean "these rows are wrong", as opposed to "the database is down".
+        self.data_errors: tuple[type[BaseException], ...] = (
+            ValueError,
+            TypeError,
+            dbapi.IntegrityError,  # type: ignore[union-attr]
+            dbapi.DataError,  # type: ignore[union-attr]
+            dbapi.ProgrammingError,  # type: ignore[union-attr]
+        )
+        self._connection: Any = None
+
+    def write(self, events: list[UsageEvent]) -> int:
+        """Insert the events and add the new ones to the hourly rollups, in one transaction.
+
+        Returns how many were new. On any error the transaction is rolled back and the
+        connection replaced, so a database that went away is reconnected to next time.
+        """
+        connection = self._connect()
+        try:
+            cursor = connection.cursor()
+            cursor.execute(*self._insert_usage(events))
+            inserted = {row[0] for row in cursor.fetchall()}
+            fresh = [event for event in events if event.id in inserted]
+            if fresh:
+                cursor.execute(*self._upsert_rollups(rollup_rows(fresh)))
+            cursor.close()
+            connection.commit()
+        except BaseException:
+            self._discard()
+            raise
+        return len(fresh)
+
+    def close(self) -> None:
+        self._discard()
+
+    def _connect(self) -> Any:
+        if self._connection is None:
+            self._connection = self._db.engine.raw_connection()
+        return self._connection
+
+    def _discard(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        try:
+            connection.rollback()
+            connection.close()
+        except Exception as exc:  # a broken connection: drop it from the pool
+            log.debug("discarding usage connection: %s", exc)
+            connection.invalidate()
+
+    def _values(self, rows: int, columns: int) -> str:
+        one = "(" + ", ".join([self._mark] * columns) + ")"
+        return ", ".join([one] * rows)
+
+    def _time(self, moment: datetime) -> Any:
+        if moment.tzinfo is None:
+            raise ValueError("usage timestamps must be timezone-aware")
+        moment = moment.astimezone(UTC)
+        # SQLite keeps the text form SQLAlchemy's DateTime reads back; PostgreSQL a timestamptz.
+        return moment.strftime("%Y-%m-%d %H:%M:%S.%f") if self._sqlite else moment
+
+    def _insert_usage(self, events: list[UsageEvent]) -> tuple[str, list[Any]]:
+        params: list[Any] = []
+        for e in events:
+            params += (
+                e.id, self._time(e.created_at), e.organization_id, e.api_key_id, e.model,
+                e.deployment_id, e.model_version_id, e.endpoint, e.status_code,
+                e.input_tokens, e.output_tokens, e.latency_ms, e.streamed, e.usage_estimated,
+                e.finish_reason,
+            )  # fmt: skip
+        sql = (
+            f"INSERT INTO usage_records ({', '.join(_USAGE_COLUMNS)}) "
+            f"VALUES {self._values(len(events), len(_USAGE_COLUMNS))} "
+            "ON CONFLICT (id) DO NOTHING RETURNING id"
+        )
+        return sql, params
+
+    def _upsert_rollups(self, rows: list[dict[str, Any]]) -> tuple[str, list[Any]]:
+        params: list[Any] = []
+        for row in rows:
+            params += [self._time(row["hour"]), *(row[c] for c in _ROLLUP_COLUMNS[1:])]
+        sql = (
+            f"INSERT INTO usage_rollups_hourly ({', '.join(_ROLLUP_COLUMNS)}) "
+            f"VALUES {self._values(len(rows), len(_ROLLUP_COLUMNS))} "
+            f"ON CONFLICT ({', '.join(_ROLLUP_KEY)}) DO UPDATE SET "
+            "quantity = usage_rollups_hourly.quantity + excluded.quantity"
+        )
+        return sql, params
