@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # The stamp changes whenever the declared dependencies change, so `make` reinstalls then.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 
-.PHONY: run test unit integration e2e lint typecheck fmt clean venv
+.PHONY: run test unit integration e2e lint typecheck fmt clean venv bench bench-gateway
 
 venv: $(STAMP)
 
@@ -23,7 +23,7 @@ run: $(STAMP)
 	$(BIN)/modelmint up
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy src
 	$(BIN)/python -m pytest
 
@@ -36,8 +36,14 @@ integration: $(STAMP)
 e2e: $(STAMP)
 	$(BIN)/python -m pytest tests/e2e
 
+# Benchmarks print ratios against named peers, measured side by side in one run.
+bench: bench-gateway
+
+bench-gateway: $(STAMP)
+	$(BIN)/python -m bench.gateway
+
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests
 
 typecheck: $(STAMP)

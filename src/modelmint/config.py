@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from modelmint.storage.db import Database
 
 __all__ = ["Settings"]
 
@@ -25,6 +29,10 @@ class Settings(BaseSettings):
     home: Path = Path("var")
     # Empty means SQLite (WAL) at <home>/modelmint.db: no server needed to start.
     database_url: str = ""
+    # NORMAL (WAL): a commit survives the process being killed (SIGKILL), which is what
+    # metering promises, and costs no fsync (~0.6 ms less per request on one client
+    # here). FULL also survives a power cut. PostgreSQL follows its own settings.
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "NORMAL"
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     # Protects /admin. `modelmint up` generates one when unset; it is never defaulted to a
@@ -75,3 +83,9 @@ class Settings(BaseSettings):
     @property
     def cpu_threads(self) -> int:
         return self.llm_threads or (os.cpu_count() or 1)
+
+    def database(self) -> Database:
+        """A Database for these settings (not yet migrated)."""
+        from modelmint.storage.db import Database
+
+        return Database(self.resolved_database_url, sqlite_synchronous=self.sqlite_synchronous)

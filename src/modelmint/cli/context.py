@@ -23,7 +23,7 @@ def settings() -> Settings:
 
 def open_database(config: Settings | None = None) -> Database:
     """The configured database, migrated to the newest schema."""
-    database = Database((config or settings()).resolved_database_url)
+    database = (config or settings()).database()
     migrate(database)
     return database
 

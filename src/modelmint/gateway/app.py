@@ -39,6 +39,8 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
         # FastAPI's OpenTelemetry hooks look up global providers on every request; our
         # metrics are Prometheus, and the hot path has no microseconds to spare.
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        # A JSON body without a Content-Type header is read as JSON, as OpenAI's API does.
+        strict_content_type=False,
     )
     install_error_handlers(app)
     app.include_router(openai.router)

@@ -37,7 +37,7 @@ class Platform:
 
     @classmethod
     def build(cls, settings: Settings, database: Database | None = None) -> Platform:
-        database = database or Database(settings.resolved_database_url)
+        database = database or settings.database()
 
         def routes() -> dict[str, object]:
             with database.session() as session:

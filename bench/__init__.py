@@ -1,0 +1,1 @@
+"""Benchmarks: ModelMint against named peers, measured side by side in one run."""

@@ -1,0 +1,318 @@
+"""Gateway overhead: ModelMint vs the LiteLLM proxy in front of the same instant upstream.
+
+    make bench-gateway            (or: .venv/bin/python -m bench.gateway)
+
+One run on one machine starts a mock OpenAI upstream that answers at once (with a
+usage block, streaming too), ModelMint with a remote deployment pointing at it and
+durable metering on (SQLite, and PostgreSQL when reachable), and the LiteLLM proxy
+(its own venv, no database, logging off, the same worker count) pointing at the
+same mock. wrk drives each at concurrency 1, 16 and 64, streaming and not, and the
+bench prints requests/s, p50/p99 latency, latency added over the direct upstream,
+ratio lines such as ``gateway_c64_rps_ratio_vs_litellm: 12.4``, and a metering check:
+after an exact-count run, usage rows must equal the 2xx answers received.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import orjson
+from sqlalchemy import create_engine, text
+
+from bench.common import (
+    BENCH_HOME,
+    ROOT,
+    WrkResult,
+    free_port,
+    lua_exact_count,
+    lua_post,
+    peer_venv,
+    process,
+    say,
+    wait_until_ready,
+    wrk,
+)
+
+LITELLM = "litellm[proxy]==1.106.2"
+POSTGRES_ADMIN = os.environ.get(
+    "MODELMINT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+CONCURRENCY = (1, 16, 64)
+EXACT_REQUESTS = 3000
+
+
+@dataclass
+class Target:
+    name: str
+    base: str  # URL up to and including /v1
+    headers: dict[str, str]
+    model: str
+
+
+def chat_body(model: str, stream: bool) -> str:
+    body: dict[str, object] = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Say hello"}],
+        "max_tokens": 16,
+    }
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return orjson.dumps(body).decode()
+
+
+@contextlib.contextmanager
+def mock_upstream(workdir: Path) -> Iterator[str]:
+    port = free_port()
+    args = [sys.executable, "-m", "tests.support.mock_upstream", "--port", str(port)]
+    with process(args, log=workdir / "mock.log") as child:
+        wait_until_ready(f"http://127.0.0.1:{port}/v1/models", child)
+        yield f"http://127.0.0.1:{port}/v1"
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str | None]:
+    """A fresh database on the local PostgreSQL, or None when there is none."""
+    try:
+        import psycopg
+
+        admin = psycopg.connect(
+            "host=127.0.0.1 user=postgres dbname=test", autocommit=True, connect_timeout=2
+        )
+    except Exception as exc:
+        say(f"PostgreSQL not reachable ({exc.__class__.__name__}); skipping its runs")
+        yield None
+        return
+    name = f"modelmint_bench_{secrets.token_hex(4)}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield POSTGRES_ADMIN.rsplit("/", 1)[0] + "/" + name
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@contextlib.contextmanager
+def modelmint(
+    workdir: Path, upstream: str, workers: int, database_url: str | None
+) -> Iterator[tuple[Target, str]]:
+    home = workdir / ("mm-postgres" if database_url else "mm-sqlite")
+    port = free_port()
+    env = {
+        "MODELMINT_HOME": str(home),
+        "MODELMINT_PORT": str(port),
+        "MODELMINT_LOAD_BUNDLED_MODELS": "false",
+        "MODELMINT_ADMIN_TOKEN": "bench-admin",
+    }
+    if database_url:
+        env["MODELMINT_DATABASE_URL"] = database_url
+    cli = [sys.executable, "-m", "modelmint"]
+    run_env = {**os.environ, **env}
+    subprocess.run(
+        [*cli, "models", "add-remote", "mock", "--base-url", upstream],
+        env=run_env,
+        check=True,
+        capture_output=True,
+    )
+    created = subprocess.run(
+        [*cli, "keys", "create", "--org", "bench", "--json"],
+        env=run_env,
+        check=True,
+        capture_output=True,
+    )
+    key = orjson.loads(created.stdout)["key"]
+    db_url = database_url or f"sqlite:///{home / 'modelmint.db'}"
+    with process(
+        [*cli, "up", "--workers", str(workers)], env=env, log=home / "server.log"
+    ) as child:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_ready(base + "/readyz", child)
+        target = Target(
+            "modelmint-" + ("postgres" if database_url else "sqlite"),
+            base + "/v1",
+            {"Authorization": f"Bearer {key}"},
+            "mock",
+        )
+        warm(target, workers * 20)
+        yield target, db_url
+
+
+@contextlib.contextmanager
+def litellm(workdir: Path, upstream: str, workers: int) -> Iterator[Target]:
+    venv = peer_venv("litellm", LITELLM)
+    port = free_port()
+    config = workdir / "litellm.yaml"
+    config.write_text(
+        "model_list:\n"
+        "  - model_name: mock\n"
+        "    litellm_params:\n"
+        "      model: openai/mock\n"
+        f"      api_base: {upstream}\n"
+        "      api_key: sk-mock\n"
+        "general_settings:\n"
+        "  master_key: sk-bench\n"
+        "litellm_settings:\n"
+        "  telemetry: false\n"
+    )
+    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+    args = [
+        str(venv / "bin" / "litellm"),
+        "--config",
+        str(config),
+        "--port",
+        str(port),
+        "--num_workers",
+        str(workers),
+    ]
+    with process(args, env=env, log=workdir / "litellm.log") as child:
+        headers = {"Authorization": "Bearer sk-bench"}
+        wait_until_ready(f"http://127.0.0.1:{port}/health/liveliness", child)
+        target = Target("litellm", f"http://127.0.0.1:{port}/v1", headers, "mock")
+        # Its first request per worker takes over a second; warm them all.
+        warm(target, workers * 20)
+        yield target
+
+
+def warm(target: Target, count: int) -> None:
+    with httpx.Client(timeout=60) as client:
+        for _ in range(count):
+            response = client.post(
+                target.base + "/chat/completions",
+                headers={**target.headers, "Content-Type": "application/json"},
+                content=chat_body(target.model, False),
+            )
+            response.raise_for_status()
+
+
+def measure(target: Target, workdir: Path, seconds: float) -> dict[tuple[int, bool], WrkResult]:
+    results = {}
+    for stream in (False, True):
+        headers = {**target.headers, "Content-Type": "application/json"}
+        script = lua_post("/v1/chat/completions", chat_body(target.model, stream), headers)
+        for connections in CONCURRENCY:
+            result = wrk(
+                target.base.removesuffix("/v1") + "/v1/chat/completions",
+                script,
+                connections=connections,
+                seconds=seconds,
+                workdir=workdir,
+            )
+            results[connections, stream] = result
+            say(
+                f"{target.name:18} c={connections:<3} stream={stream!s:5} "
+                f"{result.rps:9.1f} req/s  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms"
+                f"  errors {result.errors}"
+            )
+    return results
+
+
+def metered(db_url: str) -> int:
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as connection:
+            return int(
+                connection.execute(
+                    text("SELECT COUNT(*) FROM usage_records WHERE status_code = 200")
+                ).scalar_one()
+            )
+    finally:
+        engine.dispose()
+
+
+def settled_count(db_url: str) -> int:
+    """The usage row count once it stops moving: requests cut when wrk stopped at the end
+    of the previous run are still metered a moment later, and must not be counted here."""
+    last = metered(db_url)
+    while True:
+        time.sleep(1.0)
+        now = metered(db_url)
+        if now == last:
+            return now
+        last = now
+
+
+def check_metering(target: Target, db_url: str, workdir: Path, rps: float) -> bool:
+    """An exact-count run at concurrency 64: every 2xx answer received has one usage row."""
+    before = settled_count(db_url)
+    per_thread = EXACT_REQUESTS // 2
+    headers = {**target.headers, "Content-Type": "application/json"}
+    script = lua_exact_count(
+        "/v1/chat/completions", chat_body(target.model, False), headers, per_thread, "/healthz"
+    )
+    seconds = max(5.0, 3 * EXACT_REQUESTS / max(rps, 1.0))
+    result = wrk(
+        target.base + "/chat/completions", script, connections=64, seconds=seconds, workdir=workdir
+    )
+    received = int(result.extra.get("OK", "-1"))
+    rows = settled_count(db_url) - before
+    exact = rows == received == EXACT_REQUESTS
+    verdict = "exact" if exact else "MISMATCH"
+    say(f"{target.name}: metering check: {received} 2xx answers, {rows} new usage rows: {verdict}")
+    return exact
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", 10)))
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    workdir = BENCH_HOME / f"gateway-{time.strftime('%Y%m%d-%H%M%S')}"
+    workdir.mkdir(parents=True)
+    folder = workdir.relative_to(ROOT)
+    say(f"work folder {folder}; {args.seconds:g} s a point, {args.workers} workers")
+    results: dict[str, dict[tuple[int, bool], WrkResult]] = {}
+    exact: dict[str, bool] = {}
+    with mock_upstream(workdir) as upstream:
+        direct = Target("direct-upstream", upstream, {}, "mock")
+        results[direct.name] = measure(direct, workdir, args.seconds)
+        with litellm(workdir, upstream, args.workers) as peer:
+            results[peer.name] = measure(peer, workdir, args.seconds)
+        with postgres_database() as pg_url:
+            for database_url in (None, pg_url) if pg_url else (None,):
+                with modelmint(workdir, upstream, args.workers, database_url) as (target, db_url):
+                    results[target.name] = measure(target, workdir, args.seconds)
+                    exact[target.name] = check_metering(
+                        target, db_url, workdir, results[target.name][64, False].rps
+                    )
+    report(results, exact)
+
+
+def report(results: dict[str, dict[tuple[int, bool], WrkResult]], exact: dict[str, bool]) -> None:
+    print()
+    columns = ("c", "stream", "req/s", "p50 ms", "p99 ms", "added p50")
+    print(f"{'target':18} " + " ".join(f"{c:>10}" for c in columns))
+    direct = results["direct-upstream"]
+    for name, points in results.items():
+        for (connections, stream), r in sorted(points.items()):
+            added = r.p50_ms - direct[connections, stream].p50_ms
+            cells = (connections, stream, f"{r.rps:.1f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}")
+            print(f"{name:18} " + " ".join(f"{c!s:>10}" for c in (*cells, f"{added:.2f}")))
+    print()
+    peer = results["litellm"]
+    for name in (n for n in results if n.startswith("modelmint")):
+        ours = results[name]
+        tag = "gateway" if name == "modelmint-sqlite" else "gateway_postgres"
+        for stream in (False, True):
+            suffix = "_stream" if stream else ""
+            for connections in CONCURRENCY:
+                ratio = ours[connections, stream].rps / max(peer[connections, stream].rps, 1e-9)
+                print(f"{tag}_c{connections}{suffix}_rps_ratio_vs_litellm: {ratio:.2f}")
+            added = ours[1, stream].p50_ms - direct[1, stream].p50_ms
+            print(f"{tag}_c1{suffix}_added_p50_ms: {added:.3f}")
+        print(f"{tag}_metering_exact: {str(exact[name]).lower()}")
+
+
+if __name__ == "__main__":
+    main()
