@@ -173,7 +173,7 @@ function done(summary, latency, requests)
   for _, t in ipairs(threads) do
     s, a, o = s + t:get("sent"), a + t:get("answered"), o + t:get("ok")
   end
-  io.write(string.format("BENCH_OK %d\nBENCH_SENT %d\nBENCH_ANSWERED %d\n", o, s, a))
+  io.write(string.format("BENCH_OK %d\\nBENCH_SENT %d\\nBENCH_ANSWERED %d\\n", o, s, a))
 end
 """
 

@@ -255,7 +255,9 @@ def check_metering(target: Target, db_url: str, workdir: Path, rps: float) -> bo
     )
     received = int(result.extra.get("OK", "-1"))
     rows = settled_count(db_url) - before
-    exact = rows == received == EXACT_REQUESTS
+    # wrk asks a thread's script for one request it never sends, so a thread may fall one
+    # short of its quota; what matters is that rows equal the answers received.
+    exact = rows == received and received >= EXACT_REQUESTS - 2
     verdict = "exact" if exact else "MISMATCH"
     say(f"{target.name}: metering check: {received} 2xx answers, {rows} new usage rows: {verdict}")
     return exact
