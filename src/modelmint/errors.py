@@ -12,6 +12,7 @@ message and ``exit_code``.
     ├── PermissionDenied          403  key not allowed to use the model
     ├── NotFound                  404  unknown model, key, organisation ...
     │   └── ModelNotFound         404
+    ├── MethodNotAllowed          405
     ├── Conflict                  409  name already taken
     ├── PayloadTooLarge           413
     ├── RateLimited               429  carries retry_after seconds
@@ -30,6 +31,7 @@ __all__ = [
     "ContextLengthExceeded",
     "InsufficientQuota",
     "InvalidRequest",
+    "MethodNotAllowed",
     "ModelMintError",
     "ModelNotFound",
     "NotFound",
@@ -109,6 +111,12 @@ class NotFound(ModelMintError):
 
 class ModelNotFound(NotFound):
     code = "model_not_found"
+
+
+class MethodNotAllowed(ModelMintError):
+    status_code = 405
+    error_type = "invalid_request_error"
+    code = "method_not_allowed"
 
 
 class Conflict(ModelMintError):

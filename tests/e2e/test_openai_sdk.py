@@ -325,3 +325,28 @@ def test_stream_cut_by_the_client_is_metered_for_what_was_sent(live: LiveServer)
     # Tokens decoded after the last chunk we read but before the server saw the close are
     # metered too: the model produced them. Never fewer than the client received.
     assert received <= row["output_tokens"] < 400
+
+
+def test_model_routes_answer_only_post_and_are_documented(live: LiveServer) -> None:
+    wrong = httpx.get(live.base_url + "/chat/completions")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    assert wrong.json()["error"]["code"] == "method_not_allowed"
+    document = httpx.get(live.server.url + "/openapi.json").json()
+    for path, schema in (
+        ("/v1/chat/completions", "ChatCompletionRequest"),
+        ("/v1/completions", "CompletionRequest"),
+        ("/v1/embeddings", "EmbeddingRequest"),
+    ):
+        body = document["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        assert body["schema"]["$ref"] == f"#/components/schemas/{schema}"
+        assert schema in document["components"]["schemas"]
+    assert "/v1/models" in document["paths"] and "/admin/keys" in document["paths"]
+
+
+def test_a_body_without_content_type_is_read_as_json(live: LiveServer) -> None:
+    response = httpx.post(
+        live.base_url + "/embeddings",
+        headers={"Authorization": f"Bearer {live.key}"},
+        content=b'{"model": "all-minilm-l6-v2", "input": "no content type"}',
+    )
+    assert response.status_code == 200 and len(response.json()["data"][0]["embedding"]) == 384

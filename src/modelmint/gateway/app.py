@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from modelmint import __version__
 from modelmint.config import Settings
 from modelmint.gateway.errors import install_error_handlers
+from modelmint.gateway.fastpath import ModelRoutes, openapi_paths
 from modelmint.gateway.middleware import GatewayMiddleware
 from modelmint.gateway.platform import Platform
 from modelmint.gateway.responses import OrjsonResponse
@@ -46,5 +49,47 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     app.include_router(openai.router)
     app.include_router(admin.router)
     app.include_router(health.router)
+    # Added last runs first: the gateway middleware wraps the model routes, which wrap
+    # FastAPI's router.
+    app.add_middleware(ModelRoutes)
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document plus the model routes, which are served outside its router."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    document = get_openapi(title=app.title, version=app.version, routes=app.routes)
+    paths, schemas = openapi_paths()
+    document["paths"] = {**paths, **document.get("paths", {})}
+    components = document.setdefault("components", {})
+    components.setdefault("schemas", {}).update(schemas)
+    components["securitySchemes"] = {"APIKey": {"type": "http", "scheme": "bearer"}}
+    components["responses"] = {
+        "Error": {
+            "description": "An error in OpenAI's shape",
+            "content": {"application/json": {"schema": ERROR_SCHEMA}},
+        }
+    }
+    app.openapi_schema = document
+    return document
+
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}

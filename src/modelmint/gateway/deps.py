@@ -7,7 +7,6 @@ a thread hop per dependency per request.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -17,7 +16,7 @@ from modelmint.errors import AuthenticationError
 from modelmint.gateway.platform import Platform
 from modelmint.storage.db import utcnow
 
-__all__ = ["AdminDep", "Caller", "CallerDep", "CurrentKey", "PlatformDep"]
+__all__ = ["AdminDep", "CurrentKey", "PlatformDep", "authenticate", "bearer_token"]
 
 
 async def _platform(request: Request) -> Platform:
@@ -28,8 +27,8 @@ async def _platform(request: Request) -> Platform:
 PlatformDep = Annotated[Platform, Depends(_platform)]
 
 
-def _bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization")
+def bearer_token(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None."""
     if not header:
         return None
     scheme, _, token = header.partition(" ")
@@ -38,8 +37,13 @@ def _bearer(request: Request) -> str | None:
     return token.strip()
 
 
-async def _current_key(request: Request, platform: PlatformDep) -> KeyInfo:
-    secret = _bearer(request)
+def _bearer(request: Request) -> str | None:
+    return bearer_token(request.headers.get("authorization"))
+
+
+async def authenticate(platform: Platform, authorization: str | None) -> KeyInfo:
+    """The API key of a request, or the 401 that says why there is none."""
+    secret = bearer_token(authorization)
     if secret is None:
         raise AuthenticationError(
             "no API key given: send it as 'Authorization: Bearer <key>'", code="missing_api_key"
@@ -51,31 +55,16 @@ async def _current_key(request: Request, platform: PlatformDep) -> KeyInfo:
         raise AuthenticationError("this API key has been revoked", code="revoked_api_key")
     if not key.usable_at(utcnow()):
         raise AuthenticationError("this API key has expired", code="expired_api_key")
+    return key
+
+
+async def _current_key(request: Request, platform: PlatformDep) -> KeyInfo:
+    key = await authenticate(platform, request.headers.get("authorization"))
     request.state.organization_id = key.organization_id
     return key
 
 
 CurrentKey = Annotated[KeyInfo, Depends(_current_key)]
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who is calling a model route: everything the route needs, resolved in one step."""
-
-    platform: Platform
-    key: KeyInfo
-    request_id: str
-
-
-async def _caller(request: Request) -> Caller:
-    # One dependency with no sub-dependencies: FastAPI's dependency solving costs
-    # tens of microseconds per node on every request of the hot path.
-    platform: Platform = request.app.state.platform
-    key = await _current_key(request, platform)
-    return Caller(platform, key, str(request.scope["state"]["request_id"]))
-
-
-CallerDep = Annotated[Caller, Depends(_caller)]
 
 
 async def _admin(request: Request, platform: PlatformDep) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -13,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from modelmint.errors import InvalidRequest, ModelMintError, RateLimited, ServiceUnavailable
 from modelmint.gateway.responses import OrjsonResponse
 
-__all__ = ["error_response", "install_error_handlers"]
+__all__ = ["error_response", "install_error_handlers", "invalid_request", "unexpected_error"]
 
 log = logging.getLogger(__name__)
 
@@ -28,21 +29,23 @@ def error_response(error: ModelMintError, headers: dict[str, str] | None = None)
     return OrjsonResponse(error.to_body(), status_code=error.status_code, headers=out)
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    errors = exc.errors()
+def invalid_request(errors: Sequence[Any]) -> InvalidRequest:
+    """The 400 for pydantic validation errors, naming the first bad parameter."""
     if not errors:
-        return "invalid request", None
+        return InvalidRequest("invalid request")
     first: dict[str, Any] = errors[0]
     if first.get("type") == "json_invalid":
-        return "the request body is not valid JSON", None
+        return InvalidRequest("the request body is not valid JSON")
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     if not loc:
-        return "the request body must be a JSON object (Content-Type: application/json)", None
-    param = ".".join(loc) or None
+        return InvalidRequest(
+            "the request body must be a JSON object (Content-Type: application/json)"
+        )
+    param = ".".join(loc)
     if first.get("type") == "missing":
-        return f"missing required parameter: {param}", param
+        return InvalidRequest(f"missing required parameter: {param}", param=param)
     message = str(first.get("msg", "invalid value"))
-    return (f"invalid value for {param}: {message}" if param else message), param
+    return InvalidRequest(f"invalid value for {param}: {message}", param=param)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -52,8 +55,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> OrjsonResponse:
-        message, param = _validation_message(exc)
-        return error_response(InvalidRequest(message, param=param))
+        return error_response(invalid_request(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> OrjsonResponse:
@@ -65,7 +67,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> OrjsonResponse:
-        log.exception("unhandled error")
-        return error_response(
-            ModelMintError("internal error; the request id identifies it in the logs")
-        )
+        return unexpected_error(exc)
+
+
+def unexpected_error(exc: BaseException) -> OrjsonResponse:
+    """A 500 that tells the client nothing of the bug, and the log everything."""
+    log.error("unhandled error", exc_info=exc)
+    return error_response(
+        ModelMintError("internal error; the request id identifies it in the logs")
+    )
