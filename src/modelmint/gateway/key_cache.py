@@ -31,6 +31,9 @@ class KeyCache:
         self._ttl = ttl
         self._clock = clock
         self._entries: dict[str, tuple[KeyInfo | None, float]] = {}
+        # One database read per key at a time: when an entry expires under load, every
+        # request of that key waits for the same read instead of each starting its own.
+        self._reading: dict[str, asyncio.Future[KeyInfo | None]] = {}
 
     async def get(self, secret: str) -> KeyInfo | None:
         digest = hash_secret(secret)
@@ -38,10 +41,22 @@ class KeyCache:
         hit = self._entries.get(digest)
         if hit is not None and now - hit[1] < self._ttl:
             return hit[0]
-        info = await asyncio.to_thread(self._lookup, digest)
+        reading = self._reading.get(digest)
+        if reading is not None:
+            return await asyncio.shield(reading)
+        reading = self._reading[digest] = asyncio.get_running_loop().create_future()
+        try:
+            info = await asyncio.to_thread(self._lookup, digest)
+        except BaseException as exc:
+            reading.set_exception(exc)
+            reading.exception()  # retrieved: waiters re-raise it, nobody else must
+            raise
+        finally:
+            del self._reading[digest]
         if len(self._entries) >= _MAX_ENTRIES:
             self._entries.clear()
         self._entries[digest] = (info, now)
+        reading.set_result(info)
         return info
 
     def forget(self, key_id: str) -> None:

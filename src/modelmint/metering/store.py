@@ -9,6 +9,7 @@ inserted, so a retried event is neither stored nor rolled up twice.
 
 from __future__ import annotations
 
+import functools
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -98,6 +99,7 @@ class UsageStore:
             log.debug("discarding usage connection: %s", exc)
             connection.invalidate()
 
+    @functools.lru_cache(maxsize=256)  # noqa: B019 - one store per writer, few batch sizes
     def _values(self, rows: int, columns: int) -> str:
         one = "(" + ", ".join([self._mark] * columns) + ")"
         return ", ".join([one] * rows)
@@ -105,9 +107,10 @@ class UsageStore:
     def _time(self, moment: datetime) -> Any:
         if moment.tzinfo is None:
             raise ValueError("usage timestamps must be timezone-aware")
-        moment = moment.astimezone(UTC)
-        # SQLite keeps the text form SQLAlchemy's DateTime reads back; PostgreSQL a timestamptz.
-        return moment.strftime("%Y-%m-%d %H:%M:%S.%f") if self._sqlite else moment
+        if not self._sqlite:
+            return moment  # a timestamptz
+        # SQLite keeps the text form SQLAlchemy's DateTime reads back.
+        return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
     def _insert_usage(self, events: list[UsageEvent]) -> tuple[str, list[Any]]:
         params: list[Any] = []

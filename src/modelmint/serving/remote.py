@@ -126,6 +126,8 @@ class RemoteOpenAIBackend:
         if self._session is None:
             raise ServiceUnavailable("upstream client is not started")
         headers = self._headers()
+        # Bytes, not json=: aiohttp's JSON payload re-encodes and costs more per request.
+        payload = orjson.dumps(body)
         delay = self.settings.backoff_s
         last: ModelMintError = BackendError("upstream failed")
         for attempt in range(self.settings.max_retries + 1):
@@ -133,7 +135,7 @@ class RemoteOpenAIBackend:
                 await asyncio.sleep(delay)
                 delay *= 2
             try:
-                response = await self._session.post(url, json=body, headers=headers)
+                response = await self._session.post(url, data=payload, headers=headers)
             except aiohttp.ConnectionTimeoutError:
                 last = UpstreamTimeout("could not connect to the upstream in time")
                 continue

@@ -138,3 +138,42 @@ async def test_failed_lookup_is_not_cached(clock: FakeClock) -> None:
         await flaky_cache.get(SECRET)
     assert await flaky_cache.get(SECRET) == info()
     assert calls == 2
+
+
+async def test_concurrent_misses_share_one_database_read(clock: FakeClock) -> None:
+    import asyncio
+    import threading
+
+    release = threading.Event()
+    lookup = CountingLookup()
+    lookup.table[hash_secret(SECRET)] = info()
+
+    def slow(digest: str) -> KeyInfo | None:
+        release.wait(5)
+        return lookup(digest)
+
+    cache = KeyCache(slow, ttl=1.0, clock=clock)
+    waiting = [asyncio.create_task(cache.get(SECRET)) for _ in range(50)]
+    await asyncio.sleep(0)  # every task has reached the cache
+    release.set()
+    found = await asyncio.gather(*waiting)
+    assert lookup.calls == [hash_secret(SECRET)]
+    assert all(f == info() for f in found)
+
+
+async def test_a_failed_read_fails_its_waiters_and_is_retried(clock: FakeClock) -> None:
+    import asyncio
+
+    attempts = []
+
+    def broken(digest: str) -> KeyInfo | None:
+        attempts.append(digest)
+        if len(attempts) == 1:
+            raise RuntimeError("database down")
+        return info()
+
+    cache = KeyCache(broken, ttl=1.0, clock=clock)
+    results = await asyncio.gather(*(cache.get(SECRET) for _ in range(3)), return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results)
+    assert await cache.get(SECRET) == info()
+    assert len(attempts) == 2
