@@ -16,6 +16,7 @@ from modelmint.storage.tables import Base
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+REDIS_URL = os.environ.get("MODELMINT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get(
     "MODELMINT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
@@ -112,3 +113,17 @@ def sqlite_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Databa
     migrate(db)
     yield db
     db.dispose()
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The Redis server; in CI its absence fails the run instead of skipping."""
+    from redis import Redis
+
+    try:
+        Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
+    except Exception as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"Redis is required in CI and unreachable: {exc}")
+        pytest.skip(f"Redis unreachable: {exc}")
+    return REDIS_URL

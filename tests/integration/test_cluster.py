@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from redis import Redis
 
 from tests.support.processes import MockUpstreamProcess, Server, cli, cli_json
 
-REDIS_URL = os.environ.get("MODELMINT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ADMIN = "cluster-admin"
 
 
@@ -23,17 +20,6 @@ def upstream() -> Iterator[MockUpstreamProcess]:
     mock = MockUpstreamProcess()
     yield mock
     mock.stop()
-
-
-@pytest.fixture
-def redis_url() -> str:
-    try:
-        Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
-    except Exception as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"Redis is required in CI and unreachable: {exc}")
-        pytest.skip(f"Redis unreachable: {exc}")
-    return REDIS_URL
 
 
 @pytest.fixture

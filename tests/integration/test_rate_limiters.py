@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from redis import Redis
 
 from modelmint.accounts.keys import KeyInfo
 from modelmint.errors import RateLimited
@@ -18,25 +16,13 @@ from modelmint.limits import LocalRateLimiter, RateLimiter
 from modelmint.limits.redis_limiter import RedisRateLimiter
 from modelmint.observability.metrics import RATE_LIMIT_FALLBACKS
 
-REDIS_URL = os.environ.get("MODELMINT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def redis_or_skip() -> None:
-    try:
-        Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
-    except Exception as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"Redis is required in CI and unreachable: {exc}")
-        pytest.skip(f"Redis unreachable: {exc}")
-
 
 @pytest.fixture(params=["local", "redis"])
 async def limiter(request: pytest.FixtureRequest) -> AsyncIterator[RateLimiter]:
     if request.param == "local":
         yield LocalRateLimiter()
         return
-    redis_or_skip()
-    limiter = RedisRateLimiter(REDIS_URL)
+    limiter = RedisRateLimiter(request.getfixturevalue("redis_url"))
     yield limiter
     await limiter.close()
 
@@ -119,9 +105,8 @@ async def test_tokens_are_charged_at_release(limiter: RateLimiter) -> None:
     assert 239 < caught.value.retry_after <= 240  # -400 back to 0 at 100/min
 
 
-async def test_two_redis_limiters_share_one_budget_under_concurrency() -> None:
-    redis_or_skip()
-    a, b = RedisRateLimiter(REDIS_URL), RedisRateLimiter(REDIS_URL)
+async def test_two_redis_limiters_share_one_budget_under_concurrency(redis_url: str) -> None:
+    a, b = RedisRateLimiter(redis_url), RedisRateLimiter(redis_url)
     k = key(rpm_limit=50)
 
     async def attempt(limiter: RedisRateLimiter, i: int) -> bool:
@@ -139,9 +124,8 @@ async def test_two_redis_limiters_share_one_budget_under_concurrency() -> None:
     assert sum(results) == 50
 
 
-async def test_leases_of_a_dead_process_expire() -> None:
-    redis_or_skip()
-    limiter = RedisRateLimiter(REDIS_URL, lease_ttl_s=0.3)
+async def test_leases_of_a_dead_process_expire(redis_url: str) -> None:
+    limiter = RedisRateLimiter(redis_url, lease_ttl_s=0.3)
     k = key(max_concurrent=1)
     try:
         await limiter.admit(k, "held-by-a-process-that-died")  # never released
