@@ -6,6 +6,7 @@ Changing a table means a new Alembic revision in ``storage/migrations/versions``
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -13,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
@@ -23,11 +25,23 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from modelmint.storage.db import utcnow
-from modelmint.storage.types import UTCDateTime
+from modelmint.storage.types import ExactDecimal, UTCDateTime
 
 __all__ = [
     "ApiKey",
     "Base",
+    "BillingCoupon",
+    "BillingCouponRedemption",
+    "BillingCreditGrant",
+    "BillingInvoice",
+    "BillingInvoiceLine",
+    "BillingLedgerEntry",
+    "BillingPlanVersion",
+    "BillingPriceBook",
+    "BillingReservation",
+    "BillingSubscription",
+    "BillingTaxRate",
+    "BillingWallet",
     "Deployment",
     "ModelVersion",
     "Organization",
@@ -179,3 +193,213 @@ class UsageRollup(Base):
     # requests, errors, input_tokens, output_tokens, latency_ms
     metric: Mapped[str] = mapped_column(String(40), primary_key=True)
     quantity: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+# -- billing ------------------------------------------------------------------------------
+# The rows behind ``modelmint.billing`` (mapped by ``billing/repository.py``). Money and
+# other exact quantities use ``ExactDecimal``; documents (price books, plan terms,
+# coupons) are JSON whose decimals are strings (``billing/serialization.py``).
+
+
+class BillingPriceBook(Base):
+    """An immutable price book; identical books share one row (``digest`` of the document)."""
+
+    __tablename__ = "billing_price_books"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    currency: Mapped[str] = mapped_column(String(3))
+    document: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BillingPlanVersion(Base):
+    """One published plan version; never updated (a change is the next version's row)."""
+
+    __tablename__ = "billing_plan_versions"
+    __table_args__ = (UniqueConstraint("code", "version"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    code: Mapped[str] = mapped_column(String(100))
+    version: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(20))
+    currency: Mapped[str] = mapped_column(String(3))
+    price_book_id: Mapped[str | None] = mapped_column(
+        ForeignKey("billing_price_books.id"), nullable=True, index=True
+    )
+    # The plan's own terms (fee, allowances) without the price book, which is linked.
+    terms: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BillingSubscription(Base):
+    """An organisation on one plan version during ``[starts_at, ends_at)``."""
+
+    __tablename__ = "billing_subscriptions"
+    __table_args__ = (UniqueConstraint("organization_id", "starts_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    plan_version_id: Mapped[str] = mapped_column(ForeignKey("billing_plan_versions.id"), index=True)
+    starts_at: Mapped[datetime] = mapped_column()
+    ends_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BillingWallet(Base):
+    """An organisation's prepaid wallet in one currency: the row writers lock.
+
+    ``balance`` is the running sum of the wallet's ledger and ``last_sequence`` its
+    newest entry, both updated in the transaction that appends entries: a writer
+    takes ``SELECT ... FOR UPDATE`` on this row (PostgreSQL) or the write lock
+    (SQLite), and every save is a compare-and-set on ``last_sequence``.
+    """
+
+    __tablename__ = "billing_wallets"
+    __table_args__ = (UniqueConstraint("organization_id", "currency"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    currency: Mapped[str] = mapped_column(String(3))
+    balance: Mapped[Decimal] = mapped_column(ExactDecimal())
+    last_sequence: Mapped[int] = mapped_column(Integer, default=0)
+    # Reservations ever made, so ids (res_N) stay unique after a reload.
+    reservation_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BillingCreditGrant(Base):
+    """One grant of credit (insert only); what is left of it is the sum of its entries."""
+
+    __tablename__ = "billing_credit_grants"
+
+    wallet_id: Mapped[str] = mapped_column(ForeignKey("billing_wallets.id"), primary_key=True)
+    grant_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    sequence: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(20))
+    amount: Mapped[Decimal] = mapped_column(ExactDecimal())
+    priority: Mapped[int] = mapped_column(Integer)
+    granted_at: Mapped[datetime] = mapped_column()
+    expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class BillingLedgerEntry(Base):
+    """One signed change to one grant's usable credit. Append-only: never updated."""
+
+    __tablename__ = "billing_ledger_entries"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["wallet_id", "grant_id"],
+            ["billing_credit_grants.wallet_id", "billing_credit_grants.grant_id"],
+            name="fk_billing_ledger_entries_grant",
+        ),
+        Index("ix_billing_ledger_entries_wallet_reference", "wallet_id", "reference"),
+    )
+
+    wallet_id: Mapped[str] = mapped_column(ForeignKey("billing_wallets.id"), primary_key=True)
+    # 1, 2, 3 ... per wallet: the primary key refuses two writers appending the same one.
+    sequence: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column()
+    kind: Mapped[str] = mapped_column(String(20))
+    grant_id: Mapped[str] = mapped_column(String(40))
+    amount: Mapped[Decimal] = mapped_column(ExactDecimal())
+    reference: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+
+class BillingReservation(Base):
+    """Funds held for one request; its holds are the ledger's reservation entries."""
+
+    __tablename__ = "billing_reservations"
+
+    wallet_id: Mapped[str] = mapped_column(ForeignKey("billing_wallets.id"), primary_key=True)
+    reservation_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    amount: Mapped[Decimal] = mapped_column(ExactDecimal())
+    reference: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column()
+    # Set once, when settled or released; NULL rows are what a sweeper releases.
+    closed_at: Mapped[datetime | None] = mapped_column(nullable=True, index=True)
+
+
+class BillingCoupon(Base):
+    __tablename__ = "billing_coupons"
+
+    code: Mapped[str] = mapped_column(String(100), primary_key=True)
+    definition: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BillingCouponRedemption(Base):
+    __tablename__ = "billing_coupon_redemptions"
+    __table_args__ = (UniqueConstraint("organization_id", "coupon_code"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    coupon_code: Mapped[str] = mapped_column(ForeignKey("billing_coupons.code"), index=True)
+    first_period_start: Mapped[datetime] = mapped_column()
+    first_period_end: Mapped[datetime] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BillingTaxRate(Base):
+    """The tax rate now in force for an organisation (invoices copy it when drafted)."""
+
+    __tablename__ = "billing_tax_rates"
+
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    percent: Mapped[Decimal] = mapped_column(ExactDecimal())
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BillingInvoice(Base):
+    """One invoice: status, period and totals; its charge lines are child rows."""
+
+    __tablename__ = "billing_invoices"
+    __table_args__ = (Index("ix_billing_invoices_org_period", "organization_id", "period_start"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"))
+    period_start: Mapped[datetime] = mapped_column()
+    period_end: Mapped[datetime] = mapped_column()
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    # [[code, version], ...] of the plan versions billed.
+    plans: Mapped[list[Any]] = mapped_column(JSON)
+    # The coupon applied, as its full document: a coupon's terms are part of the bill.
+    coupon: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    tax_name: Mapped[str] = mapped_column(String(100))
+    tax_percent: Mapped[Decimal] = mapped_column(ExactDecimal())
+    subtotal: Mapped[Decimal] = mapped_column(ExactDecimal())
+    discount: Mapped[Decimal] = mapped_column(ExactDecimal())
+    tax: Mapped[Decimal] = mapped_column(ExactDecimal())
+    total: Mapped[Decimal] = mapped_column(ExactDecimal())
+    usage_exact_total: Mapped[Decimal] = mapped_column(ExactDecimal())
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finalized_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    paid_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    voided_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class BillingInvoiceLine(Base):
+    """One charge line (discount and tax lines are derived from the invoice row)."""
+
+    __tablename__ = "billing_invoice_lines"
+
+    invoice_id: Mapped[str] = mapped_column(
+        ForeignKey("billing_invoices.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    description: Mapped[str] = mapped_column(Text)
+    amount: Mapped[Decimal] = mapped_column(ExactDecimal())
+    exact_amount: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
+    plan_code: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    plan_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    model: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    metric: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    quantity: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
+    included: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
+    overage: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
+    charges: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    span_start: Mapped[datetime | None] = mapped_column(nullable=True)
+    span_end: Mapped[datetime | None] = mapped_column(nullable=True)

@@ -1,0 +1,761 @@
+"""The billing repository: the domain of ``modelmint.billing`` mapped to storage tables.
+
+The only module under ``billing/`` that imports SQLAlchemy. It works inside the
+caller's unit of work (``Database.session()``): it flushes but never commits.
+
+    repo = BillingRepository(session)
+    plan = repo.publish_plan(SubscriptionPlan(...))       # plan versions: insert only
+    repo.subscribe(org_id, plan.ref, at)                  # the organisation's timeline
+    wallet = repo.load_wallet(org_id, "USD", for_update=True)
+    wallet.reserve(...); repo.save_wallet(wallet)         # appends ledger rows
+
+Rules it keeps:
+
+* Plan versions, price books, grants and ledger entries are only ever inserted.
+  There is no API that updates or deletes a ledger entry; ``save_wallet`` appends
+  the entries the domain wallet made since it was loaded, and refuses (``Conflict``)
+  if another writer appended first (compare-and-set on ``last_sequence``).
+* Unknown organisations raise ``NotFound``, unknown plans ``PlanNotFound``,
+  duplicates ``Conflict`` (or its billing subclasses).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from modelmint.billing.coupons import Coupon, Redemption
+from modelmint.billing.errors import (
+    ChargeMismatch,
+    InvalidInvoiceTransition,
+    PlanNotFound,
+    PlanVersionConflict,
+)
+from modelmint.billing.exact import Quantity, exact_sum
+from modelmint.billing.invoices import Invoice, InvoiceLine, InvoiceStatus, LineKind
+from modelmint.billing.metrics import Metric
+from modelmint.billing.money import Money
+from modelmint.billing.periods import Period, utc
+from modelmint.billing.plans import Plan, PlanCatalog, PlanRef
+from modelmint.billing.price_book import PriceBook
+from modelmint.billing.serialization import (
+    Json,
+    coupon_from_dict,
+    coupon_to_dict,
+    plan_from_dict,
+    plan_to_dict,
+    price_book_from_dict,
+    price_book_to_dict,
+)
+from modelmint.billing.subscriptions import Subscription, SubscriptionTimeline
+from modelmint.billing.tax import TaxRate
+from modelmint.billing.wallet import (
+    CreditGrant,
+    EntryKind,
+    GrantKind,
+    LedgerEntry,
+    Reservation,
+    Wallet,
+    replay,
+)
+from modelmint.errors import Conflict, InvalidRequest, NotFound
+from modelmint.storage.db import new_id, utcnow
+from modelmint.storage.tables import (
+    BillingCoupon,
+    BillingCouponRedemption,
+    BillingCreditGrant,
+    BillingInvoice,
+    BillingInvoiceLine,
+    BillingLedgerEntry,
+    BillingPlanVersion,
+    BillingPriceBook,
+    BillingReservation,
+    BillingSubscription,
+    BillingTaxRate,
+    BillingWallet,
+    Organization,
+)
+
+__all__ = ["BillingRepository"]
+
+
+# Stored status -> the statuses a later save may record (the domain checks each step).
+_LATER_STATES: dict[str, frozenset[str]] = {
+    "finalized": frozenset({"finalized", "paid", "void"}),
+    "paid": frozenset({"paid"}),
+    "void": frozenset({"void"}),
+}
+
+
+def _digest(document: Json) -> str:
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _stored_quantity(value: Quantity | None) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
+
+def _loaded_quantity(value: Decimal | None, metric: Metric | None) -> Quantity | None:
+    # Whole-unit metrics are metered as ints; keep that type across a round trip.
+    if value is None:
+        return None
+    if (metric is None or not metric.fractional) and value == value.to_integral_value():
+        return int(value)
+    return value
+
+
+class BillingRepository:
+    """Billing's persistence, one instance per unit of work (``Session``)."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        # wallet id -> ledger length when loaded or last saved: the compare-and-set token.
+        self._wallet_versions: dict[str, int] = {}
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _require_org(self, organization_id: str) -> None:
+        if self._session.get(Organization, organization_id) is None:
+            raise NotFound(f"no organisation {organization_id!r}", param="organization")
+
+    def _flush(self, conflict: str) -> None:
+        try:
+            self._session.flush()
+        except IntegrityError as exc:  # a concurrent writer won between check and insert
+            raise Conflict(conflict) from exc
+
+    # -- price books ------------------------------------------------------------------------
+
+    def save_price_book(self, book: PriceBook) -> str:
+        """Store ``book`` (immutable) and return its id; an identical book is stored once."""
+        document = price_book_to_dict(book)
+        digest = _digest(document)
+        existing = self._session.scalar(
+            select(BillingPriceBook.id).where(BillingPriceBook.digest == digest)
+        )
+        if existing is not None:
+            return existing
+        row = BillingPriceBook(
+            id=new_id("pb"), digest=digest, currency=book.currency, document=document
+        )
+        self._session.add(row)
+        self._flush("price book stored concurrently; retry")
+        return row.id
+
+    def load_price_book(self, price_book_id: str) -> PriceBook:
+        row = self._session.get(BillingPriceBook, price_book_id)
+        if row is None:
+            raise NotFound(f"no price book {price_book_id!r}", param="price_book")
+        return price_book_from_dict(row.document)
+
+    # -- plans -----------------------------------------------------------------------------
+
+    def publish_plan(self, plan: Plan) -> Plan:
+        """Store a new plan version: version 1 of a new code, or the next version of one."""
+        latest = self._session.scalar(
+            select(BillingPlanVersion.version)
+            .where(BillingPlanVersion.code == plan.code)
+            .order_by(BillingPlanVersion.version.desc())
+            .limit(1)
+        )
+        expected = 1 if latest is None else latest + 1
+        if plan.version != expected:
+            raise PlanVersionConflict(
+                f"plan {plan.code}: cannot publish version {plan.version}, "
+                f"the next version is {expected}"
+            )
+        terms = plan_to_dict(plan)
+        book = terms.pop("price_book", None)
+        price_book_id = None if book is None else self.save_price_book(price_book_from_dict(book))
+        self._session.add(
+            BillingPlanVersion(
+                id=new_id("planv"),
+                code=plan.code,
+                version=plan.version,
+                kind=plan.kind.value,
+                currency=plan.currency,
+                price_book_id=price_book_id,
+                terms=terms,
+            )
+        )
+        try:
+            self._session.flush()
+        except IntegrityError as exc:
+            raise PlanVersionConflict(f"plan {plan.ref} was published concurrently") from exc
+        return plan
+
+    def _plan_row(self, ref: PlanRef) -> BillingPlanVersion:
+        row = self._session.scalar(
+            select(BillingPlanVersion).where(
+                BillingPlanVersion.code == ref.code, BillingPlanVersion.version == ref.version
+            )
+        )
+        if row is None:
+            raise PlanNotFound(f"no plan version {ref}", param="plan")
+        return row
+
+    def _plan_from_row(self, row: BillingPlanVersion) -> Plan:
+        document: dict[str, Any] = dict(row.terms)
+        if row.price_book_id is not None:
+            book = self._session.get(BillingPriceBook, row.price_book_id)
+            assert book is not None  # a foreign key
+            document["price_book"] = book.document
+        return plan_from_dict(document)
+
+    def load_plan(self, code: str, version: int | None = None) -> Plan:
+        """One plan version; the latest when ``version`` is None. ``PlanNotFound`` if none."""
+        if version is not None:
+            return self._plan_from_row(self._plan_row(PlanRef(code, version)))
+        row = self._session.scalar(
+            select(BillingPlanVersion)
+            .where(BillingPlanVersion.code == code)
+            .order_by(BillingPlanVersion.version.desc())
+            .limit(1)
+        )
+        if row is None:
+            raise PlanNotFound(f"no plan {code!r}", param="plan")
+        return self._plan_from_row(row)
+
+    def plan_catalog(self) -> PlanCatalog:
+        """Every stored version of every plan."""
+        catalog = PlanCatalog()
+        rows = self._session.scalars(
+            select(BillingPlanVersion).order_by(BillingPlanVersion.code, BillingPlanVersion.version)
+        )
+        for row in rows:
+            catalog.publish(self._plan_from_row(row))
+        return catalog
+
+    # -- subscriptions ---------------------------------------------------------------------
+
+    def _subscription_rows(self, organization_id: str) -> list[BillingSubscription]:
+        return list(
+            self._session.scalars(
+                select(BillingSubscription)
+                .where(BillingSubscription.organization_id == organization_id)
+                .order_by(BillingSubscription.starts_at)
+            )
+        )
+
+    def timeline(self, organization_id: str) -> SubscriptionTimeline:
+        """The organisation's subscriptions, each on the plan version it used."""
+        self._require_org(organization_id)
+        subscriptions = []
+        for row in self._subscription_rows(organization_id):
+            plan_row = self._session.get(BillingPlanVersion, row.plan_version_id)
+            assert plan_row is not None  # a foreign key
+            plan = self._plan_from_row(plan_row)
+            subscriptions.append(Subscription(organization_id, plan, row.starts_at, row.ends_at))
+        return SubscriptionTimeline(organization_id, subscriptions)
+
+    def _insert_subscription(self, subscription: Subscription) -> None:
+        self._session.add(
+            BillingSubscription(
+                id=new_id("sub"),
+                organization_id=subscription.organization_id,
+                plan_version_id=self._plan_row(subscription.plan.ref).id,
+                starts_at=subscription.start,
+                ends_at=subscription.end,
+            )
+        )
+
+    def _end_latest(self, organization_id: str, end: datetime) -> None:
+        latest = self._subscription_rows(organization_id)[-1]
+        latest.ends_at = end
+
+    def subscribe(self, organization_id: str, plan: PlanRef, at: datetime) -> Subscription:
+        """Start ``plan`` at ``at``; ``SubscriptionConflict`` while another one runs."""
+        timeline = self.timeline(organization_id)
+        subscription = timeline.subscribe(self.load_plan(plan.code, plan.version), at)
+        self._insert_subscription(subscription)
+        self._flush(f"{organization_id!r} was subscribed concurrently")
+        return subscription
+
+    def change_plan(self, organization_id: str, plan: PlanRef, at: datetime) -> Subscription:
+        """End the current subscription at ``at`` and continue on ``plan``."""
+        timeline = self.timeline(organization_id)
+        successor = timeline.change_plan(self.load_plan(plan.code, plan.version), at)
+        self._end_latest(organization_id, successor.start)
+        self._insert_subscription(successor)
+        self._flush(f"{organization_id!r} changed plan concurrently")
+        return successor
+
+    def cancel(self, organization_id: str, at: datetime) -> Subscription:
+        """End the current subscription at ``at`` (removed if cancelled as it starts)."""
+        timeline = self.timeline(organization_id)
+        ended = timeline.cancel(at)
+        if ended.start == utc(at, "cancellation"):  # cancelled as it began: it never ran
+            latest = self._subscription_rows(organization_id)[-1]
+            self._session.delete(latest)
+        else:
+            assert ended.end is not None
+            self._end_latest(organization_id, ended.end)
+        self._session.flush()
+        return ended
+
+    # -- wallets ---------------------------------------------------------------------------
+
+    def open_wallet(self, organization_id: str, currency: str) -> Wallet:
+        """A new, empty wallet; ``Conflict`` if the organisation has one in ``currency``."""
+        self._require_org(organization_id)
+        wallet = Wallet(new_id("wal"), currency)
+        if self._wallet_row(organization_id, wallet.currency) is not None:
+            raise Conflict(f"{organization_id!r} already has a {wallet.currency} wallet")
+        self._session.add(
+            BillingWallet(
+                id=wallet.id,
+                organization_id=organization_id,
+                currency=wallet.currency,
+                balance=Decimal(0),
+                last_sequence=0,
+                reservation_count=0,
+            )
+        )
+        self._flush(f"{organization_id!r} already has a {wallet.currency} wallet")
+        self._wallet_versions[wallet.id] = 0
+        return wallet
+
+    def _wallet_row(
+        self, organization_id: str, currency: str, *, for_update: bool = False
+    ) -> BillingWallet | None:
+        query = select(BillingWallet).where(
+            BillingWallet.organization_id == organization_id,
+            BillingWallet.currency == Money.zero(currency).currency,
+        )
+        if for_update:
+            query = query.with_for_update()  # a no-op on SQLite, whose writer lock serialises
+        return self._session.scalar(query.execution_options(populate_existing=True))
+
+    def load_wallet(
+        self, organization_id: str, currency: str, *, for_update: bool = False
+    ) -> Wallet:
+        """The organisation's wallet rebuilt from its grants, ledger and reservations.
+
+        ``for_update`` locks the wallet row until the transaction ends (PostgreSQL), so
+        concurrent reserve/settle calls on one wallet run one after another.
+        """
+        self._require_org(organization_id)
+        row = self._wallet_row(organization_id, currency, for_update=for_update)
+        if row is None:
+            raise NotFound(f"{organization_id!r} has no {currency} wallet", param="wallet")
+        grants = self._session.scalars(
+            select(BillingCreditGrant)
+            .where(BillingCreditGrant.wallet_id == row.id)
+            .order_by(BillingCreditGrant.sequence)
+        )
+        entries = self._session.scalars(
+            select(BillingLedgerEntry)
+            .where(BillingLedgerEntry.wallet_id == row.id)
+            .order_by(BillingLedgerEntry.sequence)
+        )
+        open_rows = self._session.scalars(
+            select(BillingReservation).where(
+                BillingReservation.wallet_id == row.id, BillingReservation.closed_at.is_(None)
+            )
+        )
+        wallet = _restore_wallet(row, list(grants), list(entries), list(open_rows))
+        if len(wallet.ledger) != row.last_sequence:
+            raise ChargeMismatch(f"wallet {row.id}: ledger length disagrees with last_sequence")
+        self._wallet_versions[wallet.id] = row.last_sequence
+        return wallet
+
+    def ledger_balance(self, wallet_id: str) -> Money:
+        """The wallet's balance recomputed from its ledger rows alone."""
+        row = self._session.get(BillingWallet, wallet_id)
+        if row is None:
+            raise NotFound(f"no wallet {wallet_id!r}", param="wallet")
+        amounts = self._session.scalars(
+            select(BillingLedgerEntry.amount).where(BillingLedgerEntry.wallet_id == wallet_id)
+        )
+        return Money(exact_sum(amounts), row.currency)
+
+    def save_wallet(self, wallet: Wallet) -> None:
+        """Append what ``wallet`` recorded since it was loaded (or last saved).
+
+        ``Conflict`` if another writer appended to the wallet meanwhile: reload and
+        retry, or load with ``for_update=True`` so that it cannot happen.
+        """
+        loaded = self._wallet_versions.get(wallet.id)
+        if loaded is None:
+            raise InvalidRequest(f"wallet {wallet.id} was not loaded by this repository")
+        ledger = wallet.ledger
+        moved = self._session.execute(
+            update(BillingWallet)
+            .where(BillingWallet.id == wallet.id, BillingWallet.last_sequence == loaded)
+            .values(
+                last_sequence=len(ledger),
+                balance=wallet.balance.amount,
+                reservation_count=wallet._reservation_count,
+            )
+        )
+        if getattr(moved, "rowcount", 0) != 1:
+            raise Conflict(f"wallet {wallet.id} changed concurrently; reload it and retry")
+        stored = set(
+            self._session.scalars(
+                select(BillingCreditGrant.grant_id).where(BillingCreditGrant.wallet_id == wallet.id)
+            )
+        )
+        new_grants = [_grant_row(wallet.id, g) for g in wallet.grants if g.id not in stored]
+        if new_grants:
+            self._session.execute(insert(BillingCreditGrant), new_grants)
+        new_entries = [_entry_row(wallet.id, e) for e in ledger if e.sequence > loaded]
+        if new_entries:
+            self._session.execute(insert(BillingLedgerEntry), new_entries)
+        self._save_reservations(wallet)
+        self._wallet_versions[wallet.id] = len(ledger)
+
+    def _save_reservations(self, wallet: Wallet) -> None:
+        open_now = {r.id: r for r in wallet.open_reservations}
+        rows = self._session.execute(
+            select(BillingReservation.reservation_id, BillingReservation.closed_at).where(
+                BillingReservation.wallet_id == wallet.id
+            )
+        ).all()
+        known = {reservation_id for reservation_id, _ in rows}
+        closed = [rid for rid, closed_at in rows if closed_at is None and rid not in open_now]
+        if closed:
+            self._session.execute(
+                update(BillingReservation)
+                .where(
+                    BillingReservation.wallet_id == wallet.id,
+                    BillingReservation.reservation_id.in_(closed),
+                )
+                .values(closed_at=utcnow())
+            )
+        new = [
+            {
+                "wallet_id": wallet.id,
+                "reservation_id": r.id,
+                "amount": r.amount.amount,
+                "reference": r.reference,
+                "created_at": r.created_at,
+                "closed_at": None,
+            }
+            for r in open_now.values()
+            if r.id not in known
+        ]
+        if new:
+            self._session.execute(insert(BillingReservation), new)
+
+    # -- coupons and tax ---------------------------------------------------------------------
+
+    def create_coupon(self, coupon: Coupon) -> Coupon:
+        if self._session.get(BillingCoupon, coupon.code) is not None:
+            raise Conflict(f"coupon {coupon.code!r} already exists", param="code")
+        self._session.add(BillingCoupon(code=coupon.code, definition=coupon_to_dict(coupon)))
+        self._flush(f"coupon {coupon.code!r} already exists")
+        return coupon
+
+    def load_coupon(self, code: str) -> Coupon:
+        row = self._session.get(BillingCoupon, code)
+        if row is None:
+            raise NotFound(f"no coupon {code!r}", param="coupon", code="coupon_not_found")
+        return coupon_from_dict(row.definition)
+
+    def redeem_coupon(self, organization_id: str, code: str, first_period: Period) -> Redemption:
+        """Apply coupon ``code`` to the organisation from ``first_period`` on (once each)."""
+        self._require_org(organization_id)
+        coupon = self.load_coupon(code)
+        duplicate = f"{organization_id!r} already redeemed coupon {code!r}"
+        exists = self._session.scalar(
+            select(BillingCouponRedemption.id).where(
+                BillingCouponRedemption.organization_id == organization_id,
+                BillingCouponRedemption.coupon_code == code,
+            )
+        )
+        if exists is not None:
+            raise Conflict(duplicate, param="coupon")
+        self._session.add(
+            BillingCouponRedemption(
+                id=new_id("red"),
+                organization_id=organization_id,
+                coupon_code=code,
+                first_period_start=first_period.start,
+                first_period_end=first_period.end,
+            )
+        )
+        self._flush(duplicate)
+        return Redemption(coupon, first_period)
+
+    def redemptions(self, organization_id: str) -> list[Redemption]:
+        """The organisation's coupon redemptions, oldest first period first."""
+        self._require_org(organization_id)
+        rows = self._session.scalars(
+            select(BillingCouponRedemption)
+            .where(BillingCouponRedemption.organization_id == organization_id)
+            .order_by(BillingCouponRedemption.first_period_start, BillingCouponRedemption.id)
+        )
+        return [
+            Redemption(
+                self.load_coupon(row.coupon_code),
+                Period(row.first_period_start, row.first_period_end),
+            )
+            for row in rows
+        ]
+
+    def redemption_for(self, organization_id: str, period: Period) -> Redemption | None:
+        """The most recent redemption whose duration covers ``period``, if any."""
+        applying = [r for r in self.redemptions(organization_id) if r.applies_to(period)]
+        return applying[-1] if applying else None
+
+    def set_tax_rate(self, organization_id: str, rate: TaxRate) -> None:
+        """The organisation's tax rate from now on (drafted invoices keep their own)."""
+        self._require_org(organization_id)
+        row = self._session.get(BillingTaxRate, organization_id)
+        if row is None:
+            row = BillingTaxRate(organization_id=organization_id)
+            self._session.add(row)
+        row.name = rate.name
+        row.percent = rate.percent
+        row.updated_at = utcnow()
+        self._session.flush()
+
+    def tax_rate(self, organization_id: str) -> TaxRate | None:
+        self._require_org(organization_id)
+        row = self._session.get(BillingTaxRate, organization_id)
+        return None if row is None else TaxRate(row.percent, row.name)
+
+    # -- invoices ----------------------------------------------------------------------------
+
+    def save_invoice(self, invoice: Invoice) -> None:
+        """Insert ``invoice`` or store its new state.
+
+        A stored draft is rewritten (lines and totals); once stored as finalized, paid
+        or void only the status and its time stamps move, and the stored lines must
+        match (``InvoiceImmutable`` otherwise, via the domain's own rules).
+        """
+        self._require_org(invoice.organization_id)
+        row = self._session.get(BillingInvoice, invoice.id)
+        if row is None:
+            row = BillingInvoice(id=invoice.id, organization_id=invoice.organization_id)
+            self._session.add(row)
+        elif row.organization_id != invoice.organization_id:
+            raise Conflict(f"invoice id {invoice.id!r} is taken", param="invoice")
+        elif row.status != InvoiceStatus.DRAFT.value:
+            if invoice.status.value not in _LATER_STATES[row.status]:
+                raise InvalidInvoiceTransition(
+                    f"invoice {invoice.id} is stored as {row.status}; "
+                    f"it cannot go back to {invoice.status.value}"
+                )
+            if self._invoice_lines(invoice.id) != list(invoice.charge_lines):
+                raise Conflict(f"invoice {invoice.id} is {row.status}; its lines cannot change")
+            _set_status(row, invoice)
+            self._session.flush()
+            return
+        else:
+            self._session.execute(
+                delete(BillingInvoiceLine).where(BillingInvoiceLine.invoice_id == invoice.id)
+            )
+        _set_invoice(row, invoice)
+        self._session.flush()
+        lines = [_line_row(invoice.id, i, line) for i, line in enumerate(invoice.charge_lines)]
+        if lines:
+            self._session.execute(insert(BillingInvoiceLine), lines)
+
+    def _invoice_lines(self, invoice_id: str) -> list[InvoiceLine]:
+        rows = self._session.scalars(
+            select(BillingInvoiceLine)
+            .where(BillingInvoiceLine.invoice_id == invoice_id)
+            .order_by(BillingInvoiceLine.position)
+        )
+        currency = self._session.get(BillingInvoice, invoice_id)
+        assert currency is not None
+        return [_line_from_row(r, currency.currency) for r in rows]
+
+    def load_invoice(self, invoice_id: str) -> Invoice:
+        """The stored invoice; ``ChargeMismatch`` if its lines no longer add up to its totals."""
+        row = self._session.get(BillingInvoice, invoice_id)
+        if row is None:
+            raise NotFound(f"no invoice {invoice_id!r}", param="invoice")
+        invoice = Invoice(
+            invoice_id=row.id,
+            organization_id=row.organization_id,
+            period=Period(row.period_start, row.period_end),
+            currency=row.currency,
+            plans=[PlanRef(code, version) for code, version in row.plans],
+            lines=self._invoice_lines(row.id),
+            coupon=None if row.coupon is None else coupon_from_dict(row.coupon),
+            tax_rate=TaxRate(row.tax_percent, row.tax_name),
+        )
+        if row.finalized_at is not None:
+            invoice.finalize(row.finalized_at)
+        if row.paid_at is not None:
+            invoice.mark_paid(row.paid_at)
+        if row.voided_at is not None:
+            invoice.void(row.voided_at)
+        stored = (row.subtotal, row.discount, row.tax, row.total)
+        computed = tuple(m.amount for m in (invoice.subtotal, invoice.discount, invoice.tax))
+        if stored != (*computed, invoice.total.amount) or invoice.status.value != row.status:
+            raise ChargeMismatch(f"invoice {invoice_id}: stored totals disagree with its lines")
+        return invoice
+
+    def invoices(self, organization_id: str) -> list[Invoice]:
+        """The organisation's invoices, oldest period first."""
+        self._require_org(organization_id)
+        ids = self._session.scalars(
+            select(BillingInvoice.id)
+            .where(BillingInvoice.organization_id == organization_id)
+            .order_by(BillingInvoice.period_start, BillingInvoice.created_at)
+        )
+        return [self.load_invoice(invoice_id) for invoice_id in ids]
+
+
+# -- row <-> domain ----------------------------------------------------------------------------
+
+
+def _grant_row(wallet_id: str, grant: CreditGrant) -> dict[str, Any]:
+    return {
+        "wallet_id": wallet_id,
+        "grant_id": grant.id,
+        "sequence": grant.sequence,
+        "kind": grant.kind.value,
+        "amount": grant.amount.amount,
+        "priority": grant.priority,
+        "granted_at": grant.granted_at,
+        "expires_at": grant.expires_at,
+    }
+
+
+def _entry_row(wallet_id: str, entry: LedgerEntry) -> dict[str, Any]:
+    return {
+        "wallet_id": wallet_id,
+        "sequence": entry.sequence,
+        "at": entry.at,
+        "kind": entry.kind.value,
+        "grant_id": entry.grant_id,
+        "amount": entry.amount.amount,
+        "reference": entry.reference,
+    }
+
+
+def _restore_wallet(
+    row: BillingWallet,
+    grants: Sequence[BillingCreditGrant],
+    entries: Sequence[BillingLedgerEntry],
+    open_rows: Iterable[BillingReservation],
+) -> Wallet:
+    """A domain Wallet in the state its rows describe.
+
+    ``Wallet`` has no public way to be rebuilt, so this sets its private state; it
+    belongs in ``wallet.py`` as ``Wallet.restore`` (see the report of this module).
+    """
+    wallet = Wallet(row.id, row.currency)
+    currency = wallet.currency
+    for g in grants:
+        grant = CreditGrant(
+            g.grant_id,
+            GrantKind(g.kind),
+            Money(g.amount, currency),
+            g.priority,
+            g.granted_at,
+            g.expires_at,
+            g.sequence,
+        )
+        wallet._grants[grant.id] = grant
+    ledger = [
+        LedgerEntry(
+            e.sequence, e.at, EntryKind(e.kind), e.grant_id, Money(e.amount, currency), e.reference
+        )
+        for e in entries
+    ]
+    remaining = replay(ledger)
+    wallet._remaining = {gid: remaining.get(gid, Decimal(0)) for gid in wallet._grants}
+    wallet._balance = exact_sum(e.amount.amount for e in ledger)
+    if wallet._balance != row.balance:
+        raise ChargeMismatch(
+            f"wallet {row.id}: ledger sums to {wallet._balance}, row says {row.balance}"
+        )
+    wallet._ledger = ledger
+    wallet._last = ledger[-1].at if ledger else None
+    wallet._reservation_count = row.reservation_count
+    for r in sorted(open_rows, key=lambda r: (r.created_at, r.reservation_id)):
+        holds = tuple(
+            (e.grant_id, -e.amount.amount)
+            for e in ledger
+            if e.kind is EntryKind.RESERVATION and e.reference == r.reservation_id
+        )
+        wallet._reservations[r.reservation_id] = Reservation(
+            r.reservation_id, Money(r.amount, currency), holds, r.created_at, r.reference
+        )
+    return wallet
+
+
+def _set_invoice(row: BillingInvoice, invoice: Invoice) -> None:
+    row.period_start = invoice.period.start
+    row.period_end = invoice.period.end
+    row.currency = invoice.currency
+    row.plans = [[ref.code, ref.version] for ref in invoice.plans]
+    row.coupon = None if invoice.coupon is None else coupon_to_dict(invoice.coupon)
+    row.tax_name = invoice.tax_rate.name
+    row.tax_percent = invoice.tax_rate.percent
+    row.subtotal = invoice.subtotal.amount
+    row.discount = invoice.discount.amount
+    row.tax = invoice.tax.amount
+    row.total = invoice.total.amount
+    row.usage_exact_total = invoice.usage_exact_total
+    _set_status(row, invoice)
+
+
+def _set_status(row: BillingInvoice, invoice: Invoice) -> None:
+    row.status = invoice.status.value
+    row.finalized_at = invoice.stamp(InvoiceStatus.FINALIZED)
+    row.paid_at = invoice.stamp(InvoiceStatus.PAID)
+    row.voided_at = invoice.stamp(InvoiceStatus.VOID)
+
+
+def _line_row(invoice_id: str, position: int, line: InvoiceLine) -> dict[str, Any]:
+    return {
+        "invoice_id": invoice_id,
+        "position": position,
+        "kind": line.kind.value,
+        "description": line.description,
+        "amount": line.amount.amount,
+        "exact_amount": line.exact_amount,
+        "plan_code": None if line.plan is None else line.plan.code,
+        "plan_version": None if line.plan is None else line.plan.version,
+        "model": line.model,
+        "metric": None if line.metric is None else line.metric.value,
+        "quantity": _stored_quantity(line.quantity),
+        "included": _stored_quantity(line.included),
+        "overage": _stored_quantity(line.overage),
+        "charges": line.charges,
+        "span_start": None if line.span is None else line.span.start,
+        "span_end": None if line.span is None else line.span.end,
+    }
+
+
+def _line_from_row(row: BillingInvoiceLine, currency: str) -> InvoiceLine:
+    metric = None if row.metric is None else Metric(row.metric)
+    plan = (
+        None
+        if row.plan_code is None or row.plan_version is None
+        else PlanRef(row.plan_code, row.plan_version)
+    )
+    span = (
+        None
+        if row.span_start is None or row.span_end is None
+        else Period(utc(row.span_start), utc(row.span_end))
+    )
+    return InvoiceLine(
+        kind=LineKind(row.kind),
+        description=row.description,
+        amount=Money(row.amount, currency),
+        exact_amount=row.exact_amount,
+        plan=plan,
+        model=row.model,
+        metric=metric,
+        quantity=_loaded_quantity(row.quantity, metric),
+        included=_loaded_quantity(row.included, metric),
+        overage=_loaded_quantity(row.overage, metric),
+        charges=row.charges,
+        span=span,
+    )
