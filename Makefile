@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # The stamp changes whenever the declared dependencies change, so `make` reinstalls then.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 
-.PHONY: run test unit integration e2e lint typecheck fmt clean venv bench bench-gateway
+.PHONY: run test unit integration e2e lint typecheck fmt clean venv bench bench-gateway fuzz
 
 venv: $(STAMP)
 
@@ -41,6 +41,10 @@ bench: bench-gateway
 
 bench-gateway: $(STAMP)
 	$(BIN)/python -m bench.gateway
+
+# Many more generated requests than the bounded run in `make test`.
+fuzz: $(STAMP)
+	MODELMINT_FUZZ_EXAMPLES=300 $(BIN)/python -m pytest tests/e2e/test_fuzz.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

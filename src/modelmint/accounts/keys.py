@@ -19,7 +19,9 @@ from modelmint.storage.db import new_id, utcnow
 from modelmint.storage.tables import ApiKey, Organization
 
 __all__ = [
+    "MAX_LIMIT",
     "KeyInfo",
+    "check_limits",
     "create_key",
     "hash_secret",
     "list_keys",
@@ -75,6 +77,19 @@ class KeyInfo:
         )
 
 
+# Limits are stored in 32-bit integer columns.
+MAX_LIMIT = 2**31 - 1
+
+
+def check_limits(**limits: int | None) -> None:
+    """Refuse a limit that is not a positive integer the database can hold."""
+    for param, value in limits.items():
+        if value is not None and not 0 < value <= MAX_LIMIT:
+            raise InvalidRequest(
+                f"{param} must be a positive integer up to {MAX_LIMIT}", param=param
+            )
+
+
 def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -91,12 +106,7 @@ def create_key(
     max_concurrent: int | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key; returns the row and the secret, which is never retrievable again."""
-    if rpm_limit is not None and rpm_limit <= 0:
-        raise InvalidRequest("rpm must be a positive integer", param="rpm")
-    if tpm_limit is not None and tpm_limit <= 0:
-        raise InvalidRequest("tpm must be a positive integer", param="tpm")
-    if max_concurrent is not None and max_concurrent <= 0:
-        raise InvalidRequest("concurrent must be a positive integer", param="concurrent")
+    check_limits(rpm=rpm_limit, tpm=tpm_limit, concurrent=max_concurrent)
     if expires_at is not None and expires_at.tzinfo is None:
         raise InvalidRequest("expiry must carry a timezone (UTC)", param="expires")
     if expires_at is not None and expires_at <= utcnow():

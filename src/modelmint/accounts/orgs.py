@@ -8,6 +8,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from modelmint.accounts.keys import check_limits
 from modelmint.errors import Conflict, InvalidRequest, NotFound
 from modelmint.storage.db import new_id
 from modelmint.storage.tables import Organization
@@ -70,9 +71,7 @@ def set_org_limits(
     max_concurrent: int | None,
 ) -> Organization:
     """Replace the organisation's shared limits (None removes a limit)."""
-    for value, param in ((rpm_limit, "rpm"), (tpm_limit, "tpm"), (max_concurrent, "concurrent")):
-        if value is not None and value <= 0:
-            raise InvalidRequest(f"{param} must be a positive integer", param=param)
+    check_limits(rpm=rpm_limit, tpm=tpm_limit, concurrent=max_concurrent)
     org.rpm_limit, org.tpm_limit, org.max_concurrent = rpm_limit, tpm_limit, max_concurrent
     session.flush()
     return org

@@ -22,6 +22,8 @@ __all__ = [
 ]
 
 _MAX_STOPS = 4
+# Token counts beyond this fit no model's context; bounding them keeps engines' C types safe.
+_INT32 = 2**31 - 1
 
 
 class StreamOptions(BaseModel):
@@ -33,11 +35,11 @@ class _TextRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1, max_length=200)
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=_INT32)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
 
@@ -86,7 +88,7 @@ class ChatMessage(TypedDict, total=False):
 
 class ChatCompletionRequest(_TextRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=_INT32)
 
     @property
     def effective_max_tokens(self) -> int | None:
@@ -99,7 +101,7 @@ class ChatCompletionRequest(_TextRequest):
 
 class CompletionRequest(_TextRequest):
     prompt: str | list[str]
-    max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's documented default
+    max_tokens: int | None = Field(default=16, ge=1, le=_INT32)  # OpenAI's documented default
 
     @field_validator("prompt")
     @classmethod
@@ -119,7 +121,7 @@ class EmbeddingRequest(BaseModel):
     model: str = Field(min_length=1, max_length=200)
     input: str | list[str]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, ge=1)
+    dimensions: int | None = Field(default=None, ge=1, le=_INT32)
     user: str | None = None
 
     @field_validator("input")

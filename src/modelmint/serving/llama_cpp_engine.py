@@ -201,7 +201,9 @@ class LlamaCppBackend:
         try:
             if job.cancelled.is_set():
                 return
-            llm.set_seed(sampling.seed if sampling.seed is not None else random.getrandbits(31))
+            # llama.cpp seeds are 32-bit; any client seed maps onto one reproducibly.
+            seed = sampling.seed % 2**32 if sampling.seed is not None else random.getrandbits(31)
+            llm.set_seed(seed)
             matcher = StopMatcher(sampling.stop)
             finish = "length"
             if job.max_tokens == 0:

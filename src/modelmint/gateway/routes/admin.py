@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from modelmint import accounts, registry
+from modelmint.accounts.keys import MAX_LIMIT
 from modelmint.gateway.deps import AdminDep, PlatformDep
 from modelmint.storage.tables import ApiKey, Organization, UsageRecord
 
@@ -44,9 +45,9 @@ class OrganizationPublic(BaseModel):
 
 class OrganizationLimits(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
-    concurrent: int | None = Field(default=None, ge=1)
+    rpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    tpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    concurrent: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
 
 
 class KeyCreate(BaseModel):
@@ -55,9 +56,9 @@ class KeyCreate(BaseModel):
     name: str = ""
     models: list[str] | None = None
     expires_at: datetime | None = None
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
-    concurrent: int | None = Field(default=None, ge=1)
+    rpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    tpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    concurrent: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
 
 
 class KeyPublic(BaseModel):

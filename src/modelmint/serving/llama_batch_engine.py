@@ -1,0 +1,537 @@
+"""Local LLM backend with continuous batching: concurrent requests share each llama.cpp step.
+
+One engine thread owns the model and one llama.cpp context with ``slots`` sequences
+(``n_seq_max``), each with ``context_per_slot`` KV cells of its own (non-unified KV).
+Every step builds one ``llama_batch``: the next token of each generating sequence,
+then prompt chunks of newly admitted sequences up to ``n_batch`` tokens, and runs one
+``llama_decode``. Requests join between steps and leave as soon as they finish or
+their consumer goes away; each sequence samples with its own sampler chain and
+streams only its own tokens to its own asyncio queue.
+
+The step's wall time is split among the requests in it in proportion to the tokens
+each one put into the batch; ``EngineCharge.engine_ms`` is that share, summed.
+
+    backend = BatchedLlamaBackend(path, n_threads=2, slots=4)
+    await backend.start()
+    charge = EngineCharge()
+    async for delta in backend.stream(request, usage, charge): ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import llama_cpp as lc
+
+from modelmint.errors import BackendError, ContextLengthExceeded, InvalidRequest, ServiceUnavailable
+from modelmint.serving.chat_template import ChatTemplate
+
+# The request-field refusals and the chunk shape are the old backend's, shared on purpose.
+from modelmint.serving.llama_cpp_engine import _UNSUPPORTED, _piece
+from modelmint.serving.text_stream import StopMatcher
+from modelmint.serving.types import Generation, SamplingParams, StreamDelta, TextRequest, Usage
+
+__all__ = ["BatchedLlamaBackend", "EngineCharge"]
+
+# How many generated tokens the frequency/presence penalties look back on (llama-cpp-python's
+# default ``last_n_tokens_size``, so penalised output matches the one-at-a-time backend).
+_PENALTY_LAST_N = 64
+
+
+@dataclass(slots=True)
+class EngineCharge:
+    """What one request cost the engine; final once its stream has closed.
+
+    Written by the engine thread only; read it after the stream ends.
+    """
+
+    # Share of the wall time of every step the request took part in, in proportion to
+    # the tokens it put into that step's batch (prompt chunk or one generated token).
+    engine_ms: float = 0.0
+    # Time from arrival to the step that first processed its prompt.
+    queue_ms: float = 0.0
+    # Decode steps the request took part in.
+    steps: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class _Job:
+    tokens: list[int]
+    max_tokens: int
+    sampling: SamplingParams
+    penalties: tuple[float, float]  # (frequency, presence)
+    queue: asyncio.Queue[tuple[str, Any]]
+    loop: asyncio.AbstractEventLoop
+    done: asyncio.Future[None]
+    charge: EngineCharge
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    arrived: float = field(default_factory=time.perf_counter)
+    # Engine-thread state once the job holds a slot.
+    seq: int = -1
+    n_past: int = 0  # tokens of this sequence already in the KV cache
+    next_token: int = -1  # sampled, not yet decoded
+    produced: int = 0
+    sampler: Any = None
+    matcher: StopMatcher | None = None
+    out_idx: int = -1  # index in the current batch whose logits belong to this job
+    batch_tokens: int = 0  # tokens this job put into the current batch
+
+
+class _Outbox:
+    """Events for the event loops, sent once per step: one wake-up per loop, not per token.
+
+    Fewer wake-ups matter on a small machine: the event loop thread competes for the
+    cores that llama.cpp's threads spin on.
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[asyncio.AbstractEventLoop, list[tuple[_Job, str, Any]]] = {}
+
+    def post(self, job: _Job, kind: str, value: Any = None) -> None:
+        """Queue ``(kind, value)`` for the job's stream; kind "done" resolves ``job.done``."""
+        self._items.setdefault(job.loop, []).append((job, kind, value))
+
+    def flush(self) -> None:
+        items, self._items = self._items, {}
+        for loop, events in items.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, events)
+            except RuntimeError:  # that event loop is closed: nobody will read these
+                for job, _, _ in events:
+                    job.cancelled.set()
+
+
+def _deliver(events: list[tuple[_Job, str, Any]]) -> None:
+    for job, kind, value in events:
+        if kind == "done":
+            _resolve(job.done)
+        else:
+            job.queue.put_nowait((kind, value))
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class BatchedLlamaBackend:
+    """A ``TextBackend`` serving a GGUF model with continuous batching on the CPU."""
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        n_threads: int,
+        slots: int = 4,
+        context_per_slot: int = 2048,
+        max_queued: int = 64,
+        n_batch: int = 512,
+        flash_attn: bool = False,
+    ) -> None:
+        if slots < 1 or context_per_slot < 16 or max_queued < 0 or n_batch < slots:
+            raise ValueError("slots >= 1, context_per_slot >= 16, n_batch >= slots required")
+        self._path = model_path
+        self._n_threads = n_threads
+        self._slots = slots
+        self._context_per_slot = context_per_slot
+        self._max_queued = max_queued
+        self._n_batch = n_batch
+        self._flash_attn = flash_attn
+        self._model: Any = None  # llama_cpp._internals.LlamaModel
+        self._template: ChatTemplate | None = None
+        self._wake = threading.Condition()
+        self._pending: deque[_Job] = deque()  # guarded by _wake
+        self._stopping = False  # guarded by _wake
+        self._thread: threading.Thread | None = None
+        self._out = _Outbox()  # engine thread only
+
+    @property
+    def context_window(self) -> int:
+        return self._context_per_slot
+
+    @property
+    def slots(self) -> int:
+        return self._slots
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        self._thread = threading.Thread(
+            target=self._engine, args=(loop, ready), name="llama-batch", daemon=True
+        )
+        self._thread.start()
+        await ready
+
+    async def close(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        if self._model is not None:
+            self._model.close()
+            self._model = None
+
+    # -- request preparation (on the event loop: tokenizing is microseconds) ----------
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._model.tokenize(text.encode(), add_bos=False, special=False))
+
+    def _prepare(self, request: TextRequest) -> tuple[list[int], int]:
+        if self._model is None:
+            raise ServiceUnavailable("model is still loading", retry_after=1)
+        for name in _UNSUPPORTED:
+            if request.extra.get(name) not in (None, False, [], {}):
+                raise InvalidRequest(f"{name!r} is not supported by this model", param=name)
+        if request.extra.get("n", 1) != 1:
+            raise InvalidRequest("this model returns one choice per request (n=1)", param="n")
+        response_format = request.extra.get("response_format") or {}
+        if response_format.get("type", "text") != "text":
+            raise InvalidRequest("only text response_format is supported", param="response_format")
+        if request.kind == "chat":
+            if self._template is None:
+                raise InvalidRequest("this model has no chat template; use /v1/completions")
+            prompt = self._template.render(request.messages)
+            tokens = self._model.tokenize(prompt.encode(), add_bos=True, special=True)
+        else:
+            tokens = self._model.tokenize(request.prompt.encode(), add_bos=True, special=False)
+        n_ctx = self._context_per_slot
+        room = n_ctx - len(tokens)
+        max_tokens = request.sampling.max_tokens
+        if max_tokens is None:
+            max_tokens = room
+        if room <= 0 or max_tokens > room:
+            raise ContextLengthExceeded(
+                f"this model's context window is {n_ctx} tokens; the prompt has "
+                f"{len(tokens)} and max_tokens asks for {max_tokens}",
+                param="max_tokens" if room > 0 else "messages",
+            )
+        return tokens, max_tokens
+
+    # -- generation (event loop side) --------------------------------------------------
+
+    async def generate(
+        self, request: TextRequest, charge: EngineCharge | None = None
+    ) -> Generation:
+        usage = Usage()
+        text: list[str] = []
+        finish: str | None = None
+        async for delta in self.stream(request, usage, charge):
+            choice = delta.choices[0]
+            piece = choice["delta"].get("content") if "delta" in choice else choice.get("text")
+            text.append(piece or "")
+            finish = choice.get("finish_reason") or finish
+        content = "".join(text)
+        answer: dict[str, Any]
+        if request.kind == "chat":
+            answer = {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": finish,
+                "logprobs": None,
+            }
+        else:
+            answer = {"index": 0, "text": content, "finish_reason": finish, "logprobs": None}
+        return Generation(choices=[answer], usage=usage)
+
+    async def stream(
+        self, request: TextRequest, usage: Usage, charge: EngineCharge | None = None
+    ) -> AsyncIterator[StreamDelta]:
+        tokens, max_tokens = self._prepare(request)
+        loop = asyncio.get_running_loop()
+        extra = request.extra
+        job = _Job(
+            tokens=tokens,
+            max_tokens=max_tokens,
+            sampling=request.sampling,
+            penalties=(
+                float(extra.get("frequency_penalty") or 0.0),
+                float(extra.get("presence_penalty") or 0.0),
+            ),
+            queue=asyncio.Queue(),
+            loop=loop,
+            done=loop.create_future(),
+            charge=charge if charge is not None else EngineCharge(),
+        )
+        self._submit(job)
+        usage.input_tokens = len(tokens)
+        chat = request.kind == "chat"
+        try:
+            if chat:
+                yield StreamDelta(
+                    [
+                        {
+                            "index": 0,
+                            "delta": {"role": "assistant", "content": ""},
+                            "finish_reason": None,
+                            "logprobs": None,
+                        }
+                    ]
+                )
+            while True:
+                kind, value = await job.queue.get()
+                if kind in ("token", "text"):
+                    # "text" is held-back text released at the end; it costs no token.
+                    usage.output_tokens += kind == "token"
+                    if not value:
+                        continue
+                    yield StreamDelta([_piece(chat, value, None)])
+                elif kind == "end":
+                    yield StreamDelta([_piece(chat, "", value)])
+                    break
+                else:  # "error"
+                    raise value
+        finally:
+            # A consumer that went away frees its slot at the next step; waiting for that
+            # makes the charge final when the stream is closed.
+            job.cancelled.set()
+            with contextlib.suppress(Exception):
+                await asyncio.shield(job.done)
+
+    def _submit(self, job: _Job) -> None:
+        with self._wake:
+            if self._stopping or self._thread is None:
+                raise ServiceUnavailable("the model is shutting down", retry_after=1)
+            waiting = sum(not j.cancelled.is_set() for j in self._pending)
+            if waiting >= self._max_queued:
+                raise ServiceUnavailable(
+                    f"all {self._slots} slots are busy and {waiting} requests are queued",
+                    retry_after=1,
+                )
+            self._pending.append(job)
+            self._wake.notify()
+
+    # -- the engine thread ------------------------------------------------------------
+
+    def _engine(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
+        try:
+            ctx, batch = self._load()
+        except BaseException as exc:
+            loop.call_soon_threadsafe(_fail_start, ready, exc)
+            return
+        loop.call_soon_threadsafe(_resolve, ready)
+        live: list[_Job] = []
+        free = list(range(self._slots - 1, -1, -1))  # pop() hands out seq 0 first
+        memory = lc.llama_get_memory(ctx)
+        try:
+            while True:
+                if not self._admit(live, free):
+                    break
+                self._drop_cancelled(live, free, memory)
+                if live:
+                    self._step(ctx, batch, live, free, memory)
+                self._out.flush()
+        finally:
+            with self._wake:
+                orphans = [*live, *self._pending]
+                self._pending.clear()
+            for job in orphans:
+                self._out.post(
+                    job, "error", ServiceUnavailable("the model was shut down", retry_after=1)
+                )
+                self._release(job, free, memory)
+            self._out.flush()
+            lc.llama_batch_free(batch)
+            lc.llama_free(ctx)
+
+    def _load(self) -> tuple[Any, Any]:
+        from llama_cpp._internals import LlamaModel
+        from llama_cpp._logger import set_verbose
+
+        # llama.cpp logs through one process-wide callback; Llama(verbose=False) in the
+        # one-at-a-time backend flips the same switch.
+        set_verbose(False)
+        lc.llama_backend_init()
+        model_params = lc.llama_model_default_params()
+        self._model = model = LlamaModel(
+            path_model=str(self._path), params=model_params, verbose=False
+        )
+        params = lc.llama_context_default_params()
+        params.n_seq_max = self._slots
+        params.n_ctx = self._slots * self._context_per_slot
+        # Each sequence gets its own KV stream of n_ctx / n_seq_max cells: a slot's
+        # attention never scans the other slots' cells, and one long request cannot
+        # take the cells of another.
+        params.kv_unified = False
+        params.n_batch = params.n_ubatch = self._n_batch
+        params.n_threads = params.n_threads_batch = self._n_threads
+        params.flash_attn_type = (
+            lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if self._flash_attn
+            else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        params.no_perf = True
+        ctx = lc.llama_init_from_model(model.model, params)
+        if ctx is None:
+            raise BackendError("llama.cpp could not create a context")
+        if lc.llama_n_ctx_seq(ctx) < self._context_per_slot:
+            lc.llama_free(ctx)
+            raise BackendError("llama.cpp gave each sequence fewer cells than asked")
+        batch = lc.llama_batch_init(self._n_batch, 0, 1)
+        template = model.metadata().get("tokenizer.chat_template")
+        if template:
+            self._template = ChatTemplate(
+                template,
+                bos_token=model.detokenize([model.token_bos()], special=True).decode(
+                    errors="ignore"
+                ),
+                eos_token=model.detokenize([model.token_eos()], special=True).decode(
+                    errors="ignore"
+                ),
+            )
+        return ctx, batch
+
+    def _admit(self, live: list[_Job], free: list[int]) -> bool:
+        """Move queued jobs into free slots; block while there is nothing to do.
+
+        Returns False when the backend is closing.
+        """
+        with self._wake:
+            while True:
+                if self._stopping:
+                    return False
+                # A queued request whose consumer left must not wait for a slot to say so.
+                for job in [j for j in self._pending if j.cancelled.is_set()]:
+                    self._pending.remove(job)
+                    self._out.post(job, "done")
+                while self._pending and free:
+                    job = self._pending.popleft()
+                    if job.max_tokens == 0:
+                        self._out.post(job, "end", "length")
+                        self._out.post(job, "done")
+                        continue
+                    job.seq = free.pop()
+                    job.sampler = _sampler_for(job)
+                    job.matcher = StopMatcher(job.sampling.stop)
+                    live.append(job)
+                if live:
+                    return True
+                self._out.flush()
+                self._wake.wait()
+
+    def _drop_cancelled(self, live: list[_Job], free: list[int], memory: Any) -> None:
+        for job in [j for j in live if j.cancelled.is_set()]:
+            live.remove(job)
+            self._release(job, free, memory)
+
+    def _release(self, job: _Job, free: list[int], memory: Any) -> None:
+        if job.seq >= 0:
+            lc.llama_memory_seq_rm(memory, job.seq, -1, -1)
+            free.append(job.seq)
+            job.seq = -1
+        if job.sampler is not None:
+            lc.llama_sampler_free(job.sampler)
+            job.sampler = None
+        self._out.post(job, "done")
+
+    def _step(self, ctx: Any, batch: Any, live: list[_Job], free: list[int], memory: Any) -> None:
+        """One llama_decode over every live sequence, then one sampled token for each."""
+        started = time.perf_counter()
+        n = 0
+        # Generating sequences first (one token each), so a long prompt never stalls them;
+        # prompt chunks fill the rest of the batch.
+        for job in live:
+            job.out_idx, job.batch_tokens = -1, 0
+            if job.n_past >= len(job.tokens):
+                n = _put(batch, n, job.next_token, job.n_past, job.seq, True)
+                job.out_idx, job.batch_tokens = n - 1, 1
+        for job in live:
+            if job.n_past < len(job.tokens) and n < self._n_batch:
+                if job.n_past == 0:
+                    job.charge.queue_ms = (started - job.arrived) * 1000.0
+                chunk = job.tokens[job.n_past : job.n_past + self._n_batch - n]
+                last = job.n_past + len(chunk) == len(job.tokens)
+                for i, token in enumerate(chunk):
+                    n = _put(batch, n, token, job.n_past + i, job.seq, last and i == len(chunk) - 1)
+                job.batch_tokens = len(chunk)
+                job.out_idx = n - 1 if last else -1
+        batch.n_tokens = n
+        code = lc.llama_decode(ctx, batch)
+        if code != 0:
+            error = BackendError(f"llama_decode failed with code {code}")
+            for job in live:
+                self._out.post(job, "error", error)
+                self._release(job, free, memory)
+            live.clear()
+            return
+        sampled: list[tuple[_Job, int]] = []
+        for job in live:
+            job.n_past += job.batch_tokens
+            if job.out_idx >= 0:
+                sampled.append((job, lc.llama_sampler_sample(job.sampler, ctx, job.out_idx)))
+        # Charge before any stream can end, so a closed stream reads its final charge.
+        step_ms = (time.perf_counter() - started) * 1000.0
+        for job in live:
+            if job.batch_tokens:
+                job.charge.engine_ms += step_ms * job.batch_tokens / n
+                job.charge.steps += 1
+        for job, token in sampled:
+            if self._emit(job, token):
+                live.remove(job)
+                self._release(job, free, memory)
+            else:
+                job.next_token = token
+
+    def _emit(self, job: _Job, token: int) -> bool:
+        """Send one sampled token to its stream; True when the request is finished."""
+        job.produced += 1
+        matcher = job.matcher
+        assert matcher is not None
+        if lc.llama_vocab_is_eog(self._model.vocab, token):
+            self._out.post(job, "token", matcher.flush())
+            self._out.post(job, "end", "stop")
+            return True
+        self._out.post(job, "token", matcher.feed(self._model.detokenize([token])))
+        if matcher.stopped:
+            self._out.post(job, "end", "stop")
+            return True
+        if job.produced >= job.max_tokens:
+            self._out.post(job, "text", matcher.flush())
+            self._out.post(job, "end", "length")
+            return True
+        return False
+
+
+def _put(batch: Any, n: int, token: int, pos: int, seq: int, logits: bool) -> int:
+    batch.token[n] = token
+    batch.pos[n] = pos
+    batch.n_seq_id[n] = 1
+    batch.seq_id[n][0] = seq
+    batch.logits[n] = logits
+    return n + 1
+
+
+def _sampler_for(job: _Job) -> Any:
+    """The request's own sampler chain: greedy at temperature 0, else top-p, temperature, seed."""
+    sampling = job.sampling
+    chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+    frequency, presence = job.penalties
+    if frequency or presence:
+        lc.llama_sampler_chain_add(
+            chain, lc.llama_sampler_init_penalties(_PENALTY_LAST_N, 1.0, frequency, presence)
+        )
+    if sampling.temperature <= 0.0:
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
+    else:
+        seed = sampling.seed if sampling.seed is not None else random.getrandbits(31)
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(sampling.top_p, 1))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(sampling.temperature))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+    return chain
+
+
+def _fail_start(ready: asyncio.Future[None], exc: BaseException) -> None:
+    if not ready.done():
+        ready.set_exception(exc)
