@@ -214,3 +214,37 @@ async def test_database_going_away_is_service_unavailable(
         with database.engine.begin() as connection:
             connection.execute(text("ALTER TABLE usage_records_away RENAME TO usage_records"))
     assert sorted(stored(database)) == ["req_before"]
+
+
+async def test_a_lone_request_commits_without_the_writer_thread(
+    database: Database, writer: UsageWriter
+) -> None:
+    # The writer thread is not even started: a lone record commits on its own.
+    await asyncio.wait_for(writer.record(event("req_alone"), alone=True), GUARD_S)
+    assert sorted(stored(database)) == ["req_alone"]
+    assert (writer.batches, writer.events) == (1, 1)
+
+
+async def test_a_lone_request_still_fails_closed(tmp_path: Path) -> None:
+    unmigrated = Database(f"sqlite:///{tmp_path / 'empty.db'}")
+    writer = UsageWriter(unmigrated)
+    try:
+        with pytest.raises(ServiceUnavailable) as caught:
+            await writer.record(event("req_lost"), alone=True)
+        assert caught.value.message == "usage could not be recorded; try again"
+    finally:
+        writer.close()
+        unmigrated.dispose()
+
+
+async def test_a_lone_request_joins_the_queue_when_others_are_waiting(
+    database: Database, writer: UsageWriter
+) -> None:
+    queued = writer.submit(event("req_queued"))  # waiting for the (not yet started) thread
+    lone = asyncio.create_task(writer.record(event("req_second"), alone=True))
+    await asyncio.sleep(0)
+    assert not lone.done()  # it did not jump the queue
+    writer.start()
+    await asyncio.wait_for(lone, GUARD_S)
+    assert queued.result(GUARD_S) is None
+    assert sorted(stored(database)) == ["req_queued", "req_second"]

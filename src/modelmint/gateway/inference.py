@@ -76,6 +76,8 @@ class InferenceService:
         self.router = router
         self.writer = writer
         self.limiter = limiter
+        # Admitted requests not yet finished, in this process.
+        self.in_flight = 0
 
     # -- shared steps ------------------------------------------------------------------
 
@@ -92,6 +94,7 @@ class InferenceService:
                 code="model_not_supported",
             )
         permit = await self.limiter.admit(key, request_id)
+        self.in_flight += 1
         return route, _Call(key, request_id, model, endpoint, permit, time.perf_counter())
 
     async def _with_fallback(
@@ -142,6 +145,7 @@ class InferenceService:
         if call.finished:
             return
         call.finished = True
+        self.in_flight -= 1
         self.limiter.release(call.permit, usage.total_tokens)
         MODEL_REQUESTS.labels(call.public_name, call.endpoint, str(status)).inc()
         MODEL_LATENCY.labels(call.public_name, call.endpoint).observe(
@@ -155,7 +159,8 @@ class InferenceService:
     async def _succeed(self, call: _Call, usage: Usage, **fields: Any) -> None:
         """Meter an answer durably before it reaches the client: none goes out unmetered."""
         try:
-            await self.writer.record(self._event(call, 200, usage, **fields))
+            event = self._event(call, 200, usage, **fields)
+            await self.writer.record(event, alone=self.in_flight == 1)
         except ModelMintError as exc:
             self._observe(call, exc.status_code, usage)
             raise

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import queue
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -43,6 +44,8 @@ class UsageWriter:
         self._lock = threading.Lock()
         self._closed = False
         self._store = UsageStore(database)
+        # Held while a batch is written, by the writer thread or by a lone ``record``.
+        self._writing = threading.Lock()
         self.batches = 0
         self.events = 0
 
@@ -74,8 +77,26 @@ class UsageWriter:
         self._enqueue(event, future)
         return future
 
-    async def record(self, event: UsageEvent) -> None:
-        """Write the event durably; returns only after the commit."""
+    async def record(self, event: UsageEvent, *, alone: bool = False) -> None:
+        """Write the event durably; returns only after the commit.
+
+        ``alone`` says no other request of this process is in flight: with nobody to
+        share a batch with, the commit is made right here, which spares the request two
+        thread hand-offs (about half a millisecond on an idle machine). Under load the
+        writer thread batches as usual.
+        """
+        if alone and self._queue.empty() and self._writing.acquire(blocking=False):
+            try:
+                if self._closed:
+                    raise ServiceUnavailable("usage writer is closed")
+                self._write([(event, None)])
+            except ServiceUnavailable:
+                raise
+            except Exception as exc:
+                raise ServiceUnavailable("usage could not be recorded; try again") from exc
+            finally:
+                self._writing.release()
+            return
         # An asyncio future, not a wrapped concurrent one: the writer then wakes each event
         # loop once per batch instead of once per request.
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -115,7 +136,8 @@ class UsageWriter:
                     continue
                 batch.append(item)
             if batch:
-                self._commit(batch)
+                with self._writing:
+                    self._commit(batch)
             if stop:
                 return
 
@@ -144,7 +166,7 @@ class UsageWriter:
             return
         _deliver([(waiter, None) for _, waiter in batch])
 
-    def _write(self, batch: list[tuple[UsageEvent, _Waiter]]) -> None:
+    def _write(self, batch: Sequence[tuple[UsageEvent, _Waiter | None]]) -> None:
         self._store.write([event for event, _ in batch])
         self.batches += 1
         self.events += len(batch)
