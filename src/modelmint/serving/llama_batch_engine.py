@@ -334,13 +334,14 @@ class BatchedLlamaBackend:
                     self._step(ctx, batch, live, free, memory)
                 self._out.flush()
         finally:
+            # Closing or crashed: refuse new requests, fail the ones in flight; nobody hangs.
             with self._wake:
+                self._stopping = True
                 orphans = [*live, *self._pending]
                 self._pending.clear()
+            error = ServiceUnavailable("the model engine stopped", retry_after=1)
             for job in orphans:
-                self._out.post(
-                    job, "error", ServiceUnavailable("the model was shut down", retry_after=1)
-                )
+                self._out.post(job, "error", error)
                 self._release(job, free, memory)
             self._out.flush()
             lc.llama_batch_free(batch)

