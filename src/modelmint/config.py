@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     load_bundled_models: bool = True
     # Context window of the local LLM. SmolLM2 was trained on 8k; 4k keeps memory small.
     llm_context: int = Field(default=4096, ge=256)
+    # Requests the local LLM decodes together (one KV-cache slot of llm_context tokens each),
+    # and how many more may wait for a slot before new ones get 503.
+    llm_slots: int = Field(default=4, ge=1, le=64)
+    llm_max_queued: int = Field(default=64, ge=0)
     # 0 means: as many threads as cores.
     llm_threads: int = Field(default=0, ge=0)
 

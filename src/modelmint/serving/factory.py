@@ -16,12 +16,24 @@ BACKENDS = ("llama_cpp", "sentence_transformer", "openai_remote")
 
 def build_backend(spec: DeploymentSpec, settings: Settings) -> Backend:
     if spec.backend == "llama_cpp":
-        from modelmint.serving.llama_cpp_engine import LlamaCppBackend
+        config = spec.config
+        if config.get("engine", "batched") == "single":
+            # One request at a time: the reference the batched engine is tested against.
+            from modelmint.serving.llama_cpp_engine import LlamaCppBackend
 
-        return LlamaCppBackend(
+            return LlamaCppBackend(
+                resolve_artifact(spec.artifact_uri),
+                n_ctx=int(config.get("context", settings.llm_context)),
+                n_threads=settings.cpu_threads,
+            )
+        from modelmint.serving.llama_batch_engine import BatchedLlamaBackend
+
+        return BatchedLlamaBackend(
             resolve_artifact(spec.artifact_uri),
-            n_ctx=int(spec.config.get("context", settings.llm_context)),
             n_threads=settings.cpu_threads,
+            slots=int(config.get("slots", settings.llm_slots)),
+            context_per_slot=int(config.get("context", settings.llm_context)),
+            max_queued=int(config.get("max_queued", settings.llm_max_queued)),
         )
     if spec.backend == "sentence_transformer":
         from modelmint.serving.sentence_embedder import SentenceEmbeddingBackend
