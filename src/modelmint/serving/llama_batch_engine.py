@@ -32,11 +32,11 @@ from typing import Any
 
 import llama_cpp as lc
 
-from modelmint.errors import BackendError, ContextLengthExceeded, InvalidRequest, ServiceUnavailable
+from modelmint.errors import BackendError, ServiceUnavailable
 from modelmint.serving.chat_template import ChatTemplate
+from modelmint.serving.llama_requests import collect, deltas, prompt_tokens
 
 # The request-field refusals and the chunk shape are the old backend's, shared on purpose.
-from modelmint.serving.llama_cpp_engine import _UNSUPPORTED, _piece
 from modelmint.serving.text_stream import StopMatcher
 from modelmint.serving.types import Generation, SamplingParams, StreamDelta, TextRequest, Usage
 
@@ -192,33 +192,12 @@ class BatchedLlamaBackend:
     def _prepare(self, request: TextRequest) -> tuple[list[int], int]:
         if self._model is None:
             raise ServiceUnavailable("model is still loading", retry_after=1)
-        for name in _UNSUPPORTED:
-            if request.extra.get(name) not in (None, False, [], {}):
-                raise InvalidRequest(f"{name!r} is not supported by this model", param=name)
-        if request.extra.get("n", 1) != 1:
-            raise InvalidRequest("this model returns one choice per request (n=1)", param="n")
-        response_format = request.extra.get("response_format") or {}
-        if response_format.get("type", "text") != "text":
-            raise InvalidRequest("only text response_format is supported", param="response_format")
-        if request.kind == "chat":
-            if self._template is None:
-                raise InvalidRequest("this model has no chat template; use /v1/completions")
-            prompt = self._template.render(request.messages)
-            tokens = self._model.tokenize(prompt.encode(), add_bos=True, special=True)
-        else:
-            tokens = self._model.tokenize(request.prompt.encode(), add_bos=True, special=False)
-        n_ctx = self._context_per_slot
-        room = n_ctx - len(tokens)
-        max_tokens = request.sampling.max_tokens
-        if max_tokens is None:
-            max_tokens = room
-        if room <= 0 or max_tokens > room:
-            raise ContextLengthExceeded(
-                f"this model's context window is {n_ctx} tokens; the prompt has "
-                f"{len(tokens)} and max_tokens asks for {max_tokens}",
-                param="max_tokens" if room > 0 else "messages",
-            )
-        return tokens, max_tokens
+        return prompt_tokens(
+            request,
+            template=self._template,
+            tokenize=lambda text, bos, special: self._model.tokenize(text, bos, special),
+            n_ctx=self._context_per_slot,
+        )
 
     # -- generation (event loop side) --------------------------------------------------
 
@@ -226,25 +205,7 @@ class BatchedLlamaBackend:
         self, request: TextRequest, charge: EngineCharge | None = None
     ) -> Generation:
         usage = Usage()
-        text: list[str] = []
-        finish: str | None = None
-        async for delta in self.stream(request, usage, charge):
-            choice = delta.choices[0]
-            piece = choice["delta"].get("content") if "delta" in choice else choice.get("text")
-            text.append(piece or "")
-            finish = choice.get("finish_reason") or finish
-        content = "".join(text)
-        answer: dict[str, Any]
-        if request.kind == "chat":
-            answer = {
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "finish_reason": finish,
-                "logprobs": None,
-            }
-        else:
-            answer = {"index": 0, "text": content, "finish_reason": finish, "logprobs": None}
-        return Generation(choices=[answer], usage=usage)
+        return await collect(self.stream(request, usage, charge), request.kind, usage)
 
     async def stream(
         self, request: TextRequest, usage: Usage, charge: EngineCharge | None = None
@@ -267,32 +228,9 @@ class BatchedLlamaBackend:
         )
         self._submit(job)
         usage.input_tokens = len(tokens)
-        chat = request.kind == "chat"
         try:
-            if chat:
-                yield StreamDelta(
-                    [
-                        {
-                            "index": 0,
-                            "delta": {"role": "assistant", "content": ""},
-                            "finish_reason": None,
-                            "logprobs": None,
-                        }
-                    ]
-                )
-            while True:
-                kind, value = await job.queue.get()
-                if kind in ("token", "text"):
-                    # "text" is held-back text released at the end; it costs no token.
-                    usage.output_tokens += kind == "token"
-                    if not value:
-                        continue
-                    yield StreamDelta([_piece(chat, value, None)])
-                elif kind == "end":
-                    yield StreamDelta([_piece(chat, "", value)])
-                    break
-                else:  # "error"
-                    raise value
+            async for delta in deltas(job.queue, request.kind == "chat", usage):
+                yield delta
         finally:
             # A consumer that went away frees its slot at the next step; waiting for that
             # makes the charge final when the stream is closed.

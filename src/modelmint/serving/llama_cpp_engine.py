@@ -19,25 +19,13 @@ from typing import Any
 
 from llama_cpp import llama_vocab_is_eog as is_eog
 
-from modelmint.errors import ContextLengthExceeded, InvalidRequest, ServiceUnavailable
+from modelmint.errors import ServiceUnavailable
 from modelmint.serving.chat_template import ChatTemplate
+from modelmint.serving.llama_requests import collect, deltas, prompt_tokens
 from modelmint.serving.text_stream import StopMatcher
 from modelmint.serving.types import Generation, StreamDelta, TextRequest, Usage
 
 __all__ = ["LlamaCppBackend"]
-
-# OpenAI request fields a local engine cannot honour; refusing them beats silently ignoring.
-_UNSUPPORTED = (
-    "tools",
-    "functions",
-    "tool_choice",
-    "logprobs",
-    "top_logprobs",
-    "logit_bias",
-    "echo",
-    "suffix",
-    "best_of",
-)
 
 
 @dataclass(slots=True)
@@ -103,56 +91,18 @@ class LlamaCppBackend:
     def _prepare(self, request: TextRequest) -> tuple[list[int], int]:
         if self._llm is None:
             raise ServiceUnavailable("model is still loading", retry_after=1)
-        for name in _UNSUPPORTED:
-            if request.extra.get(name) not in (None, False, [], {}):
-                raise InvalidRequest(f"{name!r} is not supported by this model", param=name)
-        if request.extra.get("n", 1) != 1:
-            raise InvalidRequest("this model returns one choice per request (n=1)", param="n")
-        response_format = request.extra.get("response_format") or {}
-        if response_format.get("type", "text") != "text":
-            raise InvalidRequest("only text response_format is supported", param="response_format")
-        if request.kind == "chat":
-            if self._template is None:
-                raise InvalidRequest("this model has no chat template; use /v1/completions")
-            prompt = self._template.render(request.messages)
-            tokens = self._llm.tokenize(prompt.encode(), add_bos=True, special=True)
-        else:
-            tokens = self._llm.tokenize(request.prompt.encode(), add_bos=True, special=False)
-        room = self._n_ctx - len(tokens)
-        max_tokens = request.sampling.max_tokens
-        if max_tokens is None:
-            max_tokens = room
-        if room <= 0 or max_tokens > room:
-            raise ContextLengthExceeded(
-                f"this model's context window is {self._n_ctx} tokens; the prompt has "
-                f"{len(tokens)} and max_tokens asks for {max_tokens}",
-                param="max_tokens" if room > 0 else "messages",
-            )
-        return tokens, max_tokens
+        return prompt_tokens(
+            request,
+            template=self._template,
+            tokenize=lambda text, bos, special: self._llm.tokenize(text, bos, special),
+            n_ctx=self._n_ctx,
+        )
 
     # -- generation ----------------------------------------------------------------
 
     async def generate(self, request: TextRequest) -> Generation:
         usage = Usage()
-        text: list[str] = []
-        finish: str | None = None
-        async for delta in self.stream(request, usage):
-            choice = delta.choices[0]
-            piece = choice["delta"].get("content") if "delta" in choice else choice.get("text")
-            text.append(piece or "")
-            finish = choice.get("finish_reason") or finish
-        content = "".join(text)
-        answer: dict[str, Any]
-        if request.kind == "chat":
-            answer = {
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "finish_reason": finish,
-                "logprobs": None,
-            }
-        else:
-            answer = {"index": 0, "text": content, "finish_reason": finish, "logprobs": None}
-        return Generation(choices=[answer], usage=usage)
+        return await collect(self.stream(request, usage), request.kind, usage)
 
     async def stream(self, request: TextRequest, usage: Usage) -> AsyncIterator[StreamDelta]:
         tokens, max_tokens = self._prepare(request)
@@ -160,32 +110,9 @@ class LlamaCppBackend:
         loop = asyncio.get_running_loop()
         job = _Job(tokens, max_tokens, request, asyncio.Queue(), loop, threading.Event())
         future = loop.run_in_executor(self._worker, self._run, job)
-        chat = request.kind == "chat"
         try:
-            if chat:
-                yield StreamDelta(
-                    [
-                        {
-                            "index": 0,
-                            "delta": {"role": "assistant", "content": ""},
-                            "finish_reason": None,
-                            "logprobs": None,
-                        }
-                    ]
-                )
-            while True:
-                kind, value = await job.queue.get()
-                if kind in ("token", "text"):
-                    # "text" is held-back text released at the end; it costs no token.
-                    usage.output_tokens += kind == "token"
-                    if not value:
-                        continue
-                    yield StreamDelta([_piece(chat, value, None)])
-                elif kind == "end":
-                    yield StreamDelta([_piece(chat, "", value)])
-                    break
-                else:  # "error"
-                    raise value
+            async for delta in deltas(job.queue, request.kind == "chat", usage):
+                yield delta
         finally:
             # A client that went away stops the decode at the next token.
             job.cancelled.set()
@@ -238,10 +165,3 @@ class LlamaCppBackend:
             post(job.queue.put_nowait, ("end", finish))
         except Exception as exc:  # surfaced on the event loop, never swallowed
             post(job.queue.put_nowait, ("error", exc))
-
-
-def _piece(chat: bool, text: str, finish: str | None) -> dict[str, Any]:
-    if chat:
-        delta = {"content": text} if text or finish is None else {}
-        return {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-    return {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
