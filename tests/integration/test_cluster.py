@@ -88,3 +88,27 @@ def test_a_key_revoked_through_one_process_is_refused_by_the_other_within_a_seco
         while chat(client, cluster[1], created["key"]).status_code != 401:  # type: ignore[attr-defined]
             assert time.monotonic() - at < 1.2, "revocation not honoured by the other process"
             time.sleep(0.02)
+
+
+def test_a_model_added_from_the_cli_is_served_by_running_gateways_within_seconds(
+    cluster: list[Server], upstream: MockUpstreamProcess
+) -> None:
+    key = cli_json(cluster[0].env, "keys", "create", "--org", "acme")["key"]
+    cli(cluster[0].env, "models", "add-remote", "late", "--base-url", upstream.base_url)
+    added = time.monotonic()
+    with httpx.Client() as client:
+        for server in cluster:
+            while True:
+                names = client.get(
+                    server.url + "/v1/models", headers={"Authorization": f"Bearer {key}"}
+                ).json()["data"]
+                if "late" in {m["id"] for m in names}:
+                    break
+                assert time.monotonic() - added < 3, "the new model never showed up"
+                time.sleep(0.05)
+        answer = client.post(
+            cluster[1].url + "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": "late", "messages": [{"role": "user", "content": "hi"}]},
+        )
+    assert answer.status_code == 200 and answer.json()["model"] == "late"

@@ -16,7 +16,7 @@ from modelmint.gateway.key_cache import KeyCache
 from modelmint.limits import LocalRateLimiter, RateLimiter
 from modelmint.limits.redis_limiter import RedisRateLimiter
 from modelmint.metering import UsageWriter
-from modelmint.registry.catalog import load_routes
+from modelmint.registry.catalog import load_routes, routes_version
 from modelmint.serving.factory import build_backend
 from modelmint.serving.router import Router
 from modelmint.storage.db import Database
@@ -43,6 +43,10 @@ class Platform:
             with database.session() as session:
                 return load_routes(session)  # type: ignore[return-value]
 
+        def version() -> object:
+            with database.session() as session:
+                return routes_version(session)
+
         def lookup(digest: str) -> KeyInfo | None:
             with database.session() as session:
                 return lookup_key_by_hash(session, digest)
@@ -51,6 +55,7 @@ class Platform:
             routes,  # type: ignore[arg-type]
             lambda spec: build_backend(spec, settings),
             refresh_s=settings.cache_ttl_s,
+            version=version,
         )
         writer = UsageWriter(database)
         limiter: RateLimiter

@@ -24,6 +24,7 @@ __all__ = [
     "ensure_model",
     "load_routes",
     "remove_public_name",
+    "routes_version",
 ]
 
 TASKS = ("chat", "embedding")
@@ -212,6 +213,18 @@ def remove_public_name(session: Session, public_name: str) -> int:
     for row in rows:
         row.active = False
     return len(rows)
+
+
+def routes_version(session: Session) -> tuple[object, ...]:
+    """A fingerprint that changes whenever the active route table does."""
+    row = session.execute(
+        select(
+            func.count(Deployment.id),
+            func.max(Deployment.created_at),
+            func.sum(Deployment.weight),
+        ).where(Deployment.active.is_(True))
+    ).one()
+    return tuple(row)
 
 
 def load_routes(session: Session) -> dict[str, RouteSpec]:

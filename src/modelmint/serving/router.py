@@ -35,8 +35,13 @@ class Router:
         build: Callable[[DeploymentSpec], Backend],
         *,
         refresh_s: float = 1.0,
+        version: Callable[[], object] | None = None,
     ) -> None:
         self._load_routes = load_routes
+        # A cheap fingerprint of the route table: the full table is re-read only when it
+        # changes, so the once-a-second check costs one tiny query, not an ORM load.
+        self._version = version
+        self._seen: object = None
         self._build = build
         self._refresh_s = refresh_s
         self._routes: dict[str, RouteSpec] = {}
@@ -91,6 +96,11 @@ class Router:
         while True:
             await asyncio.sleep(self._refresh_s)
             try:
+                if self._version is not None:
+                    seen = await asyncio.to_thread(self._version)
+                    if seen == self._seen:
+                        continue
+                    self._seen = seen
                 await self.refresh()
             except Exception as exc:  # the database may be down; keep serving what we have
                 log.warning("route refresh failed: %s", exc)
