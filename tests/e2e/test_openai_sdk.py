@@ -47,6 +47,7 @@ def test_chat_answer_has_usage_and_one_matching_usage_row(live: LiveServer, clie
     )
     assert row["status_code"] == 200 and row["model"] == CHAT_MODEL and not row["streamed"]
     assert row["api_key_id"] == live.key_id
+    assert row["engine_ms"] > 0  # the local engine's busy time charged to this request
 
 
 def test_greedy_chat_with_a_seed_is_reproducible(client: OpenAI) -> None:

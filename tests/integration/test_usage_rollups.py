@@ -31,6 +31,7 @@ def random_events(seed: int, count: int) -> list[UsageEvent]:
             input_tokens=rng.randrange(0, 5000),
             output_tokens=rng.randrange(0, 500),
             latency_ms=rng.randrange(1, 900),
+            engine_ms=rng.randrange(0, 5_000_000) / 1000,
         )
         for i in range(count)
     ]
@@ -69,10 +70,10 @@ def recomputed(database: Database) -> dict[tuple[object, ...], int]:
             text(
                 "SELECT created_at, organization_id, api_key_id, model,"
                 " COALESCE(model_version_id, ''), status_code, input_tokens, output_tokens,"
-                " latency_ms FROM usage_records"
+                " latency_ms, engine_ms FROM usage_records"
             )
         ).all()
-    for created, org, key, model, version, status, tokens_in, tokens_out, latency in rows:
+    for created, org, key, model, version, status, tokens_in, tokens_out, latency, engine in rows:
         hour = as_utc(created).replace(minute=0, second=0, microsecond=0)
         base = (hour, org, key, model, version)
         for metric, amount in (
@@ -80,6 +81,7 @@ def recomputed(database: Database) -> dict[tuple[object, ...], int]:
             ("input_tokens", tokens_in),
             ("output_tokens", tokens_out),
             ("latency_ms", latency),
+            ("engine_us", round(engine * 1000)),
         ):
             if amount:
                 out[(*base, metric)] = out.get((*base, metric), 0) + amount

@@ -137,6 +137,7 @@ class InferenceService:
             deployment_id=deployment.id if deployment else None,
             model_version_id=deployment.model_version_id if deployment else None,
             usage_estimated=usage.estimated,
+            engine_ms=usage.engine_ms,
             **fields,
         )
 

@@ -26,6 +26,7 @@ class UsageEvent:
     streamed: bool = False
     usage_estimated: bool = False
     finish_reason: str | None = None
+    engine_ms: float = 0.0
 
     def row(self) -> dict[str, Any]:
         return asdict(self)

@@ -13,7 +13,8 @@ __all__ = ["METRICS", "rollup_rows"]
 
 # What one usage event adds to its hour. "requests" counts answered requests (2xx) and
 # "errors" the others, so error rates come from the rollups too.
-METRICS = ("requests", "errors", "input_tokens", "output_tokens", "latency_ms")
+# Engine time is summed in whole microseconds, so the sums stay exact integers.
+METRICS = ("requests", "errors", "input_tokens", "output_tokens", "latency_ms", "engine_us")
 
 _KEY = tuple[datetime, str, str, str, str]
 
@@ -38,6 +39,7 @@ def rollup_rows(events: Iterable[UsageEvent]) -> list[dict[str, Any]]:
         sums[key, "input_tokens"] += event.input_tokens
         sums[key, "output_tokens"] += event.output_tokens
         sums[key, "latency_ms"] += event.latency_ms
+        sums[key, "engine_us"] += round(event.engine_ms * 1000)
     return [
         {
             "hour": hour,

@@ -38,6 +38,7 @@ _USAGE_COLUMNS = (
     "streamed",
     "usage_estimated",
     "finish_reason",
+    "engine_ms",
 )
 _ROLLUP_KEY = ("hour", "organization_id", "api_key_id", "model", "model_version_id", "metric")
 _ROLLUP_COLUMNS = (*_ROLLUP_KEY, "quantity")
@@ -119,7 +120,7 @@ class UsageStore:
                 e.id, self._time(e.created_at), e.organization_id, e.api_key_id, e.model,
                 e.deployment_id, e.model_version_id, e.endpoint, e.status_code,
                 e.input_tokens, e.output_tokens, e.latency_ms, e.streamed, e.usage_estimated,
-                e.finish_reason,
+                e.finish_reason, e.engine_ms,
             )  # fmt: skip
         sql = (
             f"INSERT INTO usage_records ({', '.join(_USAGE_COLUMNS)}) "

@@ -235,8 +235,13 @@ class BatchedLlamaBackend:
             # A consumer that went away frees its slot at the next step; waiting for that
             # makes the charge final when the stream is closed.
             job.cancelled.set()
-            with contextlib.suppress(Exception):
-                await asyncio.shield(job.done)
+            try:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(job.done)
+            finally:
+                # What the engine spent on this request, final unless we were cancelled
+                # while waiting for the last step (then it misses at most that step).
+                usage.engine_ms = job.charge.engine_ms
 
     def _submit(self, job: _Job) -> None:
         with self._wake:

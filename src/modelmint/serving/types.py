@@ -27,6 +27,9 @@ class Usage:
     output_tokens: int = 0
     # True when counted by our tokenizer because the upstream reported nothing.
     estimated: bool = False
+    # Engine busy time charged to this request (local engines; 0 for remote upstreams),
+    # the measured input of its serving cost.
+    engine_ms: float = 0.0
 
     @property
     def total_tokens(self) -> int:

@@ -13,6 +13,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Float,
     ForeignKey,
     ForeignKeyConstraint,
     Index,
@@ -176,6 +177,8 @@ class UsageRecord(Base):
     # True when the upstream reported no usage and we counted with our own tokenizer.
     usage_estimated: Mapped[bool] = mapped_column(Boolean, default=False)
     finish_reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    # Engine busy time charged to the request (a measurement, not money).
+    engine_ms: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
 
 
 class UsageRollup(Base):
@@ -190,7 +193,7 @@ class UsageRollup(Base):
     model: Mapped[str] = mapped_column(String(200), primary_key=True)
     # "" when unknown: primary key columns cannot be NULL.
     model_version_id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    # requests, errors, input_tokens, output_tokens, latency_ms
+    # requests, errors, input_tokens, output_tokens, latency_ms, engine_us
     metric: Mapped[str] = mapped_column(String(40), primary_key=True)
     quantity: Mapped[int] = mapped_column(BigInteger, default=0)
 
