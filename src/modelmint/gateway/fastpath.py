@@ -21,6 +21,7 @@ from modelmint.errors import InvalidRequest, MethodNotAllowed, ModelMintError
 from modelmint.gateway.deps import authenticate
 from modelmint.gateway.errors import error_response, invalid_request, unexpected_error
 from modelmint.gateway.inference import Answer, InferenceService
+from modelmint.gateway.middleware import header
 from modelmint.gateway.platform import Platform
 from modelmint.gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from modelmint.gateway.responses import EventStreamResponse, OrjsonResponse
@@ -77,7 +78,7 @@ class ModelRoutes:
     ) -> OrjsonResponse | EventStreamResponse:
         platform: Platform = scope["app"].state.platform
         state = scope["state"]
-        key = await authenticate(platform, _header(scope, b"authorization"))
+        key = await authenticate(platform, header(scope, b"authorization"))
         state["organization_id"] = key.organization_id
         raw = await _read_body(receive)
         try:
@@ -104,13 +105,6 @@ async def _read_body(receive: Receive) -> bytes:
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks)
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
 
 
 def openapi_paths() -> tuple[dict[str, Any], dict[str, Any]]:

@@ -20,7 +20,7 @@ from modelmint.errors import PayloadTooLarge
 from modelmint.observability.logs import request_id_var
 from modelmint.observability.metrics import HTTP_REQUESTS
 
-__all__ = ["GatewayMiddleware", "new_request_id"]
+__all__ = ["GatewayMiddleware", "header", "new_request_id"]
 
 log = logging.getLogger("modelmint.access")
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -49,7 +49,7 @@ class GatewayMiddleware:
         # Our id keys the usage record; a client's X-Request-ID is echoed and logged
         # but never trusted as a record key (two requests could share it).
         request_id = new_request_id()
-        client_id = _header(scope, b"x-request-id")
+        client_id = header(scope, b"x-request-id")
         if client_id is not None and not _CLIENT_ID.fullmatch(client_id):
             client_id = None
         scope.setdefault("state", {})["request_id"] = request_id
@@ -57,7 +57,7 @@ class GatewayMiddleware:
         echo_id = (client_id or request_id).encode()
         status = 500
 
-        length = _header(scope, b"content-length")
+        length = header(scope, b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
             await self._reject_too_large(send, echo_id)
             self._done(scope, 413, started, client_id)
@@ -136,7 +136,8 @@ class GatewayMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def header(scope: Scope, name: bytes) -> str | None:
+    """A request header from the raw ASGI scope (names are lower-case bytes)."""
     for key, value in scope["headers"]:
         if key == name:
             return str(value.decode("latin-1"))
