@@ -69,9 +69,16 @@ class Settings(BaseSettings):
     # A concurrency slot held longer than this is presumed lost (its process died).
     lease_ttl_s: float = Field(default=600.0, gt=0)
 
-    # How long an in-memory copy of a key or route may be served before it is re-read.
-    # A revoked key stops working within this delay in every process.
+    # How long an in-memory copy of a key, route or billing plan may be served before it
+    # is re-read. A revoked key stops working within this delay in every process.
     cache_ttl_s: float = Field(default=1.0, gt=0, le=60)
+
+    # Output tokens a request without max_tokens is assumed to need at most, when its
+    # worst-case cost is reserved on a prepaid wallet or counted against a free tier.
+    default_max_tokens: int = Field(default=4096, ge=1)
+    # A wallet reservation still open after this long is presumed lost (its process
+    # died before metering the request) and is released.
+    reservation_ttl_s: float = Field(default=3600.0, gt=0)
 
     @field_validator("log_level")
     @classmethod

@@ -93,9 +93,15 @@ def test_remote_models_are_added_listed_and_removed(env: dict[str, str]) -> None
 
 def test_up_seeding_reuses_the_database(tmp_path: Path) -> None:
     config = Settings(home=tmp_path, load_bundled_models=True)
-    secret, prefix = _seed(config)
-    assert secret is not None and prefix is None
-    again_secret, again_prefix = _seed(config)
-    assert again_secret is None and again_prefix == secret[: len(again_prefix)]
+    first = _seed(config)
+    secret = first.secret
+    assert secret is not None and first.prefix is None
+    assert sorted(k["organization"] for k in first.billing_keys) == [
+        "demo-prepaid",
+        "demo-subscription",
+    ]
+    again = _seed(config)
+    assert again.secret is None and again.prefix == secret[: len(again.prefix or "")]
+    assert again.billing_keys == []  # secrets are made, and shown, once
     models = cli_json({"MODELMINT_HOME": str(tmp_path)}, "models", "list")
     assert sorted(m["name"] for m in models) == ["all-minilm-l6-v2", "smollm2-135m-instruct"]

@@ -174,7 +174,10 @@ def test_wallet_reloads_from_its_rows_and_the_ledger_explains_the_balance(
     with database.session() as session:
         repo = BillingRepository(session)
         wallet = repo.load_wallet(org, "USD", for_update=True)
-        assert wallet.ledger == expected_ledger
+        # A load restores running balances, not history: the ledger is read on its own.
+        assert wallet.ledger == ()
+        assert tuple(reversed(repo.ledger(wallet.id))) == expected_ledger
+        assert repo.audit_wallet(wallet.id) == wallet.balance
         assert wallet.balance == usd("9.499999999999999999")
         assert wallet.open_reservations == (reservation,)
         wallet.settle(reservation.id, Money(TINY, "USD"), at=at(3))
@@ -190,14 +193,22 @@ def test_wallet_reloads_from_its_rows_and_the_ledger_explains_the_balance(
         assert balance == usd("11.499999849999999998")  # 12.50 - 1 held - 0.00000015... spent
         assert [r.id for r in wallet.open_reservations] == ["res_2"]
         spent = sum(
-            (e.amount.amount for e in wallet.ledger if e.kind is EntryKind.CONSUMPTION), Decimal(0)
+            (e.amount.amount for e in repo.ledger(wallet.id) if e.kind is EntryKind.CONSUMPTION),
+            Decimal(0),
         )
         assert spent == -(TINY + Decimal("0.000000000000000001"))
         # The grant expires at 48h: the write-off is appended, the rest still adds up.
         wallet.expire(at(49))
         repo.save_wallet(wallet)
-        assert repo.ledger_balance(wallet.id) == wallet.balance
+        assert repo.ledger_balance(wallet.id) == wallet.balance == repo.audit_wallet(wallet.id)
         assert wallet.ledger[-1].kind is EntryKind.EXPIRY
+        # An expired grant is still loaded while an open reservation holds its credit,
+        # and no longer once nothing does; its history stays in the ledger.
+        assert [g.id for g in repo.load_wallet(org, "USD").grants] == ["grant_1", "grant_2"]
+        wallet.release("res_2", at=at(50))
+        repo.save_wallet(wallet)
+        assert [g.id for g in repo.load_wallet(org, "USD").grants] == ["grant_1"]
+        assert repo.audit_wallet(wallet.id) == wallet.balance
 
 
 def test_a_stale_wallet_cannot_overwrite_a_newer_ledger(database: Database) -> None:

@@ -56,6 +56,14 @@ class ChargeModel(Protocol):
         """Whether using more never costs less (request-time charges are never negative)."""
         ...
 
+    def max_increase(self, quantity: Quantity) -> Decimal:
+        """An upper bound of ``price(b + quantity) - price(b)`` over every ``b >= 0``.
+
+        What a request adding ``quantity`` units can cost at most, whatever the
+        period's usage so far: the gateway reserves it before the request runs.
+        """
+        ...
+
 
 def _price(value: object, what: str) -> Decimal:
     number = to_decimal(value, what=what, error=InvalidPriceBook)
@@ -110,6 +118,9 @@ class FlatRate:
     @property
     def is_monotone(self) -> bool:
         return True
+
+    def max_increase(self, quantity: Quantity) -> Decimal:
+        return self.price(quantity)  # linear: the same wherever the period stands
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +223,14 @@ class GraduatedTiers:
     def is_monotone(self) -> bool:
         return True  # prices and fees are non-negative, so every extra unit adds >= 0
 
+    def max_increase(self, quantity: Quantity) -> Decimal:
+        # Every unit at the dearest tier's rate, and every tier's flat fee falling due.
+        quantity = check_quantity(quantity)
+        if quantity == 0:
+            return _ZERO
+        dearest = max(EXACT.divide(t.price, t.per_units) for t in self.tiers)
+        return exact_sum([EXACT.multiply(dearest, quantity), *(t.flat_fee for t in self.tiers)])
+
 
 @dataclass(frozen=True, slots=True)
 class VolumeTiers:
@@ -248,6 +267,26 @@ class VolumeTiers:
                 return False
         return True
 
+    def max_increase(self, quantity: Quantity) -> Decimal:
+        # price(b + n) - price(b) when b is in tier i and b + n in tier j >= i is
+        # n * u_j + b * (u_j - u_i) + f_j - f_i with b <= up_to_i: bounded by n at the
+        # dearest rate, plus the largest re-pricing of a lower tier's units, plus the
+        # largest flat fee.
+        quantity = check_quantity(quantity)
+        if quantity == 0:
+            return _ZERO
+        rates = [EXACT.divide(t.price, t.per_units) for t in self.tiers]
+        repricing = _ZERO
+        for i, lower in enumerate(self.tiers[:-1]):
+            assert lower.up_to is not None
+            for rate in rates[i + 1 :]:
+                if rate > rates[i]:
+                    step = EXACT.multiply(lower.up_to, EXACT.subtract(rate, rates[i]))
+                    repricing = max(repricing, step)
+        dearest = max(rates)
+        fees = max(t.flat_fee for t in self.tiers)
+        return exact_sum([EXACT.multiply(dearest, quantity), repricing, fees])
+
 
 @dataclass(frozen=True, slots=True)
 class PackagePrice:
@@ -275,3 +314,7 @@ class PackagePrice:
     @property
     def is_monotone(self) -> bool:
         return True
+
+    def max_increase(self, quantity: Quantity) -> Decimal:
+        # ceil((b + n) / s) - ceil(b / s) <= ceil(n / s), as ceil is subadditive.
+        return self.price(quantity)

@@ -40,7 +40,7 @@ from modelmint.billing.metrics import check_quantity
 from modelmint.billing.money import Money
 from modelmint.billing.periods import Period
 from modelmint.billing.plans import Plan, PlanRef
-from modelmint.billing.rating import UsageKey, UsageTotal
+from modelmint.billing.rating import ChargedTotal, UsageKey, UsageTotal
 from modelmint.billing.subscriptions import FeeCharge, FeeKind, SubscriptionTimeline
 from modelmint.billing.tax import TaxRate
 
@@ -63,18 +63,27 @@ def _fee_line(charge: FeeCharge) -> InvoiceLine:
 
 
 def usage_line(
-    plan: Plan, total: UsageTotal, charges: Sequence[Decimal], currency: str
+    plan: Plan, total: UsageTotal, charges: Sequence[Decimal] | ChargedTotal, currency: str
 ) -> InvoiceLine:
-    """The invoice line of one usage key: exact sum of its charges, rounded once."""
+    """The invoice line of one usage key: exact sum of its charges, rounded once.
+
+    ``charges`` is each request's charge, or their exact sum and count as the
+    metering writer keeps them (``ChargedTotal``).
+    """
     key = total.key
     quantity = check_quantity(total.quantity, key.metric)
     included = check_quantity(total.included, key.metric)
     if included > quantity:
         raise ChargeMismatch(f"{key}: {included} included units exceed the {quantity} used")
-    for amount in charges:
-        if not isinstance(amount, Decimal):
-            raise TypeError(f"{key}: request charges must be Decimal, got {type(amount).__name__}")
-    exact = exact_sum(charges)
+    if isinstance(charges, ChargedTotal):
+        exact, count = charges.amount, charges.charges
+    else:
+        for amount in charges:
+            if not isinstance(amount, Decimal):
+                raise TypeError(
+                    f"{key}: request charges must be Decimal, got {type(amount).__name__}"
+                )
+        exact, count = exact_sum(charges), len(charges)
     charge_model = plan.overage_charge(key.model, key.metric)
     expected = Decimal(0) if charge_model is None else charge_model.price(total.overage)
     if exact != expected:
@@ -97,7 +106,7 @@ def usage_line(
         quantity=quantity,
         included=included,
         overage=total.overage,
-        charges=len(charges),
+        charges=count,
     )
 
 
@@ -107,7 +116,7 @@ def draft_invoice(
     period: Period,
     timeline: SubscriptionTimeline,
     usage: Iterable[UsageTotal],
-    request_charges: Mapping[UsageKey, Sequence[Decimal]],
+    request_charges: Mapping[UsageKey, Sequence[Decimal] | ChargedTotal],
     coupon: Redemption | None = None,
     tax_rate: TaxRate | None = None,
 ) -> Invoice:

@@ -9,12 +9,15 @@ refused, because guessing its zone would move usage between months.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from modelmint.billing.errors import InvalidPeriod
 
 __all__ = ["Period", "utc"]
+
+_MONTH = re.compile(r"(\d{4})-(\d{2})")
 
 
 def utc(instant: datetime, what: str = "instant") -> datetime:
@@ -49,6 +52,14 @@ class Period:
         start = datetime(year, month, 1, tzinfo=UTC)
         end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
         return cls(start, end)
+
+    @classmethod
+    def parse(cls, text: str) -> Period:
+        """``"2026-11"`` -> that calendar month; ``InvalidPeriod`` for anything else."""
+        match = _MONTH.fullmatch(text.strip()) if isinstance(text, str) else None
+        if match is None:
+            raise InvalidPeriod(f"period {text!r} is not a month such as '2026-11'", param="period")
+        return cls.month(int(match[1]), int(match[2]))
 
     @classmethod
     def containing(cls, instant: datetime) -> Period:

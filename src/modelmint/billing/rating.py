@@ -25,16 +25,26 @@ gap shows up at once rather than at the first overage.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
-from modelmint.billing.errors import UsageCapExceeded
-from modelmint.billing.exact import EXACT, Quantity, minus, plus
+from modelmint.billing.errors import PriceNotFound, UsageCapExceeded
+from modelmint.billing.exact import EXACT, Quantity, exact_sum, minus, plus
 from modelmint.billing.metrics import Metric, check_quantity
-from modelmint.billing.plans import Plan, PlanRef
+from modelmint.billing.plans import FreeTierPlan, Plan, PlanRef
 
-__all__ = ["PeriodUsage", "RatedUsage", "UsageKey", "UsageTotal", "admit", "rate"]
+__all__ = [
+    "ChargedTotal",
+    "PeriodUsage",
+    "RatedUsage",
+    "UsageKey",
+    "UsageTotal",
+    "admit",
+    "billed_quantities",
+    "rate",
+    "worst_case",
+]
 
 _ZERO = Decimal(0)
 
@@ -62,6 +72,23 @@ class UsageTotal:
 
 
 @dataclass(frozen=True, slots=True)
+class ChargedTotal:
+    """A usage total and the exact sum (and count) of the request charges that built it."""
+
+    total: UsageTotal
+    amount: Decimal = _ZERO
+    charges: int = 0
+
+    def add(self, rated: RatedUsage) -> ChargedTotal:
+        total = UsageTotal(
+            self.total.key,
+            plus(self.total.quantity, rated.quantity),
+            plus(self.total.included, rated.included),
+        )
+        return ChargedTotal(total, EXACT.add(self.amount, rated.amount), self.charges + 1)
+
+
+@dataclass(frozen=True, slots=True)
 class RatedUsage:
     """One request's usage of one key, split into included and overage, and its exact cost."""
 
@@ -70,6 +97,50 @@ class RatedUsage:
     included: Quantity
     overage: Quantity
     amount: Decimal
+
+
+def billed_quantities(
+    plan: Plan, model: str, quantities: Mapping[Metric, Quantity]
+) -> dict[Metric, Quantity]:
+    """The part of a request's measured ``quantities`` that ``plan`` bills or caps.
+
+    A free tier caps every metric it lists, and tokens and requests even when it does
+    not (an unlisted metric has an allowance of 0); compute time only if listed. A
+    priced plan bills the metrics its price book prices for ``model``, and raises
+    ``PriceNotFound`` when it prices none of them: serving a model nobody priced
+    would give it away. An enterprise plan reports everything.
+    """
+    if isinstance(plan, FreeTierPlan):
+        return {
+            m: q
+            for m, q in quantities.items()
+            if m in plan.allowances or m is not Metric.COMPUTE_SECONDS
+        }
+    book = getattr(plan, "price_book", None)
+    if book is None:
+        return dict(quantities)
+    billed = {m: q for m, q in quantities.items() if book.find(model, m) is not None}
+    if not billed:
+        metrics = ", ".join(m.value for m in quantities)
+        raise PriceNotFound(
+            f"the {plan.code} plan has no price for the model {model!r} ({metrics})",
+            param="model",
+        )
+    return billed
+
+
+def worst_case(plan: Plan, model: str, quantities: Mapping[Metric, Quantity]) -> Decimal:
+    """The most ``quantities`` more units of ``model`` can cost, whatever the period's usage.
+
+    Included units are assumed used up and every tier at its dearest
+    (``ChargeModel.max_increase``): what the gateway reserves before a request runs.
+    """
+    parts: list[Decimal] = []
+    for metric, quantity in quantities.items():
+        charge = plan.overage_charge(model, metric)
+        if charge is not None:
+            parts.append(charge.max_increase(check_quantity(quantity, metric)))
+    return exact_sum(parts)
 
 
 def admit(plan: Plan, metric: Metric, included_used: Quantity, requested: Quantity) -> None:

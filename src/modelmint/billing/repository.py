@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -46,6 +46,7 @@ from modelmint.billing.money import Money
 from modelmint.billing.periods import Period, utc
 from modelmint.billing.plans import Plan, PlanCatalog, PlanRef
 from modelmint.billing.price_book import PriceBook
+from modelmint.billing.rating import ChargedTotal, UsageKey, UsageTotal
 from modelmint.billing.serialization import (
     Json,
     coupon_from_dict,
@@ -64,6 +65,7 @@ from modelmint.billing.wallet import (
     LedgerEntry,
     Reservation,
     Wallet,
+    WalletSnapshot,
     replay,
 )
 from modelmint.errors import Conflict, InvalidRequest, NotFound
@@ -80,6 +82,7 @@ from modelmint.storage.tables import (
     BillingReservation,
     BillingSubscription,
     BillingTaxRate,
+    BillingUsageTotal,
     BillingWallet,
     Organization,
 )
@@ -93,6 +96,11 @@ _LATER_STATES: dict[str, frozenset[str]] = {
     "paid": frozenset({"paid"}),
     "void": frozenset({"void"}),
 }
+
+
+# The first key of PostgreSQL advisory locks that serialise rating per organisation
+# (the second is the organisation id's hash); distinct from the migration lock's.
+_USAGE_LOCK_SPACE = 0x6D6D6272  # "mmbr"
 
 
 def _digest(document: Json) -> str:
@@ -120,6 +128,8 @@ class BillingRepository:
         self._session = session
         # wallet id -> ledger length when loaded or last saved: the compare-and-set token.
         self._wallet_versions: dict[str, int] = {}
+        # wallet id -> the open reservations it was loaded with (to tell new from closed).
+        self._loaded_reservations: dict[str, set[str]] = {}
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -322,6 +332,7 @@ class BillingRepository:
         )
         self._flush(f"{organization_id!r} already has a {wallet.currency} wallet")
         self._wallet_versions[wallet.id] = 0
+        self._loaded_reservations[wallet.id] = set()
         return wallet
 
     def _wallet_row(
@@ -336,37 +347,164 @@ class BillingRepository:
         return self._session.scalar(query.execution_options(populate_existing=True))
 
     def load_wallet(
-        self, organization_id: str, currency: str, *, for_update: bool = False
+        self,
+        organization_id: str,
+        currency: str,
+        *,
+        for_update: bool = False,
+        reservations: Iterable[str] | None = None,
     ) -> Wallet:
-        """The organisation's wallet rebuilt from its grants, ledger and reservations.
+        """The organisation's wallet, restored from its row, live grants and reservations.
 
-        ``for_update`` locks the wallet row until the transaction ends (PostgreSQL), so
-        concurrent reserve/settle calls on one wallet run one after another.
+        ``for_update`` locks the wallet row until the transaction ends, so concurrent
+        reserve/settle calls on one wallet run one after another (on SQLite it takes
+        the database's write lock at once rather than at the first write, which could
+        otherwise fail to upgrade). ``reservations`` names the open reservations the
+        caller will settle or release (None: all open ones); the hot path loads only
+        its own, so its cost does not grow with the traffic in flight.
         """
         self._require_org(organization_id)
-        row = self._wallet_row(organization_id, currency, for_update=for_update)
+        code = Money.zero(currency).currency
+        if for_update:
+            self._lock_wallet(organization_id, code)
+        row = self._wallet_row(organization_id, code, for_update=for_update)
         if row is None:
-            raise NotFound(f"{organization_id!r} has no {currency} wallet", param="wallet")
-        grants = self._session.scalars(
+            raise NotFound(f"{organization_id!r} has no {code} wallet", param="wallet")
+        return self._restore(row, reservations)
+
+    def _lock_wallet(self, organization_id: str, currency: str) -> None:
+        # A no-op write: a row lock on PostgreSQL (like FOR UPDATE), and on SQLite the
+        # start of the write transaction, before anything is read.
+        self._session.execute(
+            update(BillingWallet)
+            .where(
+                BillingWallet.organization_id == organization_id,
+                BillingWallet.currency == currency,
+            )
+            .values(last_sequence=BillingWallet.last_sequence)
+        )
+
+    def _restore(self, row: BillingWallet, wanted: Iterable[str] | None) -> Wallet:
+        query = select(BillingReservation).where(
+            BillingReservation.wallet_id == row.id, BillingReservation.closed_at.is_(None)
+        )
+        if wanted is not None:
+            query = query.where(BillingReservation.reservation_id.in_(list(wanted)))
+        open_rows = list(self._session.scalars(query))
+        holds: dict[str, list[tuple[str, Decimal]]] = {r.reservation_id: [] for r in open_rows}
+        if holds:
+            for entry in self._session.scalars(
+                select(BillingLedgerEntry)
+                .where(
+                    BillingLedgerEntry.wallet_id == row.id,
+                    BillingLedgerEntry.reference.in_(list(holds)),
+                    BillingLedgerEntry.kind == EntryKind.RESERVATION.value,
+                )
+                .order_by(BillingLedgerEntry.sequence)
+            ):
+                holds[entry.reference or ""].append((entry.grant_id, -entry.amount))
+        held_grants = {grant_id for pairs in holds.values() for grant_id, _ in pairs}
+        grant_rows = self._session.scalars(
             select(BillingCreditGrant)
             .where(BillingCreditGrant.wallet_id == row.id)
+            .where(
+                (BillingCreditGrant.remaining != Decimal(0))
+                | BillingCreditGrant.grant_id.in_(list(held_grants))
+            )
             .order_by(BillingCreditGrant.sequence)
         )
-        entries = self._session.scalars(
-            select(BillingLedgerEntry)
-            .where(BillingLedgerEntry.wallet_id == row.id)
-            .order_by(BillingLedgerEntry.sequence)
+        currency = row.currency
+        grants = tuple(
+            (_grant_from_row(g, currency), g.remaining)
+            for g in grant_rows
+            if g.remaining > 0 or g.grant_id in held_grants  # "!= 0" on SQLite compares text
         )
-        open_rows = self._session.scalars(
-            select(BillingReservation).where(
-                BillingReservation.wallet_id == row.id, BillingReservation.closed_at.is_(None)
+        last_at = (
+            None
+            if row.last_sequence == 0
+            else self._session.scalar(
+                select(BillingLedgerEntry.at).where(
+                    BillingLedgerEntry.wallet_id == row.id,
+                    BillingLedgerEntry.sequence == row.last_sequence,
+                )
             )
         )
-        wallet = _restore_wallet(row, list(grants), list(entries), list(open_rows))
-        if len(wallet.ledger) != row.last_sequence:
-            raise ChargeMismatch(f"wallet {row.id}: ledger length disagrees with last_sequence")
+        reservations = tuple(
+            Reservation(
+                r.reservation_id,
+                Money(r.amount, currency),
+                tuple(holds[r.reservation_id]),
+                r.created_at,
+                r.reference,
+            )
+            for r in sorted(open_rows, key=lambda r: (r.created_at, r.reservation_id))
+        )
+        wallet = Wallet.restore(
+            WalletSnapshot(
+                wallet_id=row.id,
+                currency=currency,
+                balance=row.balance,
+                last_sequence=row.last_sequence,
+                last_at=last_at,
+                grant_count=row.grant_count,
+                reservation_count=row.reservation_count,
+                grants=grants,
+                reservations=reservations,
+            )
+        )
         self._wallet_versions[wallet.id] = row.last_sequence
+        self._loaded_reservations[wallet.id] = {r.id for r in reservations}
         return wallet
+
+    def wallet_reserved(self, wallet_id: str) -> Money:
+        """Credit held by all open reservations of the wallet."""
+        row = self._session.get(BillingWallet, wallet_id)
+        if row is None:
+            raise NotFound(f"no wallet {wallet_id!r}", param="wallet")
+        amounts = self._session.scalars(
+            select(BillingReservation.amount).where(
+                BillingReservation.wallet_id == wallet_id, BillingReservation.closed_at.is_(None)
+            )
+        )
+        return Money(exact_sum(amounts), row.currency)
+
+    def audit_wallet(self, wallet_id: str) -> Money:
+        """Replay the wallet's whole ledger and check the running columns against it.
+
+        Raises ``ChargeMismatch`` if the balance, a grant's remaining credit or the
+        ledger's numbering disagree with the entries; returns the balance.
+        """
+        row = self._session.get(BillingWallet, wallet_id)
+        if row is None:
+            raise NotFound(f"no wallet {wallet_id!r}", param="wallet")
+        entries = [
+            _entry_from_row(e, row.currency)
+            for e in self._session.scalars(
+                select(BillingLedgerEntry)
+                .where(BillingLedgerEntry.wallet_id == wallet_id)
+                .order_by(BillingLedgerEntry.sequence)
+            )
+        ]
+        if [e.sequence for e in entries] != list(range(1, len(entries) + 1)):
+            raise ChargeMismatch(f"wallet {wallet_id}: the ledger's sequence has gaps")
+        if len(entries) != row.last_sequence:
+            raise ChargeMismatch(f"wallet {wallet_id}: ledger length disagrees with last_sequence")
+        balance = exact_sum(e.amount.amount for e in entries)
+        if balance != row.balance:
+            raise ChargeMismatch(
+                f"wallet {wallet_id}: ledger sums to {balance}, row says {row.balance}"
+            )
+        remaining = replay(entries)
+        for grant in self._session.scalars(
+            select(BillingCreditGrant).where(BillingCreditGrant.wallet_id == wallet_id)
+        ):
+            expected = remaining.get(grant.grant_id, Decimal(0))
+            if grant.remaining != expected:
+                raise ChargeMismatch(
+                    f"wallet {wallet_id}: grant {grant.grant_id} has {grant.remaining} left, "
+                    f"its entries say {expected}"
+                )
+        return Money(balance, row.currency)
 
     def ledger_balance(self, wallet_id: str) -> Money:
         """The wallet's balance recomputed from its ledger rows alone."""
@@ -378,6 +516,20 @@ class BillingRepository:
         )
         return Money(exact_sum(amounts), row.currency)
 
+    def ledger(self, wallet_id: str, *, limit: int | None = None) -> list[LedgerEntry]:
+        """The wallet's ledger, newest entry first (``limit`` entries at most)."""
+        row = self._session.get(BillingWallet, wallet_id)
+        if row is None:
+            raise NotFound(f"no wallet {wallet_id!r}", param="wallet")
+        query = (
+            select(BillingLedgerEntry)
+            .where(BillingLedgerEntry.wallet_id == wallet_id)
+            .order_by(BillingLedgerEntry.sequence.desc())
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        return [_entry_from_row(e, row.currency) for e in self._session.scalars(query)]
+
     def save_wallet(self, wallet: Wallet) -> None:
         """Append what ``wallet`` recorded since it was loaded (or last saved).
 
@@ -387,41 +539,54 @@ class BillingRepository:
         loaded = self._wallet_versions.get(wallet.id)
         if loaded is None:
             raise InvalidRequest(f"wallet {wallet.id} was not loaded by this repository")
-        ledger = wallet.ledger
+        new_entries = [e for e in wallet.ledger if e.sequence > loaded]
         moved = self._session.execute(
             update(BillingWallet)
             .where(BillingWallet.id == wallet.id, BillingWallet.last_sequence == loaded)
             .values(
-                last_sequence=len(ledger),
+                last_sequence=wallet.last_sequence,
                 balance=wallet.balance.amount,
-                reservation_count=wallet._reservation_count,
+                reservation_count=wallet.reservation_count,
+                grant_count=wallet.grant_count,
             )
         )
         if getattr(moved, "rowcount", 0) != 1:
             raise Conflict(f"wallet {wallet.id} changed concurrently; reload it and retry")
-        stored = set(
-            self._session.scalars(
-                select(BillingCreditGrant.grant_id).where(BillingCreditGrant.wallet_id == wallet.id)
+        stored = self._session.scalars(
+            select(BillingCreditGrant.grant_id).where(
+                BillingCreditGrant.wallet_id == wallet.id,
+                BillingCreditGrant.grant_id.in_([g.id for g in wallet.grants]),
             )
         )
-        new_grants = [_grant_row(wallet.id, g) for g in wallet.grants if g.id not in stored]
+        known = set(stored)
+        new_grants = [
+            _grant_row(wallet.id, g, wallet.remaining(g.id).amount)
+            for g in wallet.grants
+            if g.id not in known
+        ]
         if new_grants:
             self._session.execute(insert(BillingCreditGrant), new_grants)
-        new_entries = [_entry_row(wallet.id, e) for e in ledger if e.sequence > loaded]
         if new_entries:
-            self._session.execute(insert(BillingLedgerEntry), new_entries)
+            self._session.execute(
+                insert(BillingLedgerEntry), [_entry_row(wallet.id, e) for e in new_entries]
+            )
+        touched = {e.grant_id for e in new_entries} & known
+        for grant_id in sorted(touched):
+            self._session.execute(
+                update(BillingCreditGrant)
+                .where(
+                    BillingCreditGrant.wallet_id == wallet.id,
+                    BillingCreditGrant.grant_id == grant_id,
+                )
+                .values(remaining=wallet.remaining(grant_id).amount)
+            )
         self._save_reservations(wallet)
-        self._wallet_versions[wallet.id] = len(ledger)
+        self._wallet_versions[wallet.id] = wallet.last_sequence
 
     def _save_reservations(self, wallet: Wallet) -> None:
+        loaded = self._loaded_reservations.get(wallet.id, set())
         open_now = {r.id: r for r in wallet.open_reservations}
-        rows = self._session.execute(
-            select(BillingReservation.reservation_id, BillingReservation.closed_at).where(
-                BillingReservation.wallet_id == wallet.id
-            )
-        ).all()
-        known = {reservation_id for reservation_id, _ in rows}
-        closed = [rid for rid, closed_at in rows if closed_at is None and rid not in open_now]
+        closed = sorted(loaded - set(open_now))
         if closed:
             self._session.execute(
                 update(BillingReservation)
@@ -441,10 +606,81 @@ class BillingRepository:
                 "closed_at": None,
             }
             for r in open_now.values()
-            if r.id not in known
+            if r.id not in loaded
         ]
         if new:
             self._session.execute(insert(BillingReservation), new)
+        self._loaded_reservations[wallet.id] = set(open_now)
+
+    # -- period usage totals ---------------------------------------------------------------
+
+    def lock_usage(self, organization_id: str) -> None:
+        """Serialise rating of the organisation's requests until the transaction ends.
+
+        PostgreSQL: a transaction-scoped advisory lock keyed by the organisation.
+        SQLite: the caller already holds the database's only write lock.
+        """
+        if self._session.get_bind().dialect.name == "postgresql":
+            self._session.execute(
+                text("SELECT pg_advisory_xact_lock(:space, hashtext(:org))"),
+                {"space": _USAGE_LOCK_SPACE, "org": organization_id},
+            )
+
+    def usage_totals(self, organization_id: str, period_start: datetime) -> list[ChargedTotal]:
+        """The organisation's running totals for the period that starts at ``period_start``."""
+        rows = self._session.scalars(
+            select(BillingUsageTotal).where(
+                BillingUsageTotal.organization_id == organization_id,
+                BillingUsageTotal.period_start == period_start,
+            )
+        )
+        totals = []
+        for row in rows:
+            metric = Metric(row.metric)
+            key = UsageKey(PlanRef(row.plan_code, row.plan_version), row.model, metric)
+            quantity = _loaded_quantity(row.quantity, metric)
+            included = _loaded_quantity(row.included, metric)
+            assert quantity is not None and included is not None
+            totals.append(
+                ChargedTotal(UsageTotal(key, quantity, included), row.amount, row.charges)
+            )
+        return totals
+
+    def save_usage_totals(
+        self, organization_id: str, period_start: datetime, totals: Iterable[ChargedTotal]
+    ) -> None:
+        """Store new values of the given totals (call under ``lock_usage``)."""
+        wanted = {t.total.key: t for t in totals}
+        if not wanted:
+            return
+        existing = {
+            t.total.key
+            for t in self.usage_totals(organization_id, period_start)
+            if t.total.key in wanted
+        }
+        for key, charged in sorted(wanted.items()):
+            values = {
+                "quantity": Decimal(charged.total.quantity),
+                "included": Decimal(charged.total.included),
+                "amount": charged.amount,
+                "charges": charged.charges,
+            }
+            identity = {
+                "organization_id": organization_id,
+                "period_start": period_start,
+                "plan_code": key.plan.code,
+                "plan_version": key.plan.version,
+                "model": key.model,
+                "metric": key.metric.value,
+            }
+            if key in existing:
+                self._session.execute(
+                    update(BillingUsageTotal)
+                    .where(*(getattr(BillingUsageTotal, c) == v for c, v in identity.items()))
+                    .values(**values)
+                )
+            else:
+                self._session.execute(insert(BillingUsageTotal), [{**identity, **values}])
 
     # -- coupons and tax ---------------------------------------------------------------------
 
@@ -612,7 +848,7 @@ class BillingRepository:
 # -- row <-> domain ----------------------------------------------------------------------------
 
 
-def _grant_row(wallet_id: str, grant: CreditGrant) -> dict[str, Any]:
+def _grant_row(wallet_id: str, grant: CreditGrant, remaining: Decimal) -> dict[str, Any]:
     return {
         "wallet_id": wallet_id,
         "grant_id": grant.id,
@@ -622,7 +858,20 @@ def _grant_row(wallet_id: str, grant: CreditGrant) -> dict[str, Any]:
         "priority": grant.priority,
         "granted_at": grant.granted_at,
         "expires_at": grant.expires_at,
+        "remaining": remaining,
     }
+
+
+def _grant_from_row(row: BillingCreditGrant, currency: str) -> CreditGrant:
+    return CreditGrant(
+        row.grant_id,
+        GrantKind(row.kind),
+        Money(row.amount, currency),
+        row.priority,
+        row.granted_at,
+        row.expires_at,
+        row.sequence,
+    )
 
 
 def _entry_row(wallet_id: str, entry: LedgerEntry) -> dict[str, Any]:
@@ -637,56 +886,15 @@ def _entry_row(wallet_id: str, entry: LedgerEntry) -> dict[str, Any]:
     }
 
 
-def _restore_wallet(
-    row: BillingWallet,
-    grants: Sequence[BillingCreditGrant],
-    entries: Sequence[BillingLedgerEntry],
-    open_rows: Iterable[BillingReservation],
-) -> Wallet:
-    """A domain Wallet in the state its rows describe.
-
-    ``Wallet`` has no public way to be rebuilt, so this sets its private state; it
-    belongs in ``wallet.py`` as ``Wallet.restore`` (see the report of this module).
-    """
-    wallet = Wallet(row.id, row.currency)
-    currency = wallet.currency
-    for g in grants:
-        grant = CreditGrant(
-            g.grant_id,
-            GrantKind(g.kind),
-            Money(g.amount, currency),
-            g.priority,
-            g.granted_at,
-            g.expires_at,
-            g.sequence,
-        )
-        wallet._grants[grant.id] = grant
-    ledger = [
-        LedgerEntry(
-            e.sequence, e.at, EntryKind(e.kind), e.grant_id, Money(e.amount, currency), e.reference
-        )
-        for e in entries
-    ]
-    remaining = replay(ledger)
-    wallet._remaining = {gid: remaining.get(gid, Decimal(0)) for gid in wallet._grants}
-    wallet._balance = exact_sum(e.amount.amount for e in ledger)
-    if wallet._balance != row.balance:
-        raise ChargeMismatch(
-            f"wallet {row.id}: ledger sums to {wallet._balance}, row says {row.balance}"
-        )
-    wallet._ledger = ledger
-    wallet._last = ledger[-1].at if ledger else None
-    wallet._reservation_count = row.reservation_count
-    for r in sorted(open_rows, key=lambda r: (r.created_at, r.reservation_id)):
-        holds = tuple(
-            (e.grant_id, -e.amount.amount)
-            for e in ledger
-            if e.kind is EntryKind.RESERVATION and e.reference == r.reservation_id
-        )
-        wallet._reservations[r.reservation_id] = Reservation(
-            r.reservation_id, Money(r.amount, currency), holds, r.created_at, r.reference
-        )
-    return wallet
+def _entry_from_row(row: BillingLedgerEntry, currency: str) -> LedgerEntry:
+    return LedgerEntry(
+        row.sequence,
+        row.at,
+        EntryKind(row.kind),
+        row.grant_id,
+        Money(row.amount, currency),
+        row.reference,
+    )
 
 
 def _set_invoice(row: BillingInvoice, invoice: Invoice) -> None:

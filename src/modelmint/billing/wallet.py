@@ -27,7 +27,12 @@ next time the wallet is touched (entries stay in time order). Funds reserved
 before an expiry may still settle the request they were reserved for.
 
 This is the single-writer domain model; making concurrent gateways agree (row
-locks, or a Redis script) is the repository's job, on top of these rules.
+locks) is the repository's job, on top of these rules. A stored wallet is rebuilt
+with ``Wallet.restore`` from a *snapshot* (live grants with what is left of them,
+the balance, the ledger's length, the reservations the caller will touch) rather
+than by replaying its whole ledger, so that a request's reserve and settle cost the
+same on the millionth request as on the first; ``ledger`` then holds the entries
+recorded since the restore, numbered on from the stored ledger.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ __all__ = [
     "LedgerEntry",
     "Reservation",
     "Wallet",
+    "WalletSnapshot",
     "replay",
 ]
 
@@ -138,6 +144,25 @@ def replay(entries: Iterable[LedgerEntry]) -> dict[str, Decimal]:
     return remaining
 
 
+@dataclass(frozen=True, slots=True)
+class WalletSnapshot:
+    """What ``Wallet.restore`` needs: the stored state, without the ledger's history.
+
+    ``grants`` pairs each grant the caller may touch with its remaining usable credit;
+    a grant left out (spent, or expired and written off) is never touched again.
+    """
+
+    wallet_id: str
+    currency: str
+    balance: Decimal
+    last_sequence: int
+    last_at: datetime | None
+    grant_count: int
+    reservation_count: int
+    grants: tuple[tuple[CreditGrant, Decimal], ...]
+    reservations: tuple[Reservation, ...]
+
+
 class Wallet:
     """The prepaid credit of one organisation, in one currency."""
 
@@ -151,12 +176,59 @@ class Wallet:
         self._ledger: list[LedgerEntry] = []
         self._last: datetime | None = None
         self._reservation_count = 0
+        self._grant_count = 0
+        self._base_sequence = 0  # ledger entries stored before this instance was restored
+
+    @classmethod
+    def restore(cls, snapshot: WalletSnapshot) -> Wallet:
+        """The wallet a snapshot describes; entries recorded next continue its numbering."""
+        wallet = cls(snapshot.wallet_id, snapshot.currency)
+        for grant, remaining in snapshot.grants:
+            if remaining < 0 or remaining > grant.amount.amount:
+                raise InvalidWalletOperation(
+                    f"wallet {wallet.id}: grant {grant.id} cannot have {remaining} left"
+                )
+            wallet._grants[grant.id] = grant
+            wallet._remaining[grant.id] = remaining
+        for reservation in snapshot.reservations:
+            for grant_id, _ in reservation.holds:
+                if grant_id not in wallet._grants:
+                    raise InvalidWalletOperation(
+                        f"wallet {wallet.id}: reservation {reservation.id} holds credit of "
+                        f"grant {grant_id}, which the snapshot left out"
+                    )
+            wallet._reservations[reservation.id] = reservation
+        wallet._balance = snapshot.balance
+        wallet._base_sequence = snapshot.last_sequence
+        wallet._last = snapshot.last_at
+        wallet._grant_count = snapshot.grant_count
+        wallet._reservation_count = snapshot.reservation_count
+        return wallet
 
     # -- reading --------------------------------------------------------------------------
 
     @property
     def ledger(self) -> tuple[LedgerEntry, ...]:
+        """Entries recorded by this instance (all of them, unless it was restored)."""
         return tuple(self._ledger)
+
+    @property
+    def last_sequence(self) -> int:
+        """The sequence number of the newest entry of the whole ledger (0: empty)."""
+        return self._base_sequence + len(self._ledger)
+
+    @property
+    def last_at(self) -> datetime | None:
+        """When the newest entry was recorded: later operations may not be dated earlier."""
+        return self._last
+
+    @property
+    def grant_count(self) -> int:
+        return self._grant_count
+
+    @property
+    def reservation_count(self) -> int:
+        return self._reservation_count
 
     @property
     def grants(self) -> tuple[CreditGrant, ...]:
@@ -207,7 +279,8 @@ class Wallet:
         if expiry is not None and expiry <= moment:
             raise InvalidWalletOperation(f"grant expires ({expiry.isoformat()}) before it starts")
         self._expire_due(moment)
-        sequence = len(self._grants) + 1
+        self._grant_count += 1
+        sequence = self._grant_count
         grant = CreditGrant(f"grant_{sequence}", kind, value, priority, moment, expiry, sequence)
         self._grants[grant.id] = grant
         self._remaining[grant.id] = _ZERO
@@ -386,7 +459,7 @@ class Wallet:
         self._remaining[grant_id] = remaining
         self._balance = EXACT.add(self._balance, delta)
         entry = LedgerEntry(
-            len(self._ledger) + 1, at, kind, grant_id, Money(delta, self.currency), reference
+            self.last_sequence + 1, at, kind, grant_id, Money(delta, self.currency), reference
         )
         self._ledger.append(entry)
         self._last = at

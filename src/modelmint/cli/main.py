@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from modelmint import accounts
-from modelmint.cli import keys, models
+from modelmint.cli import billing, keys, models
 from modelmint.cli.context import console, err_console, open_database, session_scope
 from modelmint.cli.up import up
 from modelmint.errors import ModelMintError
@@ -26,6 +26,12 @@ app = typer.Typer(
 app.command("up")(up)
 app.add_typer(keys.app, name="keys")
 app.add_typer(models.app, name="models")
+app.add_typer(billing.plans, name="plans")
+app.add_typer(billing.subscriptions, name="subscriptions")
+app.add_typer(billing.wallets, name="wallets")
+app.add_typer(billing.coupons, name="coupons")
+app.add_typer(billing.tax, name="tax")
+app.add_typer(billing.invoices, name="invoices")
 
 orgs = typer.Typer(help="Organisations (customers).", no_args_is_help=True)
 app.add_typer(orgs, name="orgs")

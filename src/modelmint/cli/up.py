@@ -1,4 +1,4 @@
-"""`modelmint up`: migrate, seed the bundled models and a demo key, serve."""
+"""`modelmint up`: migrate, seed the bundled models, a demo key and demo billing, serve."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import os
 import secrets
 import shutil
 import sys
-from typing import Annotated
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 import typer
 from sqlalchemy import select
 
 from modelmint import accounts, registry
+from modelmint.charging.demo import seed_demo_billing
 from modelmint.cli.context import console, open_database
 from modelmint.cli.context import settings as load_settings
 from modelmint.config import Settings
@@ -22,13 +24,23 @@ DEMO_ORG = "demo"
 DEMO_KEY_NAME = "demo"
 
 
-def _seed(config: Settings) -> tuple[str | None, str | None]:
-    """Register bundled models and the demo organisation; returns a new demo key, if made."""
+@dataclass(frozen=True)
+class Seeded:
+    """What this start created: secrets are shown once, so only new ones are here."""
+
+    secret: str | None  # the demo key, if made now
+    prefix: str | None  # the demo key's prefix, if it existed already
+    billing_keys: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _seed(config: Settings) -> Seeded:
+    """Register bundled models, the demo organisation and the billing demo."""
     database = open_database(config)
     try:
         with database.session() as session:
             if config.load_bundled_models:
                 registry.register_bundled_models(session)
+            billing_keys = seed_demo_billing(session)["keys"]
             org = accounts.ensure_org(session, DEMO_ORG)
             existing = session.scalar(
                 select(ApiKey).where(
@@ -38,15 +50,16 @@ def _seed(config: Settings) -> tuple[str | None, str | None]:
                 )
             )
             if existing is not None:
-                return None, existing.prefix
+                return Seeded(None, existing.prefix, billing_keys)
             _, secret = accounts.create_key(session, org, name=DEMO_KEY_NAME)
-            return secret, None
+            return Seeded(secret, None, billing_keys)
     finally:
         database.dispose()
 
 
-def _banner(config: Settings, secret: str | None, prefix: str | None, admin: str | None) -> None:
+def _banner(config: Settings, seeded: Seeded, admin: str | None) -> None:
     base = f"http://{config.host}:{config.port}/v1"
+    secret, prefix = seeded.secret, seeded.prefix
     shown = secret or "<your key>"
     console.rule("[bold]ModelMint")
     if secret:
@@ -57,6 +70,15 @@ def _banner(config: Settings, secret: str | None, prefix: str | None, admin: str
             f"The demo key was created on an earlier run ({prefix}…); secrets are not stored. "
             "Make another with: [bold]modelmint keys create --org demo[/]"
         )
+    if seeded.billing_keys:
+        console.print("Billing demo customers (keys shown once):")
+        for key in seeded.billing_keys:
+            console.print(f"  {key['organization']}: [bold green]{key['key']}[/]", soft_wrap=True)
+    console.print(
+        "Plans free, starter, payg and enterprise are seeded; demo-subscription is on "
+        "starter, demo-prepaid on payg with 5.00 USD of credit. Invoices: "
+        "[bold]modelmint invoices close --period YYYY-MM[/]"
+    )
     if admin:
         console.print(
             "Admin token for /admin (generated for this run; set MODELMINT_ADMIN_TOKEN "
@@ -122,10 +144,10 @@ def up(
         os.environ["MODELMINT_ADMIN_TOKEN"] = generated_admin
     config = load_settings()
     configure_logging(config.log_level, json_lines=config.log_json and not sys.stderr.isatty())
-    secret, prefix = _seed(config)
+    seeded = _seed(config)
     if workers > 1:
         _prepare_metrics_dir(config)
-    _banner(config, secret, prefix, generated_admin)
+    _banner(config, seeded, generated_admin)
     uvicorn.run(
         "modelmint.gateway.server:app_from_env",
         factory=True,

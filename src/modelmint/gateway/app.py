@@ -16,7 +16,7 @@ from modelmint.gateway.fastpath import ModelRoutes, openapi_paths
 from modelmint.gateway.middleware import GatewayMiddleware
 from modelmint.gateway.platform import Platform
 from modelmint.gateway.responses import OrjsonResponse
-from modelmint.gateway.routes import admin, health, openai
+from modelmint.gateway.routes import admin, billing, health, openai
 
 __all__ = ["create_app"]
 
@@ -48,6 +48,7 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(openai.router)
     app.include_router(admin.router)
+    app.include_router(billing.router)
     app.include_router(health.router)
     # Added last runs first: the gateway middleware wraps the model routes, which wrap
     # FastAPI's router.

@@ -1,7 +1,8 @@
 """One paid request, from admission to a durable usage record.
 
-    route (public name -> deployment, scope check) -> admit (rate limits) -> backend
-    (with fallback) -> meter (group commit, before the answer completes) -> answer
+    route (public name -> deployment, scope check) -> admit (rate limits, then spend:
+    plan, wallet reservation, free-tier cap) -> backend (with fallback) -> meter and
+    charge (group commit, before the answer completes) -> answer
 
 Routes call one method here and only translate HTTP; nothing in this module knows
 about FastAPI. Every admitted request ends in exactly one ``_finish``: it releases the
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from modelmint.accounts.keys import KeyInfo
+from modelmint.charging.admission import NO_HOLD, Bound, Hold, SpendGuard
+from modelmint.charging.quantities import bound_embedding, bound_text, measured
 from modelmint.errors import (
     BackendError,
     InvalidRequest,
@@ -67,22 +70,35 @@ class _Call:
     endpoint: str
     permit: Permit
     started: float
+    hold: Hold = NO_HOLD
     target: Target | None = None
     finished: bool = False
 
 
 class InferenceService:
-    def __init__(self, router: Router, writer: UsageWriter, limiter: RateLimiter) -> None:
+    def __init__(
+        self,
+        router: Router,
+        writer: UsageWriter,
+        limiter: RateLimiter,
+        spend: SpendGuard | None = None,
+        *,
+        default_max_tokens: int = 4096,
+        timeout_s: float = 60.0,
+    ) -> None:
         self.router = router
         self.writer = writer
         self.limiter = limiter
+        self.spend = spend
+        self._default_max_tokens = default_max_tokens
+        self._timeout_s = timeout_s
         # Admitted requests not yet finished, in this process.
         self.in_flight = 0
 
     # -- shared steps ------------------------------------------------------------------
 
     async def _admit(
-        self, key: KeyInfo, request_id: str, model: str, task: str, endpoint: str
+        self, key: KeyInfo, request_id: str, model: str, task: str, endpoint: str, bound: Bound
     ) -> tuple[RouteSpec, _Call]:
         route = self.router.route(model)
         if not key.allows(model):
@@ -94,8 +110,15 @@ class InferenceService:
                 code="model_not_supported",
             )
         permit = await self.limiter.admit(key, request_id)
+        hold = NO_HOLD
+        if self.spend is not None:
+            try:
+                hold = await self.spend.admit(key.organization_id, request_id, model, bound)
+            except BaseException:
+                self.limiter.release(permit, 0)  # refused before any model work
+                raise
         self.in_flight += 1
-        return route, _Call(key, request_id, model, endpoint, permit, time.perf_counter())
+        return route, _Call(key, request_id, model, endpoint, permit, time.perf_counter(), hold)
 
     async def _with_fallback(
         self, route: RouteSpec, call: _Call, run: Callable[[Target], Awaitable[T]]
@@ -138,6 +161,10 @@ class InferenceService:
             model_version_id=deployment.model_version_id if deployment else None,
             usage_estimated=usage.estimated,
             engine_ms=usage.engine_ms,
+            plan_code=call.hold.plan.code if call.hold.plan else None,
+            plan_version=call.hold.plan.version if call.hold.plan else None,
+            currency=call.hold.currency,
+            reservation=call.hold.reservation,
             **fields,
         )
 
@@ -148,6 +175,15 @@ class InferenceService:
         call.finished = True
         self.in_flight -= 1
         self.limiter.release(call.permit, usage.total_tokens)
+        if call.hold.units and self.spend is not None:
+            used = (
+                {}
+                if status >= 400
+                else measured(
+                    call.endpoint, usage.input_tokens, usage.output_tokens, usage.engine_ms
+                )
+            )
+            self.spend.finish(call.hold, used)
         MODEL_REQUESTS.labels(call.public_name, call.endpoint, str(status)).inc()
         MODEL_LATENCY.labels(call.public_name, call.endpoint).observe(
             time.perf_counter() - call.started
@@ -216,7 +252,16 @@ class InferenceService:
         body: ChatCompletionRequest | CompletionRequest,
         endpoint: str,
     ) -> Answer:
-        route, call = await self._admit(key, request_id, model, "chat", endpoint)
+        route, call = await self._admit(
+            key,
+            request_id,
+            model,
+            "chat",
+            endpoint,
+            lambda: bound_text(
+                request, default_max_tokens=self._default_max_tokens, timeout_s=self._timeout_s
+            ),
+        )
         envelope = Envelope(request_id, model, request.kind)
         if body.stream:
             stream = await self._guard(
@@ -278,8 +323,15 @@ class InferenceService:
     # -- embeddings ----------------------------------------------------------------------
 
     async def embeddings(self, key: KeyInfo, request_id: str, body: EmbeddingRequest) -> Answer:
-        route, call = await self._admit(key, request_id, body.model, "embedding", "embeddings")
         texts = body.texts
+        route, call = await self._admit(
+            key,
+            request_id,
+            body.model,
+            "embedding",
+            "embeddings",
+            lambda: bound_embedding(texts, timeout_s=self._timeout_s),
+        )
         result = await self._guard(
             call, self._with_fallback(route, call, lambda t: _embed_backend(t).embed(texts))
         )

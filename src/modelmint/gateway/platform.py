@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TypeVar
 
 from sqlalchemy.orm import Session
 
 from modelmint.accounts.keys import KeyInfo, lookup_key_by_hash
+from modelmint.charging.admission import SpendGuard
+from modelmint.charging.reservations import release_stale
+from modelmint.charging.settlement import Charger
 from modelmint.config import Settings
 from modelmint.gateway.inference import InferenceService
 from modelmint.gateway.key_cache import KeyCache
@@ -24,6 +30,7 @@ from modelmint.storage.db import Database
 __all__ = ["Platform"]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,7 +64,7 @@ class Platform:
             refresh_s=settings.cache_ttl_s,
             version=version,
         )
-        writer = UsageWriter(database)
+        writer = UsageWriter(database, charge=Charger().charge)
         limiter: RateLimiter
         if settings.redis_url:
             limiter = RedisRateLimiter(settings.redis_url, lease_ttl_s=settings.lease_ttl_s)
@@ -69,14 +76,38 @@ class Platform:
             router=router,
             writer=writer,
             keys=KeyCache(lookup, ttl=settings.cache_ttl_s),
-            inference=InferenceService(router, writer, limiter),
+            inference=InferenceService(
+                router,
+                writer,
+                limiter,
+                SpendGuard(database, ttl=settings.cache_ttl_s),
+                default_max_tokens=settings.default_max_tokens,
+                timeout_s=settings.upstream_timeout_s,
+            ),
         )
+
+    _sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.writer.start()
         await self.router.start()
+        self._sweeper = asyncio.create_task(self._sweep_reservations(), name="reservation-sweep")
+
+    async def _sweep_reservations(self) -> None:
+        """Release wallet reservations whose request died with its process."""
+        older_than = timedelta(seconds=self.settings.reservation_ttl_s)
+        while True:
+            try:
+                await asyncio.to_thread(release_stale, self.database, older_than)
+            except Exception:
+                log.exception("sweeping stale reservations failed; retrying later")
+            await asyncio.sleep(min(60.0, self.settings.reservation_ttl_s / 4))
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         limiter = self.inference.limiter
         if isinstance(limiter, RedisRateLimiter):
             await limiter.close()

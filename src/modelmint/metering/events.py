@@ -27,6 +27,12 @@ class UsageEvent:
     usage_estimated: bool = False
     finish_reason: str | None = None
     engine_ms: float = 0.0
+    # Billing, decided at admission: the plan version the request is rated under, its
+    # currency, and the wallet reservation the writer settles (prepaid plans).
+    plan_code: str | None = None
+    plan_version: int | None = None
+    currency: str | None = None
+    reservation: str | None = None
 
     def row(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,24 +1,36 @@
 """The usage writer's direct line to the database: one batch, one transaction.
 
 The group-commit writer is the only thing on the request path that waits for the
-database, so it skips the ORM and SQL compilation: it holds one DBAPI connection
-and sends hand-written multi-row statements, which SQLite and PostgreSQL both
-accept. ``INSERT ... ON CONFLICT DO NOTHING RETURNING id`` names the rows actually
-inserted, so a retried event is neither stored nor rolled up twice.
+database, so it skips the ORM and SQL compilation: it holds one connection and
+sends hand-written multi-row statements, which SQLite and PostgreSQL both accept.
+``INSERT ... ON CONFLICT DO NOTHING RETURNING id`` names the rows actually
+inserted, so a retried event is neither stored, rolled up nor charged twice.
+
+Events on a plan are then charged by the ``charge`` hook (``charging.Charger``) in
+the same transaction, through an ORM session on the same connection, and their
+charges written onto their rows.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
+
+from sqlalchemy import Connection, exc
+from sqlalchemy.orm import Session
 
 from modelmint.metering.events import UsageEvent
 from modelmint.metering.rollups import rollup_rows
 from modelmint.storage.db import Database
 
-__all__ = ["UsageStore"]
+__all__ = ["ChargeHook", "UsageStore"]
+
+# Charges fresh events inside the writer's transaction: event id -> exact charge.
+ChargeHook = Callable[[Session, list[UsageEvent]], dict[str, Decimal]]
 
 log = logging.getLogger(__name__)
 
@@ -39,26 +51,29 @@ _USAGE_COLUMNS = (
     "usage_estimated",
     "finish_reason",
     "engine_ms",
+    "plan_code",
+    "plan_version",
+    "currency",
 )
 _ROLLUP_KEY = ("hour", "organization_id", "api_key_id", "model", "model_version_id", "metric")
 _ROLLUP_COLUMNS = (*_ROLLUP_KEY, "quantity")
 
 
 class UsageStore:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, charge: ChargeHook | None = None) -> None:
         self._db = database
+        self._charge = charge
         self._sqlite = database.is_sqlite
         self._mark = "?" if self._sqlite else "%s"
-        dbapi = database.engine.dialect.dbapi
         # Errors that mean "these rows are wrong", as opposed to "the database is down".
         self.data_errors: tuple[type[BaseException], ...] = (
             ValueError,
             TypeError,
-            dbapi.IntegrityError,  # type: ignore[union-attr]
-            dbapi.DataError,  # type: ignore[union-attr]
-            dbapi.ProgrammingError,  # type: ignore[union-attr]
+            exc.IntegrityError,
+            exc.DataError,
+            exc.ProgrammingError,
         )
-        self._connection: Any = None
+        self._connection: Connection | None = None
 
     def write(self, events: list[UsageEvent]) -> int:
         """Insert the events and add the new ones to the hourly rollups, in one transaction.
@@ -68,25 +83,36 @@ class UsageStore:
         """
         connection = self._connect()
         try:
-            cursor = connection.cursor()
-            cursor.execute(*self._insert_usage(events))
-            inserted = {row[0] for row in cursor.fetchall()}
+            inserted = {row[0] for row in connection.exec_driver_sql(*self._insert_usage(events))}
             fresh = [event for event in events if event.id in inserted]
             if fresh:
-                cursor.execute(*self._upsert_rollups(rollup_rows(fresh)))
-            cursor.close()
+                connection.exec_driver_sql(*self._upsert_rollups(rollup_rows(fresh)))
+            if self._charge is not None and any(e.plan_code is not None for e in fresh):
+                self._charge_events(connection, fresh)
             connection.commit()
         except BaseException:
             self._discard()
             raise
         return len(fresh)
 
+    def _charge_events(self, connection: Connection, fresh: list[UsageEvent]) -> None:
+        assert self._charge is not None
+        # The session joins the connection's transaction; it never commits it.
+        with Session(bind=connection) as session:
+            charges = self._charge(session, fresh)
+        if charges:
+            mark = self._mark
+            connection.exec_driver_sql(
+                f"UPDATE usage_records SET charge = {mark} WHERE id = {mark}",
+                [(self._decimal(amount), event_id) for event_id, amount in charges.items()],
+            )
+
     def close(self) -> None:
         self._discard()
 
-    def _connect(self) -> Any:
+    def _connect(self) -> Connection:
         if self._connection is None:
-            self._connection = self._db.engine.raw_connection()
+            self._connection = self._db.engine.connect()
         return self._connection
 
     def _discard(self) -> None:
@@ -99,6 +125,10 @@ class UsageStore:
         except Exception as exc:  # a broken connection: drop it from the pool
             log.debug("discarding usage connection: %s", exc)
             connection.invalidate()
+
+    def _decimal(self, value: Decimal) -> Any:
+        # Same storage as ``ExactDecimal``: plain-notation text on SQLite, NUMERIC elsewhere.
+        return f"{value:f}" if self._sqlite else value
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - one store per writer, few batch sizes
     def _values(self, rows: int, columns: int) -> str:
@@ -113,23 +143,23 @@ class UsageStore:
         # SQLite keeps the text form SQLAlchemy's DateTime reads back.
         return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
-    def _insert_usage(self, events: list[UsageEvent]) -> tuple[str, list[Any]]:
+    def _insert_usage(self, events: list[UsageEvent]) -> tuple[str, tuple[Any, ...]]:
         params: list[Any] = []
         for e in events:
             params += (
                 e.id, self._time(e.created_at), e.organization_id, e.api_key_id, e.model,
                 e.deployment_id, e.model_version_id, e.endpoint, e.status_code,
                 e.input_tokens, e.output_tokens, e.latency_ms, e.streamed, e.usage_estimated,
-                e.finish_reason, e.engine_ms,
+                e.finish_reason, e.engine_ms, e.plan_code, e.plan_version, e.currency,
             )  # fmt: skip
         sql = (
             f"INSERT INTO usage_records ({', '.join(_USAGE_COLUMNS)}) "
             f"VALUES {self._values(len(events), len(_USAGE_COLUMNS))} "
             "ON CONFLICT (id) DO NOTHING RETURNING id"
         )
-        return sql, params
+        return sql, tuple(params)
 
-    def _upsert_rollups(self, rows: list[dict[str, Any]]) -> tuple[str, list[Any]]:
+    def _upsert_rollups(self, rows: list[dict[str, Any]]) -> tuple[str, tuple[Any, ...]]:
         params: list[Any] = []
         for row in rows:
             params += [self._time(row["hour"]), *(row[c] for c in _ROLLUP_COLUMNS[1:])]
@@ -139,4 +169,4 @@ class UsageStore:
             f"ON CONFLICT ({', '.join(_ROLLUP_KEY)}) DO UPDATE SET "
             "quantity = usage_rollups_hourly.quantity + excluded.quantity"
         )
-        return sql, params
+        return sql, tuple(params)

@@ -21,7 +21,7 @@ from typing import Any
 
 from modelmint.errors import ServiceUnavailable
 from modelmint.metering.events import UsageEvent
-from modelmint.metering.store import UsageStore
+from modelmint.metering.store import ChargeHook, UsageStore
 from modelmint.storage.db import Database
 
 __all__ = ["UsageWriter"]
@@ -35,7 +35,9 @@ _Waiter = Future[None] | asyncio.Future[None]
 
 
 class UsageWriter:
-    def __init__(self, database: Database, *, max_batch: int = 1000) -> None:
+    def __init__(
+        self, database: Database, *, max_batch: int = 1000, charge: ChargeHook | None = None
+    ) -> None:
         self._db = database
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -43,7 +45,7 @@ class UsageWriter:
         # Guards ``_closed`` so that no event can be queued behind the stop marker.
         self._lock = threading.Lock()
         self._closed = False
-        self._store = UsageStore(database)
+        self._store = UsageStore(database, charge)
         # Held while a batch is written, by the writer thread or by a lone ``record``.
         self._writing = threading.Lock()
         self.batches = 0

@@ -179,6 +179,13 @@ class UsageRecord(Base):
     finish_reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
     # Engine busy time charged to the request (a measurement, not money).
     engine_ms: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    # What the request cost its organisation, exact and unrounded, under which plan
+    # version: set by the metering writer in the transaction that stores the row. NULL
+    # when the organisation has no subscription (nothing is billed).
+    plan_code: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    plan_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    charge: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
+    currency: Mapped[str | None] = mapped_column(String(3), nullable=True)
 
 
 class UsageRollup(Base):
@@ -266,13 +273,16 @@ class BillingWallet(Base):
     currency: Mapped[str] = mapped_column(String(3))
     balance: Mapped[Decimal] = mapped_column(ExactDecimal())
     last_sequence: Mapped[int] = mapped_column(Integer, default=0)
-    # Reservations ever made, so ids (res_N) stay unique after a reload.
+    # Reservations and grants ever made, so ids (res_N, grant_N) stay unique after a reload.
     reservation_count: Mapped[int] = mapped_column(Integer, default=0)
+    grant_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class BillingCreditGrant(Base):
-    """One grant of credit (insert only); what is left of it is the sum of its entries."""
+    """One grant of credit. Its terms never change; ``remaining`` is the running sum of
+    its ledger entries, kept beside the wallet's ``balance`` so that a request loads
+    only the grants with credit left instead of replaying the ledger."""
 
     __tablename__ = "billing_credit_grants"
 
@@ -284,6 +294,7 @@ class BillingCreditGrant(Base):
     priority: Mapped[int] = mapped_column(Integer)
     granted_at: Mapped[datetime] = mapped_column()
     expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    remaining: Mapped[Decimal] = mapped_column(ExactDecimal(), server_default="0")
 
 
 class BillingLedgerEntry(Base):
@@ -321,6 +332,29 @@ class BillingReservation(Base):
     created_at: Mapped[datetime] = mapped_column()
     # Set once, when settled or released; NULL rows are what a sweeper releases.
     closed_at: Mapped[datetime | None] = mapped_column(nullable=True, index=True)
+
+
+class BillingUsageTotal(Base):
+    """Period-to-date usage of one organisation per (plan version, model, metric).
+
+    The running totals request-time rating prices each request against (tiers apply
+    to the running quantity), kept by the metering writer in the transaction that
+    stores the usage rows. ``amount`` is the exact sum of the charges of those
+    requests, ``charges`` how many there were: the invoice's usage line for the key.
+    """
+
+    __tablename__ = "billing_usage_totals"
+
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(primary_key=True)
+    plan_code: Mapped[str] = mapped_column(String(100), primary_key=True)
+    plan_version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    metric: Mapped[str] = mapped_column(String(40), primary_key=True)
+    quantity: Mapped[Decimal] = mapped_column(ExactDecimal())
+    included: Mapped[Decimal] = mapped_column(ExactDecimal())
+    amount: Mapped[Decimal] = mapped_column(ExactDecimal())
+    charges: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class BillingCoupon(Base):

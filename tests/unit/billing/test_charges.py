@@ -247,3 +247,28 @@ def test_request_charges_telescope_to_the_period_price(
             charged += model.price(running + size) - model.price(running)
             running += size
         assert charged == model.price(running)
+
+
+@st.composite
+def charge_models(draw: st.DrawFn) -> object:
+    kind = draw(st.sampled_from(["flat", "graduated", "volume", "package"]))
+    if kind == "flat":
+        return FlatRate(draw(prices), draw(st.sampled_from([1, 10, 1000])))
+    if kind == "package":
+        return PackagePrice(draw(prices), draw(st.integers(1, 50)))
+    tiers = draw(tier_tables())
+    return GraduatedTiers(tiers) if kind == "graduated" else VolumeTiers(tiers)
+
+
+@settings(max_examples=300, deadline=None)
+@given(charge_models(), st.integers(0, 400))
+def test_max_increase_bounds_what_a_request_can_cost_at_any_point_of_the_period(
+    model: FlatRate | GraduatedTiers | VolumeTiers | PackagePrice, quantity: int
+) -> None:
+    # Brute force over every starting point of the running total that matters (tier
+    # bounds are below 300): what admission reserves is never less than the charge.
+    bound = model.max_increase(quantity)
+    worst = max(model.price(before + quantity) - model.price(before) for before in range(0, 320))
+    assert bound >= worst
+    if isinstance(model, FlatRate | PackagePrice):
+        assert bound == model.price(quantity)  # and not wastefully large where it is exact

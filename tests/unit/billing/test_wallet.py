@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from itertools import pairwise
@@ -21,7 +21,7 @@ from modelmint.billing import (
     UnknownReservation,
     Wallet,
 )
-from modelmint.billing.wallet import replay
+from modelmint.billing.wallet import WalletSnapshot, replay
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -284,3 +284,90 @@ def test_a_wallet_never_goes_negative_and_its_ledger_explains_it(
         # Conservation: every granted cent is usable, held, spent or expired.
         assert granted == wallet.balance.amount + wallet.reserved.amount + spent + expired
     assert all(g.kind in (GrantKind.PAID, GrantKind.PROMOTIONAL) for g in wallet.grants)
+
+
+# -- restoring from a snapshot -----------------------------------------------------------
+
+
+def snapshot_of(wallet: Wallet) -> WalletSnapshot:
+    """What the repository stores of ``wallet``: live grants, counters, open reservations."""
+    held = {grant_id for r in wallet.open_reservations for grant_id, _ in r.holds}
+    return WalletSnapshot(
+        wallet_id=wallet.id,
+        currency=wallet.currency,
+        balance=wallet.balance.amount,
+        last_sequence=wallet.last_sequence,
+        last_at=wallet.last_at,
+        grant_count=wallet.grant_count,
+        reservation_count=wallet.reservation_count,
+        grants=tuple(
+            (g, wallet.remaining(g.id).amount)
+            for g in wallet.grants
+            if wallet.remaining(g.id).amount > 0 or g.id in held
+        ),
+        reservations=wallet.open_reservations,
+    )
+
+
+operations = st.lists(
+    st.tuples(
+        st.sampled_from(["grant", "top_up", "reserve", "settle", "release", "consume"]),
+        st.decimals(min_value=0, max_value=5, places=3, allow_nan=False),
+        st.booleans(),
+    ),
+    min_size=1,
+    max_size=25,
+)
+
+
+def apply(wallet: Wallet, step: int, op: tuple[str, Decimal, bool]) -> None:
+    name, amount, expiring = op
+    moment = at(step)
+    expiry = moment + timedelta(hours=3) if expiring else None
+    try:
+        if name in ("grant", "top_up") and amount > 0:
+            method = wallet.grant if name == "grant" else wallet.top_up
+            method(usd(str(amount)), at=moment, expires_at=expiry)
+        elif name == "reserve":
+            wallet.reserve(usd(str(amount)), at=moment)
+        elif name in ("settle", "release") and wallet.open_reservations:
+            oldest = wallet.open_reservations[0]
+            if name == "settle":
+                wallet.settle(oldest.id, usd(str(min(amount, oldest.amount.amount))), at=moment)
+            else:
+                wallet.release(oldest.id, at=moment)
+        elif name == "consume":
+            wallet.consume(usd(str(amount)), at=moment)
+    except InsufficientCredit:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(operations, operations)
+def test_a_restored_wallet_continues_exactly_like_the_original(
+    before: list[tuple[str, Decimal, bool]], after: list[tuple[str, Decimal, bool]]
+) -> None:
+    original = Wallet("w", "USD")
+    for step, op in enumerate(before):
+        apply(original, step, op)
+    restored = Wallet.restore(snapshot_of(original))
+    assert (restored.balance, restored.reserved) == (original.balance, original.reserved)
+    done = len(original.ledger)
+    for step, op in enumerate(after, start=len(before)):
+        apply(original, step, op)
+        apply(restored, step, op)
+    assert restored.ledger == original.ledger[done:]
+    assert (restored.balance, restored.reserved) == (original.balance, original.reserved)
+    assert restored.last_sequence == original.last_sequence
+    assert {g.id for g in restored.grants} <= {g.id for g in original.grants}
+    for grant in restored.grants:
+        assert restored.remaining(grant.id) == original.remaining(grant.id)
+
+
+def test_a_snapshot_must_include_the_grants_its_reservations_hold() -> None:
+    wallet = Wallet("w", "USD")
+    wallet.top_up(usd("5"), at=at(0))
+    wallet.reserve(usd("5"), at=at(1))
+    broken = replace(snapshot_of(wallet), grants=())
+    with pytest.raises(InvalidWalletOperation, match="left out"):
+        Wallet.restore(broken)

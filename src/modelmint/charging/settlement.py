@@ -1,0 +1,177 @@
+"""Request charges, computed where usage becomes durable: in the metering writer's transaction.
+
+For every fresh usage event of an organisation on a plan, in request order:
+
+1. rate its measured quantities against the period's running totals
+   (``rating.PeriodUsage``): included units first, then overage priced on the
+   running quantity, so the charges of a period telescope to the price of its total;
+2. add the result to ``billing_usage_totals`` (the invoice's usage lines);
+3. settle its wallet reservation (prepaid): consume the actual charge, release
+   the rest.
+
+All of it commits with the usage rows or not at all, so a request is charged
+exactly once: a retried batch finds its rows stored and charges nothing twice.
+Rating is serialised per organisation (``BillingRepository.lock_usage``) so that
+writers in several processes agree on the order. Locks are taken in one order
+(organisations' usage, then wallets, each sorted by id) and admission only ever
+locks a wallet, so the writers and admission cannot deadlock.
+
+A prepaid request's charge is bounded by its reservation (the reservation is an
+upper bound by construction). Should a charge ever exceed the reservation and the
+usable balance, the wallet gives what it has, never going below zero, and the
+shortfall is logged and stays on the invoice as money owed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from decimal import Decimal
+
+from sqlalchemy.orm import Session
+
+from modelmint.billing import Metric, Money, Plan, PlanRef, PrepaidPlan
+from modelmint.billing.errors import PriceNotFound
+from modelmint.billing.exact import EXACT, Quantity
+from modelmint.billing.periods import Period
+from modelmint.billing.rating import (
+    ChargedTotal,
+    PeriodUsage,
+    UsageKey,
+    UsageTotal,
+    billed_quantities,
+)
+from modelmint.billing.repository import BillingRepository
+from modelmint.billing.wallet import Wallet
+from modelmint.charging.quantities import measured
+from modelmint.charging.reservations import wallet_instant
+from modelmint.metering.events import UsageEvent
+
+__all__ = ["Charger"]
+
+log = logging.getLogger(__name__)
+_ZERO = Decimal(0)
+
+
+class Charger:
+    """Rates and settles batches of usage events; one per writer (it caches plan versions)."""
+
+    def __init__(self) -> None:
+        self._plans: dict[PlanRef, Plan] = {}  # plan versions never change once published
+
+    def charge(self, session: Session, events: Sequence[UsageEvent]) -> dict[str, Decimal]:
+        """The charge of each billed event (by id), recorded in ``session``'s transaction."""
+        billed = [e for e in events if e.plan_code is not None and e.plan_version is not None]
+        if not billed:
+            return {}
+        repo = BillingRepository(session)
+        by_org: dict[str, list[UsageEvent]] = defaultdict(list)
+        for event in billed:
+            by_org[event.organization_id].append(event)
+        for organization_id in sorted(by_org):
+            repo.lock_usage(organization_id)
+        charges: dict[str, Decimal] = {}
+        for organization_id in sorted(by_org):
+            ordered = sorted(by_org[organization_id], key=lambda e: (e.created_at, e.id))
+            by_period: dict[Period, list[UsageEvent]] = defaultdict(list)
+            for event in ordered:
+                by_period[Period.containing(event.created_at)].append(event)
+            for period, period_events in by_period.items():
+                self._rate(repo, organization_id, period, period_events, charges)
+        self._settle(repo, billed, charges)
+        session.flush()
+        return charges
+
+    def _plan(self, repo: BillingRepository, event: UsageEvent) -> Plan:
+        assert event.plan_code is not None and event.plan_version is not None
+        ref = PlanRef(event.plan_code, event.plan_version)
+        plan = self._plans.get(ref)
+        if plan is None:
+            plan = self._plans[ref] = repo.load_plan(ref.code, ref.version)
+        return plan
+
+    def _rate(
+        self,
+        repo: BillingRepository,
+        organization_id: str,
+        period: Period,
+        events: list[UsageEvent],
+        charges: dict[str, Decimal],
+    ) -> None:
+        totals = {t.total.key: t for t in repo.usage_totals(organization_id, period.start)}
+        usage = PeriodUsage(t.total for t in totals.values())
+        changed: dict[UsageKey, ChargedTotal] = {}
+        for event in events:
+            amount = _ZERO
+            for metric, quantity in self._quantities(repo, event).items():
+                plan = self._plan(repo, event)
+                rated = usage.rate(plan, event.model, metric, quantity)
+                before = totals.get(rated.key) or ChargedTotal(UsageTotal(rated.key))
+                totals[rated.key] = changed[rated.key] = before.add(rated)
+                amount = EXACT.add(amount, rated.amount)
+            charges[event.id] = amount
+        repo.save_usage_totals(organization_id, period.start, changed.values())
+
+    def _quantities(self, repo: BillingRepository, event: UsageEvent) -> dict[Metric, Quantity]:
+        if event.status_code >= 400:
+            return {}  # a failed request owes nothing
+        plan = self._plan(repo, event)
+        used = measured(event.endpoint, event.input_tokens, event.output_tokens, event.engine_ms)
+        try:
+            return billed_quantities(plan, event.model, used)
+        except PriceNotFound:
+            # Admission refuses unpriced models; this is a plan published in between.
+            log.error(
+                "request %s: %s prices nothing %s uses; not charged",
+                event.id,
+                plan.ref,
+                event.model,
+            )
+            return {}
+
+    def _settle(
+        self, repo: BillingRepository, events: list[UsageEvent], charges: dict[str, Decimal]
+    ) -> None:
+        by_wallet: dict[tuple[str, str], list[UsageEvent]] = defaultdict(list)
+        for event in events:
+            paid = event.reservation is not None or (
+                isinstance(self._plan(repo, event), PrepaidPlan) and charges[event.id] > 0
+            )
+            if paid and event.currency is not None:
+                by_wallet[(event.organization_id, event.currency)].append(event)
+        for (organization_id, currency), wallet_events in sorted(by_wallet.items()):
+            ids = [e.reservation for e in wallet_events if e.reservation is not None]
+            wallet = repo.load_wallet(organization_id, currency, for_update=True, reservations=ids)
+            for event in wallet_events:
+                _pay(wallet, event, Money(charges[event.id], currency))
+            repo.save_wallet(wallet)
+
+
+def _pay(wallet: Wallet, event: UsageEvent, amount: Money) -> None:
+    at = wallet_instant(wallet.last_at)
+    held = next((r for r in wallet.open_reservations if r.id == event.reservation), None)
+    if held is None:
+        # Released by the stale-reservation sweep (or never made): pay from the balance.
+        covered = min(amount.amount, wallet.available(at).amount)
+        if covered > 0:
+            wallet.consume(Money(covered, amount.currency), at=at, reference=event.id)
+        _shortfall(event, amount.amount, covered)
+        return
+    if amount.is_zero:
+        wallet.release(held.id, at=at)
+        return
+    covered = min(amount.amount, EXACT.add(held.amount.amount, wallet.available(at).amount))
+    wallet.settle(held.id, Money(covered, amount.currency), at=at)
+    _shortfall(event, amount.amount, covered)
+
+
+def _shortfall(event: UsageEvent, charged: Decimal, covered: Decimal) -> None:
+    if covered < charged:
+        log.error(
+            "request %s: charge %s exceeded its reservation and the wallet; %s %s unpaid",
+            event.id,
+            charged,
+            EXACT.subtract(charged, covered),
+            event.currency,
+        )

@@ -1,0 +1,172 @@
+"""Request charges computed by the metering writer, settled on wallets, and invoiced.
+
+Every expected amount here is recomputed independently from the stored usage rows
+and the plan's published prices, not read back from the totals the writer keeps.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import select
+
+from modelmint import accounts
+from modelmint.billing import (
+    FlatRate,
+    GraduatedTiers,
+    InvalidPeriod,
+    Metric,
+    Money,
+    PrepaidPlan,
+    PriceBook,
+    SubscriptionPlan,
+    tiers_up_to,
+)
+from modelmint.billing.periods import Period
+from modelmint.billing.repository import BillingRepository
+from modelmint.charging.closing import close_period
+from modelmint.charging.reservations import release_stale, reserve
+from modelmint.charging.settlement import Charger
+from modelmint.metering import UsageEvent, UsageWriter
+from modelmint.storage import Database
+from modelmint.storage.tables import BillingInvoice, UsageRecord
+
+D = Decimal
+INPUT_TIERS = GraduatedTiers(tiers_up_to((500, D("0.001")), (None, D("0.0005"))))
+OUTPUT_RATE = FlatRate(D("2"), 1000)  # 0.002 per token
+INCLUDED_INPUT = 100
+
+
+def pro_plan() -> SubscriptionPlan:
+    book = PriceBook(
+        "USD",
+        {("m", Metric.INPUT_TOKENS): INPUT_TIERS, ("m", Metric.OUTPUT_TOKENS): OUTPUT_RATE},
+    )
+    return SubscriptionPlan(
+        "pro", 1, fee=Money(D("30.00"), "USD"), price_book=book,
+        included={Metric.INPUT_TOKENS: INCLUDED_INPUT},
+    )  # fmt: skip
+
+
+@pytest.fixture
+def writer(database: Database) -> Iterator[UsageWriter]:
+    usage_writer = UsageWriter(database, charge=Charger().charge)
+    usage_writer.start()
+    yield usage_writer
+    usage_writer.close()
+
+
+def setup_org(database: Database, name: str, plan: SubscriptionPlan | PrepaidPlan) -> str:
+    with database.session() as session:
+        org = accounts.create_org(session, name)
+        repo = BillingRepository(session)
+        repo.publish_plan(plan)
+        repo.subscribe(org.id, plan.ref, Period.containing(datetime.now(UTC)).start)
+        return org.id
+
+
+def event(org: str, n: int, plan: str, **fields: object) -> UsageEvent:
+    values: dict[str, object] = {
+        "id": f"req_{org}_{n}",
+        "created_at": datetime.now(UTC),
+        "organization_id": org,
+        "api_key_id": "key_1",
+        "model": "m",
+        "endpoint": "chat.completions",
+        "status_code": 200,
+        "plan_code": plan,
+        "plan_version": 1,
+        "currency": "USD",
+        **fields,
+    }
+    return UsageEvent(**values)  # type: ignore[arg-type]
+
+
+def test_subscription_charges_add_up_to_the_invoice_to_the_last_unit(
+    database: Database, writer: UsageWriter
+) -> None:
+    org = setup_org(database, "acme", pro_plan())
+    rng = random.Random(7)
+    events = [
+        event(org, n, "pro", input_tokens=rng.randint(0, 90), output_tokens=rng.randint(0, 40))
+        for n in range(60)
+    ]
+    events[5].status_code = 500  # a failure owes nothing
+    for e in events:
+        writer.submit(e).result(timeout=30)
+    writer.submit(events[3]).result(timeout=30)  # a retried write is not charged twice
+
+    with database.session() as session:
+        rows = session.scalars(select(UsageRecord).where(UsageRecord.organization_id == org)).all()
+    ok = [r for r in rows if r.status_code < 400]
+    total_in = sum(r.input_tokens for r in ok)
+    total_out = sum(r.output_tokens for r in ok)
+    expected_in = INPUT_TIERS.price(max(total_in - INCLUDED_INPUT, 0))
+    expected_out = OUTPUT_RATE.price(total_out)
+    assert len(rows) == 60
+    assert all(r.charge is not None and r.plan_code == "pro" for r in rows)
+    assert next(r for r in rows if r.status_code == 500).charge == 0
+    assert sum((r.charge for r in rows if r.charge is not None), D(0)) == expected_in + expected_out
+
+    now = datetime.now(UTC)
+    period = Period.containing(now)
+    with pytest.raises(InvalidPeriod, match="has not ended"):
+        close_period(database, period, now=now)
+    [closed] = close_period(database, period, organization="acme", now=now, allow_open=True)
+    assert closed.created
+    invoice = closed.invoice
+    usage = {line.metric: line for line in invoice.charge_lines if line.metric is not None}
+    assert usage[Metric.INPUT_TOKENS].amount == Money.rounded(expected_in, "USD")
+    assert usage[Metric.OUTPUT_TOKENS].amount == Money.rounded(expected_out, "USD")
+    assert usage[Metric.INPUT_TOKENS].included == INCLUDED_INPUT
+    assert invoice.usage_exact_total == expected_in + expected_out
+    assert invoice.total == Money(D("30.00"), "USD") + Money.rounded(
+        expected_in, "USD"
+    ) + Money.rounded(expected_out, "USD")
+
+    [again] = close_period(database, period, now=now + timedelta(seconds=1), allow_open=True)
+    assert not again.created and again.invoice.total == invoice.total
+    with database.session() as session:
+        assert len(session.scalars(select(BillingInvoice)).all()) == 1
+
+
+def test_prepaid_requests_settle_their_reservations_exactly(
+    database: Database, writer: UsageWriter
+) -> None:
+    book = PriceBook("USD", {("*", Metric.OUTPUT_TOKENS): FlatRate(D("0.01"))})
+    org = setup_org(database, "globex", PrepaidPlan("payg", 1, book))
+    with database.session() as session:
+        repo = BillingRepository(session)
+        wallet = repo.open_wallet(org, "USD")
+        wallet.grant(Money(D("1.00"), "USD"), at=datetime.now(UTC))
+        repo.save_wallet(wallet)
+        wallet_id = wallet.id
+
+    first = reserve(database, org, "USD", D("0.50"), "req_a")
+    second = reserve(database, org, "USD", D("0.40"), "req_b")
+    from modelmint.billing import InsufficientCredit
+
+    with pytest.raises(InsufficientCredit):
+        reserve(database, org, "USD", D("0.20"), "req_c")  # 0.10 left
+    writer.submit(event(org, 1, "payg", output_tokens=7, reservation=first)).result(timeout=30)
+    writer.submit(
+        event(org, 2, "payg", output_tokens=3, reservation=second, status_code=502)
+    ).result(timeout=30)
+    stale = reserve(database, org, "USD", D("0.30"), "req_d")
+    assert stale
+    assert release_stale(database, timedelta(seconds=-1)) == 1
+
+    with database.session() as session:
+        repo = BillingRepository(session)
+        balance = repo.audit_wallet(wallet_id)
+        assert balance == Money(D("0.93"), "USD")  # only the served request's 7 tokens
+        assert repo.wallet_reserved(wallet_id) == Money(D(0), "USD")
+        charges = {
+            r.id: r.charge
+            for r in session.scalars(select(UsageRecord).where(UsageRecord.organization_id == org))
+        }
+    assert charges == {f"req_{org}_1": D("0.07"), f"req_{org}_2": D(0)}
