@@ -16,6 +16,8 @@ from sqlalchemy import select
 
 from modelmint import accounts
 from modelmint.billing import (
+    Budget,
+    BudgetExceeded,
     FlatRate,
     GraduatedTiers,
     InvalidPeriod,
@@ -29,11 +31,11 @@ from modelmint.billing import (
 from modelmint.billing.periods import Period
 from modelmint.billing.repository import BillingRepository
 from modelmint.charging.closing import close_period
-from modelmint.charging.reservations import release_stale, reserve
+from modelmint.charging.reservations import hold_budget, release_budget, release_stale, reserve
 from modelmint.charging.settlement import Charger
 from modelmint.metering import UsageEvent, UsageWriter
 from modelmint.storage import Database
-from modelmint.storage.tables import BillingInvoice, UsageRecord
+from modelmint.storage.tables import BillingAlert, BillingInvoice, UsageRecord
 
 D = Decimal
 INPUT_TIERS = GraduatedTiers(tiers_up_to((500, D("0.001")), (None, D("0.0005"))))
@@ -132,6 +134,37 @@ def test_subscription_charges_add_up_to_the_invoice_to_the_last_unit(
     assert not again.created and again.invoice.total == invoice.total
     with database.session() as session:
         assert len(session.scalars(select(BillingInvoice)).all()) == 1
+        # The 100 included input tokens ran out: 50, 80 and 100% alerts, each raised once.
+        alerts = session.scalars(select(BillingAlert).where(BillingAlert.kind == "allowance"))
+        assert sorted(a.threshold for a in alerts) == [50, 80, 100]
+
+
+def test_a_hard_budget_holds_the_worst_case_and_settles_the_actual(
+    database: Database, writer: UsageWriter
+) -> None:
+    org = setup_org(database, "initech", pro_plan())
+    with database.session() as session:
+        BillingRepository(session).set_budget(org, "", Budget(Money(D("1.00"), "USD"), hard=True))
+        BillingRepository(session).set_budget(
+            org, "key_1", Budget(Money(D("0.20"), "USD"), hard=False, thresholds=(50, 100))
+        )
+    period = Period.containing(datetime.now(UTC))
+    budgets = {"": Budget(Money(D("1.00"), "USD"))}
+    hold_budget(database, org, "key_1", period, "USD", D("0.60"), budgets)
+    with pytest.raises(BudgetExceeded, match=r"monthly budget of 1\.00 USD is reached"):
+        hold_budget(database, org, "key_1", period, "USD", D("0.50"), budgets)
+    # It could have cost 0.60; it used 150 output tokens at 0.002: 0.30.
+    done = event(org, 1, "pro", output_tokens=150, spend_hold=D("0.60"), spend_period=period.start)
+    writer.submit(done).result(timeout=30)
+    hold_budget(database, org, "key_1", period, "USD", D("0.70"), budgets)  # 0.30 + 0.70 fits
+    release_budget(database, org, "key_1", period, "USD", D("0.70"))
+    with database.session() as session:
+        spend = BillingRepository(session).lock_spend(org, ["key_1"], period.start, "USD")
+        alerts = session.scalars(select(BillingAlert).where(BillingAlert.kind == "budget")).all()
+    assert spend == {"": (D("0.30"), D(0)), "key_1": (D("0.30"), D(0))}
+    # The key's soft budget of 0.20 was passed (50% and 100%); the org's 1.00 is at 30%.
+    assert sorted((a.api_key_id, a.threshold) for a in alerts) == [("key_1", 50), ("key_1", 100)]
+    assert all(a.status == "pending" and a.payload["type"] == "budget.threshold" for a in alerts)
 
 
 def test_prepaid_requests_settle_their_reservations_exactly(

@@ -22,9 +22,11 @@ Modules, one concept each:
     tax            tax rate on the discounted subtotal
     invoices       invoice lines, totals, states, JSON and CSV export
     invoicing      building a draft invoice from fees, usage and request charges
+    budgets        monthly spend caps (hard or soft) and the threshold rule of alerts
     errors         billing's branch of the ModelMintError tree
 """
 
+from modelmint.billing.budgets import Budget
 from modelmint.billing.charges import (
     ChargeModel,
     FlatRate,
@@ -43,9 +45,11 @@ from modelmint.billing.coupons import (
     Redemption,
 )
 from modelmint.billing.errors import (
+    BudgetExceeded,
     ChargeMismatch,
     CurrencyMismatch,
     InsufficientCredit,
+    InvalidBudget,
     InvalidCoupon,
     InvalidInvoiceTransition,
     InvalidMoney,
@@ -101,6 +105,8 @@ from modelmint.billing.wallet import (
 __all__ = [
     "ROUNDING",
     "AmountOff",
+    "Budget",
+    "BudgetExceeded",
     "ChargeMismatch",
     "ChargeModel",
     "Coupon",
@@ -117,6 +123,7 @@ __all__ = [
     "GraduatedTiers",
     "GrantKind",
     "InsufficientCredit",
+    "InvalidBudget",
     "InvalidCoupon",
     "InvalidInvoiceTransition",
     "InvalidMoney",

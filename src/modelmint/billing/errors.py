@@ -14,9 +14,11 @@ CLI exit code fit it, so the gateway and the CLI map them without knowing billin
     │   ├── InvalidPeriod                   naive datetimes, empty or inverted spans
     │   ├── InvalidCoupon                   percent outside (0, 100], non-positive amount
     │   ├── InvalidTaxRate                  percent outside [0, 100]
+    │   ├── InvalidBudget                   non-positive limit, thresholds outside 1..1000%
     │   └── InvalidWalletOperation          non-positive grant, expiry before grant
     ├── InsufficientQuota              402
     │   ├── UsageCapExceeded                the free tier's hard cap refuses the request
+    │   ├── BudgetExceeded                  a hard monthly budget cannot take the request
     │   └── InsufficientCredit              the wallet cannot cover a reservation or charge
     ├── NotFound                       404
     │   ├── PriceNotFound                   no price for (model, metric), not even a default
@@ -39,9 +41,11 @@ from decimal import Decimal
 from modelmint.errors import Conflict, InsufficientQuota, InvalidRequest, ModelMintError, NotFound
 
 __all__ = [
+    "BudgetExceeded",
     "ChargeMismatch",
     "CurrencyMismatch",
     "InsufficientCredit",
+    "InvalidBudget",
     "InvalidCoupon",
     "InvalidInvoiceTransition",
     "InvalidMoney",
@@ -99,8 +103,16 @@ class InvalidTaxRate(InvalidRequest):
     code = "invalid_tax_rate"
 
 
+class InvalidBudget(InvalidRequest):
+    code = "invalid_budget"
+
+
 class InvalidWalletOperation(InvalidRequest):
     code = "invalid_wallet_operation"
+
+
+class BudgetExceeded(InsufficientQuota):
+    """A hard monthly budget cannot take the worst case of one more request."""
 
 
 class UsageCapExceeded(InsufficientQuota):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -32,6 +32,7 @@ from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from modelmint.billing.budgets import Budget
 from modelmint.billing.coupons import Coupon, Redemption
 from modelmint.billing.errors import (
     ChargeMismatch,
@@ -39,7 +40,7 @@ from modelmint.billing.errors import (
     PlanNotFound,
     PlanVersionConflict,
 )
-from modelmint.billing.exact import Quantity, exact_sum
+from modelmint.billing.exact import EXACT, Quantity, exact_sum
 from modelmint.billing.invoices import Invoice, InvoiceLine, InvoiceStatus, LineKind
 from modelmint.billing.metrics import Metric
 from modelmint.billing.money import Money
@@ -71,6 +72,8 @@ from modelmint.billing.wallet import (
 from modelmint.errors import Conflict, InvalidRequest, NotFound
 from modelmint.storage.db import new_id, utcnow
 from modelmint.storage.tables import (
+    BillingAlert,
+    BillingBudget,
     BillingCoupon,
     BillingCouponRedemption,
     BillingCreditGrant,
@@ -80,6 +83,7 @@ from modelmint.storage.tables import (
     BillingPlanVersion,
     BillingPriceBook,
     BillingReservation,
+    BillingSpend,
     BillingSubscription,
     BillingTaxRate,
     BillingUsageTotal,
@@ -552,6 +556,7 @@ class BillingRepository:
         )
         if getattr(moved, "rowcount", 0) != 1:
             raise Conflict(f"wallet {wallet.id} changed concurrently; reload it and retry")
+        self._add_wallet_totals(wallet.id, new_entries)
         stored = self._session.scalars(
             select(BillingCreditGrant.grant_id).where(
                 BillingCreditGrant.wallet_id == wallet.id,
@@ -582,6 +587,28 @@ class BillingRepository:
             )
         self._save_reservations(wallet)
         self._wallet_versions[wallet.id] = wallet.last_sequence
+
+    def _add_wallet_totals(self, wallet_id: str, entries: Sequence[LedgerEntry]) -> None:
+        granted = exact_sum(
+            e.amount.amount for e in entries if e.kind in (EntryKind.GRANT, EntryKind.TOP_UP)
+        )
+        consumed = EXACT.minus(
+            exact_sum(e.amount.amount for e in entries if e.kind is EntryKind.CONSUMPTION)
+        )
+        if granted.is_zero() and consumed.is_zero():
+            return
+        row = self._session.get(BillingWallet, wallet_id, populate_existing=True)
+        assert row is not None  # just updated
+        row.granted_total = EXACT.add(row.granted_total, granted)
+        row.consumed_total = EXACT.add(row.consumed_total, consumed)
+        self._session.flush()
+
+    def wallet_usage(self, wallet_id: str) -> tuple[Decimal, Decimal]:
+        """All credit ever granted to the wallet, and how much of it was consumed."""
+        row = self._session.get(BillingWallet, wallet_id, populate_existing=True)
+        if row is None:
+            raise NotFound(f"no wallet {wallet_id!r}", param="wallet")
+        return row.granted_total, row.consumed_total
 
     def _save_reservations(self, wallet: Wallet) -> None:
         loaded = self._loaded_reservations.get(wallet.id, set())
@@ -681,6 +708,143 @@ class BillingRepository:
                 )
             else:
                 self._session.execute(insert(BillingUsageTotal), [{**identity, **values}])
+
+    # -- budgets, month-to-date spend, alerts ------------------------------------------------
+
+    def set_budget(self, organization_id: str, api_key_id: str, budget: Budget) -> None:
+        """The monthly budget of the organisation (``api_key_id`` "") or one of its keys."""
+        self._require_org(organization_id)
+        row = self._session.get(BillingBudget, (organization_id, api_key_id))
+        if row is None:
+            row = BillingBudget(organization_id=organization_id, api_key_id=api_key_id)
+            self._session.add(row)
+        row.amount = budget.limit.amount
+        row.currency = budget.limit.currency
+        row.hard = budget.hard
+        row.thresholds = list(budget.thresholds)
+        row.updated_at = utcnow()
+        self._flush("budget changed concurrently; retry")
+
+    def remove_budget(self, organization_id: str, api_key_id: str) -> None:
+        row = self._session.get(BillingBudget, (organization_id, api_key_id))
+        if row is None:
+            raise NotFound("no such budget", param="budget")
+        self._session.delete(row)
+        self._session.flush()
+
+    def budgets(self, organization_id: str) -> dict[str, Budget]:
+        """The organisation's budgets by key id ("" for the organisation itself)."""
+        rows = self._session.scalars(
+            select(BillingBudget).where(BillingBudget.organization_id == organization_id)
+        )
+        return {
+            r.api_key_id: Budget(Money(r.amount, r.currency), r.hard, tuple(r.thresholds))
+            for r in rows
+        }
+
+    def lock_spend(
+        self,
+        organization_id: str,
+        api_key_ids: Iterable[str],
+        period_start: datetime,
+        currency: str,
+    ) -> dict[str, tuple[Decimal, Decimal]]:
+        """Lock the month-to-date spend rows (organisation first, then keys, sorted) until
+        the transaction ends, creating missing ones; returns ``{key: (amount, held)}``.
+
+        One order everywhere, so admission and writers never wait on each other in a
+        cycle. On SQLite the first write takes the database's write lock.
+        """
+        scopes = sorted(set(api_key_ids) | {""})
+        rows = [
+            {
+                "organization_id": organization_id,
+                "api_key_id": scope,
+                "period_start": period_start,
+                "currency": currency,
+                "amount": Decimal(0),
+                "held": Decimal(0),
+            }
+            for scope in scopes
+        ]
+        dialect = self._session.get_bind().dialect.name
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as upsert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as upsert  # type: ignore[assignment]
+        self._session.execute(upsert(BillingSpend).values(rows).on_conflict_do_nothing())
+        found: dict[str, tuple[Decimal, Decimal]] = {}
+        for scope in scopes:
+            row = self._session.scalar(
+                select(BillingSpend)
+                .where(
+                    BillingSpend.organization_id == organization_id,
+                    BillingSpend.api_key_id == scope,
+                    BillingSpend.period_start == period_start,
+                )
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            )
+            assert row is not None  # inserted above if missing
+            found[scope] = (row.amount, row.held)
+        return found
+
+    def set_spend(
+        self,
+        organization_id: str,
+        api_key_id: str,
+        period_start: datetime,
+        *,
+        amount: Decimal,
+        held: Decimal,
+    ) -> None:
+        """New values of a spend row this transaction locked (``lock_spend``)."""
+        self._session.execute(
+            update(BillingSpend)
+            .where(
+                BillingSpend.organization_id == organization_id,
+                BillingSpend.api_key_id == api_key_id,
+                BillingSpend.period_start == period_start,
+            )
+            .values(amount=amount, held=held)
+        )
+
+    def raise_alert(
+        self,
+        organization_id: str,
+        *,
+        api_key_id: str,
+        kind: str,
+        subject: str,
+        period: Period,
+        threshold: int,
+        payload: Json,
+    ) -> str | None:
+        """Record an alert once per (scope, kind, subject, period, threshold); returns its id,
+        or None if it was raised before. Call under the organisation's usage lock."""
+        identity = f"{organization_id}|{api_key_id}|{kind}|{subject}|{period}|{threshold}"
+        alert_id = "alr_" + hashlib.sha256(identity.encode()).hexdigest()[:40]
+        if self._session.get(BillingAlert, alert_id) is not None:
+            return None
+        now = utcnow()
+        self._session.add(
+            BillingAlert(
+                id=alert_id,
+                organization_id=organization_id,
+                api_key_id=api_key_id,
+                kind=kind,
+                subject=subject,
+                period_start=period.start,
+                threshold=threshold,
+                payload={"id": alert_id, **payload},
+                status="pending",
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+            )
+        )
+        self._flush(f"alert {alert_id} raised concurrently")
+        return alert_id
 
     # -- coupons and tax ---------------------------------------------------------------------
 

@@ -8,6 +8,9 @@ Per plan kind, after the rate limiter admitted the request:
 * prepaid: the request's worst-case cost (``rating.worst_case`` of the
   ``quantities`` bound) is reserved on the wallet; 402 ``insufficient_quota`` if
   the wallet cannot cover it. The metering writer settles the actual cost;
+* hard budgets (of the organisation or the key, any priced plan): the worst case
+  is held on the month's spend rows; 402 ``budget_exceeded`` if a budget cannot
+  take it. The writer replaces the hold with the actual charge;
 * free tier: the worst case must fit in what is left of each allowance (402 if
   not). The allowance used comes from the profile (committed usage, at most
   ``ttl`` old) plus what this process admitted since: exact within one process;
@@ -21,16 +24,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
 
 from modelmint.billing import FreeTierPlan, Metric, PlanRef, PrepaidPlan
 from modelmint.billing.errors import PriceNotFound
 from modelmint.billing.exact import Quantity, minus, plus
+from modelmint.billing.periods import Period
 from modelmint.billing.rating import admit as admit_units
 from modelmint.billing.rating import billed_quantities, worst_case
 from modelmint.caching import TtlCache
 from modelmint.charging.profiles import BillingProfile, load_profile
-from modelmint.charging.reservations import reserve
+from modelmint.charging.reservations import hold_budget, release_budget, reserve
 from modelmint.errors import PermissionDenied
 from modelmint.storage.db import Database, utcnow
 
@@ -46,6 +51,9 @@ class Hold:
     plan: PlanRef | None = None
     currency: str | None = None
     reservation: str | None = None  # the wallet reservation the writer settles
+    # The worst case held on the month's spend against hard budgets, and that month.
+    spend_hold: Decimal = Decimal(0)
+    spend_period: Period | None = None
     # Free tiers: the units admitted against the allowance, returned on completion.
     units: Mapping[Metric, Quantity] = field(default_factory=dict)
     organization_id: str = ""
@@ -75,7 +83,9 @@ class SpendGuard:
         with self._database.session() as session:
             return load_profile(session, organization_id, utcnow())
 
-    async def admit(self, organization_id: str, request_id: str, model: str, bound: Bound) -> Hold:
+    async def admit(
+        self, organization_id: str, api_key_id: str, request_id: str, model: str, bound: Bound
+    ) -> Hold:
         profile = await self.profiles.get(organization_id)
         plan = profile.plan
         if plan is None:
@@ -90,15 +100,53 @@ class SpendGuard:
             ) from None
         if isinstance(plan, FreeTierPlan):
             return self._admit_free(profile, plan, quantities)
-        if not isinstance(plan, PrepaidPlan):
+        budgets = profile.hard_budgets(api_key_id)
+        if not isinstance(plan, PrepaidPlan) and not budgets:
             return Hold(plan.ref, plan.currency, organization_id=organization_id)
-        amount = worst_case(plan, model, quantities)
-        reservation = None
-        if amount > 0:
-            reservation = await asyncio.to_thread(
-                reserve, self._database, organization_id, plan.currency, amount, request_id
+        worst = worst_case(plan, model, quantities)
+        if worst == 0:
+            return Hold(plan.ref, plan.currency, organization_id=organization_id)
+        period = profile.period or Period.containing(utcnow())
+        if budgets:
+            await asyncio.to_thread(
+                hold_budget,
+                self._database,
+                organization_id,
+                api_key_id,
+                period,
+                plan.currency,
+                worst,
+                budgets,
             )
-        return Hold(plan.ref, plan.currency, reservation, organization_id=organization_id)
+        hold = Hold(
+            plan.ref,
+            plan.currency,
+            organization_id=organization_id,
+            spend_hold=worst if budgets else Decimal(0),
+            spend_period=period if budgets else None,
+        )
+        if isinstance(plan, PrepaidPlan):
+            try:
+                reservation = await asyncio.to_thread(
+                    reserve, self._database, organization_id, plan.currency, worst, request_id
+                )
+            except BaseException:
+                if budgets:  # give the budget hold back: this request will never be metered
+                    await asyncio.to_thread(self._unhold, hold, api_key_id)
+                raise
+            hold = replace(hold, reservation=reservation)
+        return hold
+
+    def _unhold(self, hold: Hold, api_key_id: str) -> None:
+        assert hold.spend_period is not None and hold.currency is not None
+        release_budget(
+            self._database,
+            hold.organization_id,
+            api_key_id,
+            hold.spend_period,
+            hold.currency,
+            hold.spend_hold,
+        )
 
     def _admit_free(
         self, profile: BillingProfile, plan: FreeTierPlan, quantities: Mapping[Metric, Quantity]

@@ -1,4 +1,4 @@
-"""Wallet reservations made at admission, and the sweep of ones nobody settled.
+"""Holds made at admission: wallet reservations and budget holds; the sweep of lost ones.
 
 A prepaid request reserves its worst-case cost in one short transaction that holds
 the wallet's row lock (PostgreSQL) or the write lock (SQLite), so concurrent
@@ -12,19 +12,22 @@ process died in between) is released by ``release_stale`` after a grace period.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import select
 
-from modelmint.billing import Money
-from modelmint.billing.errors import InsufficientCredit
+from modelmint.billing import Budget, Money
+from modelmint.billing.errors import BudgetExceeded, InsufficientCredit
+from modelmint.billing.exact import EXACT
+from modelmint.billing.periods import Period
 from modelmint.billing.repository import BillingRepository
 from modelmint.errors import NotFound
 from modelmint.storage.db import Database, utcnow
 from modelmint.storage.tables import BillingReservation, BillingWallet
 
-__all__ = ["release_stale", "reserve", "wallet_instant"]
+__all__ = ["hold_budget", "release_budget", "release_stale", "reserve", "wallet_instant"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,66 @@ def reserve(
         )
         repo.save_wallet(wallet)
         return reservation.id
+
+
+def hold_budget(
+    database: Database,
+    organization_id: str,
+    api_key_id: str,
+    period: Period,
+    currency: str,
+    worst: Decimal,
+    budgets: Mapping[str, Budget],
+) -> None:
+    """Hold ``worst`` on the month's spend of the organisation and the key, if every hard
+    budget among ``budgets`` can take it; ``BudgetExceeded`` (402) if one cannot.
+
+    The spend rows stay locked for the check and the update, so concurrent admissions
+    in any number of processes cannot together pass a limit.
+    """
+    with database.session() as session:
+        repo = BillingRepository(session)
+        spend = repo.lock_spend(organization_id, [api_key_id], period.start, currency)
+        for scope, budget in sorted(budgets.items()):
+            if budget.limit.currency != currency:
+                log.warning(
+                    "budget of %r is in %s, charges in %s: not applied",
+                    scope or organization_id,
+                    budget.limit.currency,
+                    currency,
+                )
+                continue
+            amount, held = spend[scope]
+            if not budget.admits(amount, held, worst):
+                whose = "this API key's" if scope else "the organisation's"
+                raise BudgetExceeded(
+                    f"{whose} monthly budget of {budget.limit} is reached: {amount:f} charged "
+                    f"and {held:f} held for requests in flight this month; this request "
+                    f"may cost up to {worst:f}"
+                )
+        for scope in sorted({"", api_key_id}):
+            amount, held = spend[scope]
+            repo.set_spend(
+                organization_id, scope, period.start, amount=amount, held=EXACT.add(held, worst)
+            )
+
+
+def release_budget(
+    database: Database,
+    organization_id: str,
+    api_key_id: str,
+    period: Period,
+    currency: str,
+    amount: Decimal,
+) -> None:
+    """Give back a budget hold whose request was refused before it ran."""
+    with database.session() as session:
+        repo = BillingRepository(session)
+        spend = repo.lock_spend(organization_id, [api_key_id], period.start, currency)
+        for scope in sorted({"", api_key_id}):
+            charged, held = spend[scope]
+            left = max(EXACT.subtract(held, amount), Decimal(0))
+            repo.set_spend(organization_id, scope, period.start, amount=charged, held=left)
 
 
 def release_stale(database: Database, older_than: timedelta) -> int:

@@ -9,12 +9,17 @@ For every fresh usage event of an organisation on a plan, in request order:
 3. settle its wallet reservation (prepaid): consume the actual charge, release
    the rest.
 
+4. add the charge to the month-to-date spend of the organisation and the key,
+   replacing the hold admission put on it for hard budgets;
+5. raise threshold alerts: budgets, included units, prepaid credit consumed.
+
 All of it commits with the usage rows or not at all, so a request is charged
 exactly once: a retried batch finds its rows stored and charges nothing twice.
 Rating is serialised per organisation (``BillingRepository.lock_usage``) so that
 writers in several processes agree on the order. Locks are taken in one order
-(organisations' usage, then wallets, each sorted by id) and admission only ever
-locks a wallet, so the writers and admission cannot deadlock.
+(organisations' usage, then spend rows, then wallets, each sorted), and admission
+locks only spend rows (in the same order) or one wallet, so writers and admission
+cannot wait on each other in a cycle.
 
 A prepaid request's charge is bounded by its reservation (the reservation is an
 upper bound by construction). Should a charge ever exceed the reservation and the
@@ -27,11 +32,13 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
+from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy.orm import Session
 
-from modelmint.billing import Metric, Money, Plan, PlanRef, PrepaidPlan
+from modelmint.billing import Budget, Metric, Money, Plan, PlanRef, PrepaidPlan
+from modelmint.billing.budgets import DEFAULT_THRESHOLDS, crossed
 from modelmint.billing.errors import PriceNotFound
 from modelmint.billing.exact import EXACT, Quantity
 from modelmint.billing.periods import Period
@@ -47,6 +54,7 @@ from modelmint.billing.wallet import Wallet
 from modelmint.charging.quantities import measured
 from modelmint.charging.reservations import wallet_instant
 from modelmint.metering.events import UsageEvent
+from modelmint.storage.db import utcnow
 
 __all__ = ["Charger"]
 
@@ -79,6 +87,7 @@ class Charger:
                 by_period[Period.containing(event.created_at)].append(event)
             for period, period_events in by_period.items():
                 self._rate(repo, organization_id, period, period_events, charges)
+        self._track_spend(repo, billed, charges)
         self._settle(repo, billed, charges)
         session.flush()
         return charges
@@ -102,16 +111,76 @@ class Charger:
         totals = {t.total.key: t for t in repo.usage_totals(organization_id, period.start)}
         usage = PeriodUsage(t.total for t in totals.values())
         changed: dict[UsageKey, ChargedTotal] = {}
+        # Allowance used before this batch, per (plan, metric), for threshold alerts.
+        allowances: dict[tuple[PlanRef, Metric], tuple[Plan, Quantity]] = {}
         for event in events:
             amount = _ZERO
             for metric, quantity in self._quantities(repo, event).items():
                 plan = self._plan(repo, event)
+                if (plan.ref, metric) not in allowances:
+                    allowances[(plan.ref, metric)] = (plan, usage.included_used(plan.ref, metric))
                 rated = usage.rate(plan, event.model, metric, quantity)
                 before = totals.get(rated.key) or ChargedTotal(UsageTotal(rated.key))
                 totals[rated.key] = changed[rated.key] = before.add(rated)
                 amount = EXACT.add(amount, rated.amount)
             charges[event.id] = amount
         repo.save_usage_totals(organization_id, period.start, changed.values())
+        for (ref, metric), (plan, used_before) in sorted(allowances.items()):
+            allowance = plan.allowance(metric)
+            if not allowance:
+                continue  # none (nothing to alert on) or unlimited
+            used_after = usage.included_used(ref, metric)
+            for percent in crossed(
+                DEFAULT_THRESHOLDS, Decimal(used_before), Decimal(used_after), Decimal(allowance)
+            ):
+                _alert(
+                    repo, organization_id, "", "allowance", metric.value, period, percent,
+                    used=Decimal(used_after), limit=Decimal(allowance), plan=str(ref),
+                )  # fmt: skip
+
+    def _track_spend(
+        self, repo: BillingRepository, events: list[UsageEvent], charges: dict[str, Decimal]
+    ) -> None:
+        """Add charges to the month-to-date spend of each organisation and key, replace
+        the budget holds admission made, and alert on budget thresholds."""
+        # (organisation, month start) -> scope -> [charged, released hold]
+        deltas: dict[tuple[str, datetime], dict[str, list[Decimal]]] = defaultdict(
+            lambda: defaultdict(lambda: [_ZERO, _ZERO])
+        )
+        currencies: dict[str, str] = {}
+        for event in events:
+            charge = charges[event.id]
+            if (charge == 0 and event.spend_hold == 0) or event.currency is None:
+                continue
+            currencies[event.organization_id] = event.currency
+            month = Period.containing(event.created_at).start
+            for scope in ("", event.api_key_id):
+                slot = deltas[(event.organization_id, month)][scope]
+                slot[0] = EXACT.add(slot[0], charge)
+            if event.spend_hold and event.spend_period is not None:
+                for scope in ("", event.api_key_id):
+                    slot = deltas[(event.organization_id, event.spend_period)][scope]
+                    slot[1] = EXACT.add(slot[1], event.spend_hold)
+        budgets: dict[str, dict[str, Budget]] = {}
+        for (organization_id, month), scopes in sorted(deltas.items()):
+            currency = currencies[organization_id]
+            spend = repo.lock_spend(organization_id, scopes, month, currency)
+            if organization_id not in budgets:
+                budgets[organization_id] = repo.budgets(organization_id)
+            for scope, (charged, released) in sorted(scopes.items()):
+                amount, held = spend[scope]
+                after = EXACT.add(amount, charged)
+                left = max(EXACT.subtract(held, released), _ZERO)
+                repo.set_spend(organization_id, scope, month, amount=after, held=left)
+                budget = budgets[organization_id].get(scope)
+                if budget is None or budget.limit.currency != currency:
+                    continue
+                for percent in budget.crossed(amount, after):
+                    _alert(
+                        repo, organization_id, scope, "budget", "", Period.containing(month),
+                        percent, used=after, limit=budget.limit.amount, currency=currency,
+                        hard=budget.hard,
+                    )  # fmt: skip
 
     def _quantities(self, repo: BillingRepository, event: UsageEvent) -> dict[Metric, Quantity]:
         if event.status_code >= 400:
@@ -145,7 +214,61 @@ class Charger:
             wallet = repo.load_wallet(organization_id, currency, for_update=True, reservations=ids)
             for event in wallet_events:
                 _pay(wallet, event, Money(charges[event.id], currency))
+            _, consumed_before = repo.wallet_usage(wallet.id)
             repo.save_wallet(wallet)
+            granted, consumed = repo.wallet_usage(wallet.id)
+            period = Period.containing(wallet_events[-1].created_at)
+            for percent in crossed(DEFAULT_THRESHOLDS, consumed_before, consumed, granted):
+                _alert(
+                    repo, organization_id, "", "credit", currency, period, percent,
+                    used=consumed, limit=granted, currency=currency,
+                )  # fmt: skip
+
+
+def _alert(
+    repo: BillingRepository,
+    organization_id: str,
+    api_key_id: str,
+    kind: str,
+    subject: str,
+    period: Period,
+    percent: int,
+    *,
+    used: Decimal,
+    limit: Decimal,
+    **details: object,
+) -> None:
+    """Raise a threshold alert (once per scope, month and threshold)."""
+    payload: dict[str, object] = {
+        "type": f"{kind}.threshold",
+        "organization_id": organization_id,
+        "api_key_id": api_key_id or None,
+        "period": str(period),
+        "threshold_percent": percent,
+        "used": f"{used:f}",
+        "limit": f"{limit:f}",
+        "raised_at": utcnow().isoformat(),
+    }
+    if subject and kind == "allowance":
+        payload["metric"] = subject
+    payload.update({k: v for k, v in details.items() if v is not None})
+    if repo.raise_alert(
+        organization_id,
+        api_key_id=api_key_id,
+        kind=kind,
+        subject=subject,
+        period=period,
+        threshold=percent,
+        payload=payload,
+    ):
+        log.warning(
+            "billing alert: %s of %s at %d%% (%s of %s)",
+            kind,
+            api_key_id or organization_id,
+            percent,
+            payload["used"],
+            payload["limit"],
+        )
 
 
 def _pay(wallet: Wallet, event: UsageEvent, amount: Money) -> None:

@@ -113,7 +113,7 @@ class InferenceService:
         hold = NO_HOLD
         if self.spend is not None:
             try:
-                hold = await self.spend.admit(key.organization_id, request_id, model, bound)
+                hold = await self.spend.admit(key.organization_id, key.id, request_id, model, bound)
             except BaseException:
                 self.limiter.release(permit, 0)  # refused before any model work
                 raise
@@ -165,6 +165,8 @@ class InferenceService:
             plan_version=call.hold.plan.version if call.hold.plan else None,
             currency=call.hold.currency,
             reservation=call.hold.reservation,
+            spend_hold=call.hold.spend_hold,
+            spend_period=call.hold.spend_period.start if call.hold.spend_period else None,
             **fields,
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 __all__ = ["UsageEvent"]
@@ -33,6 +34,9 @@ class UsageEvent:
     plan_version: int | None = None
     currency: str | None = None
     reservation: str | None = None
+    # Worst case held against hard budgets at admission, and the month it was held in.
+    spend_hold: Decimal = Decimal(0)
+    spend_period: datetime | None = None
 
     def row(self) -> dict[str, Any]:
         return asdict(self)

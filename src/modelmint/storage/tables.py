@@ -79,6 +79,8 @@ class Organization(Base):
     rpm_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
     tpm_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
     max_concurrent: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Where billing alerts (budgets, credit, allowances) are POSTed; NULL: only recorded.
+    alert_webhook_url: Mapped[str | None] = mapped_column(String(500), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -276,6 +278,9 @@ class BillingWallet(Base):
     # Reservations and grants ever made, so ids (res_N, grant_N) stay unique after a reload.
     reservation_count: Mapped[int] = mapped_column(Integer, default=0)
     grant_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Running sums of all credit granted and consumed, for "N% of credit used" alerts.
+    granted_total: Mapped[Decimal] = mapped_column(ExactDecimal(), server_default="0")
+    consumed_total: Mapped[Decimal] = mapped_column(ExactDecimal(), server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -355,6 +360,71 @@ class BillingUsageTotal(Base):
     included: Mapped[Decimal] = mapped_column(ExactDecimal())
     amount: Mapped[Decimal] = mapped_column(ExactDecimal())
     charges: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class BillingBudget(Base):
+    """A monthly spend cap of an organisation (``api_key_id`` "") or of one of its keys.
+
+    Hard: a request whose worst case would pass the limit is refused (402). Soft:
+    requests go on and an alert is raised. ``thresholds`` (percent of the limit)
+    raise an alert each, once per month.
+    """
+
+    __tablename__ = "billing_budgets"
+
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), primary_key=True)
+    api_key_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    amount: Mapped[Decimal] = mapped_column(ExactDecimal())
+    currency: Mapped[str] = mapped_column(String(3))
+    hard: Mapped[bool] = mapped_column(Boolean)
+    thresholds: Mapped[list[Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BillingSpend(Base):
+    """Month-to-date charges of an organisation (``api_key_id`` "") or one key.
+
+    ``amount`` is the exact sum of settled request charges, kept by the metering
+    writer; ``held`` is the worst case admission reserved for requests in flight
+    against a hard budget (the row lock serialises admissions across processes).
+    """
+
+    __tablename__ = "billing_spend"
+
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), primary_key=True)
+    api_key_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(primary_key=True)
+    currency: Mapped[str] = mapped_column(String(3))
+    amount: Mapped[Decimal] = mapped_column(ExactDecimal())
+    held: Mapped[Decimal] = mapped_column(ExactDecimal())
+
+
+class BillingAlert(Base):
+    """One alert (a budget, credit or allowance threshold crossed), raised once per period.
+
+    The id is derived from what the alert is about, so concurrent writers raising
+    the same alert store it once. Delivery to the organisation's webhook is
+    at-least-once: receivers de-duplicate on the id.
+    """
+
+    __tablename__ = "billing_alerts"
+    __table_args__ = (Index("ix_billing_alerts_pending", "status", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    api_key_id: Mapped[str] = mapped_column(String(40))  # "" for the whole organisation
+    kind: Mapped[str] = mapped_column(String(20))  # budget, credit, allowance
+    subject: Mapped[str] = mapped_column(String(40))  # the metric of an allowance, else ""
+    period_start: Mapped[datetime] = mapped_column()
+    threshold: Mapped[int] = mapped_column(Integer)  # percent
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # pending -> delivered | failed (retries exhausted) | unrouted (no webhook configured)
+    status: Mapped[str] = mapped_column(String(20))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column()
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class BillingCoupon(Base):

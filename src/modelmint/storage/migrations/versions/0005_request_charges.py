@@ -8,7 +8,7 @@ Create Date: 2026-11-23 02:10:00
 from __future__ import annotations
 
 from collections import defaultdict
-from decimal import Decimal
+from decimal import Decimal, localcontext
 
 import sqlalchemy as sa
 from alembic import op
@@ -71,6 +71,12 @@ def upgrade() -> None:
 
 
 def _backfill_running_balances() -> None:
+    with localcontext() as context:
+        context.prec = 400  # exact for any amount the columns hold
+        _backfill_running_balances_exactly()
+
+
+def _backfill_running_balances_exactly() -> None:
     # Existing wallets: each grant's remaining credit is the exact sum of its entries
     # (summed here in Python: SQLite keeps these decimals as text).
     bind = op.get_bind()
