@@ -119,6 +119,15 @@ def test_invoices_are_shown_as_csv_paid_and_guarded(env: dict[str, str], tmp_pat
         (("invoices", "pay", "inv_missing"), 4, "no invoice"),
         (("invoices", "list", "--status", "open"), 2, "is not one of"),
         (("coupons", "redeem", "X", "--org", "acme", "--period", "26-11"), 2, "not a month"),
+        (("budgets", "set", "--org", "acme", "--amount", "-1"), 2, "must be positive"),
+        (("budgets", "set", "--org", "acme", "--amount", "ten"), 2, "not a decimal number"),
+        (("budgets", "set", "--org", "acme", "--amount", "5", "--thresholds", "5O"), 2, "percents"),
+        (("budgets", "set", "--org", "acme", "--amount", "5", "--key", "key_x"), 4, "no API key"),
+        (("budgets", "remove", "--org", "acme"), 4, "no such budget"),
+        (("alerts", "webhook", "--org", "acme", "--url", "ftp://x"), 2, "http(s) URL"),
+        (("alerts", "list", "--status", "lost"), 2, "alert status is one of"),
+        (("invoices", "close", "--period", "2026-13"), 2, "month must be 1..12"),
+        (("invoices", "close", "--period", "2999-01"), 2, "has not ended"),
     ],
 )
 def test_bad_billing_input_gives_a_message_and_exit_code(
@@ -144,3 +153,22 @@ def test_a_plan_file_is_checked_before_anything_is_stored(
     again = cli(env, "plans", "publish", write(tmp_path, "pro.json", PLAN), check=False)
     assert again.returncode == 5 and "the next version is 2" in again.stderr
     assert [p["versions"] for p in cli_json(env, "plans", "list")] == [1]
+
+
+def test_budgets_and_alert_webhooks_from_the_command_line(acme_only: dict[str, str]) -> None:
+    budget = cli_json(
+        acme_only, "budgets", "set", "--org", "acme", "--amount", "25.00", "--soft",
+        "--thresholds", "80,50", "--json",
+    )  # fmt: skip
+    assert (budget["limit"], budget["hard"], budget["thresholds"]) == ("25.00", False, [50, 80])
+    assert budget["spent"] == "0"
+    listed = cli_json(acme_only, "budgets", "list", "--org", "acme", "--json")
+    assert [b["limit"] for b in listed] == ["25.00"]
+    hook = cli_json(
+        acme_only, "alerts", "webhook", "--org", "acme", "--url", "https://example.test/h",
+        "--json",
+    )  # fmt: skip
+    assert hook["alert_webhook_url"] == "https://example.test/h"
+    cli(acme_only, "budgets", "remove", "--org", "acme")
+    assert cli_json(acme_only, "budgets", "list", "--org", "acme", "--json") == []
+    assert cli_json(acme_only, "alerts", "list", "--json") == []

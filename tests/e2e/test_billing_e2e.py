@@ -7,11 +7,16 @@ the totals the writer keeps), to the last unit.
 
 from __future__ import annotations
 
+import json
+import threading
+import time
 from collections import defaultdict
 from datetime import UTC, datetime
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 from openai import OpenAI
 from sqlalchemy import select
@@ -53,6 +58,48 @@ def traffic(server: Server, organization: str) -> None:
     )
     assert any(chunk.usage for chunk in stream)
     client.embeddings.create(model="all-minilm-l6-v2", input=["billing", "is exact"])
+    cut_stream(server, key)
+
+
+def cut_stream(server: Server, key: str) -> None:
+    """A stream the client walks away from: it is still metered, and charged, for what was made."""
+    with httpx.stream(
+        "POST",
+        server.url + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={
+            "model": "smollm2-135m-instruct",
+            "messages": [{"role": "user", "content": "Write a long essay."}],
+            "max_tokens": 300,
+            "stream": True,
+        },
+        timeout=30,
+    ) as response:
+        request_id = response.headers["x-request-id"]
+        pieces = 0
+        for line in response.iter_lines():
+            if line.startswith("data: {") and '"content":"' in line:
+                pieces += 1
+                if pieces == 3:
+                    break  # leaving the block closes the connection mid-stream
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        row = _usage_row(server, request_id)
+        if row is not None:
+            assert row.finish_reason == "cancelled" and 0 < row.output_tokens < 300
+            assert row.charge is not None
+            return
+        time.sleep(0.05)
+    raise AssertionError("the cut stream left no usage row")
+
+
+def _usage_row(server: Server, request_id: str) -> UsageRecord | None:
+    database = Settings(home=server.home).database()
+    try:
+        with database.session() as session:
+            return session.get(UsageRecord, request_id)
+    finally:
+        database.dispose()
 
 
 def usage_by_line(server: Server, organization: str) -> dict[tuple[str, Metric], Decimal]:
@@ -75,13 +122,54 @@ def usage_by_line(server: Server, organization: str) -> dict[tuple[str, Metric],
     return totals
 
 
+class Receiver:
+    """A webhook receiver on 127.0.0.1 that records what it is sent."""
+
+    def __init__(self) -> None:
+        received = self.received = []  # type: list[tuple[dict[str, str], Any]]
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append((dict(self.headers), json.loads(body)))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, count: int, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
 def test_demo_customers_are_invoiced_to_the_last_unit(server: Server) -> None:
+    receiver = Receiver()
+    env = server.env
+    cli(env, "alerts", "webhook", "--org", "demo-prepaid", "--url", receiver.url)
+    # A soft budget the first paid request passes: alerts, never refuses.
+    cli(env, "budgets", "set", "--org", "demo-prepaid", "--amount", "0.000001", "--soft",
+        "--thresholds", "50,100")  # fmt: skip
     traffic(server, "demo-subscription")
     traffic(server, "demo-prepaid")
+    receiver.wait_for(2)
+    receiver.close()
+    kinds = sorted((body["type"], body["threshold_percent"]) for _, body in receiver.received)
+    assert kinds == [("budget.threshold", 50), ("budget.threshold", 100)]
+    assert all(h["X-ModelMint-Alert-Id"] == b["id"] for h, b in receiver.received)
+    recorded = cli_json(env, "alerts", "list", "--org", "demo-prepaid", "--json")
+    assert sorted(a["status"] for a in recorded) == ["delivered", "delivered"]
     balance = cli_json(server.env, "wallets", "balance", "--org", "demo-prepaid", "--json")
 
     period = f"{datetime.now(UTC):%Y-%m}"
-    env = server.env
     refused = cli(env, "invoices", "close", "--period", period, check=False)
     assert refused.returncode != 0 and "has not ended" in refused.stderr + refused.stdout
     closed = cli_json(env, "invoices", "close", "--period", period, "--allow-open", "--json")

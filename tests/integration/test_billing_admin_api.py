@@ -272,3 +272,35 @@ async def test_invoices_are_listed_exported_paid_and_guarded(
     assert error_of(await admin.get("/invoices/inv_missing"), 404)["code"] == "not_found"
     assert error_of(await admin.get("/invoices?status=open"), 400)["param"] == "status"
     assert error_of(await admin.get("/invoices/inv_a?format=pdf"), 400)["param"] == "query.format"
+
+
+async def test_budgets_alert_webhooks_and_period_close_over_http(
+    admin: httpx.AsyncClient, acme: str
+) -> None:
+    set_budget = await admin.put(
+        "/organizations/acme/budget",
+        json={"amount": "50.00", "currency": "USD", "hard": True, "thresholds": [90]},
+    )
+    assert set_budget.status_code == 200, set_budget.text
+    assert set_budget.json()["thresholds"] == [90] and set_budget.json()["held"] == "0"
+    as_number = await admin.put(
+        "/organizations/acme/budget", json={"amount": 50, "currency": "USD"}
+    )
+    assert as_number.status_code == 400
+    assert as_number.json()["error"]["param"] == "amount"
+    assert [b["limit"] for b in (await admin.get("/organizations/acme/budgets")).json()] == [
+        "50.00"
+    ]
+    removed = await admin.delete("/organizations/acme/budget")
+    assert removed.status_code == 204
+    again = await admin.delete("/organizations/acme/budget")
+    assert again.status_code == 404 and again.json()["error"]["message"] == "no such budget"
+
+    hook = await admin.put("/organizations/acme/alert-webhook", json={"url": "file:///etc"})
+    assert hook.status_code == 400 and hook.json()["error"]["param"] == "url"
+    assert (await admin.get("/alerts", params={"status": "pending"})).json() == []
+
+    future = await admin.post("/invoices/close", json={"period": "2999-01"})
+    assert future.status_code == 400 and "has not ended" in future.json()["error"]["message"]
+    closed = await admin.post("/invoices/close", json={"period": "2026-10"})
+    assert closed.status_code == 200 and closed.json() == []  # nobody subscribed in October

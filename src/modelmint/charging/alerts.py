@@ -236,6 +236,8 @@ class AlertDispatcher:
                 url, data=body, headers=headers, allow_redirects=False
             ) as response:
                 status = response.status
+        except TimeoutError:  # aiohttp's says nothing; the limit is what an operator needs
+            return _Outcome(False, f"TimeoutError: no answer within {self.timeout_s:g} s")
         # Any error is one failed attempt: an alert left unrecorded would keep its lease
         # and be retried forever without anyone seeing why.
         except Exception as exc:

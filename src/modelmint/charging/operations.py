@@ -72,6 +72,8 @@ __all__ = [
     "cancel",
     "change_plan",
     "create_coupon",
+    "currency_code",
+    "decimal_string",
     "grant_credit",
     "invoice_csv",
     "list_coupons",
@@ -110,7 +112,7 @@ def _iso(instant: datetime | None) -> str | None:
     return None if instant is None else instant.isoformat()
 
 
-def _decimal(value: object, what: str, error: type[ModelMintError]) -> Decimal:
+def decimal_string(value: object, what: str, error: type[ModelMintError]) -> Decimal:
     """A decimal from a string only: a float is inexact and an int is a likely slip."""
     if not isinstance(value, str):
         hint = "; floats are not exact" if isinstance(value, float) else ""
@@ -121,7 +123,7 @@ def _decimal(value: object, what: str, error: type[ModelMintError]) -> Decimal:
     return to_decimal(value, what=what, error=error)
 
 
-def _currency(currency: object) -> str:
+def currency_code(currency: object) -> str:
     if not isinstance(currency, str):
         raise InvalidMoney(f"currency must be a code such as 'USD', got {currency!r}")
     return Money.zero(currency).currency
@@ -273,7 +275,7 @@ def wallet_currencies(session: Session, organization_id: str) -> list[str]:
 def _wallet_currency(session: Session, org: Organization, currency: str | None) -> str:
     """``currency`` checked, or the organisation's only wallet currency when it is None."""
     if currency is not None:
-        return _currency(currency)
+        return currency_code(currency)
     currencies = wallet_currencies(session, org.id)
     if not currencies:
         raise NotFound(f"organisation {org.name!r} has no wallet", param="wallet")
@@ -313,7 +315,7 @@ def _wallet(org: Organization, wallet: Wallet) -> Json:
 def open_wallet(session: Session, org: str, currency: str) -> Json:
     """An empty wallet in ``currency``; ``Conflict`` if the organisation has one."""
     organization = accounts.get_org(session, org)
-    wallet = BillingRepository(session).open_wallet(organization.id, _currency(currency))
+    wallet = BillingRepository(session).open_wallet(organization.id, currency_code(currency))
     return _wallet(organization, wallet)
 
 
@@ -344,7 +346,7 @@ def grant_credit(
     """
     organization = accounts.get_org(session, org)
     # Everything is checked before the first write, so bad input never opens a wallet.
-    value = Money(_decimal(amount, "amount", InvalidMoney), _currency(currency))
+    value = Money(decimal_string(amount, "amount", InvalidMoney), currency_code(currency))
     if value.is_negative or value.is_zero:
         raise InvalidWalletOperation(f"a grant must be positive, got {value}", param="amount")
     grant_kind = _grant_kind(kind)
@@ -474,7 +476,7 @@ def set_tax_rate(session: Session, org: str, name: str, percent: str) -> Json:
     organization = accounts.get_org(session, org)
     if not isinstance(name, str) or not name.strip() or len(name) > _NAME_CHARS:
         raise InvalidTaxRate(f"tax name must be 1..{_NAME_CHARS} characters", param="name")
-    rate = TaxRate(_decimal(percent, "percent", InvalidTaxRate), name.strip())
+    rate = TaxRate(decimal_string(percent, "percent", InvalidTaxRate), name.strip())
     BillingRepository(session).set_tax_rate(organization.id, rate)
     return {**org_fields(organization), "name": rate.name, "percent": decimal_text(rate.percent)}
 

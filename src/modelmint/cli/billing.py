@@ -18,13 +18,13 @@ from rich.table import Table
 from rich.text import Text
 
 from modelmint.billing.periods import Period
-from modelmint.charging import operations
+from modelmint.charging import budget_operations, operations
 from modelmint.charging.closing import close_period
 from modelmint.cli.context import console, open_database, session_scope
 from modelmint.errors import InvalidRequest
 from modelmint.storage.db import utcnow
 
-__all__ = ["coupons", "invoices", "plans", "subscriptions", "tax", "wallets"]
+__all__ = ["alerts", "budgets", "coupons", "invoices", "plans", "subscriptions", "tax", "wallets"]
 
 plans = typer.Typer(
     help="Billing plans: publish versions, list and show them.", no_args_is_help=True
@@ -38,6 +38,9 @@ tax = typer.Typer(help="Tax rates on invoices.", no_args_is_help=True)
 invoices = typer.Typer(
     help="Invoices: close a month, list, show, export, pay, void.", no_args_is_help=True
 )
+
+budgets = typer.Typer(help="Monthly spend caps, hard or soft.", no_args_is_help=True)
+alerts = typer.Typer(help="Billing alerts and where they are sent.", no_args_is_help=True)
 
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 Org = Annotated[str, typer.Option("--org", help="Organisation name or id.")]
@@ -532,5 +535,124 @@ def invoices_close(
             row["status"],
             f"{row['total']} {row['currency']}",
             "created" if row["created"] else "already closed",
+        )
+    console.print(table)
+
+
+# -- budgets and alerts -------------------------------------------------------------------
+
+
+@budgets.command("set")
+def budgets_set(
+    org: Org,
+    amount: Annotated[str, typer.Option(help="Monthly limit, e.g. 100.00.")],
+    currency: Annotated[str, typer.Option(help="Currency code.")] = "USD",
+    soft: Annotated[bool, typer.Option("--soft", help="Alert only; never refuse.")] = False,
+    thresholds: Annotated[
+        str | None, typer.Option(help="Alert at these percents, e.g. 50,80,100.")
+    ] = None,
+    key: Annotated[str | None, typer.Option(help="A key id: that key's own budget.")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Set the monthly budget of an organisation (or of one of its keys)."""
+    percents = _percents(thresholds)
+    with session_scope() as session:
+        budget = budget_operations.set_budget(
+            session, org, amount, currency, hard=not soft, thresholds=percents, key=key
+        )
+    if as_json:
+        _emit(budget)
+        return
+    kind = "hard" if budget["hard"] else "soft"
+    _say(
+        f"{kind.capitalize()} budget of {budget['limit']} {budget['currency']} a month for "
+        f"{key or budget['organization']}; {budget['spent']} spent this month."
+    )
+
+
+def _percents(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InvalidRequest(
+            f"thresholds are whole percents like 50,80,100, not {text!r}", param="thresholds"
+        ) from None
+
+
+@budgets.command("list")
+def budgets_list(org: Org, as_json: AsJson = False) -> None:
+    """An organisation's budgets, with this month's spend."""
+    with session_scope() as session:
+        rows = budget_operations.list_budgets(session, org)
+    if as_json:
+        _emit(rows)
+        return
+    table = Table("scope", "limit", "kind", "spent", "held", "thresholds")
+    for r in rows:
+        _add_row(
+            table,
+            r["api_key_id"] or r["organization"],
+            f"{r['limit']} {r['currency']}",
+            "hard" if r["hard"] else "soft",
+            r["spent"],
+            r["held"],
+            ",".join(str(t) for t in r["thresholds"]),
+        )
+    console.print(table)
+
+
+@budgets.command("remove")
+def budgets_remove(
+    org: Org,
+    key: Annotated[str | None, typer.Option(help="A key id: remove that key's budget.")] = None,
+) -> None:
+    """Remove a budget."""
+    with session_scope() as session:
+        budget_operations.remove_budget(session, org, key)
+    _say("Budget removed.")
+
+
+@alerts.command("webhook")
+def alerts_webhook(
+    org: Org,
+    url: Annotated[str | None, typer.Option(help="http(s) URL; omit to stop sending.")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Set (or clear) where an organisation's billing alerts are POSTed."""
+    with session_scope() as session:
+        result = budget_operations.set_alert_webhook(session, org, url)
+    if as_json:
+        _emit(result)
+        return
+    _say(f"Alerts of {result['organization']} go to {url}." if url else "Alerts are recorded only.")
+
+
+@alerts.command("list")
+def alerts_list(
+    org: Annotated[str | None, typer.Option("--org", help="Only this organisation.")] = None,
+    status: Annotated[
+        str | None, typer.Option(help="pending, delivered, failed or unrouted.")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 100,
+    as_json: AsJson = False,
+) -> None:
+    """Billing alerts, newest first."""
+    with session_scope() as session:
+        rows = budget_operations.list_alerts(session, org, status, limit)
+    if as_json:
+        _emit(rows)
+        return
+    table = Table("created", "organisation", "kind", "threshold", "status", "attempts")
+    for r in rows:
+        _add_row(
+            table,
+            r["created_at"],
+            r["api_key_id"] or r["organization"],
+            r["kind"],
+            f"{r['threshold']}%",
+            r["status"],
+            r["attempts"],
         )
     console.print(table)

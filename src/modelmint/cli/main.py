@@ -32,6 +32,8 @@ app.add_typer(billing.wallets, name="wallets")
 app.add_typer(billing.coupons, name="coupons")
 app.add_typer(billing.tax, name="tax")
 app.add_typer(billing.invoices, name="invoices")
+app.add_typer(billing.budgets, name="budgets")
+app.add_typer(billing.alerts, name="alerts")
 
 orgs = typer.Typer(help="Organisations (customers).", no_args_is_help=True)
 app.add_typer(orgs, name="orgs")

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from modelmint.accounts.keys import KeyInfo, lookup_key_by_hash
 from modelmint.charging.admission import SpendGuard
+from modelmint.charging.alerts import AlertDispatcher
 from modelmint.charging.reservations import release_stale
 from modelmint.charging.settlement import Charger
 from modelmint.config import Settings
@@ -87,11 +88,16 @@ class Platform:
         )
 
     _sweeper: asyncio.Task[None] | None = None
+    alerts: AlertDispatcher | None = None
 
     async def start(self) -> None:
         self.writer.start()
         await self.router.start()
         self._sweeper = asyncio.create_task(self._sweep_reservations(), name="reservation-sweep")
+        # Retries spread over ~10 hours (30 s doubling, capped at an hour), so a receiver
+        # that is down for a while still gets its alerts.
+        self.alerts = AlertDispatcher(self.database, base_delay_s=30.0, max_attempts=12)
+        await self.alerts.start()
 
     async def _sweep_reservations(self) -> None:
         """Release wallet reservations whose request died with its process."""
@@ -104,6 +110,8 @@ class Platform:
             await asyncio.sleep(min(60.0, self.settings.reservation_ttl_s / 4))
 
     async def close(self) -> None:
+        if self.alerts is not None:
+            await self.alerts.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -17,7 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from modelmint.billing.periods import Period
-from modelmint.charging import operations
+from modelmint.charging import budget_operations, operations
 from modelmint.charging.closing import close_period
 from modelmint.gateway.deps import AdminDep, PlatformDep
 from modelmint.storage.db import utcnow
@@ -77,6 +77,18 @@ class TaxRateSet(_Body):
 
 class InvoiceTransition(_Body):
     at: datetime | None = None
+
+
+class BudgetSet(_Body):
+    amount: DecimalString = Field(description="the monthly limit")
+    currency: str = Field(min_length=3, max_length=3)
+    hard: bool = Field(default=True, description="refuse requests (402) instead of alerting")
+    thresholds: list[int] | None = Field(default=None, description="alert at these percents")
+    key: str | None = Field(default=None, description="a key id: that key's own budget")
+
+
+class WebhookSet(_Body):
+    url: str | None = Field(description="http(s) URL alerts are POSTed to; null to stop")
 
 
 Document = Annotated[dict[str, Any], Body(description="the document, as in the CLI's JSON file")]
@@ -202,6 +214,52 @@ async def set_tax_rate(org: str, body: TaxRateSet, platform: PlatformDep) -> dic
 
 
 # -- invoices -------------------------------------------------------------------------------
+
+
+# -- budgets and alerts ---------------------------------------------------------------------
+
+
+@router.put("/organizations/{org}/budget")
+async def set_budget(org: str, body: BudgetSet, platform: PlatformDep) -> dict[str, Any]:
+    """Set the monthly budget of the organisation, or of one of its keys."""
+    return await platform.in_session(
+        lambda s: budget_operations.set_budget(
+            s, org, body.amount, body.currency, hard=body.hard, thresholds=body.thresholds,
+            key=body.key,
+        )
+    )  # fmt: skip
+
+
+@router.delete("/organizations/{org}/budget", status_code=204)
+async def remove_budget(
+    org: str, platform: PlatformDep, key: str | None = Query(default=None)
+) -> Response:
+    await platform.in_session(lambda s: budget_operations.remove_budget(s, org, key))
+    return Response(status_code=204)
+
+
+@router.get("/organizations/{org}/budgets")
+async def list_budgets(org: str, platform: PlatformDep) -> list[dict[str, Any]]:
+    return await platform.in_session(lambda s: budget_operations.list_budgets(s, org))
+
+
+@router.put("/organizations/{org}/alert-webhook")
+async def set_alert_webhook(org: str, body: WebhookSet, platform: PlatformDep) -> dict[str, Any]:
+    return await platform.in_session(
+        lambda s: budget_operations.set_alert_webhook(s, org, body.url)
+    )
+
+
+@router.get("/alerts")
+async def list_alerts(
+    platform: PlatformDep,
+    organization: str | None = Query(default=None, description="name or id"),
+    status: str | None = Query(default=None, description="pending, delivered, failed, unrouted"),
+    limit: int = Query(default=100, ge=1, le=10_000),
+) -> list[dict[str, Any]]:
+    return await platform.in_session(
+        lambda s: budget_operations.list_alerts(s, organization, status, limit)
+    )
 
 
 class PeriodClose(BaseModel):

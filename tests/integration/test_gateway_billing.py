@@ -1,0 +1,145 @@
+"""Spend control through the whole gateway (in-process, SQLite and PostgreSQL), openai SDK client.
+
+The mock upstream reports 13 prompt and 9 completion tokens for every answer.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import openai
+import pytest
+from sqlalchemy import select
+
+from modelmint.billing import (
+    Budget,
+    FlatRate,
+    FreeTierPlan,
+    Metric,
+    Money,
+    Plan,
+    PrepaidPlan,
+    PriceBook,
+    SubscriptionPlan,
+)
+from modelmint.billing.periods import Period
+from modelmint.billing.repository import BillingRepository
+from modelmint.storage.tables import BillingReservation
+from tests.integration.test_gateway_remote import (  # noqa: F401 - fixtures
+    MESSAGES,
+    Gateway,
+    gateway,
+    upstream,
+)
+from tests.support.mock_upstream import MockUpstream
+
+D = Decimal
+PRICES = PriceBook(
+    "USD",
+    {
+        ("*", Metric.OUTPUT_TOKENS): FlatRate(D("0.01")),
+        ("*", Metric.REQUESTS): FlatRate(D("0.05")),
+    },
+)
+CHARGE = D("0.01") * 9 + D("0.05")  # what every answer of the mock costs
+
+
+def subscribe(gw: Gateway, plan: Plan, credit: str | None = None) -> None:
+    with gw.database.session() as session:
+        repo = BillingRepository(session)
+        repo.publish_plan(plan)
+        start = Period.containing(datetime.now(UTC)).start
+        repo.subscribe(gw.org_id, plan.ref, start)
+        if credit is not None:
+            wallet = repo.open_wallet(gw.org_id, "USD")
+            wallet.top_up(Money(D(credit), "USD"), at=datetime.now(UTC))
+            repo.save_wallet(wallet)
+
+
+async def ask(gw: Gateway) -> None:
+    await gw.sdk.chat.completions.create(model="mock", messages=MESSAGES, max_tokens=10)
+
+
+async def test_a_prepaid_wallet_pays_until_it_cannot_cover_the_worst_case(
+    gateway: Gateway,  # noqa: F811
+    upstream: MockUpstream,  # noqa: F811
+) -> None:
+    await gateway.serve("mock", upstream)
+    subscribe(gateway, PrepaidPlan("payg", 1, PRICES), credit="0.50")
+    # Worst case 10 output tokens + 1 request = 0.15; each answer costs 0.14.
+    for _ in range(3):
+        await ask(gateway)
+    with pytest.raises(openai.APIStatusError) as refused:
+        await ask(gateway)  # 0.08 left
+    assert refused.value.status_code == 402
+    assert refused.value.body["code"] == "insufficient_quota"  # type: ignore[index]
+    assert len(upstream.requests) == 3  # refused before any model work
+
+    rows = await gateway.usage_rows()
+    assert [r.charge for r in rows] == [CHARGE] * 3
+    with gateway.database.session() as session:
+        repo = BillingRepository(session)
+        wallet = repo.load_wallet(gateway.org_id, "USD")
+        assert repo.audit_wallet(wallet.id) == Money(D("0.50") - 3 * CHARGE, "USD")
+        assert (
+            session.scalars(
+                select(BillingReservation).where(BillingReservation.closed_at.is_(None))
+            ).all()
+            == []
+        )
+
+
+async def test_an_unpriced_model_is_refused_before_it_runs(
+    gateway: Gateway,  # noqa: F811
+    upstream: MockUpstream,  # noqa: F811
+) -> None:
+    await gateway.serve("mock", upstream)
+    book = PriceBook("USD", {("other-model", Metric.OUTPUT_TOKENS): FlatRate(D("0.01"))})
+    subscribe(gateway, SubscriptionPlan("pro", 1, Money(D("10"), "USD"), book))
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        await ask(gateway)
+    assert refused.value.body["code"] == "model_not_priced"  # type: ignore[index]
+    assert upstream.requests == []
+
+
+async def test_a_free_tier_refuses_what_its_allowance_cannot_take(
+    gateway: Gateway,  # noqa: F811
+    upstream: MockUpstream,  # noqa: F811
+) -> None:
+    await gateway.serve("mock", upstream)
+    allowances = {Metric.INPUT_TOKENS: None, Metric.OUTPUT_TOKENS: 30, Metric.REQUESTS: None}
+    subscribe(gateway, FreeTierPlan("free", 1, "USD", allowances))
+    # 30 output tokens: the worst case of 10 fits three times (9 are used each time).
+    for _ in range(3):
+        await ask(gateway)
+    with pytest.raises(openai.APIStatusError) as refused:
+        await ask(gateway)  # 27 used, 10 more might not fit
+    assert refused.value.status_code == 402
+    assert "free plan includes 30 output_tokens" in refused.value.message
+    rows = await gateway.usage_rows()
+    assert [r.charge for r in rows] == [D(0)] * 3 and len(upstream.requests) == 3
+
+
+async def test_a_hard_key_budget_refuses_once_its_month_is_spent(
+    gateway: Gateway,  # noqa: F811
+    upstream: MockUpstream,  # noqa: F811
+) -> None:
+    await gateway.serve("mock", upstream)
+    subscribe(gateway, SubscriptionPlan("pro", 1, Money(D("10"), "USD"), PRICES))
+    with gateway.database.session() as session:
+        budget = Budget(Money(D("0.40"), "USD"), hard=True, thresholds=(50,))
+        BillingRepository(session).set_budget(gateway.org_id, gateway.key_id, budget)
+    # Each request holds 0.15 and costs 0.14: 0.14 + 0.14 + 0.15 > 0.40 refuses the third.
+    await ask(gateway)
+    await ask(gateway)
+    with pytest.raises(openai.APIStatusError) as refused:
+        await ask(gateway)
+    assert refused.value.status_code == 402
+    assert "this API key's monthly budget of 0.40 USD is reached" in refused.value.message
+    await gateway.usage_rows()
+    with gateway.database.session() as session:
+        repo = BillingRepository(session)
+        period = Period.containing(datetime.now(UTC)).start
+        spend = repo.lock_spend(gateway.org_id, [gateway.key_id], period, "USD")
+    assert spend[gateway.key_id] == (2 * CHARGE, D(0))  # the refused hold was given back
