@@ -10,6 +10,11 @@ same mock. wrk drives each at concurrency 1, 16 and 64, streaming and not, and t
 bench prints requests/s, p50/p99 latency, latency added over the direct upstream,
 ratio lines such as ``gateway_c64_rps_ratio_vs_litellm: 12.4``, and a metering check:
 after an exact-count run, usage rows must equal the 2xx answers received.
+
+A third ModelMint run (PostgreSQL) puts the client on a prepaid plan, so that every
+request also reserves on a wallet at admission and is rated and settled by the
+writer: the price of billing. Its check adds that the wallet consumed exactly the
+sum of the request charges.
 """
 
 from __future__ import annotations
@@ -49,6 +54,24 @@ POSTGRES_ADMIN = os.environ.get(
 )
 CONCURRENCY = (1, 16, 64)
 EXACT_REQUESTS = 3000
+# Every token and request priced, so each request really reserves, charges and settles.
+PREPAID_PLAN = {
+    "kind": "prepaid",
+    "code": "bench-payg",
+    "version": 1,
+    "price_book": {
+        "currency": "USD",
+        "prices": [
+            {"target": "*", "metric": metric, "charge": {"type": "flat", "amount": amount}}
+            for metric, amount in (
+                ("input_tokens", "0.0000015"),
+                ("output_tokens", "0.000006"),
+                ("requests", "0.0001"),
+            )
+        ],
+        "model_groups": {},
+    },
+}
 
 
 @dataclass
@@ -104,9 +127,12 @@ def postgres_database() -> Iterator[str | None]:
 
 @contextlib.contextmanager
 def modelmint(
-    workdir: Path, upstream: str, workers: int, database_url: str | None
+    workdir: Path, upstream: str, workers: int, database_url: str | None, prepaid: bool = False
 ) -> Iterator[tuple[Target, str]]:
-    home = workdir / ("mm-postgres" if database_url else "mm-sqlite")
+    name = (
+        "modelmint-" + ("postgres" if database_url else "sqlite") + ("-prepaid" if prepaid else "")
+    )
+    home = workdir / name
     port = free_port()
     env = {
         "MODELMINT_HOME": str(home),
@@ -131,6 +157,15 @@ def modelmint(
         capture_output=True,
     )
     key = orjson.loads(created.stdout)["key"]
+    if prepaid:
+        plan = workdir / "prepaid-plan.json"
+        plan.write_bytes(orjson.dumps(PREPAID_PLAN))
+        for command in (
+            ["plans", "publish", str(plan)],
+            ["subscriptions", "subscribe", "--org", "bench", "--plan", "bench-payg"],
+            ["wallets", "grant", "--org", "bench", "--amount", "1000000.00", "--paid"],
+        ):
+            subprocess.run([*cli, *command], env=run_env, check=True, capture_output=True)
     db_url = database_url or f"sqlite:///{home / 'modelmint.db'}"
     with process(
         [*cli, "up", "--workers", str(workers)], env=env, log=home / "server.log"
@@ -138,7 +173,7 @@ def modelmint(
         base = f"http://127.0.0.1:{port}"
         wait_until_ready(base + "/readyz", child)
         target = Target(
-            "modelmint-" + ("postgres" if database_url else "sqlite"),
+            name,
             base + "/v1",
             {"Authorization": f"Bearer {key}"},
             "mock",
@@ -263,6 +298,38 @@ def check_metering(target: Target, db_url: str, workdir: Path, rps: float) -> bo
     return exact
 
 
+def _reset(database_url: str | None) -> None:
+    """Empty the PostgreSQL database between runs: each starts from a fresh schema."""
+    assert database_url is not None
+    engine = create_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("DROP SCHEMA public CASCADE"))
+            connection.execute(text("CREATE SCHEMA public"))
+    finally:
+        engine.dispose()
+
+
+def check_wallet(db_url: str) -> bool:
+    """The wallet consumed exactly what the requests were charged; nothing is left held."""
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as connection:
+            charged = connection.execute(text("SELECT SUM(charge) FROM usage_records")).scalar()
+            consumed, balance, granted = connection.execute(
+                text("SELECT consumed_total, balance, granted_total FROM billing_wallets")
+            ).one()
+            held = connection.execute(
+                text("SELECT COUNT(*) FROM billing_reservations WHERE closed_at IS NULL")
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    exact = charged == consumed and balance == granted - consumed and held == 0
+    verdict = "exact" if exact else "MISMATCH"
+    say(f"prepaid wallet: charged {charged}, consumed {consumed}, {held} open holds: {verdict}")
+    return bool(exact)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -281,13 +348,23 @@ def main() -> None:
         results[direct.name] = measure(direct, workdir, args.seconds)
         with litellm(workdir, upstream, args.workers) as peer:
             results[peer.name] = measure(peer, workdir, args.seconds)
+        runs: list[tuple[str | None, bool]] = [(None, False)]
         with postgres_database() as pg_url:
-            for database_url in (None, pg_url) if pg_url else (None,):
-                with modelmint(workdir, upstream, args.workers, database_url) as (target, db_url):
+            if pg_url:
+                runs += [(pg_url, False), (pg_url, True)]
+            for database_url, prepaid in runs:
+                if prepaid:
+                    _reset(database_url)
+                with modelmint(workdir, upstream, args.workers, database_url, prepaid) as (
+                    target,
+                    db_url,
+                ):
                     results[target.name] = measure(target, workdir, args.seconds)
                     exact[target.name] = check_metering(
                         target, db_url, workdir, results[target.name][64, False].rps
                     )
+                    if prepaid:
+                        exact[target.name] &= check_wallet(db_url)
     report(results, exact)
 
 
@@ -305,7 +382,11 @@ def report(results: dict[str, dict[tuple[int, bool], WrkResult]], exact: dict[st
     peer = results["litellm"]
     for name in (n for n in results if n.startswith("modelmint")):
         ours = results[name]
-        tag = "gateway" if name == "modelmint-sqlite" else "gateway_postgres"
+        tag = {
+            "modelmint-sqlite": "gateway",
+            "modelmint-postgres": "gateway_postgres",
+            "modelmint-postgres-prepaid": "gateway_postgres_prepaid",
+        }[name]
         for stream in (False, True):
             suffix = "_stream" if stream else ""
             for connections in CONCURRENCY:

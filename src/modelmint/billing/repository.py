@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -89,6 +89,7 @@ from modelmint.storage.tables import (
     BillingUsageTotal,
     BillingWallet,
     Organization,
+    UsageRecord,
 )
 
 __all__ = ["BillingRepository"]
@@ -132,8 +133,11 @@ class BillingRepository:
         self._session = session
         # wallet id -> ledger length when loaded or last saved: the compare-and-set token.
         self._wallet_versions: dict[str, int] = {}
-        # wallet id -> the open reservations it was loaded with (to tell new from closed).
+        # wallet id -> the open reservations it was loaded with (to tell new from closed),
+        # the grants stored when loaded, and (credit granted, consumed) as last saved.
         self._loaded_reservations: dict[str, set[str]] = {}
+        self._loaded_grants: dict[str, set[str]] = {}
+        self._wallet_totals: dict[str, tuple[Decimal, Decimal]] = {}
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -337,6 +341,8 @@ class BillingRepository:
         self._flush(f"{organization_id!r} already has a {wallet.currency} wallet")
         self._wallet_versions[wallet.id] = 0
         self._loaded_reservations[wallet.id] = set()
+        self._loaded_grants[wallet.id] = set()
+        self._wallet_totals[wallet.id] = (Decimal(0), Decimal(0))
         return wallet
 
     def _wallet_row(
@@ -367,18 +373,18 @@ class BillingRepository:
         caller will settle or release (None: all open ones); the hot path loads only
         its own, so its cost does not grow with the traffic in flight.
         """
-        self._require_org(organization_id)
         code = Money.zero(currency).currency
-        if for_update:
+        if for_update and self._session.get_bind().dialect.name == "sqlite":
             self._lock_wallet(organization_id, code)
         row = self._wallet_row(organization_id, code, for_update=for_update)
         if row is None:
+            self._require_org(organization_id)  # say which of the two is missing
             raise NotFound(f"{organization_id!r} has no {code} wallet", param="wallet")
         return self._restore(row, reservations)
 
     def _lock_wallet(self, organization_id: str, currency: str) -> None:
-        # A no-op write: a row lock on PostgreSQL (like FOR UPDATE), and on SQLite the
-        # start of the write transaction, before anything is read.
+        # SQLite: a no-op write starts the write transaction before anything is read (a
+        # read-then-write transaction could fail to upgrade). PostgreSQL uses FOR UPDATE.
         self._session.execute(
             update(BillingWallet)
             .where(
@@ -392,9 +398,10 @@ class BillingRepository:
         query = select(BillingReservation).where(
             BillingReservation.wallet_id == row.id, BillingReservation.closed_at.is_(None)
         )
+        wanted = None if wanted is None else list(wanted)
         if wanted is not None:
-            query = query.where(BillingReservation.reservation_id.in_(list(wanted)))
-        open_rows = list(self._session.scalars(query))
+            query = query.where(BillingReservation.reservation_id.in_(wanted))
+        open_rows = [] if wanted == [] else list(self._session.scalars(query))
         holds: dict[str, list[tuple[str, Decimal]]] = {r.reservation_id: [] for r in open_rows}
         if holds:
             for entry in self._session.scalars(
@@ -408,13 +415,12 @@ class BillingRepository:
             ):
                 holds[entry.reference or ""].append((entry.grant_id, -entry.amount))
         held_grants = {grant_id for pairs in holds.values() for grant_id, _ in pairs}
+        live = BillingCreditGrant.remaining != Decimal(0)
+        if held_grants:
+            live = live | BillingCreditGrant.grant_id.in_(list(held_grants))
         grant_rows = self._session.scalars(
             select(BillingCreditGrant)
-            .where(BillingCreditGrant.wallet_id == row.id)
-            .where(
-                (BillingCreditGrant.remaining != Decimal(0))
-                | BillingCreditGrant.grant_id.in_(list(held_grants))
-            )
+            .where(BillingCreditGrant.wallet_id == row.id, live)
             .order_by(BillingCreditGrant.sequence)
         )
         currency = row.currency
@@ -458,6 +464,8 @@ class BillingRepository:
         )
         self._wallet_versions[wallet.id] = row.last_sequence
         self._loaded_reservations[wallet.id] = {r.id for r in reservations}
+        self._loaded_grants[wallet.id] = {g.id for g, _ in grants}
+        self._wallet_totals[wallet.id] = (row.granted_total, row.consumed_total)
         return wallet
 
     def wallet_reserved(self, wallet_id: str) -> Money:
@@ -544,6 +552,19 @@ class BillingRepository:
         if loaded is None:
             raise InvalidRequest(f"wallet {wallet.id} was not loaded by this repository")
         new_entries = [e for e in wallet.ledger if e.sequence > loaded]
+        granted, consumed = self._wallet_totals[wallet.id]
+        granted = EXACT.add(
+            granted,
+            exact_sum(
+                e.amount.amount
+                for e in new_entries
+                if e.kind in (EntryKind.GRANT, EntryKind.TOP_UP)
+            ),
+        )
+        consumed = EXACT.subtract(
+            consumed,
+            exact_sum(e.amount.amount for e in new_entries if e.kind is EntryKind.CONSUMPTION),
+        )
         moved = self._session.execute(
             update(BillingWallet)
             .where(BillingWallet.id == wallet.id, BillingWallet.last_sequence == loaded)
@@ -552,18 +573,14 @@ class BillingRepository:
                 balance=wallet.balance.amount,
                 reservation_count=wallet.reservation_count,
                 grant_count=wallet.grant_count,
+                granted_total=granted,
+                consumed_total=consumed,
             )
         )
         if getattr(moved, "rowcount", 0) != 1:
             raise Conflict(f"wallet {wallet.id} changed concurrently; reload it and retry")
-        self._add_wallet_totals(wallet.id, new_entries)
-        stored = self._session.scalars(
-            select(BillingCreditGrant.grant_id).where(
-                BillingCreditGrant.wallet_id == wallet.id,
-                BillingCreditGrant.grant_id.in_([g.id for g in wallet.grants]),
-            )
-        )
-        known = set(stored)
+        self._wallet_totals[wallet.id] = (granted, consumed)
+        known = self._loaded_grants[wallet.id]
         new_grants = [
             _grant_row(wallet.id, g, wallet.remaining(g.id).amount)
             for g in wallet.grants
@@ -571,11 +588,12 @@ class BillingRepository:
         ]
         if new_grants:
             self._session.execute(insert(BillingCreditGrant), new_grants)
+            known.update(g["grant_id"] for g in new_grants)
         if new_entries:
             self._session.execute(
                 insert(BillingLedgerEntry), [_entry_row(wallet.id, e) for e in new_entries]
             )
-        touched = {e.grant_id for e in new_entries} & known
+        touched = {e.grant_id for e in new_entries} & (known - {g["grant_id"] for g in new_grants})
         for grant_id in sorted(touched):
             self._session.execute(
                 update(BillingCreditGrant)
@@ -588,23 +606,10 @@ class BillingRepository:
         self._save_reservations(wallet)
         self._wallet_versions[wallet.id] = wallet.last_sequence
 
-    def _add_wallet_totals(self, wallet_id: str, entries: Sequence[LedgerEntry]) -> None:
-        granted = exact_sum(
-            e.amount.amount for e in entries if e.kind in (EntryKind.GRANT, EntryKind.TOP_UP)
-        )
-        consumed = EXACT.minus(
-            exact_sum(e.amount.amount for e in entries if e.kind is EntryKind.CONSUMPTION)
-        )
-        if granted.is_zero() and consumed.is_zero():
-            return
-        row = self._session.get(BillingWallet, wallet_id, populate_existing=True)
-        assert row is not None  # just updated
-        row.granted_total = EXACT.add(row.granted_total, granted)
-        row.consumed_total = EXACT.add(row.consumed_total, consumed)
-        self._session.flush()
-
     def wallet_usage(self, wallet_id: str) -> tuple[Decimal, Decimal]:
         """All credit ever granted to the wallet, and how much of it was consumed."""
+        if wallet_id in self._wallet_totals:  # loaded or saved by this repository
+            return self._wallet_totals[wallet_id]
         row = self._session.get(BillingWallet, wallet_id, populate_existing=True)
         if row is None:
             raise NotFound(f"no wallet {wallet_id!r}", param="wallet")
@@ -674,17 +679,21 @@ class BillingRepository:
         return totals
 
     def save_usage_totals(
-        self, organization_id: str, period_start: datetime, totals: Iterable[ChargedTotal]
+        self,
+        organization_id: str,
+        period_start: datetime,
+        totals: Iterable[ChargedTotal],
+        *,
+        stored: set[UsageKey] | None = None,
     ) -> None:
-        """Store new values of the given totals (call under ``lock_usage``)."""
+        """Store new values of the given totals (call under ``lock_usage``); ``stored``
+        names the keys that have a row already, if the caller read them."""
         wanted = {t.total.key: t for t in totals}
         if not wanted:
             return
-        existing = {
-            t.total.key
-            for t in self.usage_totals(organization_id, period_start)
-            if t.total.key in wanted
-        }
+        if stored is None:
+            stored = {t.total.key for t in self.usage_totals(organization_id, period_start)}
+        existing = stored & set(wanted)
         for key, charged in sorted(wanted.items()):
             values = {
                 "quantity": Decimal(charged.total.quantity),
@@ -712,8 +721,28 @@ class BillingRepository:
     # -- budgets, month-to-date spend, alerts ------------------------------------------------
 
     def set_budget(self, organization_id: str, api_key_id: str, budget: Budget) -> None:
-        """The monthly budget of the organisation (``api_key_id`` "") or one of its keys."""
+        """The monthly budget of the organisation (``api_key_id`` "") or one of its keys.
+
+        The metering writer keeps month-to-date spend only where a budget reads it, so
+        the month's spend of this scope is recomputed here from what was charged,
+        under the organisation's usage lock (no writer can charge meanwhile).
+        """
         self._require_org(organization_id)
+        self.lock_usage(organization_id)
+        month = Period.containing(utcnow())
+        # Locked before reading what was charged: on SQLite this write takes the lock.
+        self.lock_spend(organization_id, [api_key_id], month.start, budget.limit.currency)
+        charged = self._charged(organization_id, api_key_id, month)
+        held = self._session.scalar(
+            select(BillingSpend.held).where(
+                BillingSpend.organization_id == organization_id,
+                BillingSpend.api_key_id == api_key_id,
+                BillingSpend.period_start == month.start,
+            )
+        )
+        self.set_spend(
+            organization_id, api_key_id, month.start, amount=charged, held=held or Decimal(0)
+        )
         row = self._session.get(BillingBudget, (organization_id, api_key_id))
         if row is None:
             row = BillingBudget(organization_id=organization_id, api_key_id=api_key_id)
@@ -724,6 +753,21 @@ class BillingRepository:
         row.thresholds = list(budget.thresholds)
         row.updated_at = utcnow()
         self._flush("budget changed concurrently; retry")
+
+    def _charged(self, organization_id: str, api_key_id: str, month: Period) -> Decimal:
+        """What the organisation (``api_key_id`` "") or one key was charged in ``month``."""
+        if not api_key_id:
+            return exact_sum(t.amount for t in self.usage_totals(organization_id, month.start))
+        charges = self._session.scalars(
+            select(UsageRecord.charge).where(
+                UsageRecord.organization_id == organization_id,
+                UsageRecord.api_key_id == api_key_id,
+                UsageRecord.created_at >= month.start,
+                UsageRecord.created_at < month.end,
+                UsageRecord.charge.is_not(None),
+            )
+        )
+        return exact_sum(c for c in charges if c is not None)
 
     def remove_budget(self, organization_id: str, api_key_id: str) -> None:
         row = self._session.get(BillingBudget, (organization_id, api_key_id))

@@ -109,6 +109,7 @@ class Charger:
         charges: dict[str, Decimal],
     ) -> None:
         totals = {t.total.key: t for t in repo.usage_totals(organization_id, period.start)}
+        stored = set(totals)
         usage = PeriodUsage(t.total for t in totals.values())
         changed: dict[UsageKey, ChargedTotal] = {}
         # Allowance used before this batch, per (plan, metric), for threshold alerts.
@@ -124,7 +125,7 @@ class Charger:
                 totals[rated.key] = changed[rated.key] = before.add(rated)
                 amount = EXACT.add(amount, rated.amount)
             charges[event.id] = amount
-        repo.save_usage_totals(organization_id, period.start, changed.values())
+        repo.save_usage_totals(organization_id, period.start, changed.values(), stored=stored)
         for (ref, metric), (plan, used_before) in sorted(allowances.items()):
             allowance = plan.allowance(metric)
             if not allowance:
@@ -162,11 +163,20 @@ class Charger:
                     slot = deltas[(event.organization_id, event.spend_period)][scope]
                     slot[1] = EXACT.add(slot[1], event.spend_hold)
         budgets: dict[str, dict[str, Budget]] = {}
-        for (organization_id, month), scopes in sorted(deltas.items()):
-            currency = currencies[organization_id]
-            spend = repo.lock_spend(organization_id, scopes, month, currency)
+        for (organization_id, month), all_scopes in sorted(deltas.items()):
             if organization_id not in budgets:
                 budgets[organization_id] = repo.budgets(organization_id)
+            # Spend is kept where a budget reads it (``set_budget`` seeds it from history)
+            # and where admission holds something; other organisations pay nothing for it.
+            scopes = {
+                scope: delta
+                for scope, delta in all_scopes.items()
+                if scope in budgets[organization_id] or delta[1] > 0
+            }
+            if not scopes:
+                continue
+            currency = currencies[organization_id]
+            spend = repo.lock_spend(organization_id, scopes, month, currency)
             for scope, (charged, released) in sorted(scopes.items()):
                 amount, held = spend[scope]
                 after = EXACT.add(amount, charged)
