@@ -315,12 +315,27 @@ def check_wallet(db_url: str) -> bool:
     engine = create_engine(db_url)
     try:
         with engine.connect() as connection:
-            charged = connection.execute(text("SELECT SUM(charge) FROM usage_records")).scalar()
-            consumed, balance, granted = connection.execute(
-                text("SELECT consumed_total, balance, granted_total FROM billing_wallets")
+            # `up` seeds demo customers too; only the bench organisation sends traffic.
+            org = connection.execute(
+                text("SELECT id FROM organizations WHERE name = 'bench'")
+            ).scalar_one()
+            charged = connection.execute(
+                text("SELECT SUM(charge) FROM usage_records WHERE organization_id = :org"),
+                {"org": org},
+            ).scalar()
+            wallet, consumed, balance, granted = connection.execute(
+                text(
+                    "SELECT id, consumed_total, balance, granted_total FROM billing_wallets "
+                    "WHERE organization_id = :org"
+                ),
+                {"org": org},
             ).one()
             held = connection.execute(
-                text("SELECT COUNT(*) FROM billing_reservations WHERE closed_at IS NULL")
+                text(
+                    "SELECT COUNT(*) FROM billing_reservations "
+                    "WHERE wallet_id = :wallet AND closed_at IS NULL"
+                ),
+                {"wallet": wallet},
             ).scalar_one()
     finally:
         engine.dispose()
