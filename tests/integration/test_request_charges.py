@@ -20,6 +20,7 @@ from modelmint.billing import (
     BudgetExceeded,
     FlatRate,
     GraduatedTiers,
+    InsufficientCredit,
     InvalidPeriod,
     Metric,
     Money,
@@ -181,8 +182,6 @@ def test_prepaid_requests_settle_their_reservations_exactly(
 
     first = reserve(database, org, "USD", D("0.50"), "req_a")
     second = reserve(database, org, "USD", D("0.40"), "req_b")
-    from modelmint.billing import InsufficientCredit
-
     with pytest.raises(InsufficientCredit):
         reserve(database, org, "USD", D("0.20"), "req_c")  # 0.10 left
     writer.submit(event(org, 1, "payg", output_tokens=7, reservation=first)).result(timeout=30)
@@ -203,3 +202,30 @@ def test_prepaid_requests_settle_their_reservations_exactly(
             for r in session.scalars(select(UsageRecord).where(UsageRecord.organization_id == org))
         }
     assert charges == {f"req_{org}_1": D("0.07"), f"req_{org}_2": D(0)}
+
+
+def test_credit_that_expired_unrecorded_is_written_off_before_a_hold(
+    database: Database,
+) -> None:
+    book = PriceBook("USD", {("*", Metric.OUTPUT_TOKENS): FlatRate(D("0.01"))})
+    org = setup_org(database, "umbrella", PrepaidPlan("payg", 1, book))
+    now = datetime.now(UTC)
+    with database.session() as session:
+        repo = BillingRepository(session)
+        wallet = repo.open_wallet(org, "USD")
+        wallet.grant(
+            Money(D("1.00"), "USD"),
+            at=now - timedelta(hours=2),
+            expires_at=now - timedelta(hours=1),
+        )
+        wallet.top_up(Money(D("0.50"), "USD"), at=now - timedelta(hours=2))
+        repo.save_wallet(wallet)
+        wallet_id = wallet.id
+    # The wallet row still counts the expired 1.00: the one-statement hold must not use it.
+    assert reserve(database, org, "USD", D("0.40"), "req_1")
+    with pytest.raises(InsufficientCredit, match=r"up to 0\.20 USD, 0\.10 is available"):
+        reserve(database, org, "USD", D("0.20"), "req_2")
+    with database.session() as session:
+        repo = BillingRepository(session)
+        assert repo.audit_wallet(wallet_id) == Money(D("0.50"), "USD")  # 1.00 written off
+        assert repo.wallet_reserved(wallet_id) == Money(D("0.40"), "USD")

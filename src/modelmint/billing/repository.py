@@ -138,6 +138,8 @@ class BillingRepository:
         self._loaded_reservations: dict[str, set[str]] = {}
         self._loaded_grants: dict[str, set[str]] = {}
         self._wallet_totals: dict[str, tuple[Decimal, Decimal]] = {}
+        # wallet id -> credit held by gateway reservations (``hold_credit``), as loaded.
+        self._wallet_held: dict[str, Decimal] = {}
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -343,6 +345,7 @@ class BillingRepository:
         self._loaded_reservations[wallet.id] = set()
         self._loaded_grants[wallet.id] = set()
         self._wallet_totals[wallet.id] = (Decimal(0), Decimal(0))
+        self._wallet_held[wallet.id] = Decimal(0)
         return wallet
 
     def _wallet_row(
@@ -439,6 +442,8 @@ class BillingRepository:
                 )
             )
         )
+        # A reservation with no ledger entries is a gateway hold (``hold_credit``): its
+        # credit is in the wallet's ``held`` sum, not in the domain wallet.
         reservations = tuple(
             Reservation(
                 r.reservation_id,
@@ -448,6 +453,7 @@ class BillingRepository:
                 r.reference,
             )
             for r in sorted(open_rows, key=lambda r: (r.created_at, r.reservation_id))
+            if holds[r.reservation_id] or r.amount == 0
         )
         wallet = Wallet.restore(
             WalletSnapshot(
@@ -466,6 +472,7 @@ class BillingRepository:
         self._loaded_reservations[wallet.id] = {r.id for r in reservations}
         self._loaded_grants[wallet.id] = {g.id for g, _ in grants}
         self._wallet_totals[wallet.id] = (row.granted_total, row.consumed_total)
+        self._wallet_held[wallet.id] = row.held
         return wallet
 
     def wallet_reserved(self, wallet_id: str) -> Money:
@@ -575,6 +582,15 @@ class BillingRepository:
                 grant_count=wallet.grant_count,
                 granted_total=granted,
                 consumed_total=consumed,
+                held=self._wallet_held[wallet.id],
+                expires_next=min(
+                    (
+                        g.expires_at
+                        for g in wallet.grants
+                        if g.expires_at is not None and wallet.remaining(g.id).amount > 0
+                    ),
+                    default=None,
+                ),
             )
         )
         if getattr(moved, "rowcount", 0) != 1:
@@ -614,6 +630,92 @@ class BillingRepository:
         if row is None:
             raise NotFound(f"no wallet {wallet_id!r}", param="wallet")
         return row.granted_total, row.consumed_total
+
+    # -- gateway holds: credit held for requests in flight ------------------------------------
+
+    def hold_credit(
+        self, organization_id: str, currency: str, amount: Decimal, reference: str, at: datetime
+    ) -> str | None:
+        """Hold ``amount`` for a request if ``balance - held`` covers it; the reservation id,
+        or None if it does not (or credit expired unrecorded: ``load_wallet`` + ``expire``
+        then try again).
+
+        The same rule as ``Wallet.reserve``, but the hold is a wallet-level sum, not
+        ledger entries: on PostgreSQL one conditional UPDATE (with the reservation row
+        in the same statement), so the wallet's row lock lasts one statement.
+        """
+        code = Money.zero(currency).currency
+        if self._session.get_bind().dialect.name == "postgresql":
+            found = self._session.execute(
+                text(
+                    "WITH w AS (UPDATE billing_wallets"
+                    " SET held = held + :amount, reservation_count = reservation_count + 1"
+                    " WHERE organization_id = :org AND currency = :currency"
+                    " AND balance - held >= :amount"
+                    " AND (expires_next IS NULL OR expires_next > :at)"
+                    " RETURNING id, reservation_count)"
+                    " INSERT INTO billing_reservations"
+                    " (wallet_id, reservation_id, amount, reference, created_at)"
+                    " SELECT id, 'res_' || reservation_count, :amount, :reference, :at FROM w"
+                    " RETURNING reservation_id"
+                ),
+                {"amount": amount, "org": organization_id, "currency": code,
+                 "at": at, "reference": reference},
+            ).scalar()  # fmt: skip
+            return None if found is None else str(found)
+        # SQLite keeps decimals as text: the same rule in Python, under the write lock.
+        self._lock_wallet(organization_id, code)
+        row = self._wallet_row(organization_id, code)
+        if row is None:
+            return None
+        due = row.expires_next is not None and row.expires_next <= at
+        if due or EXACT.subtract(row.balance, row.held) < amount:
+            return None
+        row.held = EXACT.add(row.held, amount)
+        row.reservation_count += 1
+        reservation_id = f"res_{row.reservation_count}"
+        self._session.add(
+            BillingReservation(
+                wallet_id=row.id,
+                reservation_id=reservation_id,
+                amount=amount,
+                reference=reference,
+                created_at=at,
+            )
+        )
+        self._session.flush()
+        return reservation_id
+
+    def credit_held(self, wallet_id: str) -> Decimal:
+        """Credit held by gateway reservations, as loaded by this repository."""
+        return self._wallet_held[wallet_id]
+
+    def take_holds(self, wallet: Wallet, reservation_ids: Iterable[str]) -> dict[str, Decimal]:
+        """End the open gateway holds among ``reservation_ids`` of a wallet loaded
+        ``for_update``: their amounts, by id. Saved with the wallet."""
+        ids = sorted(set(reservation_ids))
+        if not ids:
+            return {}
+        rows = self._session.execute(
+            select(BillingReservation.reservation_id, BillingReservation.amount).where(
+                BillingReservation.wallet_id == wallet.id,
+                BillingReservation.reservation_id.in_(ids),
+                BillingReservation.closed_at.is_(None),
+            )
+        ).all()
+        taken = {reservation_id: amount for reservation_id, amount in rows}
+        if taken:
+            self._session.execute(
+                update(BillingReservation)
+                .where(
+                    BillingReservation.wallet_id == wallet.id,
+                    BillingReservation.reservation_id.in_(list(taken)),
+                )
+                .values(closed_at=utcnow())
+            )
+            held = EXACT.subtract(self._wallet_held[wallet.id], exact_sum(taken.values()))
+            self._wallet_held[wallet.id] = max(held, Decimal(0))
+        return taken
 
     def _save_reservations(self, wallet: Wallet) -> None:
         loaded = self._loaded_reservations.get(wallet.id, set())

@@ -36,7 +36,7 @@ from modelmint.billing.errors import (
     InvalidTaxRate,
     InvalidWalletOperation,
 )
-from modelmint.billing.exact import to_decimal
+from modelmint.billing.exact import EXACT, to_decimal
 from modelmint.billing.invoices import InvoiceStatus
 from modelmint.billing.money import Money
 from modelmint.billing.periods import Period
@@ -299,15 +299,18 @@ def _grant(wallet: Wallet, grant: CreditGrant) -> Json:
     }
 
 
-def _wallet(org: Organization, wallet: Wallet) -> Json:
+def _wallet(org: Organization, wallet: Wallet, held: Decimal = Decimal(0)) -> Json:
+    """``held``: credit the gateway holds for requests in flight (beside the ledger)."""
     ordered = sorted(wallet.grants, key=lambda g: g.spend_order)
+    reserved = EXACT.add(wallet.reserved.amount, held)
+    available = EXACT.subtract(wallet.available(utcnow()).amount, held)
     return {
         **org_fields(org),
         "wallet_id": wallet.id,
         "currency": wallet.currency,
         "balance": decimal_text(wallet.balance.amount),
-        "reserved": decimal_text(wallet.reserved.amount),
-        "available": decimal_text(wallet.available(utcnow()).amount),
+        "reserved": decimal_text(reserved),
+        "available": decimal_text(max(available, Decimal(0))),
         "grants": [_grant(wallet, g) for g in ordered],  # in the order they are spent
     }
 
@@ -370,15 +373,19 @@ def grant_credit(
         reference=reference,
     )
     repo.save_wallet(wallet)
-    return {"grant": _grant(wallet, grant), "wallet": _wallet(organization, wallet)}
+    return {
+        "grant": _grant(wallet, grant),
+        "wallet": _wallet(organization, wallet, repo.credit_held(wallet.id)),
+    }
 
 
 def wallet_balance(session: Session, org: str, currency: str | None = None) -> Json:
     """Balance, reserved and available credit now, and each grant's remainder."""
     organization = accounts.get_org(session, org)
     code = _wallet_currency(session, organization, currency)
-    wallet = BillingRepository(session).load_wallet(organization.id, code)
-    return _wallet(organization, wallet)
+    repo = BillingRepository(session)
+    wallet = repo.load_wallet(organization.id, code)
+    return _wallet(organization, wallet, repo.credit_held(wallet.id))
 
 
 def wallet_ledger(

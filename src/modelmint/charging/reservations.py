@@ -1,12 +1,13 @@
 """Holds made at admission: wallet reservations and budget holds; the sweep of lost ones.
 
-A prepaid request reserves its worst-case cost in one short transaction that holds
-the wallet's row lock (PostgreSQL) or the write lock (SQLite), so concurrent
-gateways, whatever their number, take turns on the wallet and the domain's rule
-(``Wallet.reserve`` refuses what the usable balance cannot cover) keeps it >= 0.
-The metering writer settles the reservation in the transaction that stores the
-request's usage row. A reservation whose request never reached the writer (the
-process died in between) is released by ``release_stale`` after a grace period.
+A prepaid request holds its worst-case cost on the wallet (``held``, a sum kept on
+the wallet row beside the balance, with a reservation row per request) in one
+conditional UPDATE, so concurrent gateways, whatever their number, take turns on
+the wallet's row for one statement each, and ``balance - held`` never goes below
+zero. The metering writer ends the hold and consumes the actual cost from the
+grants, in the transaction that stores the request's usage row. A hold whose
+request never reached the writer (the process died in between) is released by
+``release_stale`` after a grace period.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from decimal import Decimal
 
 from sqlalchemy import select
 
-from modelmint.billing import Budget, Money
+from modelmint.billing import Budget
 from modelmint.billing.errors import BudgetExceeded, InsufficientCredit
 from modelmint.billing.exact import EXACT
 from modelmint.billing.periods import Period
@@ -43,7 +44,19 @@ def reserve(
     database: Database, organization_id: str, currency: str, amount: Decimal, reference: str
 ) -> str:
     """Hold ``amount`` on the organisation's wallet; ``InsufficientCredit`` (402) if it
-    cannot be covered. Returns the reservation id."""
+    cannot be covered. Returns the reservation id.
+
+    The common case is one conditional UPDATE (``hold_credit``). Only when it fails
+    (no wallet, not enough credit, or a grant expired since the wallet was last
+    written) does a second transaction load the wallet, write off expired credit and
+    try once more, so the refusal states what is really available.
+    """
+    with database.session() as session:
+        held = BillingRepository(session).hold_credit(
+            organization_id, currency, amount, reference, utcnow()
+        )
+    if held is not None:
+        return held
     with database.session() as session:
         repo = BillingRepository(session)
         try:
@@ -54,11 +67,19 @@ def reserve(
                 needed=amount,
                 available=Decimal(0),
             ) from None
-        reservation = wallet.reserve(
-            Money(amount, currency), at=wallet_instant(wallet.last_at), reference=reference
-        )
+        at = wallet_instant(wallet.last_at)
+        wallet.expire(at)
         repo.save_wallet(wallet)
-        return reservation.id
+        held = repo.hold_credit(organization_id, currency, amount, reference, at)
+        if held is None:
+            available = EXACT.subtract(wallet.available(at).amount, repo.credit_held(wallet.id))
+            raise InsufficientCredit(
+                f"prepaid credit is too low for this request: it may cost up to "
+                f"{amount:f} {wallet.currency}, {max(available, Decimal(0)):f} is available",
+                needed=amount,
+                available=available,
+            )
+        return held
 
 
 def hold_budget(
@@ -143,9 +164,12 @@ def release_stale(database: Database, older_than: timedelta) -> int:
             repo = BillingRepository(session)
             wallet = repo.load_wallet(organization_id, currency, for_update=True, reservations=ids)
             at = wallet_instant(wallet.last_at)
-            for reservation in wallet.open_reservations:  # the writer may have settled some
-                wallet.release(reservation.id, at=at)
-                released += 1
+            booked = {r.id for r in wallet.open_reservations}  # held in the ledger
+            for reservation_id in booked:
+                wallet.release(reservation_id, at=at)
+            # The writer may have settled some meanwhile: only open ones are taken.
+            taken = repo.take_holds(wallet, [i for i in ids if i not in booked])
+            released += len(booked) + len(taken)
             repo.save_wallet(wallet)
     if released:
         log.warning("released %d stale wallet reservations", released)

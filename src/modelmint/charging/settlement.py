@@ -222,8 +222,14 @@ class Charger:
         for (organization_id, currency), wallet_events in sorted(by_wallet.items()):
             ids = [e.reservation for e in wallet_events if e.reservation is not None]
             wallet = repo.load_wallet(organization_id, currency, for_update=True, reservations=ids)
+            booked = {r.id for r in wallet.open_reservations}  # held in the ledger (domain)
+            repo.take_holds(wallet, [i for i in ids if i not in booked])
             for event in wallet_events:
-                _pay(wallet, event, Money(charges[event.id], currency))
+                amount = Money(charges[event.id], currency)
+                if event.reservation in booked:
+                    _settle_booked(wallet, event, amount)
+                else:
+                    _pay(wallet, event, amount, repo.credit_held(wallet.id))
             _, consumed_before = repo.wallet_usage(wallet.id)
             repo.save_wallet(wallet)
             granted, consumed = repo.wallet_usage(wallet.id)
@@ -281,16 +287,24 @@ def _alert(
         )
 
 
-def _pay(wallet: Wallet, event: UsageEvent, amount: Money) -> None:
-    at = wallet_instant(wallet.last_at)
-    held = next((r for r in wallet.open_reservations if r.id == event.reservation), None)
-    if held is None:
-        # Released by the stale-reservation sweep (or never made): pay from the balance.
-        covered = min(amount.amount, wallet.available(at).amount)
-        if covered > 0:
-            wallet.consume(Money(covered, amount.currency), at=at, reference=event.id)
-        _shortfall(event, amount.amount, covered)
+def _pay(wallet: Wallet, event: UsageEvent, amount: Money, held_by_others: Decimal) -> None:
+    """Consume a request's charge; its hold (if any) has ended. Credit other requests
+    still hold stays untouched, so their charges remain covered."""
+    if amount.is_zero:
         return
+    at = wallet_instant(wallet.last_at)
+    free = EXACT.subtract(wallet.available(at).amount, held_by_others)
+    covered = max(min(amount.amount, free), _ZERO)
+    if covered > 0:
+        wallet.consume(Money(covered, amount.currency), at=at, reference=event.id)
+    _shortfall(event, amount.amount, covered)
+
+
+def _settle_booked(wallet: Wallet, event: UsageEvent, amount: Money) -> None:
+    """A reservation held in the ledger (made through the domain ``Wallet.reserve``)."""
+    at = wallet_instant(wallet.last_at)
+    assert event.reservation is not None
+    held = next(r for r in wallet.open_reservations if r.id == event.reservation)
     if amount.is_zero:
         wallet.release(held.id, at=at)
         return

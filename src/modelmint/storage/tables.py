@@ -281,6 +281,12 @@ class BillingWallet(Base):
     # Running sums of all credit granted and consumed, for "N% of credit used" alerts.
     granted_total: Mapped[Decimal] = mapped_column(ExactDecimal(), server_default="0")
     consumed_total: Mapped[Decimal] = mapped_column(ExactDecimal(), server_default="0")
+    # Credit held for requests in flight (the sum of the open reservations made by the
+    # gateway), and the soonest expiry of a grant with credit left: admission reserves
+    # with one conditional UPDATE while balance - held covers the request and no
+    # credit has expired unrecorded.
+    held: Mapped[Decimal] = mapped_column(ExactDecimal(), server_default="0")
+    expires_next: Mapped[datetime | None] = mapped_column(nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -106,6 +106,12 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("consumed_total", EXACT_DECIMAL, server_default="0", nullable=False)
         )
+        batch_op.add_column(sa.Column("held", EXACT_DECIMAL, server_default="0", nullable=False))
+        batch_op.add_column(
+            sa.Column(
+                "expires_next", modelmint.storage.types.UTCDateTime(timezone=True), nullable=True
+            )
+        )
     _backfill_wallet_totals()
 
 
@@ -128,6 +134,22 @@ def _backfill_wallet_totals_exactly() -> None:
         elif kind == "consumption":
             consumed[wallet_id] -= Decimal(str(amount))
     sqlite = bind.dialect.name == "sqlite"
+    # The soonest expiry among grants with credit left (None: nothing expires).
+    soonest: dict[str, object] = {}
+    for wallet_id, expires_at, remaining in bind.execute(
+        sa.text(
+            "SELECT wallet_id, expires_at, remaining FROM billing_credit_grants "
+            "WHERE expires_at IS NOT NULL"
+        )
+    ):
+        if Decimal(str(remaining)) > 0:
+            best = soonest.get(wallet_id)
+            soonest[wallet_id] = expires_at if best is None or expires_at < best else best
+    for wallet_id, expires_at in soonest.items():
+        bind.execute(
+            sa.text("UPDATE billing_wallets SET expires_next = :at WHERE id = :wallet"),
+            {"at": expires_at, "wallet": wallet_id},
+        )
     for wallet_id in set(granted) | set(consumed):
         values = {"g": granted[wallet_id], "c": consumed[wallet_id]}
         bind.execute(
@@ -144,6 +166,8 @@ def _backfill_wallet_totals_exactly() -> None:
 
 def downgrade() -> None:
     with op.batch_alter_table("billing_wallets", schema=None) as batch_op:
+        batch_op.drop_column("expires_next")
+        batch_op.drop_column("held")
         batch_op.drop_column("consumed_total")
         batch_op.drop_column("granted_total")
     with op.batch_alter_table("organizations", schema=None) as batch_op:
