@@ -26,9 +26,9 @@ import json
 from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy import Table, bindparam, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -106,6 +106,20 @@ _LATER_STATES: dict[str, frozenset[str]] = {
 # The first key of PostgreSQL advisory locks that serialise rating per organisation
 # (the second is the organisation id's hash); distinct from the migration lock's.
 _USAGE_LOCK_SPACE = 0x6D6D6272  # "mmbr"
+
+
+_TOTAL_KEY = ("organization_id", "period_start", "plan_code", "plan_version", "model", "metric")
+_TOTALS = cast(Table, BillingUsageTotal.__table__)
+_UPDATE_TOTAL = (
+    update(_TOTALS)
+    .where(*(_TOTALS.c[c] == bindparam(f"k_{c}") for c in _TOTAL_KEY))
+    .values(
+        quantity=bindparam("quantity"),
+        included=bindparam("included"),
+        amount=bindparam("amount"),
+        charges=bindparam("charges"),
+    )
+)
 
 
 def _digest(document: Json) -> str:
@@ -432,16 +446,7 @@ class BillingRepository:
             for g in grant_rows
             if g.remaining > 0 or g.grant_id in held_grants  # "!= 0" on SQLite compares text
         )
-        last_at = (
-            None
-            if row.last_sequence == 0
-            else self._session.scalar(
-                select(BillingLedgerEntry.at).where(
-                    BillingLedgerEntry.wallet_id == row.id,
-                    BillingLedgerEntry.sequence == row.last_sequence,
-                )
-            )
-        )
+        last_at = row.last_entry_at
         # A reservation with no ledger entries is a gateway hold (``hold_credit``): its
         # credit is in the wallet's ``held`` sum, not in the domain wallet.
         reservations = tuple(
@@ -583,6 +588,7 @@ class BillingRepository:
                 granted_total=granted,
                 consumed_total=consumed,
                 held=self._wallet_held[wallet.id],
+                last_entry_at=wallet.last_at,
                 expires_next=min(
                     (
                         g.expires_at
@@ -696,23 +702,19 @@ class BillingRepository:
         ids = sorted(set(reservation_ids))
         if not ids:
             return {}
+        # One statement: close the ones still open and say which they were.
         rows = self._session.execute(
-            select(BillingReservation.reservation_id, BillingReservation.amount).where(
+            update(BillingReservation)
+            .where(
                 BillingReservation.wallet_id == wallet.id,
                 BillingReservation.reservation_id.in_(ids),
                 BillingReservation.closed_at.is_(None),
             )
+            .values(closed_at=utcnow())
+            .returning(BillingReservation.reservation_id, BillingReservation.amount)
         ).all()
         taken = {reservation_id: amount for reservation_id, amount in rows}
         if taken:
-            self._session.execute(
-                update(BillingReservation)
-                .where(
-                    BillingReservation.wallet_id == wallet.id,
-                    BillingReservation.reservation_id.in_(list(taken)),
-                )
-                .values(closed_at=utcnow())
-            )
             held = EXACT.subtract(self._wallet_held[wallet.id], exact_sum(taken.values()))
             self._wallet_held[wallet.id] = max(held, Decimal(0))
         return taken
@@ -796,29 +798,30 @@ class BillingRepository:
         if stored is None:
             stored = {t.total.key for t in self.usage_totals(organization_id, period_start)}
         existing = stored & set(wanted)
+        updates: list[dict[str, Any]] = []
+        inserts: list[dict[str, Any]] = []
         for key, charged in sorted(wanted.items()):
-            values = {
-                "quantity": Decimal(charged.total.quantity),
-                "included": Decimal(charged.total.included),
-                "amount": charged.amount,
-                "charges": charged.charges,
-            }
-            identity = {
+            row = {
                 "organization_id": organization_id,
                 "period_start": period_start,
                 "plan_code": key.plan.code,
                 "plan_version": key.plan.version,
                 "model": key.model,
                 "metric": key.metric.value,
+                "quantity": Decimal(charged.total.quantity),
+                "included": Decimal(charged.total.included),
+                "amount": charged.amount,
+                "charges": charged.charges,
             }
             if key in existing:
-                self._session.execute(
-                    update(BillingUsageTotal)
-                    .where(*(getattr(BillingUsageTotal, c) == v for c, v in identity.items()))
-                    .values(**values)
-                )
+                updates.append({f"k_{c}" if c in _TOTAL_KEY else c: v for c, v in row.items()})
             else:
-                self._session.execute(insert(BillingUsageTotal), [{**identity, **values}])
+                inserts.append(row)
+        # One round trip each, with statements built once (the writer calls this per batch).
+        if updates:
+            self._session.connection().execute(_UPDATE_TOTAL, updates)
+        if inserts:
+            self._session.execute(insert(BillingUsageTotal), inserts)
 
     # -- budgets, month-to-date spend, alerts ------------------------------------------------
 

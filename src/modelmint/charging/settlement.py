@@ -221,15 +221,12 @@ class Charger:
                 by_wallet[(event.organization_id, event.currency)].append(event)
         for (organization_id, currency), wallet_events in sorted(by_wallet.items()):
             ids = [e.reservation for e in wallet_events if e.reservation is not None]
-            wallet = repo.load_wallet(organization_id, currency, for_update=True, reservations=ids)
-            booked = {r.id for r in wallet.open_reservations}  # held in the ledger (domain)
-            repo.take_holds(wallet, [i for i in ids if i not in booked])
+            # The gateway's reservations are holds beside the ledger (``hold_credit``):
+            # the domain wallet needs none of them loaded.
+            wallet = repo.load_wallet(organization_id, currency, for_update=True, reservations=())
+            repo.take_holds(wallet, ids)
             for event in wallet_events:
-                amount = Money(charges[event.id], currency)
-                if event.reservation in booked:
-                    _settle_booked(wallet, event, amount)
-                else:
-                    _pay(wallet, event, amount, repo.credit_held(wallet.id))
+                _pay(wallet, event, Money(charges[event.id], currency), repo.credit_held(wallet.id))
             _, consumed_before = repo.wallet_usage(wallet.id)
             repo.save_wallet(wallet)
             granted, consumed = repo.wallet_usage(wallet.id)
@@ -297,19 +294,6 @@ def _pay(wallet: Wallet, event: UsageEvent, amount: Money, held_by_others: Decim
     covered = max(min(amount.amount, free), _ZERO)
     if covered > 0:
         wallet.consume(Money(covered, amount.currency), at=at, reference=event.id)
-    _shortfall(event, amount.amount, covered)
-
-
-def _settle_booked(wallet: Wallet, event: UsageEvent, amount: Money) -> None:
-    """A reservation held in the ledger (made through the domain ``Wallet.reserve``)."""
-    at = wallet_instant(wallet.last_at)
-    assert event.reservation is not None
-    held = next(r for r in wallet.open_reservations if r.id == event.reservation)
-    if amount.is_zero:
-        wallet.release(held.id, at=at)
-        return
-    covered = min(amount.amount, EXACT.add(held.amount.amount, wallet.available(at).amount))
-    wallet.settle(held.id, Money(covered, amount.currency), at=at)
     _shortfall(event, amount.amount, covered)
 
 

@@ -287,6 +287,8 @@ class BillingWallet(Base):
     # credit has expired unrecorded.
     held: Mapped[Decimal] = mapped_column(ExactDecimal(), server_default="0")
     expires_next: Mapped[datetime | None] = mapped_column(nullable=True)
+    # When the newest ledger entry was recorded (later entries may not be dated earlier).
+    last_entry_at: Mapped[datetime | None] = mapped_column(nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -112,6 +112,11 @@ def upgrade() -> None:
                 "expires_next", modelmint.storage.types.UTCDateTime(timezone=True), nullable=True
             )
         )
+        batch_op.add_column(
+            sa.Column(
+                "last_entry_at", modelmint.storage.types.UTCDateTime(timezone=True), nullable=True
+            )
+        )
     _backfill_wallet_totals()
 
 
@@ -145,6 +150,13 @@ def _backfill_wallet_totals_exactly() -> None:
         if Decimal(str(remaining)) > 0:
             best = soonest.get(wallet_id)
             soonest[wallet_id] = expires_at if best is None or expires_at < best else best
+    bind.execute(
+        sa.text(
+            "UPDATE billing_wallets SET last_entry_at = ("
+            "SELECT e.at FROM billing_ledger_entries e WHERE e.wallet_id = billing_wallets.id"
+            " AND e.sequence = billing_wallets.last_sequence)"
+        )
+    )
     for wallet_id, expires_at in soonest.items():
         bind.execute(
             sa.text("UPDATE billing_wallets SET expires_next = :at WHERE id = :wallet"),
@@ -166,6 +178,7 @@ def _backfill_wallet_totals_exactly() -> None:
 
 def downgrade() -> None:
     with op.batch_alter_table("billing_wallets", schema=None) as batch_op:
+        batch_op.drop_column("last_entry_at")
         batch_op.drop_column("expires_next")
         batch_op.drop_column("held")
         batch_op.drop_column("consumed_total")
