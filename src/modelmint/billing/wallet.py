@@ -7,11 +7,10 @@ amount, a priority and an optional expiry. Credit is spent grant by grant in
 spent before paid credit (priority 0 vs 10), because it usually expires and can
 never be refunded, which is what customers expect.
 
-The gateway *reserves* the worst-case cost of a request before the model runs and
-*settles* the reservation with the actual cost afterwards. A reservation takes the
-funds out of the usable balance (``RESERVATION`` entries); settling gives them back
-(``RELEASE``) and consumes the actual cost from the same grants first
-(``CONSUMPTION``); ``release`` cancels a reservation outright.
+``reserve`` holds credit for a piece of work and ``settle`` spends it later: a
+reservation takes the funds out of the usable balance (``RESERVATION`` entries);
+settling gives them back (``RELEASE``) and consumes the actual cost from the same
+grants first (``CONSUMPTION``); ``release`` cancels a reservation outright.
 
 Ledger. Every change is an entry whose signed ``amount`` is the change to the
 usable balance of one grant. Nothing is ever updated or deleted, so:
@@ -27,7 +26,10 @@ next time the wallet is touched (entries stay in time order). Funds reserved
 before an expiry may still settle the request they were reserved for.
 
 This is the single-writer domain model; making concurrent gateways agree (row
-locks) is the repository's job, on top of these rules. A stored wallet is rebuilt
+locks) is the repository's job, on top of these rules. The gateway itself does not
+put its per-request holds in the ledger: ``BillingRepository.hold_credit`` keeps
+them as a sum on the wallet row (one statement per request), and the metering
+writer then ``consume``s each request's actual cost. A stored wallet is rebuilt
 with ``Wallet.restore`` from a *snapshot* (live grants with what is left of them,
 the balance, the ledger's length, the reservations the caller will touch) rather
 than by replaying its whole ledger, so that a request's reserve and settle cost the
