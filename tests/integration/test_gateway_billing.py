@@ -10,6 +10,7 @@ from decimal import Decimal
 
 import openai
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from modelmint.billing import (
@@ -57,6 +58,10 @@ def subscribe(gw: Gateway, plan: Plan, credit: str | None = None) -> None:
             repo.save_wallet(wallet)
 
 
+def refusals(reason: str) -> float:
+    return REGISTRY.get_sample_value("modelmint_billing_refusals_total", {"reason": reason}) or 0.0
+
+
 async def ask(gw: Gateway) -> None:
     await gw.sdk.chat.completions.create(model="mock", messages=MESSAGES, max_tokens=10)
 
@@ -70,9 +75,11 @@ async def test_a_prepaid_wallet_pays_until_it_cannot_cover_the_worst_case(
     # Worst case 10 output tokens + 1 request = 0.15; each answer costs 0.14.
     for _ in range(3):
         await ask(gateway)
+    refusals_before = refusals("credit")
     with pytest.raises(openai.APIStatusError) as refused:
         await ask(gateway)  # 0.08 left
     assert refused.value.status_code == 402
+    assert refusals("credit") == refusals_before + 1
     assert refused.value.body["code"] == "insufficient_quota"  # type: ignore[index]
     assert len(upstream.requests) == 3  # refused before any model work
 

@@ -28,7 +28,12 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from modelmint.billing import FreeTierPlan, Metric, PlanRef, PrepaidPlan
-from modelmint.billing.errors import PriceNotFound
+from modelmint.billing.errors import (
+    BudgetExceeded,
+    InsufficientCredit,
+    PriceNotFound,
+    UsageCapExceeded,
+)
 from modelmint.billing.exact import Quantity, minus, plus
 from modelmint.billing.periods import Period
 from modelmint.billing.rating import admit as admit_units
@@ -37,6 +42,7 @@ from modelmint.caching import TtlCache
 from modelmint.charging.profiles import BillingProfile, load_profile
 from modelmint.charging.reservations import hold_budget, release_budget, reserve
 from modelmint.errors import PermissionDenied
+from modelmint.observability.metrics import BILLING_REFUSALS
 from modelmint.storage.db import Database, utcnow
 
 __all__ = ["NO_HOLD", "Hold", "SpendGuard"]
@@ -60,6 +66,12 @@ class Hold:
 
 
 NO_HOLD = Hold()
+_REASONS: dict[type[Exception], str] = {
+    InsufficientCredit: "credit",
+    BudgetExceeded: "budget",
+    UsageCapExceeded: "allowance",
+    PermissionDenied: "unpriced",
+}
 
 
 class _FreeTierCount:
@@ -84,6 +96,15 @@ class SpendGuard:
             return load_profile(session, organization_id, utcnow())
 
     async def admit(
+        self, organization_id: str, api_key_id: str, request_id: str, model: str, bound: Bound
+    ) -> Hold:
+        try:
+            return await self._admit(organization_id, api_key_id, request_id, model, bound)
+        except (InsufficientCredit, BudgetExceeded, UsageCapExceeded, PermissionDenied) as exc:
+            BILLING_REFUSALS.labels(_REASONS[type(exc)]).inc()
+            raise
+
+    async def _admit(
         self, organization_id: str, api_key_id: str, request_id: str, model: str, bound: Bound
     ) -> Hold:
         profile = await self.profiles.get(organization_id)

@@ -54,6 +54,7 @@ from modelmint.billing.wallet import Wallet
 from modelmint.charging.quantities import measured
 from modelmint.charging.reservations import wallet_instant
 from modelmint.metering.events import UsageEvent
+from modelmint.observability.metrics import BILLING_ALERTS, BILLING_SHORTFALLS
 from modelmint.storage.db import utcnow
 
 __all__ = ["Charger"]
@@ -274,6 +275,7 @@ def _alert(
         threshold=percent,
         payload=payload,
     ):
+        BILLING_ALERTS.labels(kind).inc()
         log.warning(
             "billing alert: %s of %s at %d%% (%s of %s)",
             kind,
@@ -299,6 +301,7 @@ def _pay(wallet: Wallet, event: UsageEvent, amount: Money, held_by_others: Decim
 
 def _shortfall(event: UsageEvent, charged: Decimal, covered: Decimal) -> None:
     if covered < charged:
+        BILLING_SHORTFALLS.inc()
         log.error(
             "request %s: charge %s exceeded its reservation and the wallet; %s %s unpaid",
             event.id,

@@ -5,6 +5,9 @@ from __future__ import annotations
 from prometheus_client import Counter, Histogram
 
 __all__ = [
+    "BILLING_ALERTS",
+    "BILLING_REFUSALS",
+    "BILLING_SHORTFALLS",
     "HTTP_REQUESTS",
     "MODEL_LATENCY",
     "MODEL_REQUESTS",
@@ -32,4 +35,16 @@ TOKENS = Counter(
 RATE_LIMIT_FALLBACKS = Counter(
     "modelmint_ratelimit_redis_fallbacks_total",
     "Admissions decided by this process alone because Redis could not be reached",
+)
+BILLING_REFUSALS = Counter(
+    "modelmint_billing_refusals_total",
+    "Requests refused at admission for billing reasons, before any model work",
+    ["reason"],  # credit, budget, allowance, unpriced
+)
+BILLING_ALERTS = Counter(
+    "modelmint_billing_alerts_total", "Billing alerts raised, by kind", ["kind"]
+)
+BILLING_SHORTFALLS = Counter(
+    "modelmint_billing_shortfalls_total",
+    "Charges a wallet could not fully pay (each also logged at ERROR; should stay 0)",
 )
