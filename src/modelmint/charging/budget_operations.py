@@ -6,7 +6,6 @@ money, JSON-ready results.
 
 from __future__ import annotations
 
-from datetime import datetime
 from decimal import Decimal
 from urllib.parse import urlsplit
 
@@ -20,7 +19,7 @@ from modelmint.billing.errors import CurrencyMismatch, InvalidBudget
 from modelmint.billing.periods import Period
 from modelmint.billing.repository import BillingRepository
 from modelmint.billing.serialization import Json
-from modelmint.charging.operations import currency_code, decimal_string, org_fields
+from modelmint.charging.operations import currency_code, decimal_string, iso, org_fields
 from modelmint.errors import InvalidRequest, NotFound
 from modelmint.storage.db import utcnow
 from modelmint.storage.tables import ApiKey, BillingAlert, BillingSpend, Organization
@@ -146,9 +145,6 @@ def list_alerts(
 
 
 def _alert(alert: BillingAlert, organization: str) -> Json:
-    def iso(value: datetime | None) -> str | None:
-        return None if value is None else value.isoformat()
-
     return {
         "id": alert.id,
         "organization_id": alert.organization_id,

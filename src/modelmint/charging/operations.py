@@ -76,6 +76,7 @@ __all__ = [
     "decimal_string",
     "grant_credit",
     "invoice_csv",
+    "iso",
     "list_coupons",
     "list_invoices",
     "list_plans",
@@ -108,7 +109,7 @@ MAX_LEDGER_LIMIT = 10_000
 # -- input and output helpers ---------------------------------------------------------------
 
 
-def _iso(instant: datetime | None) -> str | None:
+def iso(instant: datetime | None) -> str | None:
     return None if instant is None else instant.isoformat()
 
 
@@ -202,8 +203,8 @@ def _subscription(org: Organization, subscription: Subscription, now: datetime) 
         "plan_version": plan.version,
         "kind": plan.kind.value,
         "currency": plan.currency,
-        "starts_at": _iso(subscription.start),
-        "ends_at": _iso(subscription.end),
+        "starts_at": iso(subscription.start),
+        "ends_at": iso(subscription.end),
         "status": status,
     }
 
@@ -220,12 +221,7 @@ def subscribe(
     at: datetime | None = None,
 ) -> Json:
     """Start the organisation on a plan (latest version unless given) at ``at`` (now)."""
-    organization = accounts.get_org(session, org)
-    repo = BillingRepository(session)
-    subscription = repo.subscribe(
-        organization.id, _plan_ref(repo, plan_code, version), at or utcnow()
-    )
-    return _subscription(organization, subscription, utcnow())
+    return _put_on_plan(session, org, plan_code, version, at, change=False)
 
 
 def change_plan(
@@ -236,12 +232,23 @@ def change_plan(
     at: datetime | None = None,
 ) -> Json:
     """Move the organisation to another plan at ``at`` (now); the old fee is prorated."""
+    return _put_on_plan(session, org, plan_code, version, at, change=True)
+
+
+def _put_on_plan(
+    session: Session,
+    org: str,
+    plan_code: str,
+    version: int | None,
+    at: datetime | None,
+    *,
+    change: bool,
+) -> Json:
     organization = accounts.get_org(session, org)
     repo = BillingRepository(session)
-    successor = repo.change_plan(
-        organization.id, _plan_ref(repo, plan_code, version), at or utcnow()
-    )
-    return _subscription(organization, successor, utcnow())
+    start = repo.change_plan if change else repo.subscribe
+    subscription = start(organization.id, _plan_ref(repo, plan_code, version), at or utcnow())
+    return _subscription(organization, subscription, utcnow())
 
 
 def cancel(session: Session, org: str, at: datetime | None = None) -> Json:
@@ -294,8 +301,8 @@ def _grant(wallet: Wallet, grant: CreditGrant) -> Json:
         "amount": decimal_text(grant.amount.amount),
         "remaining": decimal_text(wallet.remaining(grant.id).amount),
         "priority": grant.priority,
-        "granted_at": _iso(grant.granted_at),
-        "expires_at": _iso(grant.expires_at),
+        "granted_at": iso(grant.granted_at),
+        "expires_at": iso(grant.expires_at),
     }
 
 
@@ -406,7 +413,7 @@ def wallet_ledger(
     entries = [
         {
             "sequence": entry.sequence,
-            "at": _iso(entry.at),
+            "at": iso(entry.at),
             "kind": entry.kind.value,
             "grant_id": entry.grant_id,
             "amount": decimal_text(entry.amount.amount),
@@ -448,7 +455,7 @@ def list_coupons(session: Session) -> list[Json]:
         {
             **coupon_to_dict(coupon_from_dict(row.definition)),
             "redemptions": counts.get(row.code, 0),
-            "created_at": _iso(row.created_at),
+            "created_at": iso(row.created_at),
         }
         for row in rows
     ]
@@ -521,18 +528,18 @@ def list_invoices(
             "id": row.id,
             "organization_id": row.organization_id,
             "organization": name,
-            "period_start": _iso(row.period_start),
-            "period_end": _iso(row.period_end),
+            "period_start": iso(row.period_start),
+            "period_end": iso(row.period_end),
             "currency": row.currency,
             "status": row.status,
             "subtotal": decimal_text(row.subtotal),
             "discount": decimal_text(row.discount),
             "tax": decimal_text(row.tax),
             "total": decimal_text(row.total),
-            "created_at": _iso(row.created_at),
-            "finalized_at": _iso(row.finalized_at),
-            "paid_at": _iso(row.paid_at),
-            "voided_at": _iso(row.voided_at),
+            "created_at": iso(row.created_at),
+            "finalized_at": iso(row.finalized_at),
+            "paid_at": iso(row.paid_at),
+            "voided_at": iso(row.voided_at),
         }
         for row, name in session.execute(query)
     ]

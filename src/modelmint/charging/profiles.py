@@ -16,7 +16,7 @@ from types import MappingProxyType
 
 from sqlalchemy.orm import Session
 
-from modelmint.billing import Budget, FreeTierPlan, Metric, Plan, PrepaidPlan
+from modelmint.billing import Budget, FreeTierPlan, Metric, Plan
 from modelmint.billing.exact import Quantity, plus
 from modelmint.billing.periods import Period
 from modelmint.billing.repository import BillingRepository
@@ -41,14 +41,6 @@ class BillingProfile:
             for scope, budget in self.budgets.items()
             if budget.hard and scope in ("", api_key_id)
         }
-
-    @property
-    def prepaid(self) -> bool:
-        return isinstance(self.plan, PrepaidPlan)
-
-    @property
-    def capped(self) -> bool:
-        return isinstance(self.plan, FreeTierPlan)
 
 
 def load_profile(session: Session, organization_id: str, at: datetime) -> BillingProfile:

@@ -35,17 +35,13 @@ _TEMPLATE_MARGIN = 256
 _MICROS = Decimal(1_000_000)
 
 
-def _text_metrics(endpoint: str) -> bool:
-    return endpoint != "embeddings"
-
-
 def measured(
     endpoint: str, input_tokens: int, output_tokens: int, engine_ms: float
 ) -> dict[Metric, Quantity]:
     """What a finished request used, per billable metric."""
     # Engine time is a float measurement; it becomes an exact count of microseconds.
     seconds = Decimal(round(engine_ms * 1000)) / _MICROS
-    if _text_metrics(endpoint):
+    if endpoint != "embeddings":
         return {
             Metric.INPUT_TOKENS: input_tokens,
             Metric.OUTPUT_TOKENS: output_tokens,

@@ -117,11 +117,7 @@ def hold_budget(
                     f"and {held:f} held for requests in flight this month; this request "
                     f"may cost up to {worst:f}"
                 )
-        for scope in sorted({"", api_key_id}):
-            amount, held = spend[scope]
-            repo.set_spend(
-                organization_id, scope, period.start, amount=amount, held=EXACT.add(held, worst)
-            )
+        _shift_held(repo, organization_id, api_key_id, period, spend, worst)
 
 
 def release_budget(
@@ -136,10 +132,22 @@ def release_budget(
     with database.session() as session:
         repo = BillingRepository(session)
         spend = repo.lock_spend(organization_id, [api_key_id], period.start, currency)
-        for scope in sorted({"", api_key_id}):
-            charged, held = spend[scope]
-            left = max(EXACT.subtract(held, amount), Decimal(0))
-            repo.set_spend(organization_id, scope, period.start, amount=charged, held=left)
+        _shift_held(repo, organization_id, api_key_id, period, spend, -amount)
+
+
+def _shift_held(
+    repo: BillingRepository,
+    organization_id: str,
+    api_key_id: str,
+    period: Period,
+    spend: Mapping[str, tuple[Decimal, Decimal]],
+    delta: Decimal,
+) -> None:
+    """Move what the organisation's and the key's locked spend rows hold by ``delta``."""
+    for scope in sorted({"", api_key_id}):
+        charged, held = spend[scope]
+        left = max(EXACT.add(held, delta), Decimal(0))
+        repo.set_spend(organization_id, scope, period.start, amount=charged, held=left)
 
 
 def release_stale(database: Database, older_than: timedelta) -> int:
