@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     # and how many more may wait for a slot before new ones get 503.
     llm_slots: int = Field(default=4, ge=1, le=64)
     llm_max_queued: int = Field(default=64, ge=0)
+    # A queued request that got no slot within this many seconds is answered 504.
+    llm_queue_timeout_s: float = Field(default=30.0, gt=0)
     # 0 means: as many threads as cores.
     llm_threads: int = Field(default=0, ge=0)
 

@@ -41,6 +41,8 @@ PROMPTS = [
 
 
 def _backend(**kwargs: Any) -> Iterator[BatchedLlamaBackend]:
+    # A deadline far beyond any test: these tests are about batching, not about waiting.
+    kwargs.setdefault("queue_timeout_s", 600.0)
     backend = BatchedLlamaBackend(resolve_artifact(MODEL), n_threads=THREADS, **kwargs)
     # The engine thread posts to each request's own loop, so one backend serves the
     # per-test event loops of pytest-asyncio.

@@ -27,7 +27,7 @@ from modelmint.billing import Metric
 from modelmint.billing.exact import Quantity
 from modelmint.serving.types import TextRequest
 
-__all__ = ["bound_embedding", "bound_text", "measured"]
+__all__ = ["bound_embedding", "bound_prediction", "bound_text", "measured"]
 
 # Tokens a chat template may add around the messages (SmolLM2's default system
 # prompt is ~20; generous for others).
@@ -78,6 +78,17 @@ def bound_embedding(texts: Sequence[str], *, timeout_s: float) -> dict[Metric, Q
     tokens = sum(len(text.encode()) + 2 for text in texts)
     return {
         Metric.EMBEDDING_TOKENS: tokens,
+        Metric.REQUESTS: 1,
+        Metric.COMPUTE_SECONDS: _seconds(timeout_s),
+    }
+
+
+def bound_prediction(*, timeout_s: float) -> dict[Metric, Quantity]:
+    """At most what a classification or recommendation request can use: one request
+    and its engine time (these models are priced per request or per second)."""
+    return {
+        Metric.INPUT_TOKENS: 0,
+        Metric.OUTPUT_TOKENS: 0,
         Metric.REQUESTS: 1,
         Metric.COMPUTE_SECONDS: _seconds(timeout_s),
     }

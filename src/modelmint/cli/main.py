@@ -15,6 +15,10 @@ from rich.table import Table
 from modelmint import accounts
 from modelmint.cli import billing, keys, models
 from modelmint.cli.context import console, err_console, open_database, session_scope
+from modelmint.cli.demo import demo
+from modelmint.cli.reports import report
+from modelmint.cli.simulate import simulate_command
+from modelmint.cli.train import train_command
 from modelmint.cli.up import up
 from modelmint.errors import ModelMintError
 
@@ -24,6 +28,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("up")(up)
+app.command("deploy")(models.deploy_command)
+app.command("train")(train_command)
 app.add_typer(keys.app, name="keys")
 app.add_typer(models.app, name="models")
 app.add_typer(billing.plans, name="plans")
@@ -34,6 +40,9 @@ app.add_typer(billing.tax, name="tax")
 app.add_typer(billing.invoices, name="invoices")
 app.add_typer(billing.budgets, name="budgets")
 app.add_typer(billing.alerts, name="alerts")
+app.add_typer(report, name="report")
+app.command("simulate")(simulate_command)
+app.add_typer(demo, name="demo")
 
 orgs = typer.Typer(help="Organisations (customers).", no_args_is_help=True)
 app.add_typer(orgs, name="orgs")

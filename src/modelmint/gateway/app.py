@@ -11,6 +11,7 @@ from fastapi.openapi.utils import get_openapi
 
 from modelmint import __version__
 from modelmint.config import Settings
+from modelmint.dashboard import mount_dashboard
 from modelmint.gateway.errors import install_error_handlers
 from modelmint.gateway.fastpath import ModelRoutes, openapi_paths
 from modelmint.gateway.middleware import GatewayMiddleware
@@ -50,6 +51,7 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(billing.router)
     app.include_router(health.router)
+    mount_dashboard(app)
     # Added last runs first: the gateway middleware wraps the model routes, which wrap
     # FastAPI's router.
     app.add_middleware(ModelRoutes)

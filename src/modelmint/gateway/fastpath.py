@@ -1,9 +1,10 @@
 """The paid model routes, served straight from ASGI.
 
-``POST /v1/chat/completions``, ``/v1/completions`` and ``/v1/embeddings`` carry all
-the paying traffic. FastAPI's routing, dependency solving and body handling cost
-more CPU per request than everything ModelMint itself does for one (measured with
-py-spy: about 45 % of a worker), so these three are answered here, before FastAPI:
+``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``,
+``/v1/classifications`` and ``/v1/recommendations`` carry all the paying traffic.
+FastAPI's routing, dependency solving and body handling cost more CPU per request
+than everything ModelMint itself does for one (measured with py-spy: about 45 % of
+a worker), so these are answered here, before FastAPI:
 read the body, validate it with the same pydantic models, authenticate, call the
 inference service, send. Errors take the same OpenAI shape as everywhere else. The
 OpenAPI document still describes them (``openapi_paths``).
@@ -23,7 +24,13 @@ from modelmint.gateway.errors import error_response, invalid_request, unexpected
 from modelmint.gateway.inference import Answer, InferenceService
 from modelmint.gateway.middleware import header
 from modelmint.gateway.platform import Platform
-from modelmint.gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from modelmint.gateway.protocol import (
+    ChatCompletionRequest,
+    ClassificationRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    RecommendationRequest,
+)
 from modelmint.gateway.responses import EventStreamResponse, OrjsonResponse
 
 __all__ = ["ModelRoutes", "openapi_paths"]
@@ -43,10 +50,20 @@ async def _embeddings(service: InferenceService, key: Any, request_id: str, body
     return await service.embeddings(key, request_id, body)
 
 
+async def _classify(service: InferenceService, key: Any, request_id: str, body: Any) -> Answer:
+    return await service.classify(key, request_id, body)
+
+
+async def _recommend(service: InferenceService, key: Any, request_id: str, body: Any) -> Answer:
+    return await service.recommend(key, request_id, body)
+
+
 ROUTES: dict[str, tuple[type[BaseModel], Handler, str]] = {
     "/v1/chat/completions": (ChatCompletionRequest, _chat, "Create a chat completion"),
     "/v1/completions": (CompletionRequest, _completion, "Create a text completion"),
     "/v1/embeddings": (EmbeddingRequest, _embeddings, "Create embeddings"),
+    "/v1/classifications": (ClassificationRequest, _classify, "Classify inputs"),
+    "/v1/recommendations": (RecommendationRequest, _recommend, "Recommend items to a user"),
 }
 
 
@@ -86,9 +103,10 @@ class ModelRoutes:
         except ValidationError as exc:
             raise invalid_request(exc.errors(include_url=False)) from None
         state["model"] = body.model
-        if isinstance(body, EmbeddingRequest):
+        if isinstance(body, EmbeddingRequest | ClassificationRequest):
             limit = platform.settings.max_embedding_inputs
-            if len(body.texts) > limit:
+            count = len(body.texts if isinstance(body, EmbeddingRequest) else body.items)
+            if count > limit:
                 raise InvalidRequest(f"at most {limit} inputs per request", param="input")
         answer = await handler(platform.inference, key, state["request_id"], body)
         if answer.stream is not None:

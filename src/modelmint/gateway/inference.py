@@ -11,15 +11,23 @@ rate-limit permit, counts the metrics, and writes (or queues) the usage record.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, TypeVar, cast
 
 from modelmint.accounts.keys import KeyInfo
 from modelmint.charging.admission import NO_HOLD, Bound, Hold, SpendGuard
-from modelmint.charging.quantities import bound_embedding, bound_text, measured
+from modelmint.charging.quantities import (
+    bound_embedding,
+    bound_prediction,
+    bound_text,
+    measured,
+)
 from modelmint.errors import (
     BackendError,
     InvalidRequest,
@@ -32,14 +40,21 @@ from modelmint.errors import (
 )
 from modelmint.gateway.envelope import Envelope, encode_embedding
 from modelmint.gateway.metered_stream import MeteredStream
-from modelmint.gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from modelmint.gateway.protocol import (
+    ChatCompletionRequest,
+    ClassificationInput,
+    ClassificationRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    RecommendationRequest,
+)
 from modelmint.limits import Permit, RateLimiter
 from modelmint.metering import UsageEvent, UsageWriter
 from modelmint.observability.metrics import MODEL_LATENCY, MODEL_REQUESTS, TOKENS
-from modelmint.registry.catalog import RouteSpec
-from modelmint.serving.backend import EmbeddingBackend, TextBackend
+from modelmint.registry.catalog import DeploymentSpec, RouteSpec
+from modelmint.serving.backend import EmbeddingBackend, PredictionBackend, TextBackend
 from modelmint.serving.router import Router, Target
-from modelmint.serving.types import StreamDelta, TextRequest, Usage
+from modelmint.serving.types import Prediction, StreamDelta, TextRequest, Usage
 from modelmint.storage.db import utcnow
 
 __all__ = ["Answer", "InferenceService"]
@@ -167,6 +182,7 @@ class InferenceService:
             reservation=call.hold.reservation,
             spend_hold=call.hold.spend_hold,
             spend_period=call.hold.spend_period.start if call.hold.spend_period else None,
+            cost=_serving_cost(deployment, usage),
             **fields,
         )
 
@@ -365,6 +381,85 @@ class InferenceService:
             },
         )
 
+    # -- classifiers and recommenders -----------------------------------------------------
+
+    async def _predict(
+        self, key: KeyInfo, request_id: str, model: str, task: str, items: list[Any]
+    ) -> tuple[_Call, Prediction]:
+        route, call = await self._admit(
+            key,
+            request_id,
+            model,
+            task,
+            "classifications" if task == "classification" else "recommendations",
+            lambda: bound_prediction(timeout_s=self._timeout_s),
+        )
+
+        async def run(target: Target) -> Prediction:
+            backend = _predict_backend(target)
+            # Every input is checked before any is queued: one bad row fails its own
+            # request with a 400 naming it, never a batch shared with others.
+            return await backend.predict([backend.validate(item) for item in items])
+
+        prediction = await self._guard(call, self._with_fallback(route, call, run))
+        await self._succeed(call, prediction.usage)
+        return call, prediction
+
+    async def classify(self, key: KeyInfo, request_id: str, body: ClassificationRequest) -> Answer:
+        items = [_decode_input(item, i) for i, item in enumerate(body.items)]
+        call, prediction = await self._predict(key, request_id, body.model, "classification", items)
+        data = [
+            {"object": "classification", "index": i, **result}
+            for i, result in enumerate(prediction.results)
+        ]
+        return Answer(
+            call.permit.headers(),
+            body={
+                "object": "list",
+                "id": request_id,
+                "model": body.model,
+                "data": data,
+                "usage": {"input_items": len(items)},
+            },
+        )
+
+    async def recommend(self, key: KeyInfo, request_id: str, body: RecommendationRequest) -> Answer:
+        item = {"user": body.user, "k": body.k, "exclude": list(body.exclude)}
+        call, prediction = await self._predict(
+            key, request_id, body.model, "recommendation", [item]
+        )
+        return Answer(
+            call.permit.headers(),
+            body={
+                "object": "recommendation",
+                "id": request_id,
+                "model": body.model,
+                **prediction.results[0],
+                "usage": {"input_items": 1},
+            },
+        )
+
+
+def _decode_input(item: ClassificationInput, index: int) -> Any:
+    """Images travel as ``{"image": "<base64>"}``; the predictor gets their bytes."""
+    if isinstance(item, dict) and set(item) == {"image"}:
+        encoded = item["image"]
+        if not isinstance(encoded, str):
+            raise InvalidRequest("image must be a base64 string", param=f"input[{index}].image")
+        try:
+            return base64.b64decode(encoded, validate=True)
+        except binascii.Error:
+            raise InvalidRequest(
+                "image is not valid base64", param=f"input[{index}].image"
+            ) from None
+    return item
+
+
+def _serving_cost(deployment: DeploymentSpec | None, usage: Usage) -> Decimal | None:
+    if deployment is None or deployment.costs is None:
+        return None
+    return deployment.costs.of(usage.engine_ms, usage.input_tokens, usage.output_tokens)
+
 
 # The router checked, when it started each backend, that it can serve its deployment's
 # task; admission checked the task. A Protocol isinstance check here would cost ~10 us.
@@ -374,3 +469,7 @@ def _text_backend(target: Target) -> TextBackend:
 
 def _embed_backend(target: Target) -> EmbeddingBackend:
     return cast(EmbeddingBackend, target.backend)
+
+
+def _predict_backend(target: Target) -> PredictionBackend:
+    return cast(PredictionBackend, target.backend)

@@ -16,8 +16,10 @@ from modelmint.serving.types import SamplingParams
 __all__ = [
     "ChatCompletionRequest",
     "ChatMessage",
+    "ClassificationRequest",
     "CompletionRequest",
     "EmbeddingRequest",
+    "RecommendationRequest",
     "StreamOptions",
 ]
 
@@ -137,3 +139,41 @@ class EmbeddingRequest(BaseModel):
     @property
     def texts(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+# One input of a classifier: a text, a row of named features, or {"image": base64}.
+ClassificationInput = str | dict[str, Any]
+
+
+class ClassificationRequest(BaseModel):
+    """``POST /v1/classifications``: one input or a list, answered in order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=200)
+    input: ClassificationInput | list[ClassificationInput]
+    user: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _non_empty(
+        cls, value: ClassificationInput | list[ClassificationInput]
+    ) -> ClassificationInput | list[ClassificationInput]:
+        if isinstance(value, list) and not value:
+            raise ValueError("input must not be an empty list")
+        return value
+
+    @property
+    def items(self) -> list[ClassificationInput]:
+        return list(self.input) if isinstance(self.input, list) else [self.input]
+
+
+class RecommendationRequest(BaseModel):
+    """``POST /v1/recommendations``: the top ``k`` items for one user."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=200)
+    user: str = Field(min_length=1, max_length=200)
+    k: int = Field(default=10, ge=1, le=100)
+    exclude: list[str] = Field(default_factory=list, max_length=10_000)

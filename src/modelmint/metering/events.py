@@ -37,6 +37,8 @@ class UsageEvent:
     # Worst case held against hard budgets at admission, and the month it was held in.
     spend_hold: Decimal = Decimal(0)
     spend_period: datetime | None = None
+    # What serving it cost: the deployment's rates applied to the measured use.
+    cost: Decimal | None = None
 
     def row(self) -> dict[str, Any]:
         return asdict(self)

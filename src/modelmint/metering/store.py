@@ -9,6 +9,12 @@ inserted, so a retried event is neither stored, rolled up nor charged twice.
 Events on a plan are then charged by the ``charge`` hook (``charging.Charger``) in
 the same transaction, through an ORM session on the same connection, and their
 charges written onto their rows.
+
+Last, the analytics rollups (``rollups.economics_rows`` per hour and per day, and the
+latency histogram) take the fresh events with their charges. Their money columns are
+added exactly: NUMERIC + NUMERIC on PostgreSQL; on SQLite, where ``ExactDecimal`` is
+text and SQL arithmetic would go through floats, by ``mm_exact_add``, a Python
+function registered on the writer's connection that adds the two texts as Decimals.
 """
 
 from __future__ import annotations
@@ -23,8 +29,16 @@ from typing import Any
 from sqlalchemy import Connection, exc
 from sqlalchemy.orm import Session
 
+from modelmint.billing.exact import EXACT
 from modelmint.metering.events import UsageEvent
-from modelmint.metering.rollups import rollup_rows
+from modelmint.metering.rollups import (
+    EconomicsKey,
+    EconomicsSums,
+    daily,
+    economics_rows,
+    latency_rows,
+    rollup_rows,
+)
 from modelmint.storage.db import Database
 
 __all__ = ["ChargeHook", "UsageStore"]
@@ -54,9 +68,36 @@ _USAGE_COLUMNS = (
     "plan_code",
     "plan_version",
     "currency",
+    "cost",
 )
 _ROLLUP_KEY = ("hour", "organization_id", "api_key_id", "model", "model_version_id", "metric")
 _ROLLUP_COLUMNS = (*_ROLLUP_KEY, "quantity")
+_ECONOMICS_KEY = (
+    "organization_id",
+    "model",
+    "model_version_id",
+    "deployment_id",
+    "plan_code",
+    "currency",
+)
+_ECONOMICS_COUNTS = (
+    "requests",
+    "errors",
+    "input_tokens",
+    "output_tokens",
+    "embedding_tokens",
+    "engine_us",
+    "latency_ms",
+)
+_ECONOMICS_MONEY = ("revenue", "cost")
+_LATENCY_KEY = ("hour", "model", "le_ms")
+# SQLite only: exact addition of two ExactDecimal texts (see the module docstring).
+_EXACT_ADD = "mm_exact_add"
+
+
+def _exact_add_text(left: str | None, right: str | None) -> str:
+    total = EXACT.add(Decimal(left or 0), Decimal(right or 0))
+    return f"{total:f}"
 
 
 class UsageStore:
@@ -87,15 +128,18 @@ class UsageStore:
             fresh = [event for event in events if event.id in inserted]
             if fresh:
                 connection.exec_driver_sql(*self._upsert_rollups(rollup_rows(fresh)))
+            charges: dict[str, Decimal] = {}
             if self._charge is not None and any(e.plan_code is not None for e in fresh):
-                self._charge_events(connection, fresh)
+                charges = self._charge_events(connection, fresh)
+            if fresh:
+                self._roll_up_economics(connection, fresh, charges)
             connection.commit()
         except BaseException:
             self._discard()
             raise
         return len(fresh)
 
-    def _charge_events(self, connection: Connection, fresh: list[UsageEvent]) -> None:
+    def _charge_events(self, connection: Connection, fresh: list[UsageEvent]) -> dict[str, Decimal]:
         assert self._charge is not None
         # The session joins the connection's transaction; it never commits it.
         with Session(bind=connection) as session:
@@ -106,13 +150,34 @@ class UsageStore:
                 f"UPDATE usage_records SET charge = {mark} WHERE id = {mark}",
                 [(self._decimal(amount), event_id) for event_id, amount in charges.items()],
             )
+        return charges
+
+    def _roll_up_economics(
+        self, connection: Connection, fresh: list[UsageEvent], charges: dict[str, Decimal]
+    ) -> None:
+        """Add the fresh events, charged, to the analytics rollups."""
+        hourly = economics_rows(fresh, charges)
+        connection.exec_driver_sql(
+            *self._upsert_economics("analytics_usage_hourly", "hour", hourly)
+        )
+        days = daily(hourly)
+        connection.exec_driver_sql(*self._upsert_economics("analytics_usage_daily", "day", days))
+        latencies = latency_rows(fresh)
+        if latencies:
+            connection.exec_driver_sql(*self._upsert_latencies(latencies))
 
     def close(self) -> None:
         self._discard()
 
     def _connect(self) -> Connection:
         if self._connection is None:
-            self._connection = self._db.engine.connect()
+            connection = self._db.engine.connect()
+            pooled = connection.connection
+            if self._sqlite and not pooled.info.get(_EXACT_ADD):
+                raw: Any = pooled.driver_connection
+                raw.create_function(_EXACT_ADD, 2, _exact_add_text, deterministic=True)
+                pooled.info[_EXACT_ADD] = True
+            self._connection = connection
         return self._connection
 
     def _discard(self) -> None:
@@ -151,6 +216,7 @@ class UsageStore:
                 e.deployment_id, e.model_version_id, e.endpoint, e.status_code,
                 e.input_tokens, e.output_tokens, e.latency_ms, e.streamed, e.usage_estimated,
                 e.finish_reason, e.engine_ms, e.plan_code, e.plan_version, e.currency,
+                None if e.cost is None else self._decimal(e.cost),
             )  # fmt: skip
         sql = (
             f"INSERT INTO usage_records ({', '.join(_USAGE_COLUMNS)}) "
@@ -168,5 +234,41 @@ class UsageStore:
             f"VALUES {self._values(len(rows), len(_ROLLUP_COLUMNS))} "
             f"ON CONFLICT ({', '.join(_ROLLUP_KEY)}) DO UPDATE SET "
             "quantity = usage_rollups_hourly.quantity + excluded.quantity"
+        )
+        return sql, tuple(params)
+
+    def _upsert_economics(
+        self, table: str, time_column: str, rows: dict[EconomicsKey, EconomicsSums]
+    ) -> tuple[str, tuple[Any, ...]]:
+        params: list[Any] = []
+        for (moment, *key), sums in rows.items():
+            params += (
+                self._time(moment), *key, sums.requests, sums.errors, sums.input_tokens,
+                sums.output_tokens, sums.embedding_tokens, sums.engine_us, sums.latency_ms,
+                self._decimal(sums.revenue), self._decimal(sums.cost),
+            )  # fmt: skip
+        key_columns = (time_column, *_ECONOMICS_KEY)
+        columns = (*key_columns, *_ECONOMICS_COUNTS, *_ECONOMICS_MONEY)
+        counts = [f"{c} = {table}.{c} + excluded.{c}" for c in _ECONOMICS_COUNTS]
+        if self._sqlite:
+            money = [f"{c} = {_EXACT_ADD}({table}.{c}, excluded.{c})" for c in _ECONOMICS_MONEY]
+        else:
+            money = [f"{c} = {table}.{c} + excluded.{c}" for c in _ECONOMICS_MONEY]
+        sql = (
+            f"INSERT INTO {table} ({', '.join(columns)}) "
+            f"VALUES {self._values(len(rows), len(columns))} "
+            f"ON CONFLICT ({', '.join(key_columns)}) DO UPDATE SET {', '.join(counts + money)}"
+        )
+        return sql, tuple(params)
+
+    def _upsert_latencies(self, counts: dict[Any, int]) -> tuple[str, tuple[Any, ...]]:
+        params: list[Any] = []
+        for (hour, model, le_ms), count in counts.items():
+            params += (self._time(hour), model, le_ms, count)
+        sql = (
+            f"INSERT INTO analytics_latency_hourly ({', '.join(_LATENCY_KEY)}, count) "
+            f"VALUES {self._values(len(counts), len(_LATENCY_KEY) + 1)} "
+            f"ON CONFLICT ({', '.join(_LATENCY_KEY)}) DO UPDATE SET "
+            "count = analytics_latency_hourly.count + excluded.count"
         )
         return sql, tuple(params)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "BILLING_ALERTS",
@@ -47,4 +47,88 @@ BILLING_ALERTS = Counter(
 BILLING_SHORTFALLS = Counter(
     "modelmint_billing_shortfalls_total",
     "Charges a wallet could not fully pay (each also logged at ERROR; should stay 0)",
+)
+
+# Dynamic batching of local models (serving.dynamic_batching), by model and deployment.
+__all__ += [
+    "BATCHER_BATCH_SIZE",
+    "BATCHER_BUSY_SECONDS",
+    "BATCHER_DROPPED",
+    "BATCHER_ITEMS",
+    "BATCHER_QUEUE_DEPTH",
+    "LLM_BATCH_SEQUENCES",
+    "LLM_BUSY_SECONDS",
+    "LLM_DROPPED",
+    "LLM_QUEUE_DEPTH",
+    "LLM_SLOTS",
+    "LLM_SLOTS_BUSY",
+    "LLM_TOKENS",
+]
+BATCHER_QUEUE_DEPTH = Gauge(
+    "modelmint_batcher_queue_depth",
+    "Requests waiting for a batch of a local model",
+    ["model", "deployment"],
+    multiprocess_mode="livesum",
+)
+BATCHER_BATCH_SIZE = Histogram(
+    "modelmint_batcher_batch_size",
+    "Items per call of a local model's batch function",
+    ["model", "deployment"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+BATCHER_BUSY_SECONDS = Counter(
+    "modelmint_batcher_busy_seconds_total",
+    "Time a local model spent computing batches (its utilisation is the rate of this)",
+    ["model", "deployment"],
+)
+BATCHER_ITEMS = Counter(
+    "modelmint_batcher_items_total",
+    "Items computed by a local model's batches (items/s is the rate of this)",
+    ["model", "deployment"],
+)
+BATCHER_DROPPED = Counter(
+    "modelmint_batcher_dropped_total",
+    "Requests a batcher did not answer with results, by reason",
+    ["model", "deployment", "reason"],  # queue_full, timeout, cancelled, error
+)
+
+# -- the local LLM engine (continuous batching) ------------------------------------------
+LLM_QUEUE_DEPTH = Gauge(
+    "modelmint_llm_queue_depth",
+    "Requests waiting for a free slot of a local LLM",
+    ["model", "deployment"],
+    multiprocess_mode="livesum",
+)
+LLM_SLOTS_BUSY = Gauge(
+    "modelmint_llm_slots_busy",
+    "Slots of a local LLM holding a request (occupancy = this / modelmint_llm_slots)",
+    ["model", "deployment"],
+    multiprocess_mode="livesum",
+)
+LLM_SLOTS = Gauge(
+    "modelmint_llm_slots",
+    "Slots (sequences decoded together) of a local LLM",
+    ["model", "deployment"],
+    multiprocess_mode="livesum",
+)
+LLM_BATCH_SEQUENCES = Histogram(
+    "modelmint_llm_batch_sequences",
+    "Sequences in one decode step of a local LLM",
+    ["model", "deployment"],
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
+)
+LLM_TOKENS = Counter(
+    "modelmint_llm_engine_tokens_total",
+    "Tokens a local LLM processed, by kind (prompt, generated); tokens/s is the rate",
+    ["model", "deployment", "kind"],
+)
+LLM_BUSY_SECONDS = Counter(
+    "modelmint_llm_busy_seconds_total",
+    "Time a local LLM spent in decode steps (utilisation is the rate of this)",
+    ["model", "deployment"],
+)
+LLM_DROPPED = Counter(
+    "modelmint_llm_dropped_total",
+    "Requests a local LLM refused or dropped, by reason (queue_full, timeout)",
+    ["model", "deployment", "reason"],
 )

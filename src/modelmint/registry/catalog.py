@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 from urllib.parse import urlparse
 
@@ -11,13 +12,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from modelmint.errors import Conflict, InvalidRequest, NotFound
-from modelmint.storage.db import new_id
+from modelmint.storage.db import new_id, utcnow
 from modelmint.storage.tables import Deployment, ModelVersion, RegisteredModel
 
 __all__ = [
     "TASKS",
     "DeploymentSpec",
     "RouteSpec",
+    "ServingCosts",
     "add_remote_model",
     "add_version",
     "deploy",
@@ -25,9 +27,10 @@ __all__ = [
     "load_routes",
     "remove_public_name",
     "routes_version",
+    "set_costs",
 ]
 
-TASKS = ("chat", "embedding")
+TASKS = ("chat", "embedding", "classification", "recommendation")
 # fullmatch, not match with "$": "$" also matches before a trailing newline.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
 _ENV_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -49,6 +52,40 @@ class DeploymentSpec:
     config: dict[str, Any] = field(default_factory=dict)
     weight: int = 100
     fallback: str | None = None
+    costs: ServingCosts | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServingCosts:
+    """What one deployment costs to run: hardware per hour for a local engine (shared
+    among requests by measured engine time), or an upstream's per-token prices."""
+
+    per_hour: Decimal | None = None
+    per_1m_input: Decimal | None = None
+    per_1m_output: Decimal | None = None
+
+    def of(self, engine_ms: float, input_tokens: int, output_tokens: int) -> Decimal:
+        """The cost of one request's measured use, to 12 decimal places.
+
+        An hourly rate shared by the microsecond does not divide evenly (3.6e9 has a
+        factor 9), so every request's cost is rounded once, here, to a pico-unit;
+        sums of stored costs are then exact.
+        """
+        cost = Decimal(0)
+        if self.per_hour is not None:
+            # engine_ms is a float measurement: whole microseconds, like compute_seconds.
+            micros = Decimal(round(engine_ms * 1000))
+            cost += self.per_hour * micros / _MICROS_PER_HOUR
+        if self.per_1m_input is not None:
+            cost += self.per_1m_input * input_tokens / _MILLION
+        if self.per_1m_output is not None:
+            cost += self.per_1m_output * output_tokens / _MILLION
+        return cost.quantize(_PICO, rounding=ROUND_HALF_EVEN)
+
+
+_MICROS_PER_HOUR = Decimal(3_600_000_000)
+_PICO = Decimal("1e-12")
+_MILLION = Decimal(1_000_000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +157,7 @@ def deploy(
     config: dict[str, Any] | None = None,
     weight: int = 100,
     fallback: str | None = None,
+    costs: ServingCosts | None = None,
 ) -> Deployment:
     check_name(public_name, "public_name")
     if fallback is not None:
@@ -135,9 +173,25 @@ def deploy(
         weight=weight,
         fallback=fallback,
     )
+    if costs is not None:
+        set_costs(deployment, costs)
     session.add(deployment)
     session.flush()
     return deployment
+
+
+def set_costs(deployment: Deployment, costs: ServingCosts) -> None:
+    for name, value in (
+        ("cost per hour", costs.per_hour),
+        ("cost per 1M input tokens", costs.per_1m_input),
+        ("cost per 1M output tokens", costs.per_1m_output),
+    ):
+        if value is not None and (not value.is_finite() or value < 0):
+            raise InvalidRequest(f"{name} must be a non-negative amount", param="cost")
+    deployment.cost_per_hour = costs.per_hour
+    deployment.cost_per_1m_input = costs.per_1m_input
+    deployment.cost_per_1m_output = costs.per_1m_output
+    deployment.updated_at = utcnow()
 
 
 def _public_name_taken(session: Session, public_name: str) -> bool:
@@ -222,6 +276,7 @@ def routes_version(session: Session) -> tuple[object, ...]:
             func.count(Deployment.id),
             func.max(Deployment.created_at),
             func.sum(Deployment.weight),
+            func.max(Deployment.updated_at),
         ).where(Deployment.active.is_(True))
     ).one()
     return tuple(row)
@@ -253,6 +308,7 @@ def load_routes(session: Session) -> dict[str, RouteSpec]:
                 config=dict(dep.config),
                 weight=dep.weight,
                 fallback=dep.fallback,
+                costs=_costs(dep),
             )
         )
         created.setdefault(dep.public_name, int(dep.created_at.timestamp()))
@@ -260,3 +316,10 @@ def load_routes(session: Session) -> dict[str, RouteSpec]:
         name: RouteSpec(name, deps[0].task, tuple(deps), created[name])
         for name, deps in grouped.items()
     }
+
+
+def _costs(deployment: Deployment) -> ServingCosts | None:
+    rates = (deployment.cost_per_hour, deployment.cost_per_1m_input, deployment.cost_per_1m_output)
+    if all(rate is None for rate in rates):
+        return None
+    return ServingCosts(*rates)

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from modelmint.serving.types import EmbeddingResult, Generation, StreamDelta, TextRequest, Usage
+from modelmint.serving.types import (
+    EmbeddingResult,
+    Generation,
+    Prediction,
+    StreamDelta,
+    TextRequest,
+    Usage,
+)
 
-__all__ = ["Backend", "EmbeddingBackend", "TextBackend"]
+__all__ = ["Backend", "EmbeddingBackend", "PredictionBackend", "TextBackend"]
 
 
 @runtime_checkable
@@ -31,3 +38,13 @@ class TextBackend(Backend, Protocol):
 @runtime_checkable
 class EmbeddingBackend(Backend, Protocol):
     async def embed(self, texts: list[str]) -> EmbeddingResult: ...
+
+
+@runtime_checkable
+class PredictionBackend(Backend, Protocol):
+    """A classifier or recommender trained by a recipe."""
+
+    def validate(self, item: Any) -> Any:
+        """Check one input before it queues; raise InvalidRequest naming the problem."""
+
+    async def predict(self, items: list[Any]) -> Prediction: ...

@@ -32,7 +32,16 @@ from typing import Any
 
 import llama_cpp as lc
 
-from modelmint.errors import BackendError, ServiceUnavailable
+from modelmint.errors import BackendError, ServiceUnavailable, UpstreamTimeout
+from modelmint.observability.metrics import (
+    LLM_BATCH_SEQUENCES,
+    LLM_BUSY_SECONDS,
+    LLM_DROPPED,
+    LLM_QUEUE_DEPTH,
+    LLM_SLOTS,
+    LLM_SLOTS_BUSY,
+    LLM_TOKENS,
+)
 from modelmint.serving.chat_template import ChatTemplate
 from modelmint.serving.llama_requests import collect, deltas, prompt_tokens
 
@@ -136,9 +145,28 @@ class BatchedLlamaBackend:
         max_queued: int = 64,
         n_batch: int = 512,
         flash_attn: bool = False,
+        queue_timeout_s: float = 30.0,
+        model: str = "",
+        deployment: str = "",
     ) -> None:
         if slots < 1 or context_per_slot < 16 or max_queued < 0 or n_batch < slots:
             raise ValueError("slots >= 1, context_per_slot >= 16, n_batch >= slots required")
+        if queue_timeout_s <= 0:
+            raise ValueError("queue_timeout_s must be positive")
+        # A request still without a slot after this long gets 504: its client has
+        # probably given up, and the queue must not grow stale work.
+        self._queue_timeout_s = queue_timeout_s
+        self._queue_depth = LLM_QUEUE_DEPTH.labels(model, deployment)
+        self._slots_busy = LLM_SLOTS_BUSY.labels(model, deployment)
+        self._slot_count = LLM_SLOTS.labels(model, deployment)
+        self._batch_sequences = LLM_BATCH_SEQUENCES.labels(model, deployment)
+        self._prompt_tokens = LLM_TOKENS.labels(model, deployment, "prompt")
+        self._generated_tokens = LLM_TOKENS.labels(model, deployment, "generated")
+        self._busy = LLM_BUSY_SECONDS.labels(model, deployment)
+        self._dropped = {
+            reason: LLM_DROPPED.labels(model, deployment, reason)
+            for reason in ("queue_full", "timeout")
+        }
         self._path = model_path
         self._n_threads = n_threads
         self._slots = slots
@@ -249,11 +277,13 @@ class BatchedLlamaBackend:
                 raise ServiceUnavailable("the model is shutting down", retry_after=1)
             waiting = sum(not j.cancelled.is_set() for j in self._pending)
             if waiting >= self._max_queued:
+                self._dropped["queue_full"].inc()
                 raise ServiceUnavailable(
                     f"all {self._slots} slots are busy and {waiting} requests are queued",
                     retry_after=1,
                 )
             self._pending.append(job)
+            self._queue_depth.set(len(self._pending))
             self._wake.notify()
 
     # -- the engine thread ------------------------------------------------------------
@@ -265,6 +295,7 @@ class BatchedLlamaBackend:
             loop.call_soon_threadsafe(_fail_start, ready, exc)
             return
         loop.call_soon_threadsafe(_resolve, ready)
+        self._slot_count.set(self._slots)
         live: list[_Job] = []
         free = list(range(self._slots - 1, -1, -1))  # pop() hands out seq 0 first
         memory = lc.llama_get_memory(ctx)
@@ -350,6 +381,7 @@ class BatchedLlamaBackend:
                 for job in [j for j in self._pending if j.cancelled.is_set()]:
                     self._pending.remove(job)
                     self._out.post(job, "done")
+                self._expire_waiting()
                 while self._pending and free:
                     job = self._pending.popleft()
                     if job.max_tokens == 0:
@@ -360,10 +392,25 @@ class BatchedLlamaBackend:
                     job.sampler = _sampler_for(job)
                     job.matcher = StopMatcher(job.sampling.stop)
                     live.append(job)
+                self._queue_depth.set(len(self._pending))
+                self._slots_busy.set(len(live))
                 if live:
                     return True
                 self._out.flush()
                 self._wake.wait()
+
+    def _expire_waiting(self) -> None:
+        """Answer 504 to queued requests that waited past their deadline (lock held)."""
+        deadline = time.perf_counter() - self._queue_timeout_s
+        for job in [j for j in self._pending if j.arrived < deadline]:
+            self._pending.remove(job)
+            self._dropped["timeout"].inc()
+            error = UpstreamTimeout(
+                f"no slot of the model freed up within {self._queue_timeout_s:g} s",
+                code="queue_timeout",
+            )
+            self._out.post(job, "error", error)
+            self._out.post(job, "done")
 
     def _drop_cancelled(self, live: list[_Job], free: list[int], memory: Any) -> None:
         for job in [j for j in live if j.cancelled.is_set()]:
@@ -375,6 +422,7 @@ class BatchedLlamaBackend:
             lc.llama_memory_seq_rm(memory, job.seq, -1, -1)
             free.append(job.seq)
             job.seq = -1
+            self._slots_busy.set(self._slots - len(free))
         if job.sampler is not None:
             lc.llama_sampler_free(job.sampler)
             job.sampler = None
@@ -383,7 +431,7 @@ class BatchedLlamaBackend:
     def _step(self, ctx: Any, batch: Any, live: list[_Job], free: list[int], memory: Any) -> None:
         """One llama_decode over every live sequence, then one sampled token for each."""
         started = time.perf_counter()
-        n = 0
+        n = prompt_n = 0
         # Generating sequences first (one token each), so a long prompt never stalls them;
         # prompt chunks fill the rest of the batch.
         for job in live:
@@ -400,6 +448,7 @@ class BatchedLlamaBackend:
                 for i, token in enumerate(chunk):
                     n = _put(batch, n, token, job.n_past + i, job.seq, last and i == len(chunk) - 1)
                 job.batch_tokens = len(chunk)
+                prompt_n += len(chunk)
                 job.out_idx = n - 1 if last else -1
         batch.n_tokens = n
         code = lc.llama_decode(ctx, batch)
@@ -417,6 +466,10 @@ class BatchedLlamaBackend:
                 sampled.append((job, lc.llama_sampler_sample(job.sampler, ctx, job.out_idx)))
         # Charge before any stream can end, so a closed stream reads its final charge.
         step_ms = (time.perf_counter() - started) * 1000.0
+        self._busy.inc(step_ms / 1000.0)
+        self._batch_sequences.observe(len(live))
+        self._generated_tokens.inc(len(sampled))
+        self._prompt_tokens.inc(prompt_n)
         for job in live:
             if job.batch_tokens:
                 job.charge.engine_ms += step_ms * job.batch_tokens / n

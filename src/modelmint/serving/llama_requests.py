@@ -63,12 +63,21 @@ def prompt_tokens(
 async def deltas(
     events: asyncio.Queue[Event], chat: bool, usage: Usage
 ) -> AsyncIterator[StreamDelta]:
-    """OpenAI deltas from an engine's events, counting output tokens into ``usage``."""
-    if chat:
-        role = {"role": "assistant", "content": ""}
-        yield StreamDelta([{"index": 0, "delta": role, "finish_reason": None, "logprobs": None}])
+    """OpenAI deltas from an engine's events, counting output tokens into ``usage``.
+
+    The chat role chunk waits for the engine's first event: a request refused while
+    queued (deadline, shutdown) then fails before anything was sent, so the client
+    gets a real HTTP error status instead of a 200 stream that breaks.
+    """
+    role_sent = not chat
     while True:
         kind, value = await events.get()
+        if not role_sent and kind != "error":
+            role_sent = True
+            role = {"role": "assistant", "content": ""}
+            yield StreamDelta(
+                [{"index": 0, "delta": role, "finish_reason": None, "logprobs": None}]
+            )
         if kind in ("token", "text"):
             usage.output_tokens += kind == "token"
             if value:

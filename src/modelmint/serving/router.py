@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from modelmint.errors import ModelNotFound, ServiceUnavailable
 from modelmint.registry.catalog import DeploymentSpec, RouteSpec
-from modelmint.serving.backend import Backend, EmbeddingBackend, TextBackend
+from modelmint.serving.backend import Backend, EmbeddingBackend, PredictionBackend, TextBackend
 
 __all__ = ["Router", "Target"]
 
@@ -120,7 +120,12 @@ class Router:
         return Target(chosen, self._backends[chosen.id])
 
 
-_TASK_PROTOCOLS: dict[str, type] = {"chat": TextBackend, "embedding": EmbeddingBackend}
+_TASK_PROTOCOLS: dict[str, type] = {
+    "chat": TextBackend,
+    "embedding": EmbeddingBackend,
+    "classification": PredictionBackend,
+    "recommendation": PredictionBackend,
+}
 
 
 def _check_serves(backend: Backend, spec: DeploymentSpec) -> None:

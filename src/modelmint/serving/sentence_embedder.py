@@ -4,6 +4,15 @@ Mean pooling over the token embeddings, then L2 normalisation, as the model's
 own pooling config prescribes for all-MiniLM-L6-v2. Inputs longer than the
 model's maximum sequence length are refused rather than silently truncated:
 the caller pays per token and should get what it paid for.
+
+Concurrent requests share forward passes through a ``DynamicBatcher``; each
+request is charged the share of every batch's busy time that its tokens make up
+(``Usage.engine_ms``). The runtime is one hook, ``_load_encoder``: the ONNX
+Runtime backend (``onnx_embedder``) reuses everything else.
+
+    backend = SentenceEmbeddingBackend(model_dir, n_threads=2)
+    await backend.start()
+    result = await backend.embed(["a sentence", "another"])
 """
 
 from __future__ import annotations
@@ -11,90 +20,196 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+import torch
+
 from modelmint.errors import InvalidRequest, ServiceUnavailable
+from modelmint.serving.dynamic_batching import BatchLimits, DynamicBatcher
 from modelmint.serving.types import EmbeddingResult, Usage
 
-__all__ = ["SentenceEmbeddingBackend"]
+__all__ = ["Encoder", "MeanPooled", "SentenceEmbeddingBackend", "load_transformer"]
+
+# (batch, tokens) int64 ids and attention mask -> (batch, dim) float32 unit vectors.
+Encoder = Callable[[npt.NDArray[np.int64], npt.NDArray[np.int64]], npt.NDArray[np.float32]]
+
+
+class MeanPooled(torch.nn.Module):
+    """The transformer plus the model's pooling: mean over real tokens, then L2 norm.
+
+    One module for both runtimes: PyTorch runs it, and the ONNX export traces it, so
+    the two cannot pool differently.
+    """
+
+    def __init__(self, transformer: torch.nn.Module) -> None:
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.transformer(
+            input_ids=input_ids, attention_mask=attention_mask
+        ).last_hidden_state  # (batch, tokens, dim)
+        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (batch, tokens, 1)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)  # (batch, dim)
+        return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+
+
+def load_transformer(model_dir: Path, **kwargs: Any) -> torch.nn.Module:
+    """The folder's transformer in eval mode, from disk only (never the network)."""
+    # Everything is on disk; never let a library try the network.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    model: torch.nn.Module = AutoModel.from_pretrained(str(model_dir), **kwargs)
+    return model.eval()
 
 
 class SentenceEmbeddingBackend:
-    def __init__(self, model_dir: Path, *, n_threads: int, batch_size: int = 64) -> None:
+    """An ``EmbeddingBackend`` for a sentence-transformers folder, batched, on PyTorch."""
+
+    # A forward call costs about as much as this many padded tokens beyond its tokens
+    # (Python dispatch through every layer): the price of splitting a batch in two.
+    call_overhead_tokens = 96
+
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        n_threads: int,
+        limits: BatchLimits | None = None,
+        model: str = "",
+        deployment: str = "",
+    ) -> None:
         self._dir = model_dir
         self._threads = n_threads
-        self._batch_size = batch_size
-        self._model: Any = None
+        self._limits = limits or BatchLimits()
+        self._labels = (model, deployment)
         self._tokenizer: Any = None
+        self._encode: Encoder | None = None
+        self._batcher: DynamicBatcher[list[int], list[float]] | None = None
         self.max_tokens = 512
         self.dimensions = 0
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+
+    # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._worker, self._load)
+        await asyncio.to_thread(self._load)
+        model, deployment = self._labels
+        batcher = DynamicBatcher(self._run, self._limits, model=model, deployment=deployment)
+        batcher.start()
+        self._batcher = batcher
 
     def _load(self) -> None:
-        # Everything is on disk; never let a library try the network.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        import torch
         from tokenizers import Tokenizer
-        from transformers import AutoModel
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-        hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
-        torch.set_num_threads(self._threads)
         config_path = self._dir / "sentence_bert_config.json"
         if config_path.exists():
             self.max_tokens = int(json.loads(config_path.read_text())["max_seq_length"])
-        self._tokenizer = Tokenizer.from_file(str(self._dir / "tokenizer.json"))
-        self._tokenizer.no_truncation()
-        self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
-        self._model = AutoModel.from_pretrained(str(self._dir)).eval()
-        self.dimensions = int(self._model.config.hidden_size)
+        config = json.loads((self._dir / "config.json").read_text())
+        self.dimensions = int(config["hidden_size"])
+        tokenizer = Tokenizer.from_file(str(self._dir / "tokenizer.json"))
+        # Counted exactly and refused when too long: never cut, never padded here.
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        self._tokenizer = tokenizer
+        self._encode = self._load_encoder()
+
+    def _load_encoder(self) -> Encoder:
+        """The runtime: PyTorch here, ONNX Runtime in the subclass."""
+        torch.set_num_threads(self._threads)
+        module = MeanPooled(load_transformer(self._dir))
+
+        def encode(
+            ids: npt.NDArray[np.int64], mask: npt.NDArray[np.int64]
+        ) -> npt.NDArray[np.float32]:
+            with torch.inference_mode():
+                vectors = module(torch.from_numpy(ids), torch.from_numpy(mask))
+            return vectors.numpy()  # type: ignore[no-any-return]
+
+        return encode
 
     async def close(self) -> None:
-        self._worker.shutdown(wait=True, cancel_futures=True)
+        if self._batcher is not None:
+            await self._batcher.close()
+            self._batcher = None
+
+    # -- requests (event loop) -------------------------------------------------------------
 
     def count_tokens(self, text: str) -> int:
         return len(self._tokenizer.encode(text).ids)
 
     async def embed(self, texts: list[str]) -> EmbeddingResult:
-        if self._model is None:
+        batcher = self._batcher
+        if batcher is None:
             raise ServiceUnavailable("model is still loading", retry_after=1)
-        encodings = self._tokenizer.encode_batch(texts)
-        for i, encoding in enumerate(encodings):
-            if len(encoding.ids) > self.max_tokens:
+        # Tokenizing is microseconds a text: done here, so a too-long input is refused
+        # before it queues, and the exact token counts are the batch cost units.
+        if len(texts) == 1:
+            tokens = [self._tokenizer.encode(texts[0]).ids]
+        else:
+            tokens = [e.ids for e in self._tokenizer.encode_batch(texts)]
+        for i, ids in enumerate(tokens):
+            if len(ids) > self.max_tokens:
                 raise InvalidRequest(
-                    f"input[{i}] has {len(encoding.ids)} tokens; this model takes at most "
+                    f"input[{i}] has {len(ids)} tokens; this model takes at most "
                     f"{self.max_tokens}",
                     param="input",
                     code="context_length_exceeded",
                 )
-        usage = Usage(input_tokens=sum(int(sum(e.attention_mask)) for e in encodings))
-        loop = asyncio.get_running_loop()
-        vectors = await loop.run_in_executor(self._worker, self._forward, encodings)
-        return EmbeddingResult(vectors=vectors, usage=usage)
+        counts = [len(ids) for ids in tokens]
+        done = await batcher.submit(tokens, counts)
+        return EmbeddingResult(
+            vectors=done.results, usage=Usage(input_tokens=sum(counts), engine_ms=done.engine_ms)
+        )
 
-    def _forward(self, encodings: list[Any]) -> list[list[float]]:
-        import torch
+    # -- batches (worker thread) -------------------------------------------------------------
 
-        out: list[list[float]] = []
-        with torch.inference_mode():
-            for start in range(0, len(encodings), self._batch_size):
-                batch = encodings[start : start + self._batch_size]
-                width = max(len(e.ids) for e in batch)
-                ids = torch.tensor([e.ids + [0] * (width - len(e.ids)) for e in batch])
-                mask = torch.tensor(
-                    [e.attention_mask + [0] * (width - len(e.attention_mask)) for e in batch]
-                )
-                hidden = self._model(input_ids=ids, attention_mask=mask).last_hidden_state
-                # (batch, tokens, dim) -> mean over real tokens only
-                weights = mask.unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-                out.extend(pooled.tolist())
+    def _run(self, batch: list[list[int]]) -> list[list[float]]:
+        """Embed one batch: similar lengths share a forward call, so little is padding."""
+        encode = self._encode
+        assert encode is not None
+        out: list[list[float]] = [[] for _ in batch]
+        for group in length_groups([len(ids) for ids in batch], self.call_overhead_tokens):
+            width = len(batch[group[-1]])  # the longest: groups are sorted by length
+            ids = np.zeros((len(group), width), dtype=np.int64)  # 0 is [PAD]
+            mask = np.zeros((len(group), width), dtype=np.int64)
+            for row, index in enumerate(group):
+                length = len(batch[index])
+                ids[row, :length] = batch[index]
+                mask[row, :length] = 1
+            vectors = encode(ids, mask)  # (group, dim)
+            for row, index in enumerate(group):
+                out[index] = vectors[row].tolist()
         return out
+
+
+def length_groups(lengths: list[int], overhead: int) -> list[list[int]]:
+    """Indexes of ``lengths`` in ascending length, cut into groups for separate calls.
+
+    A group is padded to its longest member; every call costs about ``overhead``
+    tokens more. The cut points minimise padded tokens plus calls (a small dynamic
+    program over the sorted lengths: a batch holds tens of items, so this is cheap).
+    """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    ranked = [lengths[i] for i in order]
+    # best[j]: the cheapest cost of the first j sorted items; cut[j]: where its last group starts.
+    best = [0] * (len(ranked) + 1)
+    cut = [0] * (len(ranked) + 1)
+    for j in range(1, len(ranked) + 1):
+        width = ranked[j - 1]
+        best[j], cut[j] = min((best[i] + (j - i) * width + overhead, i) for i in range(j))
+    groups: list[list[int]] = []
+    j = len(ranked)
+    while j > 0:
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    groups.reverse()
+    return groups

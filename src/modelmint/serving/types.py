@@ -12,6 +12,7 @@ from typing import Any, Literal
 __all__ = [
     "EmbeddingResult",
     "Generation",
+    "Prediction",
     "SamplingParams",
     "StreamDelta",
     "TextRequest",
@@ -84,4 +85,12 @@ class StreamDelta:
 @dataclass(slots=True)
 class EmbeddingResult:
     vectors: list[list[float]]
+    usage: Usage
+
+
+@dataclass(slots=True)
+class Prediction:
+    """Answers of a classifier or recommender: one JSON-ready result per input, in order."""
+
+    results: list[Any]
     usage: Usage

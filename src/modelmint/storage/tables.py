@@ -112,7 +112,7 @@ class RegisteredModel(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
-    # What the model does: chat, embedding (later: classification, recommendation).
+    # What the model does: chat, embedding, classification, recommendation.
     task: Mapped[str] = mapped_column(String(40))
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -131,7 +131,41 @@ class ModelVersion(Base):
     artifact_uri: Mapped[str] = mapped_column(Text)
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Trained versions: the recipe, a fingerprint of the data, where it came from
+    # (data source, dataset name@version, parent version) and the generated model card.
+    recipe: Mapped[str | None] = mapped_column(String(60), nullable=True)
+    data_hash: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    parent_version_id: Mapped[str | None] = mapped_column(
+        ForeignKey("model_versions.id"), nullable=True
+    )
+    lineage: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    card: Mapped[str] = mapped_column(Text, default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelAlias(Base):
+    """A movable name for one version of a model (``production``, ``staging``)."""
+
+    __tablename__ = "model_aliases"
+
+    model_id: Mapped[str] = mapped_column(ForeignKey("registered_models.id"), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(60), primary_key=True)
+    model_version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id"))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelAliasMove(Base):
+    """Append-only history of alias moves: who pointed ``production`` where, and when."""
+
+    __tablename__ = "model_alias_moves"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("registered_models.id"), index=True)
+    alias: Mapped[str] = mapped_column(String(60))
+    from_version_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    to_version_id: Mapped[str] = mapped_column(String(40))
+    note: Mapped[str] = mapped_column(Text, default="")
+    moved_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Deployment(Base):
@@ -153,7 +187,14 @@ class Deployment(Base):
     # Public name to try when this deployment's backend fails before answering.
     fallback: Mapped[str | None] = mapped_column(String(200), nullable=True)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # What serving costs: a local engine's hardware per hour (shared among requests by
+    # measured engine time), or a remote upstream's prices per million tokens.
+    cost_per_hour: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
+    cost_per_1m_input: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
+    cost_per_1m_output: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Bumped on every change, so gateways notice a new weight or cost within a second.
+    updated_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class UsageRecord(Base):
@@ -188,6 +229,8 @@ class UsageRecord(Base):
     plan_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     charge: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
     currency: Mapped[str | None] = mapped_column(String(3), nullable=True)
+    # What serving this request cost us (deployment cost rates x measured use), exact.
+    cost: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
 
 
 class UsageRollup(Base):
@@ -518,3 +561,66 @@ class BillingInvoiceLine(Base):
     charges: Mapped[int | None] = mapped_column(Integer, nullable=True)
     span_start: Mapped[datetime | None] = mapped_column(nullable=True)
     span_end: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+# -- analytics ----------------------------------------------------------------------------
+# Rollups the metering writer keeps in the transaction that stores the usage rows and
+# their charges (``metering/rollups.py``), read by ``modelmint.analytics``. Money sums are
+# exact: NUMERIC on PostgreSQL; on SQLite, text added by the writer in Python.
+
+
+class _AnalyticsSums:
+    """What a slice of usage served, earned and cost; "" for a key part that is unknown
+    (primary key columns cannot be NULL): no version, no deployment, or unbilled."""
+
+    organization_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    model_version_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    deployment_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    plan_code: Mapped[str] = mapped_column(String(100), primary_key=True)
+    currency: Mapped[str] = mapped_column(String(3), primary_key=True)
+    # Answered (2xx) requests and the others.
+    requests: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger)
+    # Prompt tokens of text requests, their output tokens, and the input of embeddings.
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    embedding_tokens: Mapped[int] = mapped_column(BigInteger)
+    # Engine busy time in whole microseconds and the sum of latencies, exact integers.
+    engine_us: Mapped[int] = mapped_column(BigInteger)
+    latency_ms: Mapped[int] = mapped_column(BigInteger)
+    # Sum of the request charges (in ``currency``) and of the serving cost, exact.
+    revenue: Mapped[Decimal] = mapped_column(ExactDecimal())
+    cost: Mapped[Decimal] = mapped_column(ExactDecimal())
+
+
+class AnalyticsUsageHourly(_AnalyticsSums, Base):
+    """Usage, revenue and cost per hour x organisation x model x version x deployment x
+    plan x currency."""
+
+    __tablename__ = "analytics_usage_hourly"
+
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+
+
+class AnalyticsUsageDaily(_AnalyticsSums, Base):
+    """The same sums per UTC day: month-long reports read ~24 times fewer rows."""
+
+    __tablename__ = "analytics_usage_daily"
+
+    day: Mapped[datetime] = mapped_column(primary_key=True)
+
+
+class AnalyticsLatencyHourly(Base):
+    """How many answered requests of a model fell in each latency bucket, per hour.
+
+    ``le_ms`` is the bucket's upper bound (``metering.rollups.LATENCY_BUCKETS_MS``), so
+    percentiles come from these counts rather than from raw rows.
+    """
+
+    __tablename__ = "analytics_latency_hourly"
+
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    le_ms: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)

@@ -1,0 +1,130 @@
+"""Customers: the top ones of a window, and everything about one (usage, invoices, wallet)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from modelmint import accounts
+from modelmint.analytics.breakdown import Breakdown, BreakdownRow, Dimension, breakdown
+from modelmint.billing.exact import EXACT
+from modelmint.billing.periods import Period
+from modelmint.storage.db import utcnow
+from modelmint.storage.tables import (
+    BillingInvoice,
+    BillingPlanVersion,
+    BillingSubscription,
+    BillingWallet,
+)
+
+__all__ = [
+    "CustomerDetail",
+    "InvoiceSummary",
+    "WalletSummary",
+    "customer_detail",
+    "top_customers",
+]
+
+
+def top_customers(
+    session: Session, period: Period, *, limit: int = 10, currency: str | None = None
+) -> tuple[BreakdownRow, ...]:
+    """Returns the ``limit`` organisations with the most accrued revenue in ``period`` (usage
+    and fees; ties by requests), as breakdown rows keyed by organisation id."""
+    rows = breakdown(session, period, Dimension.ORGANIZATION, currency=currency).rows
+    return rows[: max(0, limit)]
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceSummary:
+    """One invoice of a customer, amounts exact."""
+
+    id: str
+    period_start: datetime
+    period_end: datetime
+    status: str
+    currency: str
+    subtotal: Decimal
+    total: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class WalletSummary:
+    """A prepaid wallet: ``balance`` is the credit left, ``held`` what requests in flight
+    hold of it."""
+
+    currency: str
+    balance: Decimal
+    held: Decimal
+
+    @property
+    def available(self) -> Decimal:
+        return EXACT.subtract(self.balance, self.held)
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerDetail:
+    """One organisation: its current plan (``code@vN`` or None), its usage by model over
+    the window, all its invoices (newest first) and its wallets."""
+
+    organization_id: str
+    name: str
+    created_at: datetime
+    plan: str | None
+    usage: Breakdown
+    invoices: tuple[InvoiceSummary, ...]
+    wallets: tuple[WalletSummary, ...]
+
+
+def _current_plan(session: Session, organization_id: str, now: datetime) -> str | None:
+    row = session.execute(
+        select(BillingPlanVersion.code, BillingPlanVersion.version)
+        .join(BillingSubscription, BillingSubscription.plan_version_id == BillingPlanVersion.id)
+        .where(
+            BillingSubscription.organization_id == organization_id,
+            BillingSubscription.starts_at <= now,
+            BillingSubscription.ends_at.is_(None) | (BillingSubscription.ends_at > now),
+        )
+    ).first()
+    return None if row is None else f"{row.code}@v{row.version}"
+
+
+def customer_detail(
+    session: Session,
+    organization: str,
+    period: Period,
+    *,
+    currency: str | None = None,
+    now: datetime | None = None,
+) -> CustomerDetail:
+    """Returns the ``CustomerDetail`` of ``organization`` (name or id; ``NotFound`` if
+    unknown) with its usage by model in ``period``."""
+    org = accounts.get_org(session, organization)
+    invoices = session.scalars(
+        select(BillingInvoice)
+        .where(BillingInvoice.organization_id == org.id)
+        .order_by(BillingInvoice.period_start.desc(), BillingInvoice.id)
+    )
+    wallets = session.scalars(
+        select(BillingWallet)
+        .where(BillingWallet.organization_id == org.id)
+        .order_by(BillingWallet.currency)
+    )
+    return CustomerDetail(
+        organization_id=org.id,
+        name=org.name,
+        created_at=org.created_at,
+        plan=_current_plan(session, org.id, now or utcnow()),
+        usage=breakdown(session, period, Dimension.MODEL, currency=currency, organization=org.id),
+        invoices=tuple(
+            InvoiceSummary(
+                i.id, i.period_start, i.period_end, i.status, i.currency, i.subtotal, i.total
+            )
+            for i in invoices
+        ),
+        wallets=tuple(WalletSummary(w.currency, w.balance, w.held) for w in wallets),
+    )

@@ -1,0 +1,100 @@
+"""Fixed fees accrued over a window: subscription and licence fees spread pro rata.
+
+A plan's fee is billed per calendar month. Analytics accrues it over time: the part
+of a month's fee earned by an instant t is billing's own ``proration.accrued`` (the
+fee times the share of the month elapsed, rounded once to minor units), so the
+pieces of any split of a month (days, a report window, a plan change) add up to
+exactly what the invoice charges for that month, to the last cent.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from modelmint.analytics.windows import DAY, to_day
+from modelmint.billing.exact import EXACT
+from modelmint.billing.money import Money
+from modelmint.billing.periods import Period
+from modelmint.billing.proration import accrued
+from modelmint.billing.serialization import money_from_dict
+from modelmint.storage.tables import BillingPlanVersion, BillingSubscription
+
+__all__ = ["FeeSpan", "accrue", "fee_spans"]
+
+_ZERO = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class FeeSpan:
+    """An organisation paying ``fee`` per month on one plan during ``[start, end)``."""
+
+    organization_id: str
+    plan_code: str
+    plan_kind: str
+    fee: Money
+    start: datetime
+    end: datetime | None
+
+
+def fee_spans(session: Session, window: Period, currency: str) -> list[FeeSpan]:
+    """Subscriptions with a fee in ``currency`` that run for some of ``window``."""
+    rows = session.execute(
+        select(
+            BillingSubscription.organization_id,
+            BillingSubscription.starts_at,
+            BillingSubscription.ends_at,
+            BillingPlanVersion.code,
+            BillingPlanVersion.kind,
+            BillingPlanVersion.terms,
+        )
+        .join(BillingPlanVersion, BillingPlanVersion.id == BillingSubscription.plan_version_id)
+        .where(BillingSubscription.starts_at < window.end)
+        .where(BillingSubscription.ends_at.is_(None) | (BillingSubscription.ends_at > window.start))
+        .where(BillingPlanVersion.currency == currency)
+    )
+    spans = []
+    for org, starts, ends, code, kind, terms in rows:
+        if "fee" not in terms:
+            continue  # free and prepaid plans have none
+        fee = money_from_dict(terms["fee"], "plan fee")
+        if not fee.is_zero:
+            spans.append(FeeSpan(org, code, kind, fee, starts, ends))
+    return spans
+
+
+def _boundaries(span: FeeSpan, window: Period) -> Iterator[tuple[Period, datetime, datetime]]:
+    """Pieces of ``span`` inside ``window``, each within one month and one UTC day."""
+    start = max(span.start, window.start)
+    end = window.end if span.end is None else min(span.end, window.end)
+    moment = start
+    while moment < end:
+        month = Period.containing(moment)
+        following = min(end, month.end, to_day(moment) + DAY)
+        yield month, moment, following
+        moment = following
+
+
+def accrue(spans: list[FeeSpan], window: Period) -> dict[tuple[str, str, datetime], Decimal]:
+    """Fee accrued in ``window`` per (organisation, plan code, UTC day), exact."""
+    earned: dict[tuple[str, str, datetime], Decimal] = defaultdict(lambda: _ZERO)
+    for span in spans:
+        last: tuple[Period, datetime, Money] | None = None
+        for month, start, end in _boundaries(span, window):
+            # Consecutive pieces share a boundary: accrue each instant once.
+            if last is not None and last[0] == month and last[1] == start:
+                before = last[2]
+            else:
+                before = accrued(span.fee, month, start)
+            after = accrued(span.fee, month, end)
+            last = (month, end, after)
+            piece = after - before
+            key = (span.organization_id, span.plan_code, to_day(start))
+            earned[key] = EXACT.add(earned[key], piece.amount)
+    return dict(earned)

@@ -1,0 +1,1 @@
+"""The model factory: recipes that turn data into evaluated, exported, registered versions."""

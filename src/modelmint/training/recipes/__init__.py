@@ -1,0 +1,1 @@
+"""One module per recipe; ``modelmint.training.catalog`` maps CLI names to them."""
