@@ -25,6 +25,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy src
+	bash scripts/ensure-chromium.sh
 	$(BIN)/python -m pytest
 
 unit: $(STAMP)
@@ -34,6 +35,7 @@ integration: $(STAMP)
 	$(BIN)/python -m pytest tests/integration
 
 e2e: $(STAMP)
+	bash scripts/ensure-chromium.sh
 	$(BIN)/python -m pytest tests/e2e
 
 # Benchmarks print ratios against named peers, measured side by side in one run.

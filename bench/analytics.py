@@ -17,7 +17,7 @@ rollups, and the same overview computed from ``usage_records`` (the same SQL sha
 exact money sums), checks both give the same figures, and prints
 
     analytics_overview_ms_rollups: X     (median of 5 after a warm-up; target < 300)
-    analytics_overview_ms_raw: Y         (median of 3)
+    analytics_overview_ms_raw: Y         (median of 3; one run beyond 2M events)
     analytics_overview_speedup: Y / X
 
 The database is written under var/bench (SQLite) or as a fresh database on the
@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,10 @@ from modelmint.charging.demo import demo_plans
 from modelmint.metering.rollups import LATENCY_BUCKETS_MS, LATENCY_OVERFLOW_MS
 from modelmint.storage import Database, migrate
 from modelmint.storage.tables import (
+    AnalyticsLatencyHourly,
+    AnalyticsUsageDaily,
+    AnalyticsUsageDailyTotal,
+    AnalyticsUsageHourly,
     Deployment,
     ModelVersion,
     RegisteredModel,
@@ -85,12 +90,14 @@ class Deploy:
     price_out: int
 
 
+CHAT, EMBED, REMOTE = "smollm2-135m-instruct", "all-minilm-l6-v2", "remote-chat"
+TEXT, EMBEDDINGS = "chat.completions", "embeddings"
 DEPLOYS = (
-    Deploy("dep_chat_v1", "smollm2-135m-instruct", 1, "chat.completions", 0.30, 250, 0, 0, 150_000, 600_000),
-    Deploy("dep_chat_v2", "smollm2-135m-instruct", 2, "chat.completions", 0.10, 500, 0, 0, 150_000, 600_000),
-    Deploy("dep_embed", "all-minilm-l6-v2", 1, "embeddings", 0.45, 100, 0, 0, 20_000, 0),
-    Deploy("dep_remote", "remote-chat", 1, "chat.completions", 0.15, 0, 400_000, 1_600_000, 500_000, 1_500_000),
-)  # fmt: skip
+    Deploy("dep_chat_v1", CHAT, 1, TEXT, 0.30, 250, 0, 0, 150_000, 600_000),
+    Deploy("dep_chat_v2", CHAT, 2, TEXT, 0.10, 500, 0, 0, 150_000, 600_000),
+    Deploy("dep_embed", EMBED, 1, EMBEDDINGS, 0.45, 100, 0, 0, 20_000, 0),
+    Deploy("dep_remote", REMOTE, 1, TEXT, 0.15, 0, 400_000, 1_600_000, 500_000, 1_500_000),
+)
 # Plan of organisation i: charged per token (starter, payg), flat (enterprise), capped
 # (free) or none; the last two pay nothing per request.
 PLANS = ("starter", "payg", "enterprise", "free", None)
@@ -136,9 +143,13 @@ def _seed(
                                      format="gguf", artifact_uri="-"))  # fmt: skip
             session.flush()
             per_hour = _money(deploy.per_us * 3_600_000_000) if deploy.per_us else None
-            session.add(Deployment(id=deploy.id, public_name=deploy.model, model_version_id=f"mv_{n}",
-                                   backend="bench", cost_per_hour=per_hour,
-                                   created_at=datetime(2026, 9, 1, tzinfo=UTC)))  # fmt: skip
+            session.add(
+                Deployment(
+                    id=deploy.id, public_name=deploy.model, model_version_id=f"mv_{n}",
+                    backend="bench", cost_per_hour=per_hour,
+                    created_at=datetime(2026, 9, 1, tzinfo=UTC),
+                )
+            )  # fmt: skip
     return orgs
 
 
@@ -192,23 +203,52 @@ def _timestamps(chunk: Chunk, postgres: bool) -> list[str]:
     return [t + "+00" for t in texts.tolist()] if postgres else texts.tolist()
 
 
+def _decimal_texts(units: NDArray[np.int64]) -> NDArray[np.str_]:
+    """Whole units of 10^-12 as exact plain decimal texts, vectorised ("0.000000150000")."""
+    whole = (units // 10**SCALE).astype(str)
+    fraction = np.char.zfill((units % 10**SCALE).astype(str), SCALE)
+    return np.char.add(np.char.add(whole, "."), fraction)
+
+
 def _rows(
     chunk: Chunk, start: int, orgs: list[tuple[str, str | None]], postgres: bool
 ) -> Iterator[tuple[Any, ...]]:
-    times = _timestamps(chunk, postgres)
-    for n, (moment, org, deploy, status, t_in, t_out, latency, engine, charge, cost) in enumerate(
-        zip(times, *(a.tolist() for a in (chunk.org, chunk.deploy, chunk.status, chunk.tokens_in,
-            chunk.tokens_out, chunk.latency, chunk.engine_us, chunk.charge, chunk.cost)), strict=True)
-    ):  # fmt: skip
-        org_id, plan = orgs[org]
-        d = DEPLOYS[deploy]
-        billed = plan is not None
-        yield (
-            f"b{start + n:010d}", moment, org_id, f"key_{org}", d.model, d.id, f"mv_{deploy}",
-            d.endpoint, status, t_in, t_out, latency, False, False, None, engine / 1000,
-            plan, 1 if billed else None, f"{_money(charge):f}" if billed else None,
-            "USD" if billed else None, f"{_money(cost):f}" if status == 200 else None,
-        )  # fmt: skip
+    """The chunk as usage_records rows, built column by column (a row at a time in Python
+    would be the slowest part of the benchmark)."""
+    size = len(chunk.org)
+    org_ids = np.array([org for org, _ in orgs])[chunk.org]
+    plans = np.array([plan or "" for _, plan in orgs])[chunk.org]
+    billed = plans != ""
+    ok = chunk.status == 200
+    none = np.array([None] * size, dtype=object)
+
+    def where(mask: NDArray[np.bool_], values: NDArray[Any]) -> list[Any]:
+        return np.where(mask, values.astype(object), none).tolist()
+
+    columns = [
+        np.char.add("b", np.char.zfill(np.arange(start, start + size).astype(str), 10)).tolist(),
+        _timestamps(chunk, postgres),
+        org_ids.tolist(),
+        np.char.add("key_", chunk.org.astype(str)).tolist(),
+        np.array([d.model for d in DEPLOYS])[chunk.deploy].tolist(),
+        np.array([d.id for d in DEPLOYS])[chunk.deploy].tolist(),
+        np.char.add("mv_", chunk.deploy.astype(str)).tolist(),
+        np.array([d.endpoint for d in DEPLOYS])[chunk.deploy].tolist(),
+        chunk.status.tolist(),
+        chunk.tokens_in.tolist(),
+        chunk.tokens_out.tolist(),
+        chunk.latency.tolist(),
+        repeat(False, size),
+        repeat(False, size),
+        repeat(None, size),
+        (chunk.engine_us / 1000).tolist(),
+        where(billed, plans),
+        where(billed, np.ones(size, dtype=np.int64)),
+        where(billed, _decimal_texts(chunk.charge)),
+        where(billed, np.full(size, "USD")),
+        where(ok, _decimal_texts(chunk.cost)),
+    ]
+    return zip(*columns, strict=True)
 
 
 # -- rollups summed from the same arrays --------------------------------------------------------
@@ -258,10 +298,25 @@ class Rollups:
                 "USD" if plan else "", *cell[:7], _money(cell[7]), _money(cell[8]),
             )  # fmt: skip
 
+    def total_rows(self, orgs: list[tuple[str, str | None]]) -> Iterator[tuple[Any, ...]]:
+        """Per day and currency ("USD" for organisations on a plan, "" for the others)."""
+        billed = np.array([plan is not None for _, plan in orgs])
+        for currency, members in (("USD", billed), ("", ~billed)):
+            cells = {
+                name: v[:, members, :].sum(axis=(1, 2)).reshape(HOURS // 24, 24).sum(axis=1)
+                for name, v in self.sums.items()
+            }
+            for day in range(HOURS // 24):
+                cell = [int(cells[name][day]) for name in MEASURES]
+                if cell[0] or cell[1]:
+                    yield (MONTH.start + timedelta(days=day), currency, *cell[:7],
+                           _money(cell[7]), _money(cell[8]))  # fmt: skip
+
     def latency_rows(self) -> Iterator[tuple[Any, ...]]:
         for hour, model, bucket in np.argwhere(self.latency > 0).tolist():
-            yield (MONTH.start + timedelta(hours=hour), self.models[model], int(self.bounds[bucket]),
-                   int(self.latency[hour, model, bucket]))  # fmt: skip
+            at = MONTH.start + timedelta(hours=hour)
+            count = int(self.latency[hour, model, bucket])
+            yield (at, self.models[model], int(self.bounds[bucket]), count)
 
 
 # -- writing -------------------------------------------------------------------------------------
@@ -299,12 +354,6 @@ def _write_postgres(database: Database, rows: Iterator[tuple[Any, ...]]) -> None
 def _insert_rollups(
     database: Database, rollups: Rollups, orgs: list[tuple[str, str | None]]
 ) -> int:
-    from modelmint.storage.tables import (
-        AnalyticsLatencyHourly,
-        AnalyticsUsageDaily,
-        AnalyticsUsageHourly,
-    )
-
     key = ("organization_id", "model", "model_version_id", "deployment_id", "plan_code", "currency")
     written = 0
     with database.session() as session:
@@ -323,6 +372,10 @@ def _insert_rollups(
             if batch:
                 session.execute(table.__table__.insert(), batch)  # type: ignore[attr-defined]
                 written += len(batch)
+        names = ("day", "currency", *MEASURES)
+        totals = [dict(zip(names, r, strict=True)) for r in rollups.total_rows(orgs)]
+        session.execute(AnalyticsUsageDailyTotal.__table__.insert(), totals)  # type: ignore[attr-defined]
+        written += len(totals)
         latency = [
             dict(zip(("hour", "model", "le_ms", "count"), r, strict=True))
             for r in rollups.latency_rows()
@@ -409,8 +462,10 @@ def raw_overview(session: Session, period: Period) -> dict[str, Any]:
 
 def _same(view: Overview, raw: dict[str, Any]) -> bool:
     for row in view.days:
-        measured = (row.requests, row.errors, row.input_tokens, row.output_tokens,
-                    row.embedding_tokens, row.engine_us, row.latency_ms_total, row.usage_revenue, row.cost)  # fmt: skip
+        measured = (
+            row.requests, row.errors, row.input_tokens, row.output_tokens, row.embedding_tokens,
+            row.engine_us, row.latency_ms_total, row.usage_revenue, row.cost,
+        )  # fmt: skip
         if measured != raw["days"].get(row.key, (0,) * 7 + (Decimal(0), Decimal(0))):
             say(f"mismatch on {row.key}: {measured} != {raw['days'].get(row.key)}")
             return False
@@ -459,14 +514,16 @@ def main() -> None:
     if not args.reuse:
         started = time.perf_counter()
         generate(database, args.events, args.orgs, args.seed)
-        say(
-            f"generated in {time.perf_counter() - started:.0f} s ({database.url.get_backend_name()})"
-        )
+        kind = database.url.get_backend_name()
+        say(f"generated in {time.perf_counter() - started:.0f} s ({kind})")
     now = MONTH.end + timedelta(days=1)
     with database.session() as session:
         _timed(lambda: overview(session, MONTH, now=now), 1)  # warm-up
         rollups_ms, view = _timed(lambda: overview(session, MONTH, now=now), 5)
-        raw_ms, raw = _timed(lambda: raw_overview(session, MONTH), 3)
+        # Raw rows take seconds to minutes: fewer runs of them on big tables.
+        raw_ms, raw = _timed(
+            lambda: raw_overview(session, MONTH), 3 if args.events <= 2_000_000 else 1
+        )
     database.dispose()
     say(f"{view.total.requests + view.total.errors:,} requests in the month; "
         f"revenue {view.total.revenue:,.2f}, cost {view.total.cost:,.2f} USD")  # fmt: skip

@@ -48,8 +48,14 @@ class Seeded:
 
 
 def _traffic(server: Server, organization: str, requests: int) -> None:
-    key = cli_json(server.env, "keys", "create", "--org", organization, "--name", "traffic")
-    client = OpenAI(base_url=server.url + "/v1", api_key=key["key"], max_retries=0)
+    created = httpx.post(
+        server.url + "/admin/keys",
+        json={"organization": organization, "name": "traffic"},
+        headers={"Authorization": f"Bearer {server.admin_token}"},
+        timeout=30,
+    )
+    assert created.status_code == 201, created.text
+    client = OpenAI(base_url=server.url + "/v1", api_key=created.json()["key"], max_retries=0)
     for n in range(requests):
         client.embeddings.create(model=EMBED_MODEL, input=[f"dashboard {organization} {n}"] * 3)
     client.chat.completions.create(
@@ -115,12 +121,12 @@ class Tab:
 
     def charts_drawn(self) -> int:
         """Waits until every chart on the page is drawn by plotly.js; returns how many."""
-        count = self.page.locator(".chart").count()
+        count: int = self.page.locator(".chart").count()
         if count:
-            self.page.wait_for_function(
-                f"document.querySelectorAll('.chart[data-drawn=\"true\"]').length === {count}",
-                timeout=15_000,
-            )
+            # Locator assertions run in Playwright's own world: the pages' CSP forbids
+            # the eval that wait_for_function would need.
+            drawn = self.page.locator('.chart[data-drawn="true"]')
+            playwright_api.expect(drawn).to_have_count(count, timeout=15_000)
             assert self.page.locator(".chart .main-svg").count() >= count
         return count
 

@@ -247,17 +247,31 @@ def breakdown(
     code = report_currency(session, currency)
     where = {} if organization is None else {"organization_id": organization}
     sums = read_sums(session, period, (_COLUMN[by],), currency=code, where=where)
-    spans = fee_spans(session, period, code)
-    if organization is not None:
-        spans = [s for s in spans if s.organization_id == organization]
-    fees = _fees_by(by, accrue(spans, period))
     usage = {
         (key[0].date().isoformat() if by is Dimension.DAY else key[0]): value
         for key, value in sums.items()
     }
-    invoiced = invoiced_revenue(session, period, code)
-    invoiced_by = _invoiced(by, invoiced)
+    spans = fee_spans(session, period, code)
+    if organization is not None:
+        spans = [s for s in spans if s.organization_id == organization]
+    fees = _fees_by(by, accrue(spans, period))
+    invoiced = invoiced_revenue(session, period, code, organization=organization)
     histograms = latency_counts(session, period) if by is Dimension.MODEL else {}
+    rows = _rows(session, period, by, usage, fees, _invoiced(by, invoiced), histograms)
+    total = _total(session, period, rows, invoiced, organization, histograms)
+    return Breakdown(period, code, by, tuple(rows), total)
+
+
+def _rows(
+    session: Session,
+    period: Period,
+    by: Dimension,
+    usage: Mapping[str, EconomicsSums],
+    fees: Mapping[str, Decimal],
+    invoiced: Mapping[str, Decimal] | None,
+    histograms: Mapping[str, Counter[int]],
+) -> list[BreakdownRow]:
+    """One row per key with usage or fees (and per day of the window, by day), sorted."""
     keys = set(usage) | set(fees)
     if by is Dimension.DAY:
         keys |= {day.date().isoformat() for day in days_of(period)}
@@ -271,7 +285,7 @@ def breakdown(
                 labels.get(key, key or UNKNOWN),
                 usage.get(key, EconomicsSums()),
                 fees=fees.get(key, _ZERO),
-                invoiced=None if invoiced_by is None else invoiced_by.get(key, _ZERO),
+                invoiced=None if invoiced is None else invoiced.get(key, _ZERO),
                 p50_ms=percentile(histogram, P50),
                 p95_ms=percentile(histogram, P95),
             )
@@ -280,13 +294,7 @@ def breakdown(
         rows.sort(key=lambda r: r.key)
     else:
         rows.sort(key=lambda r: (-r.revenue, -r.requests, r.key))
-    return Breakdown(
-        period,
-        code,
-        by,
-        tuple(rows),
-        _total(session, period, rows, invoiced, organization, histograms),
-    )
+    return rows
 
 
 def _total(
@@ -295,11 +303,11 @@ def _total(
     rows: list[BreakdownRow],
     invoiced: InvoicedRevenue,
     organization: str | None,
-    histograms: dict[str, Counter[int]],
+    histograms: Mapping[str, Counter[int]],
 ) -> BreakdownRow:
     """The total row: sums of the rows, what invoices billed, percentiles of every model."""
     if organization is not None:  # latencies are kept per model, not per customer
-        return replace(totals_row(rows), invoiced=invoiced.by_organization.get(organization, _ZERO))
+        return replace(totals_row(rows), invoiced=invoiced.billed)
     everything = merge((histograms or latency_counts(session, period)).values())
     return replace(
         totals_row(rows),

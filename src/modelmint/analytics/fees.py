@@ -9,8 +9,8 @@ exactly what the invoice charges for that month, to the last cent.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -69,32 +69,35 @@ def fee_spans(session: Session, window: Period, currency: str) -> list[FeeSpan]:
     return spans
 
 
-def _boundaries(span: FeeSpan, window: Period) -> Iterator[tuple[Period, datetime, datetime]]:
-    """Pieces of ``span`` inside ``window``, each within one month and one UTC day."""
-    start = max(span.start, window.start)
-    end = window.end if span.end is None else min(span.end, window.end)
+@functools.lru_cache(maxsize=4096)
+def _pieces(fee: Money, start: datetime, end: datetime) -> tuple[tuple[datetime, Decimal], ...]:
+    """The fee accrued in ``[start, end)`` per UTC day. Cached: subscriptions on one plan
+    mostly share their boundaries (a whole month, midnight to midnight)."""
+    pieces: list[tuple[datetime, Decimal]] = []
+    last: tuple[Period, datetime, Money] | None = None
     moment = start
     while moment < end:
         month = Period.containing(moment)
         following = min(end, month.end, to_day(moment) + DAY)
-        yield month, moment, following
+        # Consecutive pieces share a boundary: accrue each instant once.
+        if last is not None and last[0] == month and last[1] == moment:
+            before = last[2]
+        else:
+            before = accrued(fee, month, moment)
+        after = accrued(fee, month, following)
+        last = (month, following, after)
+        pieces.append((to_day(moment), (after - before).amount))
         moment = following
+    return tuple(pieces)
 
 
 def accrue(spans: list[FeeSpan], window: Period) -> dict[tuple[str, str, datetime], Decimal]:
     """Fee accrued in ``window`` per (organisation, plan code, UTC day), exact."""
     earned: dict[tuple[str, str, datetime], Decimal] = defaultdict(lambda: _ZERO)
     for span in spans:
-        last: tuple[Period, datetime, Money] | None = None
-        for month, start, end in _boundaries(span, window):
-            # Consecutive pieces share a boundary: accrue each instant once.
-            if last is not None and last[0] == month and last[1] == start:
-                before = last[2]
-            else:
-                before = accrued(span.fee, month, start)
-            after = accrued(span.fee, month, end)
-            last = (month, end, after)
-            piece = after - before
-            key = (span.organization_id, span.plan_code, to_day(start))
-            earned[key] = EXACT.add(earned[key], piece.amount)
+        start = max(span.start, window.start)
+        end = window.end if span.end is None else min(span.end, window.end)
+        for day, amount in _pieces(span.fee, start, end):
+            key = (span.organization_id, span.plan_code, day)
+            earned[key] = EXACT.add(earned[key], amount)
     return dict(earned)

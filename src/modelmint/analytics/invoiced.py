@@ -49,20 +49,22 @@ def _add(sums: dict[str, Decimal], key: str, amount: Decimal) -> None:
     sums[key] = EXACT.add(sums.get(key, _ZERO), amount)
 
 
-def invoiced_revenue(session: Session, window: Period, currency: str) -> InvoicedRevenue:
+def invoiced_revenue(
+    session: Session, window: Period, currency: str, *, organization: str | None = None
+) -> InvoicedRevenue:
     """Returns the ``InvoicedRevenue`` of the invoices in ``currency`` whose billing period
-    starts inside ``window``: totals (billed, subtotal, discount, tax, total, paid) and
-    sums of fee and usage lines per organisation, plan code and model."""
-    invoices = list(
-        session.scalars(
-            select(BillingInvoice).where(
-                BillingInvoice.period_start >= window.start,
-                BillingInvoice.period_start < window.end,
-                BillingInvoice.currency == currency,
-                BillingInvoice.status.in_(BILLED_STATUSES),
-            )
-        )
+    starts inside ``window`` (of one organisation, by id, if given): totals (billed,
+    subtotal, discount, tax, total, paid) and sums of fee and usage lines per
+    organisation, plan code and model."""
+    query = select(BillingInvoice).where(
+        BillingInvoice.period_start >= window.start,
+        BillingInvoice.period_start < window.end,
+        BillingInvoice.currency == currency,
+        BillingInvoice.status.in_(BILLED_STATUSES),
     )
+    if organization is not None:
+        query = query.where(BillingInvoice.organization_id == organization)
+    invoices = list(session.scalars(query))
     sums = {name: _ZERO for name in ("billed", "subtotal", "discount", "tax", "total", "paid")}
     for invoice in invoices:
         for name in ("subtotal", "discount", "tax", "total"):

@@ -4,8 +4,8 @@ MRR has two parts here, because ModelMint sells both fees and usage:
 
 * fixed: the monthly fees of the subscriptions and licences running at ``at``
   (what the business will bill next month if nothing changes);
-* usage: usage charges accrued over the 30 days before ``at`` (whole hours), the
-  run rate of metered revenue.
+* usage: usage charges accrued over the 30 days before ``at`` (the hour under way
+  included), the run rate of metered revenue.
 
 ARR is twelve times MRR.
 """
@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from modelmint.analytics.currencies import report_currency
 from modelmint.analytics.fees import fee_spans
 from modelmint.analytics.rollups import read_sums
-from modelmint.analytics.windows import HOUR, to_hour
+from modelmint.analytics.windows import ceil_hour
 from modelmint.billing.exact import EXACT, exact_sum
 from modelmint.billing.periods import Period, utc
 from modelmint.storage.db import utcnow
@@ -64,7 +64,7 @@ def recurring_revenue(
         for span in fee_spans(session, instant, code)
         if span.start <= moment and (span.end is None or moment < span.end)
     ]
-    end = to_hour(moment) + HOUR
+    end = ceil_hour(moment)  # the hour under way counts
     window = Period(end - timedelta(days=USAGE_RUN_RATE_DAYS), end)
     usage = read_sums(session, window, (), currency=code)
     usage_revenue = usage[()].revenue if () in usage else Decimal(0)

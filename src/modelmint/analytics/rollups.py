@@ -1,9 +1,10 @@
 """Reading the analytics rollups: sums of usage, revenue and cost over a window.
 
-The one place that queries ``analytics_usage_hourly`` and ``analytics_usage_daily``
-(and the latency histogram). ``read_sums`` groups by any of the rollup's key columns
-plus ``day``; integer measures are summed in SQL, money with ``money_sql.exact_sum``,
-so results are exact on both databases. Rows of other currencies are left out; rows
+The one place that queries ``analytics_usage_hourly``, ``analytics_usage_daily`` and
+``analytics_usage_daily_totals`` (whichever is coarsest and still answers), and the
+latency histogram. ``read_sums`` groups by any of the rollup's key columns plus
+``day``; integer measures are summed in SQL, money with ``money_sql.exact_sum``, so
+results are exact on both databases. Rows of other currencies are left out; rows
 without a currency (unbilled usage: no revenue, a serving cost) are kept, because
 deployment costs are stated in the currency the platform reports in.
 """
@@ -26,6 +27,7 @@ from modelmint.metering.rollups import EconomicsSums
 from modelmint.storage.tables import (
     AnalyticsLatencyHourly,
     AnalyticsUsageDaily,
+    AnalyticsUsageDailyTotal,
     AnalyticsUsageHourly,
 )
 
@@ -58,6 +60,7 @@ Group = tuple[Any, ...]
 
 _HOURLY: Table = AnalyticsUsageHourly.__table__  # type: ignore[assignment]
 _DAILY: Table = AnalyticsUsageDaily.__table__  # type: ignore[assignment]
+_TOTALS: Table = AnalyticsUsageDailyTotal.__table__  # type: ignore[assignment]
 _LATENCY: Table = AnalyticsLatencyHourly.__table__  # type: ignore[assignment]
 
 
@@ -107,8 +110,10 @@ def read_sums(
     parts = split(window)
     queries: list[Any] = []
     if parts.days_from is not None and parts.days_to is not None:
+        # Totals per day and currency suffice when nothing finer is asked for.
+        daily = _TOTALS if not filters and set(group) <= {"day", "currency"} else _DAILY
         queries.append(
-            _select(_DAILY, "day", group, parts.days_from, parts.days_to, currency, filters)
+            _select(daily, "day", group, parts.days_from, parts.days_to, currency, filters)
         )
     for start, end in parts.hours:
         queries.append(_select(_HOURLY, "hour", group, start, end, currency, filters))

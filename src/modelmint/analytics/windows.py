@@ -14,7 +14,18 @@ from datetime import UTC, datetime, timedelta
 from modelmint.billing.periods import Period
 from modelmint.storage.db import utcnow
 
-__all__ = ["HOUR", "Split", "current_month", "days_of", "hours_in", "split", "to_day", "to_hour"]
+__all__ = [
+    "DAY",
+    "HOUR",
+    "Split",
+    "ceil_hour",
+    "current_month",
+    "days_of",
+    "hours_in",
+    "split",
+    "to_day",
+    "to_hour",
+]
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -30,7 +41,8 @@ def to_day(moment: datetime) -> datetime:
     return to_hour(moment).replace(hour=0)
 
 
-def _ceil_hour(moment: datetime) -> datetime:
+def ceil_hour(moment: datetime) -> datetime:
+    """The first UTC hour boundary at or after ``moment``."""
     floor = to_hour(moment)
     return floor if floor == moment else floor + HOUR
 
@@ -52,7 +64,7 @@ class Split:
 
 def split(window: Period) -> Split:
     """The daily and hourly parts of ``window`` (hours that start inside it)."""
-    first, last = _ceil_hour(window.start), _ceil_hour(window.end)
+    first, last = ceil_hour(window.start), ceil_hour(window.end)
     if first >= last:
         return Split(None, None, ())
     days_from, days_to = _ceil_day(first), to_day(last)
@@ -64,7 +76,7 @@ def split(window: Period) -> Split:
 
 def hours_in(window: Period) -> int:
     """How many rollup hours ``window`` covers."""
-    first, last = _ceil_hour(window.start), _ceil_hour(window.end)
+    first, last = ceil_hour(window.start), ceil_hour(window.end)
     return max(0, (last - first) // HOUR)
 
 

@@ -399,7 +399,9 @@ class InferenceService:
             backend = _predict_backend(target)
             # Every input is checked before any is queued: one bad row fails its own
             # request with a 400 naming it, never a batch shared with others.
-            return await backend.predict([backend.validate(item) for item in items])
+            return await backend.predict(
+                [_validated(backend, item, i) for i, item in enumerate(items)]
+            )
 
         prediction = await self._guard(call, self._with_fallback(route, call, run))
         await self._succeed(call, prediction.usage)
@@ -438,6 +440,14 @@ class InferenceService:
                 "usage": {"input_items": 1},
             },
         )
+
+
+def _validated(backend: PredictionBackend, item: Any, index: int) -> Any:
+    try:
+        return backend.validate(item)
+    except InvalidRequest as exc:
+        exc.param = exc.param or f"input[{index}]"
+        raise
 
 
 def _decode_input(item: ClassificationInput, index: int) -> Any:

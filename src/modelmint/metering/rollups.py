@@ -10,7 +10,8 @@ transaction that stores the rows:
   organisation, model, version, deployment, plan, currency): requests, errors,
   tokens, engine time, latency, and the exact sums of the request charges
   (revenue) and serving costs; per (hour, model, latency bucket): answered requests,
-  so percentiles come from counts. ``daily`` folds hourly rows into UTC days.
+  so percentiles come from counts. ``daily`` folds hourly rows into UTC days, and
+  ``daily_totals`` days into (day, currency).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = [
     "EconomicsSums",
     "LatencyKey",
     "daily",
+    "daily_totals",
     "economics_rows",
     "latency_bucket",
     "latency_rows",
@@ -179,6 +181,19 @@ def daily(rows: Mapping[EconomicsKey, EconomicsSums]) -> dict[EconomicsKey, Econ
             row = days[key] = EconomicsSums()
         row.add(sums)
     return days
+
+
+def daily_totals(
+    days: Mapping[EconomicsKey, EconomicsSums],
+) -> dict[tuple[datetime, str], EconomicsSums]:
+    """Daily analytics rows folded into (day, currency): what the overview reads."""
+    totals: dict[tuple[datetime, str], EconomicsSums] = {}
+    for key, sums in days.items():
+        total = totals.get((key[0], key[6]))
+        if total is None:
+            total = totals[(key[0], key[6])] = EconomicsSums()
+        total.add(sums)
+    return totals
 
 
 def latency_bucket(latency_ms: int) -> int:

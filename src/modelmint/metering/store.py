@@ -10,18 +10,19 @@ Events on a plan are then charged by the ``charge`` hook (``charging.Charger``) 
 the same transaction, through an ORM session on the same connection, and their
 charges written onto their rows.
 
-Last, the analytics rollups (``rollups.economics_rows`` per hour and per day, and the
-latency histogram) take the fresh events with their charges. Their money columns are
-added exactly: NUMERIC + NUMERIC on PostgreSQL; on SQLite, where ``ExactDecimal`` is
-text and SQL arithmetic would go through floats, by ``mm_exact_add``, a Python
-function registered on the writer's connection that adds the two texts as Decimals.
+Last, the analytics rollups (``rollups.economics_rows`` per hour and per day, daily
+totals per currency, and the latency histogram) take the fresh events with their
+charges. Their money columns are added exactly: NUMERIC + NUMERIC on PostgreSQL; on
+SQLite, where ``ExactDecimal`` is text and SQL arithmetic would go through floats, by
+``mm_exact_add``, a Python function registered on the writer's connection that adds
+the two texts as Decimals.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -32,9 +33,9 @@ from sqlalchemy.orm import Session
 from modelmint.billing.exact import EXACT
 from modelmint.metering.events import UsageEvent
 from modelmint.metering.rollups import (
-    EconomicsKey,
     EconomicsSums,
     daily,
+    daily_totals,
     economics_rows,
     latency_rows,
     rollup_rows,
@@ -155,16 +156,29 @@ class UsageStore:
     def _roll_up_economics(
         self, connection: Connection, fresh: list[UsageEvent], charges: dict[str, Decimal]
     ) -> None:
-        """Add the fresh events, charged, to the analytics rollups."""
+        """Add the fresh events, charged, to the analytics rollups.
+
+        Straight on the DBAPI cursor, in the same transaction: these statements return
+        nothing, and SQLAlchemy's result handling would cost more than SQLite's work.
+        """
         hourly = economics_rows(fresh, charges)
-        connection.exec_driver_sql(
-            *self._upsert_economics("analytics_usage_hourly", "hour", hourly)
-        )
         days = daily(hourly)
-        connection.exec_driver_sql(*self._upsert_economics("analytics_usage_daily", "day", days))
+        statements = [
+            self._upsert_economics("analytics_usage_hourly", "hour", hourly),
+            self._upsert_economics("analytics_usage_daily", "day", days),
+            self._upsert_economics(
+                "analytics_usage_daily_totals", "day", daily_totals(days), ("currency",)
+            ),
+        ]
         latencies = latency_rows(fresh)
         if latencies:
-            connection.exec_driver_sql(*self._upsert_latencies(latencies))
+            statements.append(self._upsert_latencies(latencies))
+        cursor = connection.connection.cursor()
+        try:
+            for sql, params in statements:
+                cursor.execute(sql, params)
+        finally:
+            cursor.close()
 
     def close(self) -> None:
         self._discard()
@@ -238,8 +252,14 @@ class UsageStore:
         return sql, tuple(params)
 
     def _upsert_economics(
-        self, table: str, time_column: str, rows: dict[EconomicsKey, EconomicsSums]
+        self,
+        table: str,
+        time_column: str,
+        rows: Mapping[tuple[Any, ...], EconomicsSums],
+        key_columns: tuple[str, ...] = _ECONOMICS_KEY,
     ) -> tuple[str, tuple[Any, ...]]:
+        """An upsert adding ``rows`` (keyed by the hour or day, then ``key_columns``'
+        values) to an analytics table."""
         params: list[Any] = []
         for (moment, *key), sums in rows.items():
             params += (
@@ -247,8 +267,8 @@ class UsageStore:
                 sums.output_tokens, sums.embedding_tokens, sums.engine_us, sums.latency_ms,
                 self._decimal(sums.revenue), self._decimal(sums.cost),
             )  # fmt: skip
-        key_columns = (time_column, *_ECONOMICS_KEY)
-        columns = (*key_columns, *_ECONOMICS_COUNTS, *_ECONOMICS_MONEY)
+        conflict = (time_column, *key_columns)
+        columns = (*conflict, *_ECONOMICS_COUNTS, *_ECONOMICS_MONEY)
         counts = [f"{c} = {table}.{c} + excluded.{c}" for c in _ECONOMICS_COUNTS]
         if self._sqlite:
             money = [f"{c} = {_EXACT_ADD}({table}.{c}, excluded.{c})" for c in _ECONOMICS_MONEY]
@@ -257,7 +277,7 @@ class UsageStore:
         sql = (
             f"INSERT INTO {table} ({', '.join(columns)}) "
             f"VALUES {self._values(len(rows), len(columns))} "
-            f"ON CONFLICT ({', '.join(key_columns)}) DO UPDATE SET {', '.join(counts + money)}"
+            f"ON CONFLICT ({', '.join(conflict)}) DO UPDATE SET {', '.join(counts + money)}"
         )
         return sql, tuple(params)
 

@@ -569,16 +569,9 @@ class BillingInvoiceLine(Base):
 # exact: NUMERIC on PostgreSQL; on SQLite, text added by the writer in Python.
 
 
-class _AnalyticsSums:
-    """What a slice of usage served, earned and cost; "" for a key part that is unknown
-    (primary key columns cannot be NULL): no version, no deployment, or unbilled."""
+class _AnalyticsMeasures:
+    """What a slice of usage served, earned and cost."""
 
-    organization_id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    model: Mapped[str] = mapped_column(String(200), primary_key=True)
-    model_version_id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    deployment_id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    plan_code: Mapped[str] = mapped_column(String(100), primary_key=True)
-    currency: Mapped[str] = mapped_column(String(3), primary_key=True)
     # Answered (2xx) requests and the others.
     requests: Mapped[int] = mapped_column(BigInteger)
     errors: Mapped[int] = mapped_column(BigInteger)
@@ -592,6 +585,18 @@ class _AnalyticsSums:
     # Sum of the request charges (in ``currency``) and of the serving cost, exact.
     revenue: Mapped[Decimal] = mapped_column(ExactDecimal())
     cost: Mapped[Decimal] = mapped_column(ExactDecimal())
+
+
+class _AnalyticsSums(_AnalyticsMeasures):
+    """Measures keyed by who used what; "" for a key part that is unknown (primary key
+    columns cannot be NULL): no version, no deployment, or unbilled."""
+
+    organization_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    model_version_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    deployment_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    plan_code: Mapped[str] = mapped_column(String(100), primary_key=True)
+    currency: Mapped[str] = mapped_column(String(3), primary_key=True)
 
 
 class AnalyticsUsageHourly(_AnalyticsSums, Base):
@@ -624,3 +629,13 @@ class AnalyticsLatencyHourly(Base):
     model: Mapped[str] = mapped_column(String(200), primary_key=True)
     le_ms: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     count: Mapped[int] = mapped_column(BigInteger)
+
+
+class AnalyticsUsageDailyTotal(_AnalyticsMeasures, Base):
+    """The same sums per UTC day and currency only: what the overview reads (a month is
+    31 rows however many customers and models there are)."""
+
+    __tablename__ = "analytics_usage_daily_totals"
+
+    day: Mapped[datetime] = mapped_column(primary_key=True)
+    currency: Mapped[str] = mapped_column(String(3), primary_key=True)

@@ -15,11 +15,21 @@ transformers undoes that when it loads a GGUF. Weights leave this module in the
 Hugging Face layout and deltas come back in it; ``to_gguf_rows`` / ``from_gguf_rows``
 are the one place that knows the permutation.
 
-Merged tensors are written as F16 by default: a LoRA delta is small next to a 4-bit
-quantization step, so requantizing to the base's Q4_1 erases most of what training
-learned, while F16 keeps it at a cost of ~2 bytes per merged weight (the measurements
-are in the recipe's report and tests). Every tensor that no adapter touched is copied
-byte for byte, in its original quantization.
+Merged tensors are written as F16 by default; every tensor no adapter touched is
+copied byte for byte, in its original quantization. Measured on SmolLM2-135M with
+random q/v adapters (weights moved ~3%), KL divergence of llama.cpp's next-token
+distribution from the fine-tuned torch model's, and file size:
+
+    unmerged base (Q4_1)        0.070            98 MB
+    merged, requantized Q4_1    0.110  (worse than not merging: the delta is below
+                                        a 4-bit step, so rounding scrambles it)
+    merged as Q8_0              0.009           104 MB
+    merged as F16               0.003           117 MB
+    merged as F32               0.004           143 MB
+
+llama.cpp's own kernels put the unchanged base 0.005 from torch, so F16 is as close
+as serving gets; F32 only costs size. ``write_llama_gguf`` writes a whole model from
+Hugging Face weights, for bases that come as a Hugging Face folder.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Image data for training: read a folder of class subfolders or a bundled set, check it,
-and hold it as one float array.
+hold it as one float array, and augment batches of it on the fly.
 
 A folder looks like ``root/<class name>/<image>.png|.jpg|.jpeg``; classes are the
 subfolder names in sorted order. Every image goes through the same pixel pipeline as
@@ -9,11 +9,14 @@ time and the same file posted to the gateway give the same scores.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from numpy.typing import NDArray
 from PIL import Image
 
@@ -25,6 +28,7 @@ __all__ = [
     "COLORS",
     "IMAGE_SUFFIXES",
     "ImageData",
+    "augment_batch",
     "load_digits",
     "load_folder",
     "load_images",
@@ -38,6 +42,10 @@ DEFAULT_FOLDER_SIZE = 32
 # Pillow modes whose pixels are shades of gray: a folder of only these trains a
 # one-channel network under color="auto".
 _GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
+# Ranges of augment_batch's random affine transform at strength 1, scaled linearly.
+_MAX_DEGREES = 12.0
+_MAX_ZOOM = 0.10  # +-10% scale
+_MAX_SHIFT = 0.10  # +-10% of the side (affine_grid coordinates span 2 per side)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,3 +194,31 @@ def _auto_color(files: dict[str, list[Path]]) -> str:
                 if image.mode not in _GRAY_MODES:
                     return RGB
     return GRAYSCALE
+
+
+def augment_batch(
+    images: torch.Tensor, strength: float, hflip: bool, generator: torch.Generator
+) -> torch.Tensor:
+    """Random shift/rotation/zoom (and optional mirror) of (N, C, H, W) pixels, one
+    transform per image, resampled bilinearly with the edge pixels extended."""
+    n = images.shape[0]
+
+    def uniform() -> torch.Tensor:  # (N,) in [-1, 1)
+        return torch.rand(n, generator=generator) * 2 - 1
+
+    angle = uniform() * math.radians(_MAX_DEGREES) * strength
+    zoom = 1 + uniform() * _MAX_ZOOM * strength
+    shift = torch.stack([uniform(), uniform()], dim=1) * 2 * _MAX_SHIFT * strength
+    mirror = torch.ones(n)
+    if hflip:
+        mirror = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack(
+        [
+            torch.stack([cos * mirror, -sin, shift[:, 0]], dim=1),
+            torch.stack([sin * mirror, cos, shift[:, 1]], dim=1),
+        ],
+        dim=1,
+    )  # (N, 2, 3): output coordinates -> input coordinates
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)

@@ -18,9 +18,9 @@ from PIL import Image, ImageDraw
 from modelmint.serving.predictors import load_predictor
 from modelmint.serving.predictors.image import CONFIG_FILE, WEIGHTS_FILE, quantize
 from modelmint.training.catalog import recipe_class
-from modelmint.training.images import ImageData, load_images
+from modelmint.training.images import ImageData, augment_batch, load_images
 from modelmint.training.recipe import DataError, Splits
-from modelmint.training.recipes.image import ImageClassifier, augment_batch
+from modelmint.training.recipes.image import ImageClassifier
 
 # Small enough to train in about a second: the behaviours, not the accuracy, are tested.
 FAST = {"image_size": 16, "width": 16, "blocks": 1, "epochs": 10, "batch_size": 16, "lr": 1e-2}
@@ -220,13 +220,14 @@ def test_evaluate_reports_per_class_metrics_and_a_confusion_matrix(
     recipe, parts = fitted
     report = recipe.evaluate(parts.test)
     json.dumps(report)  # JSON-serialisable as is
-    matrix = np.asarray(report["confusion_matrix"])
-    assert matrix.shape == (2, 2) and matrix.sum() == len(parts.test) == report["n"]
+    matrix = np.asarray(report["confusion_matrix"]["matrix"])
+    assert report["confusion_matrix"]["labels"] == ["circle", "square"]
+    assert matrix.shape == (2, 2) and matrix.sum() == len(parts.test) == report["rows"]
     assert report["accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
     assert set(report["per_class"]) == {"circle", "square"}
     assert report["per_class"]["square"]["support"] == int((parts.test.targets == 1).sum())
     f1s = [report["per_class"][label]["f1"] for label in ("circle", "square")]
-    assert report["macro_f1"] == pytest.approx(np.mean(f1s))
+    assert report["f1_macro"] == pytest.approx(np.mean(f1s))
 
 
 def test_same_seed_gives_the_same_report_and_another_seed_does_not(shapes: Path) -> None:
@@ -406,5 +407,5 @@ def test_digits_with_default_params_reach_98_5_percent_test_accuracy() -> None:
     seconds = time.perf_counter() - started
     report = recipe.evaluate(parts.test)
     print(f"digits: test accuracy {report['accuracy']:.4f} in {seconds:.1f} s")
-    assert report["n"] == len(parts.test) >= 350
+    assert report["rows"] == len(parts.test) >= 350
     assert report["accuracy"] >= 0.985

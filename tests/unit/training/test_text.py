@@ -222,3 +222,19 @@ def test_params_round_trip() -> None:
     assert TextClassifier(**recipe.get_params()).get_params() == recipe.get_params()
     with pytest.raises(DataError, match="no parameter"):
         recipe.set_params(max_tokens=3)
+
+
+def test_scrub_pii_removes_contact_details_before_training(tmp_path: Path) -> None:
+    path = tmp_path / "pii.csv"
+    path.write_text(
+        "text,label\n"
+        "mail me at jane.doe@example.com,contact\n"
+        "call +44 20 7946 0958 today,contact\n"
+        "the app is slow,tech\n"
+    )
+    kept = TextClassifier().load_data(str(path))
+    scrubbed = TextClassifier(scrub_pii=True).load_data(str(path))
+    assert "jane.doe@example.com" in kept.texts[0]
+    assert scrubbed.texts[0] == "mail me at [EMAIL]"
+    assert "[PHONE]" in scrubbed.texts[1] and "7946" not in scrubbed.texts[1]
+    assert scrubbed.texts[2] == "the app is slow"

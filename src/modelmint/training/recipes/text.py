@@ -173,6 +173,9 @@ class TextClassifier(Recipe[TextData]):
         epochs: int = 3,
         batch_size: int = 16,
         freeze_encoder: bool = False,
+        # Replace emails, phone and card numbers and secrets in the texts before
+        # training, so the model cannot learn (or leak) them.
+        scrub_pii: bool = False,
         seed: int = 0,
         test_fraction: float = 0.2,
         val_fraction: float = 0.1,
@@ -189,13 +192,20 @@ class TextClassifier(Recipe[TextData]):
         self.seed = seed
         self.test_fraction = test_fraction
         self.val_fraction = val_fraction
+        self.scrub_pii = scrub_pii
 
     # -- data ---------------------------------------------------------------------
 
     def load_data(self, source: str) -> TextData:
-        return read_texts(
+        data = read_texts(
             Path(source), text_column=self.text_column, label_column=self.label_column
         )
+        if self.scrub_pii:
+            from modelmint.training.pii import scrub_all
+
+            clean, _ = scrub_all(data.texts)
+            data = replace(data, texts=tuple(clean))
+        return data
 
     def rows(self, data: TextData) -> int:
         return len(data)

@@ -1,4 +1,4 @@
-"""analytics rollups: usage, revenue and cost per hour and per day; latency histogram
+"""analytics rollups: usage, revenue and cost per hour, per day and per day in all; latency
 
 Revision ID: 0008
 Revises: 0007
@@ -49,7 +49,7 @@ _COUNTS = (
 _MONEY = ("revenue", "cost")
 
 
-def _sums_columns() -> list[sa.Column[Any]]:
+def _key_columns() -> list[sa.Column[Any]]:
     return [
         sa.Column("organization_id", sa.String(length=40), nullable=False),
         sa.Column("model", sa.String(length=200), nullable=False),
@@ -57,6 +57,11 @@ def _sums_columns() -> list[sa.Column[Any]]:
         sa.Column("deployment_id", sa.String(length=40), nullable=False),
         sa.Column("plan_code", sa.String(length=100), nullable=False),
         sa.Column("currency", sa.String(length=3), nullable=False),
+    ]
+
+
+def _measure_columns() -> list[sa.Column[Any]]:
+    return [
         *(sa.Column(name, sa.BigInteger(), nullable=False) for name in _COUNTS),
         *(sa.Column(name, EXACT_DECIMAL, nullable=False) for name in _MONEY),
     ]
@@ -80,9 +85,17 @@ def upgrade() -> None:
             sa.Column(
                 time_column, modelmint.storage.types.UTCDateTime(timezone=True), nullable=False
             ),
-            *_sums_columns(),
+            *_key_columns(),
+            *_measure_columns(),
             sa.PrimaryKeyConstraint(time_column, *_KEY, name=op.f(f"pk_{table}")),
         )
+    op.create_table(
+        "analytics_usage_daily_totals",
+        sa.Column("day", modelmint.storage.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("currency", sa.String(length=3), nullable=False),
+        *_measure_columns(),
+        sa.PrimaryKeyConstraint("day", "currency", name=op.f("pk_analytics_usage_daily_totals")),
+    )
     if op.get_bind().dialect.name == "postgresql":
         _backfill_in_sql()
     else:
@@ -115,6 +128,12 @@ def _backfill_in_sql() -> None:
             f"SELECT {moment}, {_PG_MEASURES} FROM usage_records "
             f"GROUP BY 1, 2, 3, 4, 5, 6, 7"
         )
+    measures = (*_COUNTS, *_MONEY)
+    sums = ", ".join(f"SUM({name})" for name in measures)
+    op.execute(
+        f"INSERT INTO analytics_usage_daily_totals (day, currency, {', '.join(measures)}) "
+        f"SELECT day, currency, {sums} FROM analytics_usage_daily GROUP BY day, currency"
+    )
     bucket = " ".join(f"WHEN latency_ms <= {bound} THEN {bound}" for bound in _BUCKETS_MS)
     hour = "date_trunc('hour', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
     op.execute(
@@ -177,8 +196,14 @@ def _backfill_in_python() -> None:
         total = daily.setdefault(day_key, [0] * len(_COUNTS) + [Decimal(0), Decimal(0)])
         for index, amount in enumerate(sums):
             total[index] += amount
-    _insert(bind, "analytics_usage_hourly", "hour", hourly)
-    _insert(bind, "analytics_usage_daily", "day", daily)
+    totals: dict[tuple[Any, ...], list[Any]] = {}
+    for (day, *rest), sums in daily.items():
+        total = totals.setdefault((day, rest[-1]), [0] * len(_COUNTS) + [Decimal(0), Decimal(0)])
+        for index, amount in enumerate(sums):
+            total[index] += amount
+    _insert(bind, "analytics_usage_hourly", ("hour", *_KEY), hourly)
+    _insert(bind, "analytics_usage_daily", ("day", *_KEY), daily)
+    _insert(bind, "analytics_usage_daily_totals", ("day", "currency"), totals)
     if latencies:
         bind.execute(
             sa.text(
@@ -193,11 +218,11 @@ def _backfill_in_python() -> None:
 
 
 def _insert(
-    bind: Any, table: str, time_column: str, rows: dict[tuple[Any, ...], list[Any]]
+    bind: Any, table: str, key: tuple[str, ...], rows: dict[tuple[Any, ...], list[Any]]
 ) -> None:
     if not rows:
         return
-    names = (time_column, *_KEY, *_COUNTS, *_MONEY)
+    names = (*key, *_COUNTS, *_MONEY)
     statement = sa.text(
         f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(':' + n for n in names)})"
     )
@@ -209,6 +234,7 @@ def _insert(
 
 
 def downgrade() -> None:
+    op.drop_table("analytics_usage_daily_totals")
     op.drop_table("analytics_usage_hourly")
     op.drop_table("analytics_usage_daily")
     op.drop_table("analytics_latency_hourly")
