@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # The stamp changes whenever the declared dependencies change, so `make` reinstalls then.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 
-.PHONY: run test unit integration e2e lint typecheck fmt clean venv bench bench-gateway bench-llm bench-embeddings bench-recommender fuzz
+.PHONY: run test unit integration e2e lint typecheck fmt clean venv bench bench-gateway bench-llm bench-embeddings bench-recommender bench-analytics fuzz
 
 venv: $(STAMP)
 
@@ -39,7 +39,7 @@ e2e: $(STAMP)
 	$(BIN)/python -m pytest tests/e2e
 
 # Benchmarks print ratios against named peers, measured side by side in one run.
-bench: bench-gateway bench-llm bench-embeddings bench-recommender
+bench: bench-gateway bench-llm bench-embeddings bench-recommender bench-analytics
 
 bench-gateway: $(STAMP)
 	$(BIN)/python -m bench.gateway
@@ -52,6 +52,9 @@ bench-embeddings: $(STAMP)
 
 bench-recommender: $(STAMP)
 	$(BIN)/python -m bench.recommender
+
+bench-analytics: $(STAMP)
+	$(BIN)/python -m bench.analytics
 
 # Many more generated requests than the bounded run in `make test`.
 fuzz: $(STAMP)

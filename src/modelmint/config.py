@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     # died before metering the request) and is released.
     reservation_ttl_s: float = Field(default=3600.0, gt=0)
 
+    # Demo data only: lets `modelmint demo traffic` meter requests of demo-* organisations
+    # in the past (with the admin token; see gateway/demo_clock.py). Never turn it on
+    # where real customers are billed.
+    demo_time_travel: bool = False
+
     @field_validator("log_level")
     @classmethod
     def _upper(cls, value: str) -> str:

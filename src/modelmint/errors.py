@@ -29,6 +29,7 @@ __all__ = [
     "BackendError",
     "Conflict",
     "ContextLengthExceeded",
+    "HeadersTooLarge",
     "InsufficientQuota",
     "InvalidRequest",
     "MethodNotAllowed",
@@ -130,6 +131,12 @@ class PayloadTooLarge(ModelMintError):
     status_code = 413
     error_type = "invalid_request_error"
     code = "payload_too_large"
+
+
+class HeadersTooLarge(ModelMintError):
+    status_code = 431
+    error_type = "invalid_request_error"
+    code = "headers_too_large"
 
 
 class RateLimited(ModelMintError):

@@ -42,7 +42,8 @@ class Factory:
     data: Path
 
     def train(self, *args: str) -> dict[str, Any]:
-        result = cli(self.server.env, "train", *args, "--json")
+        # Training is the slow part of this module; a loaded CI machine needs minutes.
+        result = cli(self.server.env, "train", *args, "--json", timeout=900)
         return dict(json.loads(result.stdout.strip().splitlines()[-1]))
 
     def deploy(self, *args: str) -> None:

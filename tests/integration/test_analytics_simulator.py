@@ -118,6 +118,15 @@ def test_a_price_change_moves_revenue_by_exactly_its_effect(world: World) -> Non
     assert cask.change == D("0.15") * chat_input / PER_MILLION
     dune = next(o for o in result.organizations if o.name == "dune")
     assert dune.change == 0  # a licence: usage is not charged
+    # A file naming only the changed price: the rest of each plan's book stays.
+    only = (
+        '[prices."smollm2-135m-instruct"]\n'
+        'input_tokens = { type = "flat", amount = "0.30", per_units = 1_000_000 }'
+    )
+    short = run(world.database, candidate(only))
+    assert [(o.name, o.simulated_revenue) for o in short.organizations] == [
+        (o.name, o.simulated_revenue) for o in result.organizations
+    ]
 
 
 def test_elasticity_moves_demand_against_the_price(world: World) -> None:

@@ -21,14 +21,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def cli(
+    env: dict[str, str], *args: str, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """Run `python -m modelmint ARGS` with ``env`` added to this process's environment."""
     result = subprocess.run(
         [sys.executable, "-m", "modelmint", *args],
         env={**os.environ, **env, "COLUMNS": "200"},
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"modelmint {' '.join(args)} failed: {result.stderr}")

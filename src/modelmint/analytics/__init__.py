@@ -32,6 +32,7 @@ Modules, one concept each:
     price_file   candidate prices and plans from TOML (for the simulator)
     repricing    pricing period totals under a plan; allowance sharing; elasticity
     simulator    replaying a period's usage under candidate prices and plans
+    simulation   the simulator's results
     demo_traffic labelled demo customers and a month of realistic traffic, replayed
                  through the gateway's HTTP API
 """
@@ -59,7 +60,8 @@ from modelmint.analytics.overview import Overview, overview
 from modelmint.analytics.price_file import CandidatePrices, load_candidate, parse_candidate
 from modelmint.analytics.quality import ModelQuality, model_quality
 from modelmint.analytics.recurring import RecurringRevenue, recurring_revenue
-from modelmint.analytics.simulator import OrgSimulation, PlanOption, Simulation, simulate
+from modelmint.analytics.simulation import OrgSimulation, PlanOption, Simulation
+from modelmint.analytics.simulator import simulate
 from modelmint.analytics.windows import current_month
 
 __all__ = [

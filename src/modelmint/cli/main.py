@@ -16,6 +16,7 @@ from modelmint import accounts
 from modelmint.cli import billing, keys, models
 from modelmint.cli.context import console, err_console, open_database, session_scope
 from modelmint.cli.demo import demo
+from modelmint.cli.feedback import compare_command, datasets, samples
 from modelmint.cli.reports import report
 from modelmint.cli.simulate import simulate_command
 from modelmint.cli.train import train_command
@@ -43,6 +44,9 @@ app.add_typer(billing.alerts, name="alerts")
 app.add_typer(report, name="report")
 app.command("simulate")(simulate_command)
 app.add_typer(demo, name="demo")
+app.add_typer(datasets, name="datasets")
+app.add_typer(samples, name="samples")
+app.command("compare")(compare_command)
 
 orgs = typer.Typer(help="Organisations (customers).", no_args_is_help=True)
 app.add_typer(orgs, name="orgs")

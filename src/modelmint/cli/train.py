@@ -68,6 +68,7 @@ def train_command(
 ) -> None:
     """Train a model with a recipe, report its metrics and register it as a new version."""
     # Imported here: torch and friends load only for the commands that train.
+    from modelmint.feedback.datasets import dataset_resolver
     from modelmint.training.runs import TrainRequest, train
 
     config = settings()
@@ -104,6 +105,7 @@ def train_command(
                 home=config.home,
                 database=database,
                 progress=_Bars(bars),
+                resolve_data=dataset_resolver(database) if database is not None else None,
             )
     finally:
         if database is not None:

@@ -106,6 +106,13 @@ def _banner(config: Settings, seeded: Seeded, admin: str | None) -> None:
         highlight=False,
     )
     console.print(
+        f"\nDashboard: http://{config.host}:{config.port}/dashboard (log in with the admin "
+        "token). Fill it with demo customers and traffic:\n"
+        "  modelmint demo traffic --days 30 --orgs 20",
+        soft_wrap=True,
+        highlight=False,
+    )
+    console.print(
         f"\nServing on http://{config.host}:{config.port} (models load first; "
         f"GET /readyz says when). Ctrl-C stops."
     )

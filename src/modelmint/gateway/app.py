@@ -18,6 +18,7 @@ from modelmint.gateway.middleware import GatewayMiddleware
 from modelmint.gateway.platform import Platform
 from modelmint.gateway.responses import OrjsonResponse
 from modelmint.gateway.routes import admin, billing, health, openai
+from modelmint.gateway.routes import feedback as feedback_routes
 
 __all__ = ["create_app"]
 
@@ -30,9 +31,11 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
         running = platform or Platform.build(settings)
         app.state.platform = running
         await running.start()
+        samples = feedback_routes.start_sample_capture(running)
         try:
             yield
         finally:
+            samples.close()
             await running.close()
 
     app = FastAPI(
@@ -51,6 +54,7 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(billing.router)
     app.include_router(health.router)
+    app.include_router(feedback_routes.router)
     mount_dashboard(app)
     # Added last runs first: the gateway middleware wraps the model routes, which wrap
     # FastAPI's router.

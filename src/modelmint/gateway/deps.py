@@ -12,11 +12,19 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from modelmint.accounts.keys import KeyInfo
-from modelmint.errors import AuthenticationError
+from modelmint.errors import AuthenticationError, RateLimited
 from modelmint.gateway.platform import Platform
+from modelmint.observability.metrics import AUTH_FAILURES
 from modelmint.storage.db import utcnow
 
-__all__ = ["AdminDep", "CurrentKey", "PlatformDep", "authenticate", "bearer_token"]
+__all__ = [
+    "AdminDep",
+    "CurrentKey",
+    "PlatformDep",
+    "authenticate",
+    "bearer_token",
+    "refuse_if_throttled",
+]
 
 
 async def _platform(request: Request) -> Platform:
@@ -41,15 +49,45 @@ def _bearer(request: Request) -> str | None:
     return bearer_token(request.headers.get("authorization"))
 
 
-async def authenticate(platform: Platform, authorization: str | None) -> KeyInfo:
-    """The API key of a request, or the 401 that says why there is none."""
+def refuse_if_throttled(platform: Platform, client: str | None) -> None:
+    """The 429 for an address that sent too many wrong secrets lately.
+
+    Checked before the secret is looked at: while blocked, a guesser learns nothing,
+    not even from a right guess."""
+    if client is None:
+        return
+    wait = platform.auth_throttle.retry_after(client)
+    if wait is not None:
+        AUTH_FAILURES.labels("throttled").inc()
+        raise RateLimited(
+            f"too many failed authentications from this address; retry in {max(1, round(wait))} s",
+            retry_after=wait,
+            code="authentication_throttled",
+        )
+
+
+def _failed(platform: Platform, client: str | None) -> None:
+    AUTH_FAILURES.labels("rejected").inc()
+    if client is not None:
+        platform.auth_throttle.failed(client)
+
+
+async def authenticate(
+    platform: Platform, authorization: str | None, client: str | None = None
+) -> KeyInfo:
+    """The API key of a request, or the 401 that says why there is none.
+
+    ``client`` is the peer address; wrong keys from it are counted and, past the
+    allowance, refused with a 429 (never a forwarded header: a client could forge it)."""
     secret = bearer_token(authorization)
     if secret is None:
         raise AuthenticationError(
             "no API key given: send it as 'Authorization: Bearer <key>'", code="missing_api_key"
         )
+    refuse_if_throttled(platform, client)
     key = await platform.keys.get(secret)
     if key is None:
+        _failed(platform, client)
         raise AuthenticationError("incorrect API key provided")
     if key.revoked:
         raise AuthenticationError("this API key has been revoked", code="revoked_api_key")
@@ -58,8 +96,12 @@ async def authenticate(platform: Platform, authorization: str | None) -> KeyInfo
     return key
 
 
+def _client(request: Request) -> str | None:
+    return request.client.host if request.client is not None else None
+
+
 async def _current_key(request: Request, platform: PlatformDep) -> KeyInfo:
-    key = await authenticate(platform, request.headers.get("authorization"))
+    key = await authenticate(platform, request.headers.get("authorization"), _client(request))
     request.state.organization_id = key.organization_id
     return key
 
@@ -72,9 +114,14 @@ async def _admin(request: Request, platform: PlatformDep) -> None:
     given = _bearer(request)
     if expected is None:
         raise AuthenticationError("the admin API is disabled: no admin token is configured")
+    client = _client(request)
+    if given is not None:
+        refuse_if_throttled(platform, client)
     if given is None or not secrets.compare_digest(
         given.encode(), expected.get_secret_value().encode()
     ):
+        if given is not None:
+            _failed(platform, client)
         raise AuthenticationError("admin token required", code="invalid_admin_token")
 
 

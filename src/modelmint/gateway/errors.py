@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelmint.errors import InvalidRequest, ModelMintError, RateLimited, ServiceUnavailable
@@ -70,8 +71,21 @@ def install_error_handlers(app: FastAPI) -> None:
         return unexpected_error(exc)
 
 
+# The database refused or dropped the connection, or its disk is full: not a bug, and
+# nothing a retry later cannot fix. Paid requests fail closed on it (nothing is served
+# that could not be metered), and the pool reconnects by itself once it is back.
+_DATABASE_DOWN = (OperationalError, InterfaceError)
+
+
 def unexpected_error(exc: BaseException) -> OrjsonResponse:
-    """A 500 that tells the client nothing of the bug, and the log everything."""
+    """A 500 that tells the client nothing of the bug, and the log everything.
+
+    A database outage is a 503 instead, logged without its SQL parameters."""
+    if isinstance(exc, _DATABASE_DOWN):
+        log.error("database unavailable: %s", type(exc.orig).__name__)
+        return error_response(
+            ServiceUnavailable("the database is unavailable; try again shortly", retry_after=1)
+        )
     log.error("unhandled error", exc_info=exc)
     return error_response(
         ModelMintError("internal error; the request id identifies it in the logs")

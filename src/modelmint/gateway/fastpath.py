@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelmint.errors import InvalidRequest, MethodNotAllowed, ModelMintError
+from modelmint.gateway import demo_clock
 from modelmint.gateway.deps import authenticate
 from modelmint.gateway.errors import error_response, invalid_request, unexpected_error
 from modelmint.gateway.inference import Answer, InferenceService
@@ -95,7 +96,9 @@ class ModelRoutes:
     ) -> OrjsonResponse | EventStreamResponse:
         platform: Platform = scope["app"].state.platform
         state = scope["state"]
-        key = await authenticate(platform, header(scope, b"authorization"))
+        peer = scope.get("client")
+        client = str(peer[0]) if peer else None
+        key = await authenticate(platform, header(scope, b"authorization"), client)
         state["organization_id"] = key.organization_id
         raw = await _read_body(receive)
         try:
@@ -108,7 +111,13 @@ class ModelRoutes:
             count = len(body.texts if isinstance(body, EmbeddingRequest) else body.items)
             if count > limit:
                 raise InvalidRequest(f"at most {limit} inputs per request", param="input")
+        at = await demo_clock.requested_time(platform, scope, key)
+        if at is not None:
+            # This request's own task: the value ends with it.
+            demo_clock.usage_time.set(at)
         answer = await handler(platform.inference, key, state["request_id"], body)
+        if at is not None:
+            answer.headers[demo_clock.DEMO_TIME_HEADER] = at.isoformat()
         if answer.stream is not None:
             return EventStreamResponse(answer.stream, answer.headers)
         return OrjsonResponse(answer.body, headers=answer.headers)

@@ -38,6 +38,8 @@ from modelmint.errors import (
     UpstreamRateLimited,
     UpstreamTimeout,
 )
+from modelmint.feedback.samples import CapturedSample, SampleRecorder
+from modelmint.gateway.demo_clock import usage_time
 from modelmint.gateway.envelope import Envelope, encode_embedding
 from modelmint.gateway.metered_stream import MeteredStream
 from modelmint.gateway.protocol import (
@@ -109,6 +111,8 @@ class InferenceService:
         self._timeout_s = timeout_s
         # Admitted requests not yet finished, in this process.
         self.in_flight = 0
+        # Opt-in sample capture (set by the app's lifespan); None: never captures.
+        self.samples: SampleRecorder | None = None
 
     # -- shared steps ------------------------------------------------------------------
 
@@ -163,7 +167,7 @@ class InferenceService:
         deployment = call.target.deployment if call.target else None
         return UsageEvent(
             id=call.request_id,
-            created_at=utcnow(),
+            created_at=usage_time.get() or utcnow(),
             organization_id=call.key.organization_id,
             api_key_id=call.key.id,
             model=call.public_name,
@@ -238,6 +242,28 @@ class InferenceService:
             self._queue(call, 500, Usage())
             raise
 
+    def _capture(self, call: _Call, request: Any, response: Any) -> None:
+        """Queue a sample of an answered request if its caller opted in; never raises."""
+        samples = self.samples
+        if samples is None or not samples.wants(call.key.organization_id, call.key.id):
+            return
+        try:
+            deployment = call.target.deployment if call.target else None
+            samples.offer(
+                CapturedSample(
+                    request_id=call.request_id,
+                    organization_id=call.key.organization_id,
+                    api_key_id=call.key.id,
+                    model=call.public_name,
+                    model_version_id=deployment.model_version_id if deployment else None,
+                    endpoint=call.endpoint,
+                    request=request,
+                    response=response,
+                )
+            )
+        except Exception:
+            log.exception("capturing a sample failed; the request is unaffected")
+
     # -- chat and completions -----------------------------------------------------------
 
     async def chat(self, key: KeyInfo, request_id: str, body: ChatCompletionRequest) -> Answer:
@@ -292,6 +318,7 @@ class InferenceService:
         )
         finish = generation.choices[0].get("finish_reason") if generation.choices else None
         await self._succeed(call, generation.usage, finish_reason=finish)
+        self._capture(call, request.messages or request.prompt, generation.choices)
         return Answer(
             call.permit.headers(),
             body=envelope.full(generation.choices, generation.usage, generation.system_fingerprint),
@@ -410,6 +437,7 @@ class InferenceService:
     async def classify(self, key: KeyInfo, request_id: str, body: ClassificationRequest) -> Answer:
         items = [_decode_input(item, i) for i, item in enumerate(body.items)]
         call, prediction = await self._predict(key, request_id, body.model, "classification", items)
+        self._capture(call, items, prediction.results)
         data = [
             {"object": "classification", "index": i, **result}
             for i, result in enumerate(prediction.results)

@@ -1,4 +1,5 @@
-"""ASGI middleware around the whole app: request id, body size limit, access log, HTTP metrics.
+"""ASGI middleware around the whole app: request id, body and header size limits, access log,
+HTTP metrics.
 
 Written against raw ASGI rather than Starlette's BaseHTTPMiddleware, which buffers
 and re-wraps every response and costs streaming requests their latency.
@@ -16,7 +17,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modelmint.errors import PayloadTooLarge
+from modelmint.errors import HeadersTooLarge, ModelMintError, PayloadTooLarge
 from modelmint.observability.logs import request_id_var
 from modelmint.observability.metrics import HTTP_REQUESTS
 
@@ -24,6 +25,10 @@ __all__ = ["GatewayMiddleware", "header", "new_request_id"]
 
 log = logging.getLogger("modelmint.access")
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# The HTTP server (httptools) reads headers of any size; cap what reaches the app, as
+# proxies do (nginx allows 4 x 8 KiB). An OpenAI client sends about 15 headers, 1 KiB.
+MAX_HEADER_BYTES = 32 * 1024
+MAX_HEADERS = 128
 
 
 # A random prefix per process and a counter: unique across processes and restarts, and
@@ -56,6 +61,15 @@ class GatewayMiddleware:
         token = request_id_var.set(request_id)
         echo_id = (client_id or request_id).encode()
         status = 500
+
+        if _headers_too_large(scope):
+            error = HeadersTooLarge(
+                f"request headers exceed {MAX_HEADERS} fields or {MAX_HEADER_BYTES} bytes"
+            )
+            await self._reject(send, echo_id, error)
+            self._done(scope, 431, started, client_id)
+            request_id_var.reset(token)
+            return
 
         length = header(scope, b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
@@ -119,13 +133,15 @@ class GatewayMiddleware:
         log.info("request", extra=extra)
 
     async def _reject_too_large(self, send: Send, echo_id: bytes) -> None:
-        body = orjson.dumps(
-            PayloadTooLarge(f"request body exceeds {self.max_body_bytes} bytes").to_body()
-        )
+        error = PayloadTooLarge(f"request body exceeds {self.max_body_bytes} bytes")
+        await self._reject(send, echo_id, error)
+
+    async def _reject(self, send: Send, echo_id: bytes, error: ModelMintError) -> None:
+        body = orjson.dumps(error.to_body())
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
+                "status": error.status_code,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
@@ -134,6 +150,13 @@ class GatewayMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+def _headers_too_large(scope: Scope) -> bool:
+    headers = scope["headers"]
+    if len(headers) > MAX_HEADERS:
+        return True
+    return sum(len(key) + len(value) for key, value in headers) > MAX_HEADER_BYTES
 
 
 def header(scope: Scope, name: bytes) -> str | None:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TypeVar
 
@@ -18,6 +18,7 @@ from modelmint.charging.alerts import AlertDispatcher
 from modelmint.charging.reservations import release_stale
 from modelmint.charging.settlement import Charger
 from modelmint.config import Settings
+from modelmint.dashboard.throttle import LoginThrottle
 from modelmint.gateway.inference import InferenceService
 from modelmint.gateway.key_cache import KeyCache
 from modelmint.limits import LocalRateLimiter, RateLimiter
@@ -42,6 +43,10 @@ class Platform:
     writer: UsageWriter
     keys: KeyCache
     inference: InferenceService
+    # Failed API-key and admin-token attempts per client address (see gateway.deps).
+    auth_throttle: LoginThrottle = field(
+        default_factory=lambda: LoginThrottle(max_failures=20, window_s=60.0)
+    )
 
     @classmethod
     def build(cls, settings: Settings, database: Database | None = None) -> Platform:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
+    "AUTH_FAILURES",
     "BILLING_ALERTS",
     "BILLING_REFUSALS",
     "BILLING_SHORTFALLS",
@@ -35,6 +36,12 @@ TOKENS = Counter(
 RATE_LIMIT_FALLBACKS = Counter(
     "modelmint_ratelimit_redis_fallbacks_total",
     "Admissions decided by this process alone because Redis could not be reached",
+)
+AUTH_FAILURES = Counter(
+    "modelmint_auth_failures_total",
+    "Requests with a wrong API key or admin token, by outcome (rejected, or throttled: "
+    "refused unread because the client address failed too often)",
+    ["outcome"],
 )
 BILLING_REFUSALS = Counter(
     "modelmint_billing_refusals_total",

@@ -29,6 +29,7 @@ queue and costs nothing; once some of its items ran, the rest are skipped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import threading
@@ -104,7 +105,6 @@ class BatchLimits:
             )
         except (TypeError, ValueError) as exc:
             raise InvalidRequest(f"invalid batching config: {exc}", param="config") from exc
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,14 +304,8 @@ class DynamicBatcher(Generic[T, R]):
                 if self._stopping:
                     return None
                 now = time.monotonic()
-                expired = self._take_expired(now)
-                if expired:
-                    self._cond.release()
-                    try:
-                        _post([(r, _timeout(0.0, late=True)) for r in expired])
-                    finally:
-                        self._cond.acquire()
-                    continue
+                # Posting only schedules a callback on each caller's loop: safe under the lock.
+                _post([(r, _timeout(0.0, late=True)) for r in self._take_expired(now)])
                 if not self._queue:
                     self._cond.wait()
                     continue
@@ -426,10 +420,9 @@ def _post(answers: Sequence[tuple[_Request[Any, Any], Batched[Any] | BaseExcepti
     for request, answer in answers:
         by_loop.setdefault(request.loop, []).append((request.future, answer))
     for loop, settled in by_loop.items():
-        try:
+        # RuntimeError: that loop is closed, so its callers are gone.
+        with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(_resolve, settled)
-        except RuntimeError:  # that loop is closed: its callers are gone
-            pass
 
 
 def _resolve(settled: list[tuple[asyncio.Future[Any], Any]]) -> None:

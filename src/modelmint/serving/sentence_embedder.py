@@ -32,7 +32,15 @@ from modelmint.errors import InvalidRequest, ServiceUnavailable
 from modelmint.serving.dynamic_batching import BatchLimits, DynamicBatcher
 from modelmint.serving.types import EmbeddingResult, Usage
 
-__all__ = ["Encoder", "MeanPooled", "SentenceEmbeddingBackend", "load_transformer"]
+__all__ = [
+    "Encoder",
+    "MeanPooled",
+    "SentenceEmbeddingBackend",
+    "filler_token",
+    "length_groups",
+    "load_transformer",
+    "pad_batch",
+]
 
 # (batch, tokens) int64 ids and attention mask -> (batch, dim) float32 unit vectors.
 Encoder = Callable[[npt.NDArray[np.int64], npt.NDArray[np.int64]], npt.NDArray[np.float32]]
@@ -94,6 +102,7 @@ class SentenceEmbeddingBackend:
         self._labels = (model, deployment)
         self._tokenizer: Any = None
         self._encode: Encoder | None = None
+        self._filler = 0
         self._batcher: DynamicBatcher[list[int], list[float]] | None = None
         self.max_tokens = 512
         self.dimensions = 0
@@ -120,6 +129,11 @@ class SentenceEmbeddingBackend:
         tokenizer.no_truncation()
         tokenizer.no_padding()
         self._tokenizer = tokenizer
+        # Padded positions are masked out of attention and pooling, so their token never
+        # changes a vector; a frequent word keeps their activations in the range of real
+        # text, which an int8 model's per-batch quantisation scale depends on ([PAD]'s
+        # are far outside it).
+        self._filler = filler_token(tokenizer)
         self._encode = self._load_encoder()
 
     def _load_encoder(self) -> Encoder:
@@ -159,8 +173,7 @@ class SentenceEmbeddingBackend:
         for i, ids in enumerate(tokens):
             if len(ids) > self.max_tokens:
                 raise InvalidRequest(
-                    f"input[{i}] has {len(ids)} tokens; this model takes at most "
-                    f"{self.max_tokens}",
+                    f"input[{i}] has {len(ids)} tokens; this model takes at most {self.max_tokens}",
                     param="input",
                     code="context_length_exceeded",
                 )
@@ -178,17 +191,23 @@ class SentenceEmbeddingBackend:
         assert encode is not None
         out: list[list[float]] = [[] for _ in batch]
         for group in length_groups([len(ids) for ids in batch], self.call_overhead_tokens):
-            width = len(batch[group[-1]])  # the longest: groups are sorted by length
-            ids = np.zeros((len(group), width), dtype=np.int64)  # 0 is [PAD]
-            mask = np.zeros((len(group), width), dtype=np.int64)
-            for row, index in enumerate(group):
-                length = len(batch[index])
-                ids[row, :length] = batch[index]
-                mask[row, :length] = 1
-            vectors = encode(ids, mask)  # (group, dim)
+            vectors = encode(*pad_batch([batch[i] for i in group], self._filler))  # (group, dim)
             for row, index in enumerate(group):
                 out[index] = vectors[row].tolist()
         return out
+
+
+def pad_batch(
+    batch: list[list[int]], filler: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Token ids padded with ``filler`` to the longest, and the mask of real tokens."""
+    width = max(len(ids) for ids in batch)
+    ids = np.full((len(batch), width), filler, dtype=np.int64)
+    mask = np.zeros((len(batch), width), dtype=np.int64)
+    for row, tokens in enumerate(batch):
+        ids[row, : len(tokens)] = tokens
+        mask[row, : len(tokens)] = 1
+    return ids, mask
 
 
 def length_groups(lengths: list[int], overhead: int) -> list[list[int]]:
@@ -213,3 +232,12 @@ def length_groups(lengths: list[int], overhead: int) -> list[list[int]]:
         j = cut[j]
     groups.reverse()
     return groups
+
+
+def filler_token(tokenizer: Any) -> int:
+    """The id used to pad batches: a frequent word when the vocabulary has one."""
+    for word in ("the", "\u2581the", "Ġthe"):  # WordPiece, SentencePiece, byte-level BPE
+        token = tokenizer.token_to_id(word)
+        if token is not None:
+            return int(token)
+    return 0

@@ -92,6 +92,7 @@ def test_chats_keep_their_line_numbers_and_messages(tmp_path: Path) -> None:
     chats = read_chats(path)
     assert [c.line for c in chats] == [1, 3]
     assert chats[0].messages == (Message("user", "Hi"), Message("assistant", "Hello"))
+    assert CausalLMLoRA().load_data(str(path)) == chats
 
 
 def _render(messages: list[dict[str, str]], generation_prompt: bool) -> str:
@@ -423,6 +424,26 @@ def test_fine_tune_lowers_held_out_perplexity(motto_run: _MottoRun) -> None:
     assert report["perplexity"] < report["base_perplexity"] / 5
 
 
+def _next_token_logits(path: Path, prompts: list[list[int]]) -> list[np.ndarray]:
+    """llama.cpp's logits for the token after each prompt, one model load for all."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(path), n_ctx=128, logits_all=True, verbose=False, n_threads=1)
+    try:
+        logits = []
+        for tokens in prompts:
+            llm.reset()
+            llm.eval(tokens)
+            logits.append(np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32))
+        return logits
+    finally:
+        llm.close()
+
+
+def _log_softmax(logits: np.ndarray) -> torch.Tensor:
+    return torch.log_softmax(torch.from_numpy(logits), -1)
+
+
 @pytest.mark.slow
 def test_merged_gguf_predicts_what_the_fine_tuned_torch_model_predicts(
     motto_run: _MottoRun,
@@ -430,17 +451,15 @@ def test_merged_gguf_predicts_what_the_fine_tuned_torch_model_predicts(
     from modelmint.serving.artifacts import resolve_artifact
 
     recipe = motto_run.recipe
-    base = resolve_artifact(recipe.base)
+    prompts = [_prompt_tokens_with_system(recipe, c.messages[1].content) for c in motto_run.test]
+    served = _next_token_logits(motto_run.export_dir / "model.gguf", prompts)
+    original = _next_token_logits(resolve_artifact(recipe.base), prompts)
     kl_merged, kl_base = [], []
-    for chat in motto_run.test[:4]:
-        tokens = _prompt_tokens_with_system(recipe, chat.messages[1].content)
-        ours = torch.log_softmax(torch.from_numpy(_fitted_logits(recipe, tokens)[-1]), -1)
-        merged = llama_logits(motto_run.export_dir / "model.gguf", tokens)[-1]
-        served = torch.log_softmax(torch.from_numpy(merged), -1)
-        original = torch.log_softmax(torch.from_numpy(llama_logits(base, tokens)[-1]), -1)
-        assert int(ours.argmax()) == int(served.argmax())
-        kl_merged.append(float((ours.exp() * (ours - served)).sum()))
-        kl_base.append(float((ours.exp() * (ours - original)).sum()))
+    for tokens, merged, base in zip(prompts, served, original, strict=True):
+        ours = _log_softmax(_fitted_logits(recipe, tokens)[-1])
+        assert int(ours.argmax()) == int(merged.argmax())
+        kl_merged.append(float((ours.exp() * (ours - _log_softmax(merged))).sum()))
+        kl_base.append(float((ours.exp() * (ours - _log_softmax(base))).sum()))
     assert max(kl_merged) < 0.05
     assert min(kl_base) > 10 * max(kl_merged)
 
@@ -455,25 +474,33 @@ def _prompt_tokens_with_system(recipe: CausalLMLoRA, question: str) -> list[int]
 
 
 def _answers(path: Path, questions: list[str]) -> list[str]:
-    """Greedy answers as the gateway renders and tokenizes chat prompts."""
-    import llama_cpp
+    """Greedy answers from the gateway's own llama.cpp engine, all questions at once."""
+    import asyncio
 
-    from modelmint.serving.chat_template import ChatTemplate
+    from modelmint.serving.llama_batch_engine import BatchedLlamaBackend
+    from modelmint.serving.types import SamplingParams, TextRequest
 
-    llm = llama_cpp.Llama(str(path), n_ctx=256, verbose=False, n_threads=1)
-    try:
-        template = ChatTemplate(llm.metadata["tokenizer.chat_template"])
-        answers = []
-        for question in questions:
-            prompt = template.render(
-                [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
-            )
-            tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)
-            out = llm.create_completion(prompt=tokens, max_tokens=14, temperature=0.0)
-            answers.append(str(out["choices"][0]["text"]))
-        return answers
-    finally:
-        llm.close()
+    async def ask() -> list[str]:
+        engine = BatchedLlamaBackend(path, n_threads=1, slots=len(questions), context_per_slot=128)
+        await engine.start()
+        try:
+            requests = [
+                TextRequest(
+                    kind="chat",
+                    sampling=SamplingParams(max_tokens=14, temperature=0.0),
+                    messages=[
+                        {"role": "system", "content": SYSTEM},
+                        {"role": "user", "content": q},
+                    ],
+                )
+                for q in questions
+            ]
+            done = await asyncio.gather(*(engine.generate(r) for r in requests))
+            return [str(g.choices[0]["message"]["content"]) for g in done]
+        finally:
+            await engine.close()
+
+    return asyncio.run(ask())
 
 
 @pytest.mark.slow

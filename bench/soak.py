@@ -1,0 +1,217 @@
+"""Soak test: a gateway under steady load for minutes, watched for errors, latency drift, leaks.
+
+Starts the mock OpenAI upstream and a `modelmint up` gateway (SQLite, one worker) as
+separate processes, measures the highest request rate the gateway sustains, then sends
+chat requests (every fourth streamed) at a fixed fraction of it for the whole duration
+and reports, per tenth of the run, the p50/p99 latency and the gateway's memory:
+
+    python -m bench.soak                       # 10 minutes at 80% of the measured maximum
+    python -m bench.soak --seconds 60          # a short run
+
+Latency is measured from when a request was due, not when it was sent (an open-loop
+schedule), so a gateway that falls behind shows it instead of slowing the load down.
+Exit status 1 when any request failed or the memory grew by 10% or more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import orjson
+import psutil
+from rich.console import Console
+from rich.table import Table
+
+from bench.common import BENCH_HOME, say
+from bench.gateway import Target, chat_body, mock_upstream, modelmint
+
+__all__ = ["SoakResult", "main"]
+
+WINDOWS = 10  # the run is reported in tenths
+MAX_RSS_GROWTH = 0.10
+
+
+@dataclass
+class SoakResult:
+    max_rps: float
+    target_rps: float
+    sent: int = 0
+    errors: int = 0
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    # Per window: latencies (seconds) of successful requests, and RSS samples (bytes).
+    latencies: list[list[float]] = field(default_factory=lambda: [[] for _ in range(WINDOWS)])
+    rss: list[list[int]] = field(default_factory=lambda: [[] for _ in range(WINDOWS)])
+
+    def p(self, window: int, q: float) -> float:
+        values = sorted(self.latencies[window])
+        if not values:
+            return float("nan")
+        return values[min(len(values) - 1, int(q * len(values)))] * 1000
+
+    def rss_mb(self, window: int) -> float:
+        return statistics.median(self.rss[window]) / 2**20 if self.rss[window] else float("nan")
+
+    @property
+    def p99_drift(self) -> float:
+        return self.p(WINDOWS - 1, 0.99) / self.p(0, 0.99) - 1
+
+    @property
+    def rss_growth(self) -> float:
+        return self.rss_mb(WINDOWS - 1) / self.rss_mb(0) - 1
+
+
+def gateway_process() -> psutil.Process:
+    """The `modelmint up` child of this process (the gateway whose memory is watched)."""
+    for child in psutil.Process().children(recursive=True):
+        if "modelmint" in child.cmdline() and "up" in child.cmdline():
+            return child
+    raise RuntimeError("no gateway process found")
+
+
+def rss_of(process: psutil.Process) -> int:
+    """Resident memory of the gateway and any worker processes it started."""
+    total = process.memory_info().rss
+    for child in process.children(recursive=True):
+        total += child.memory_info().rss
+    return int(total)
+
+
+async def _one(session: aiohttp.ClientSession, target: Target, stream: bool) -> str | None:
+    """Send one chat request; None if it succeeded in full, else what went wrong."""
+    async with session.post(
+        target.base + "/chat/completions",
+        data=chat_body(target.model, stream),
+        headers={**target.headers, "Content-Type": "application/json"},
+    ) as response:
+        body = await response.read()
+        if response.status != 200:
+            return f"status {response.status}"
+        complete = body.rstrip().endswith(b"[DONE]") if stream else b'"usage"' in body
+        return None if complete else "incomplete body"
+
+
+async def probe(target: Target, seconds: float, concurrency: int) -> float:
+    """The highest rate the gateway sustains with ``concurrency`` requests in flight."""
+    done = 0
+    stop = time.monotonic() + seconds
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal done
+        while time.monotonic() < stop:
+            if await _one(session, target, stream=False) is None:
+                done += 1
+
+    started = time.monotonic()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+    return done / (time.monotonic() - started)
+
+
+async def soak(target: Target, result: SoakResult, seconds: float) -> None:
+    """Requests due at a fixed rate for ``seconds``; RSS sampled every second."""
+    gateway = gateway_process()
+    started = time.monotonic()
+    interval = 1 / result.target_rps
+    pending: set[asyncio.Task[None]] = set()
+
+    def window_of(at: float) -> int:
+        return min(WINDOWS - 1, int((at - started) / seconds * WINDOWS))
+
+    async def timed(session: aiohttp.ClientSession, due: float, stream: bool) -> None:
+        try:
+            problem = await _one(session, target, stream)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            problem = type(exc).__name__
+        if problem is None:
+            result.latencies[window_of(due)].append(time.monotonic() - due)
+        else:
+            result.errors += 1
+            result.error_kinds[problem] = result.error_kinds.get(problem, 0) + 1
+
+    async def watch_memory() -> None:
+        while (now := time.monotonic()) < started + seconds:
+            result.rss[window_of(now)].append(rss_of(gateway))
+            await asyncio.sleep(1.0)
+
+    limits = aiohttp.TCPConnector(limit=512)
+    async with aiohttp.ClientSession(
+        connector=limits, timeout=aiohttp.ClientTimeout(total=30)
+    ) as session:
+        watcher = asyncio.create_task(watch_memory())
+        while (due := started + result.sent * interval) < started + seconds:
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(timed(session, due, stream=result.sent % 4 == 3))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            result.sent += 1
+        await asyncio.gather(*pending)
+        await watcher
+
+
+def report(result: SoakResult, seconds: float) -> None:
+    table = Table(title=f"Soak: {seconds:.0f} s at {result.target_rps:.0f} req/s")
+    for column in ("window", "requests", "p50 ms", "p99 ms", "gateway RSS MB"):
+        table.add_column(column, justify="right")
+    for w in range(WINDOWS):
+        table.add_row(
+            f"{w + 1}/{WINDOWS}",
+            str(len(result.latencies[w])),
+            f"{result.p(w, 0.5):.1f}",
+            f"{result.p(w, 0.99):.1f}",
+            f"{result.rss_mb(w):.1f}",
+        )
+    console = Console()
+    console.print(table)
+    console.print(
+        f"max rate {result.max_rps:.0f} req/s; sent {result.sent}; errors {result.errors} "
+        f"{result.error_kinds or ''}; p99 drift {result.p99_drift:+.1%} (first to last tenth); "
+        f"RSS growth {result.rss_growth:+.1%} (target < {MAX_RSS_GROWTH:.0%})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--seconds", type=float, default=600.0, help="soak duration")
+    parser.add_argument("--fraction", type=float, default=0.8, help="of the measured maximum")
+    parser.add_argument("--probe-seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=32, help="while probing the maximum")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args()
+    workdir = BENCH_HOME / "soak"
+    workdir.mkdir(parents=True, exist_ok=True)
+    with mock_upstream(workdir) as upstream, modelmint(workdir, upstream, 1, None) as (target, _):
+        say(f"probing the maximum rate for {args.probe_seconds:.0f} s")
+        max_rps = asyncio.run(probe(target, args.probe_seconds, args.concurrency))
+        result = SoakResult(max_rps=max_rps, target_rps=max_rps * args.fraction)
+        say(f"max {max_rps:.0f} req/s; soaking at {result.target_rps:.0f} req/s")
+        asyncio.run(soak(target, result, args.seconds))
+    report(result, args.seconds)
+    if args.json:
+        figures = {
+            "seconds": args.seconds,
+            "max_rps": round(max_rps, 1),
+            "target_rps": round(result.target_rps, 1),
+            "sent": result.sent,
+            "errors": result.errors,
+            "p99_first_ms": round(result.p(0, 0.99), 2),
+            "p99_last_ms": round(result.p(WINDOWS - 1, 0.99), 2),
+            "p99_drift": round(result.p99_drift, 4),
+            "rss_first_mb": round(result.rss_mb(0), 1),
+            "rss_last_mb": round(result.rss_mb(WINDOWS - 1), 1),
+            "rss_growth": round(result.rss_growth, 4),
+        }
+        args.json.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
+    sys.exit(1 if result.errors or result.rss_growth >= MAX_RSS_GROWTH else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""``POST /v1/feedback``: a caller rates one of its own requests; and the lifespan hook
+that starts sample capture beside the platform.
+
+The route is a thin adapter around ``feedback.record_feedback``; its errors (404 for
+a request that is not the caller's, 400 for a bad score) leave in the OpenAI shape.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
+
+from modelmint.feedback.feedback import FeedbackGiven, record_feedback
+from modelmint.feedback.samples import SampleRecorder
+from modelmint.gateway.deps import CurrentKey, PlatformDep
+from modelmint.gateway.platform import Platform
+
+__all__ = ["FeedbackCreate", "FeedbackPublic", "router", "start_sample_capture"]
+
+router = APIRouter(prefix="/v1", tags=["feedback"])
+
+
+class FeedbackCreate(BaseModel):
+    """A rating: thumbs (true/false, "up"/"down"), stars (1-5), a named number, or a
+    category, with an optional corrected output or label."""
+
+    model_config = ConfigDict(extra="forbid")
+    request_id: str = Field(min_length=1, max_length=64)
+    score: bool | int | float | str
+    kind: Literal["thumbs", "stars", "numeric", "categorical"] | None = None
+    name: str = Field(default="score", min_length=1, max_length=60)
+    corrected_output: str | None = Field(default=None, max_length=100_000)
+    corrected_label: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class FeedbackPublic(BaseModel):
+    object: Literal["feedback"] = "feedback"
+    request_id: str
+    model: str
+    name: str
+    kind: str
+    score: float | None
+    label: str | None
+    corrected_output: str | None
+    corrected_label: str | None
+
+
+@router.post("/feedback", response_model=FeedbackPublic)
+async def create_feedback(
+    body: FeedbackCreate, key: CurrentKey, platform: PlatformDep
+) -> FeedbackPublic:
+    """Rate one of your organisation's requests; rating it again replaces the rating."""
+    given = FeedbackGiven(
+        request_id=body.request_id,
+        score=body.score,
+        kind=body.kind,
+        name=body.name,
+        corrected_output=body.corrected_output,
+        corrected_label=body.corrected_label,
+    )
+
+    def store(session: Session) -> FeedbackPublic:
+        row = record_feedback(session, key.organization_id, key.id, given)
+        return FeedbackPublic(
+            request_id=row.request_id,
+            model=row.model,
+            name=row.score_name,
+            kind=row.score_kind,
+            score=row.score,
+            label=row.label,
+            corrected_output=row.corrected_output,
+            corrected_label=row.corrected_label,
+        )
+
+    return await platform.in_session(store)
+
+
+def start_sample_capture(platform: Platform) -> SampleRecorder:
+    """Give the platform's inference service a started sample recorder (app lifespan)."""
+    recorder = SampleRecorder(platform.database, refresh_s=platform.settings.cache_ttl_s)
+    recorder.start()
+    platform.inference.samples = recorder
+    return recorder
