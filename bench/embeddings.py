@@ -5,14 +5,15 @@
 One run on one machine embeds the same texts (all-MiniLM-L6-v2, the bundled model
 folder) four ways:
 - sentence-transformers, offline, all texts in one ``encode`` call (the peer);
-- ModelMint (`modelmint up`, one worker, durable metering on), the model deployed as
-  the PyTorch backend, then as ONNX fp32, then as ONNX int8; each receives many
-  concurrent single-text ``/v1/embeddings`` requests (base64, as the openai SDK asks)
-  and its dynamic batcher groups them.
+- ModelMint (`modelmint up`, one worker, durable metering on), one server each with the
+  model deployed as the PyTorch backend, as ONNX fp32 and as ONNX int8; each receives
+  many concurrent single-text ``/v1/embeddings`` requests (base64, as the openai SDK
+  asks) and its dynamic batcher groups them.
 
-Each figure is the best of ``--repeats`` passes over the texts (the machine may be
-shared; the best pass is the least disturbed). The bench prints texts/s, request
-latency, the mean batch the server formed, and ratio lines:
+The engines take turns, one pass over the texts each per round, and each figure is the
+best of ``--repeats`` rounds: on a shared machine a burst of other load then hits every
+engine alike, and the best pass is the least disturbed. The bench prints texts/s,
+request latency, the mean batch each server formed, and ratio lines:
 
     embeddings_fp32_ratio_vs_sentence_transformers: 0.85   (PyTorch deployment / peer)
     embeddings_int8_ratio_vs_fp32: 2.10                     (ONNX int8 / PyTorch deployment)
@@ -27,7 +28,6 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import gc
 import os
 import random
 import re
@@ -98,29 +98,29 @@ def make_texts(count: int, seed: int = 7) -> list[str]:
 # -- the peer ---------------------------------------------------------------------------
 
 
-def sentence_transformers_rate(
-    model_dir: Path, texts: list[str], threads: int, repeats: int
-) -> tuple[float, npt.NDArray[np.float32]]:
-    """Texts/s of one offline ``encode`` call over all texts (best of ``repeats``)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        import torch
-        from sentence_transformers import SentenceTransformer
-    except ImportError as exc:  # it comes with the bundled model's package
-        raise SystemExit(f"sentence-transformers is not installed in this venv: {exc}") from exc
+_PEER: Any = None
 
-    torch.set_num_threads(threads)
-    model = SentenceTransformer(str(model_dir), device="cpu")
-    model.encode(texts[:64])  # warm up threads and allocator
-    best = 0.0
-    vectors: Any = None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        vectors = model.encode(texts, normalize_embeddings=True)
-        best = max(best, len(texts) / (time.perf_counter() - started))
-    del model
-    gc.collect()
-    return best, np.asarray(vectors, dtype=np.float32)
+
+def sentence_transformers_rate(
+    model_dir: Path, texts: list[str], threads: int
+) -> tuple[float, npt.NDArray[np.float32]]:
+    """Texts/s of one offline ``encode`` call over all texts, and its vectors."""
+    global _PEER
+    if _PEER is None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            import torch
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:  # it comes with the bundled model's package
+            raise SystemExit(f"sentence-transformers is not installed here: {exc}") from exc
+        # As a user would run it: every core (the default), batch size 32 (the default).
+        torch.set_num_threads(threads)
+        _PEER = SentenceTransformer(str(model_dir), device="cpu")
+        _PEER.encode(texts[:64])  # warm up threads and allocator
+    started = time.perf_counter()
+    vectors = _PEER.encode(texts, normalize_embeddings=True)
+    rate = len(texts) / (time.perf_counter() - started)
+    return rate, np.asarray(vectors, dtype=np.float32)
 
 
 # -- ModelMint ---------------------------------------------------------------------------
@@ -223,32 +223,52 @@ def mean_batch(base: str, model: str) -> float:
     return total / count if count else 0.0
 
 
-def serve_and_measure(
-    workdir: Path,
-    variant: tuple[str, str, dict[str, Any]],
-    texts: list[str],
-    args: argparse.Namespace,
-) -> Served:
-    name, backend, extra = variant
-    config = {"max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms, **extra}
-    if args.engine_threads:
-        config["threads"] = args.engine_threads
-    say(f"{name}: starting ModelMint ({backend}, {config})")
-    with modelmint(workdir, name, backend, config, args.threads) as (base, headers):
-        warm = texts[: args.concurrency * 2]
-        asyncio.run(one_pass(base, headers, name, warm, args.concurrency))
-        passes = []
-        vectors: npt.NDArray[np.float32] = np.empty(0, np.float32)
-        for _ in range(args.repeats):
-            point, vectors = asyncio.run(one_pass(base, headers, name, texts, args.concurrency))
-            passes.append(point)
-            say(
-                f"{name:10} {point.texts_per_s:8.1f} texts/s  p50 {point.p50_ms:6.1f} ms  "
-                f"p99 {point.p99_ms:6.1f} ms"
+@dataclass
+class Server:
+    name: str
+    base: str
+    headers: dict[str, str]
+
+
+def measure_all(
+    model_dir: Path, servers: list[Server], texts: list[str], args: argparse.Namespace
+) -> tuple[float, npt.NDArray[np.float32], dict[str, Served]]:
+    """Rounds of one pass per engine, the peer included, best pass kept for each.
+
+    Interleaved, so that a burst of other load on the machine falls on every engine
+    alike instead of on whichever ran at that moment.
+    """
+    for server in servers:  # warm: threads, allocator, first batches
+        asyncio.run(
+            one_pass(server.base, server.headers, server.name, texts[:64], args.concurrency)
+        )
+    peer_rates: list[float] = []
+    peer_vectors: npt.NDArray[np.float32] = np.empty(0, np.float32)
+    passes: dict[str, list[Pass]] = {server.name: [] for server in servers}
+    vectors: dict[str, npt.NDArray[np.float32]] = {}
+    for round_ in range(1, args.repeats + 1):
+        rate, peer_vectors = sentence_transformers_rate(model_dir, texts, args.threads)
+        peer_rates.append(rate)
+        say(f"round {round_}: {'sentence-transformers':22} {rate:8.1f} texts/s (offline)")
+        for server in servers:
+            point, vectors[server.name] = asyncio.run(
+                one_pass(server.base, server.headers, server.name, texts, args.concurrency)
             )
-        batch = mean_batch(base, name)
-    best = max(passes, key=lambda p: p.texts_per_s)
-    return Served(name, best, vectors, batch)
+            passes[server.name].append(point)
+            say(
+                f"round {round_}: {'modelmint ' + server.name:22} {point.texts_per_s:8.1f} "
+                f"texts/s  p50 {point.p50_ms:6.1f} ms  p99 {point.p99_ms:6.1f} ms"
+            )
+    served = {
+        server.name: Served(
+            server.name,
+            max(passes[server.name], key=lambda p: p.texts_per_s),
+            vectors[server.name],
+            mean_batch(server.base, server.name),
+        )
+        for server in servers
+    }
+    return max(peer_rates), peer_vectors, served
 
 
 def cosines(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
@@ -280,10 +300,20 @@ def main() -> None:
         f"{args.concurrency}, {args.threads} threads, best of {args.repeats}"
     )
     model_dir = resolve_artifact(MODEL_URI)
-    peer, peer_vectors = sentence_transformers_rate(model_dir, texts, args.threads, args.repeats)
-    say(f"{'sentence-transformers':22} {peer:8.1f} texts/s (offline, one encode call)")
     variants = [v for v in VARIANTS if not args.only or v[0] in args.only]
-    served = {v[0]: serve_and_measure(workdir, v, texts, args) for v in variants}
+    with contextlib.ExitStack() as stack:
+        servers = []
+        for name, backend, extra in variants:
+            config = {"max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms}
+            config |= extra
+            if args.engine_threads:
+                config["threads"] = args.engine_threads
+            say(f"{name}: starting ModelMint ({backend}, {config})")
+            base, headers = stack.enter_context(
+                modelmint(workdir, name, backend, config, args.threads)
+            )
+            servers.append(Server(name, base, headers))
+        peer, peer_vectors, served = measure_all(model_dir, servers, texts, args)
     if len(served) == len(VARIANTS):
         report(peer, peer_vectors, served)
 

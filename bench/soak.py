@@ -36,6 +36,10 @@ __all__ = ["SoakResult", "main"]
 
 WINDOWS = 10  # the run is reported in tenths
 MAX_RSS_GROWTH = 0.10
+# Connections to the gateway, as a load balancer would hold: when the gateway falls
+# behind, requests wait here (and their latency shows it), not as a backlog inside the
+# gateway that would pass for a memory leak.
+CONNECTIONS = 64
 
 
 @dataclass
@@ -57,6 +61,10 @@ class SoakResult:
 
     def rss_mb(self, window: int) -> float:
         return statistics.median(self.rss[window]) / 2**20 if self.rss[window] else float("nan")
+
+    @property
+    def answered(self) -> int:
+        return sum(len(w) for w in self.latencies)
 
     @property
     def p99_drift(self) -> float:
@@ -140,7 +148,7 @@ async def soak(target: Target, result: SoakResult, seconds: float) -> None:
             result.rss[window_of(now)].append(rss_of(gateway))
             await asyncio.sleep(1.0)
 
-    limits = aiohttp.TCPConnector(limit=512)
+    limits = aiohttp.TCPConnector(limit=CONNECTIONS)
     async with aiohttp.ClientSession(
         connector=limits, timeout=aiohttp.ClientTimeout(total=30)
     ) as session:
@@ -172,7 +180,8 @@ def report(result: SoakResult, seconds: float) -> None:
     console = Console()
     console.print(table)
     console.print(
-        f"max rate {result.max_rps:.0f} req/s; sent {result.sent}; errors {result.errors} "
+        f"max rate {result.max_rps:.0f} req/s; sent {result.sent}, answered "
+        f"{result.answered} ({result.answered / seconds:.0f} req/s); errors {result.errors} "
         f"{result.error_kinds or ''}; p99 drift {result.p99_drift:+.1%} (first to last tenth); "
         f"RSS growth {result.rss_growth:+.1%} (target < {MAX_RSS_GROWTH:.0%})"
     )
@@ -186,7 +195,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32, help="while probing the maximum")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
-    workdir = BENCH_HOME / "soak"
+    # A fresh home per run: the gateway's database and the model registered in it.
+    workdir = BENCH_HOME / f"soak-{time.strftime('%Y%m%d-%H%M%S')}"
     workdir.mkdir(parents=True, exist_ok=True)
     with mock_upstream(workdir) as upstream, modelmint(workdir, upstream, 1, None) as (target, _):
         say(f"probing the maximum rate for {args.probe_seconds:.0f} s")
@@ -201,6 +211,7 @@ def main() -> None:
             "max_rps": round(max_rps, 1),
             "target_rps": round(result.target_rps, 1),
             "sent": result.sent,
+            "answered_rps": round(result.answered / args.seconds, 1),
             "errors": result.errors,
             "p99_first_ms": round(result.p(0, 0.99), 2),
             "p99_last_ms": round(result.p(WINDOWS - 1, 0.99), 2),

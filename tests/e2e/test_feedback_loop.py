@@ -231,6 +231,9 @@ def test_feedback_trains_a_canaried_version_that_compare_reports(loop: Loop) -> 
     table = cli(env, "compare", "iris", "--versions", "1,2").stdout
     assert "margin / 1k req" in table and "Recommendation:" in table and "Rule:" in table
     assert "Deleted 0 expired samples" in cli(env, "samples", "purge").stdout
+    [card] = cli_json(env, "models", "show", "iris@1", "--card")
+    assert "## Feedback" in card["card"]
+    assert f"{by_version[1]['score']['count']:,} ratings" in card["card"]
 
 
 def _versions_of(loop: Loop, request_ids: list[str]) -> set[int]:

@@ -19,7 +19,6 @@ from modelmint.feedback.samples import (
     purge_expired,
     set_policy,
 )
-from modelmint.gateway.routes.feedback import start_sample_capture
 from modelmint.storage.db import utcnow
 from modelmint.storage.tables import Feedback, RequestSample
 from modelmint.training.chats import read_chats
@@ -58,7 +57,15 @@ async def _serve_with_capture(gw: Gateway, mock: MockUpstream) -> SampleRecorder
     await gw.serve("fb-chat", mock)
     with gw.database.session() as session:
         set_policy(session, "organization", gw.org_id, retention_days=7)
-    return start_sample_capture(gw.platform)
+    return _recorder(gw)
+
+
+def _recorder(gw: Gateway) -> SampleRecorder:
+    """The platform's own recorder, with the policies just written loaded."""
+    recorder = gw.platform.samples
+    assert recorder is not None, "the platform starts sample capture"
+    recorder.refresh()
+    return recorder
 
 
 async def test_captured_samples_are_redacted_before_they_are_stored(
@@ -83,7 +90,7 @@ async def test_requests_of_callers_who_did_not_opt_in_are_not_captured(
     gw: Gateway, mock: MockUpstream
 ) -> None:
     await gw.serve("fb-chat", mock)
-    recorder = start_sample_capture(gw.platform)
+    recorder = _recorder(gw)
     request_id = await _chat(gw, "hello")
     recorder.close()
     with gw.database.session() as session:
@@ -186,7 +193,7 @@ async def test_purge_and_organisation_deletion_remove_samples(
     with gw.database.session() as session:
         assert purge_expired(session, utcnow()) == 0
         assert purge_expired(session, utcnow() + timedelta(days=8)) == 3
-    recorder = start_sample_capture(gw.platform)
+    recorder.start()  # closed above to flush its queue; capture goes on
     await _chat(gw, "one more")
     recorder.close()
     with gw.database.session() as session:

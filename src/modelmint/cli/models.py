@@ -174,6 +174,9 @@ def show(
             rows = [versions.resolve(session, parsed)[1]]
         by_version = {v: [a for a, n in aliases.items() if n == v] for v in aliases.values()}
         data = [_version_row(v, by_version.get(v.version, [])) for v in rows]
+        if card:
+            for row, version in zip(data, rows, strict=True):
+                row["card"] = _with_feedback(session, version.id, row["card"])
     if as_json:
         typer.echo(orjson.dumps(data).decode())
         return
@@ -193,6 +196,17 @@ def show(
             row["created_at"][:19],
         )
     console.print(table)
+
+
+def _with_feedback(session: Any, version_id: str, card: str) -> str:
+    """The stored card plus what users have said about the version since it was served."""
+    from modelmint.feedback.feedback import feedback_summary
+    from modelmint.training.cards import feedback_section
+
+    summary = feedback_summary(session, version_id)
+    if not card or summary.volume == 0:
+        return card
+    return card.rstrip() + "\n\n" + feedback_section(summary)
 
 
 def _version_row(version: Any, aliases: list[str]) -> dict[str, Any]:

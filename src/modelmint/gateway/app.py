@@ -31,11 +31,9 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
         running = platform or Platform.build(settings)
         app.state.platform = running
         await running.start()
-        samples = feedback_routes.start_sample_capture(running)
         try:
             yield
         finally:
-            samples.close()
             await running.close()
 
     app = FastAPI(

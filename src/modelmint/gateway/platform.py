@@ -19,6 +19,7 @@ from modelmint.charging.reservations import release_stale
 from modelmint.charging.settlement import Charger
 from modelmint.config import Settings
 from modelmint.dashboard.throttle import LoginThrottle
+from modelmint.feedback.samples import SampleRecorder
 from modelmint.gateway.inference import InferenceService
 from modelmint.gateway.key_cache import KeyCache
 from modelmint.limits import LocalRateLimiter, RateLimiter
@@ -94,6 +95,7 @@ class Platform:
 
     _sweeper: asyncio.Task[None] | None = None
     alerts: AlertDispatcher | None = None
+    samples: SampleRecorder | None = None
 
     async def start(self) -> None:
         self.writer.start()
@@ -103,6 +105,11 @@ class Platform:
         # that is down for a while still gets its alerts.
         self.alerts = AlertDispatcher(self.database, base_delay_s=30.0, max_attempts=12)
         await self.alerts.start()
+        # Opt-in request samples: redacted and stored off the request path, purged
+        # past each policy's retention by the same thread.
+        self.samples = SampleRecorder(self.database, refresh_s=self.settings.cache_ttl_s)
+        self.samples.start()
+        self.inference.samples = self.samples
 
     async def _sweep_reservations(self) -> None:
         """Release wallet reservations whose request died with its process."""
@@ -115,6 +122,9 @@ class Platform:
             await asyncio.sleep(min(60.0, self.settings.reservation_ttl_s / 4))
 
     async def close(self) -> None:
+        if self.samples is not None:
+            self.inference.samples = None
+            await asyncio.to_thread(self.samples.close)
         if self.alerts is not None:
             await self.alerts.close()
         if self._sweeper is not None:

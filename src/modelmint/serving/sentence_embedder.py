@@ -138,12 +138,15 @@ class SentenceEmbeddingBackend:
 
     def _load_encoder(self) -> Encoder:
         """The runtime: PyTorch here, ONNX Runtime in the subclass."""
-        torch.set_num_threads(self._threads)
         module = MeanPooled(load_transformer(self._dir))
+        threads = self._threads
 
         def encode(
             ids: npt.NDArray[np.int64], mask: npt.NDArray[np.int64]
         ) -> npt.NDArray[np.float32]:
+            # OpenMP keeps the thread count per calling thread: set it where batches run.
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
             with torch.inference_mode():
                 vectors = module(torch.from_numpy(ids), torch.from_numpy(mask))
             return vectors.numpy()  # type: ignore[no-any-return]

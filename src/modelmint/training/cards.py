@@ -22,7 +22,7 @@ from modelmint.training.reports import (
     params_markdown,
 )
 
-__all__ = ["FeedbackSummary", "ScorePoint", "model_card"]
+__all__ = ["FeedbackSummary", "ScorePoint", "feedback_section", "model_card"]
 
 _SECTION_KEYS = ("per_class", "per_group", "feature_importances")
 # A card lists the strongest features; the full list stays in the report.
@@ -247,6 +247,12 @@ def _compression_and_export(report: RunReport) -> str:
 def _change(report: Mapping[str, Any], key: str) -> str:
     before, after = report.get(f"{key}_before"), report.get(f"{key}_after")
     return f"{format_value(before)} → {format_value(after)}"
+
+
+def feedback_section(feedback: FeedbackSummary) -> str:
+    """The card's "Feedback" section on its own: feedback arrives after a version is
+    registered, so cards shown later append it to the stored card."""
+    return "## Feedback\n\n" + _feedback(feedback) + "\n"
 
 
 def _feedback(feedback: FeedbackSummary) -> str:

@@ -14,11 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from modelmint.feedback.feedback import FeedbackGiven, record_feedback
-from modelmint.feedback.samples import SampleRecorder
 from modelmint.gateway.deps import CurrentKey, PlatformDep
-from modelmint.gateway.platform import Platform
 
-__all__ = ["FeedbackCreate", "FeedbackPublic", "router", "start_sample_capture"]
+__all__ = ["FeedbackCreate", "FeedbackPublic", "router"]
 
 router = APIRouter(prefix="/v1", tags=["feedback"])
 
@@ -76,11 +74,3 @@ async def create_feedback(
         )
 
     return await platform.in_session(store)
-
-
-def start_sample_capture(platform: Platform) -> SampleRecorder:
-    """Give the platform's inference service a started sample recorder (app lifespan)."""
-    recorder = SampleRecorder(platform.database, refresh_s=platform.settings.cache_ttl_s)
-    recorder.start()
-    platform.inference.samples = recorder
-    return recorder
