@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # The stamp changes whenever the declared dependencies change, so `make` reinstalls then.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 
-.PHONY: run test unit integration e2e lint typecheck fmt clean venv bench bench-gateway bench-llm bench-embeddings bench-recommender bench-analytics fuzz
+.PHONY: run test unit integration e2e lint typecheck fmt clean venv bench bench-gateway bench-llm bench-embeddings bench-recommender bench-analytics fuzz soak audit crash
 
 venv: $(STAMP)
 
@@ -59,6 +59,18 @@ bench-analytics: $(STAMP)
 # Many more generated requests than the bounded run in `make test`.
 fuzz: $(STAMP)
 	MODELMINT_FUZZ_EXAMPLES=300 $(BIN)/python -m pytest tests/e2e/test_fuzz.py
+
+# 10 minutes at 80% of the measured maximum rate against the mock upstream.
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak --seconds 600 --json var/soak.json
+
+# Known vulnerabilities of the installed dependencies (fails when the service is unreachable).
+audit: $(STAMP)
+	$(BIN)/pip-audit --strict --skip-editable
+
+# Kill the gateway three times under load, then reconcile usage, answers and invoices.
+crash: $(STAMP)
+	$(BIN)/python -m scripts.crash_reconcile
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

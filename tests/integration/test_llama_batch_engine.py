@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -219,24 +218,3 @@ async def test_stop_strings_and_max_tokens_zero_keep_the_old_behaviour(
     assert cut.choices[0]["text"] == text[: text.index(stop)]
     nothing = await engine.generate(completion("Hello", max_tokens=0))
     assert nothing.choices[0]["text"] == "" and nothing.usage.output_tokens == 0
-
-
-async def test_throughput_one_versus_eight_concurrent(engine: BatchedLlamaBackend) -> None:
-    """Printed, not asserted: aggregate greedy tokens/s (run with -s to see it)."""
-
-    async def run(n: int) -> float:
-        requests = [completion(p, max_tokens=64) for p in PROMPTS[:n]]
-        usages = [Usage() for _ in requests]
-        started = time.perf_counter()
-        await asyncio.gather(
-            *(collect(engine.stream(r, u)) for r, u in zip(requests, usages, strict=True))
-        )
-        return sum(u.output_tokens for u in usages) / (time.perf_counter() - started)
-
-    one = await run(1)
-    eight = await run(8)
-    print(
-        f"\nBatchedLlamaBackend greedy, 64 tokens: 1 request {one:.0f} tok/s, "
-        f"8 concurrent {eight:.0f} tok/s aggregate ({THREADS} threads)"
-    )
-    assert one > 0 and eight > 0
