@@ -338,6 +338,7 @@ PHONE_PAGES = (
     "/dashboard/invoices",
     "/dashboard/usage",
     "/dashboard/simulator",
+    "/dashboard/compare",
 )
 
 

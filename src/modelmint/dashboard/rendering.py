@@ -29,6 +29,7 @@ _CENT = Decimal("0.01")
 NAV: tuple[tuple[str, str], ...] = (
     ("overview", "Overview"),
     ("models", "Models"),
+    ("compare", "Compare"),
     ("customers", "Customers"),
     ("keys", "Keys"),
     ("invoices", "Invoices"),

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends
 
 from modelmint.dashboard.auth import require_csrf, require_session
 from modelmint.dashboard.pages import (
+    compare,
     customers,
     invoices,
     keys,
@@ -35,6 +36,7 @@ for _part in (
     customers.router,
     invoices.router,
     simulator.router,
+    compare.router,
 ):
     _logged_in.include_router(_part)
 

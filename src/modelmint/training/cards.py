@@ -144,8 +144,8 @@ def _found_sections(metrics: Mapping[str, Any]) -> list[str]:
             sections += [f"## Per-class metrics{where}", _nested_tables(value, "Class")]
         elif key == "per_group" and isinstance(value, Mapping):
             sections += [f"## Per-group metrics{where}", _nested_tables(value, "Group")]
-        elif key == "feature_importances" and isinstance(value, Mapping):
-            sections += [f"## Feature importances{where}", _importances(value)]
+        elif key == "feature_importances" and isinstance(value, Mapping | list):
+            sections += [f"## Feature importances{where}", _importances(_by_feature(value))]
     return sections
 
 
@@ -186,6 +186,18 @@ def _rows_table(table: Mapping[str, Any], label: str) -> str:
         if isinstance(row, Mapping)
     ]
     return markdown_table([label, *columns], rows)
+
+
+def _by_feature(value: Mapping[str, Any] | list[Any]) -> Mapping[str, Any]:
+    """Importances as ``{feature: value}``, also from a list of
+    ``{"feature": name, "mean": value, ...}`` rows (permutation importance with spread)."""
+    if isinstance(value, Mapping):
+        return value
+    return {
+        str(row["feature"]): row.get("mean", row.get("importance"))
+        for row in value
+        if isinstance(row, Mapping) and "feature" in row
+    }
 
 
 def _importances(importances: Mapping[str, Any]) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ __all__ = [
     "encode_chat",
     "parse_chat",
     "read_chats",
+    "scrub_chat",
 ]
 
 ROLES = ("system", "user", "assistant")
@@ -62,6 +63,16 @@ class Chat:
 
     def as_dicts(self) -> list[dict[str, str]]:
         return [{"role": m.role, "content": m.content} for m in self.messages]
+
+
+def scrub_chat(chat: Chat) -> Chat:
+    """``chat`` with emails, phone and card numbers and secrets replaced in every message."""
+    from modelmint.training.pii import scrub
+
+    return replace(
+        chat,
+        messages=tuple(replace(m, content=scrub(m.content)[0]) for m in chat.messages),
+    )
 
 
 def _message(raw: Any, where: str, index: int) -> Message:

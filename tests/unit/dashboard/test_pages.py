@@ -32,6 +32,7 @@ PAGES = (
     "/dashboard/invoices",
     "/dashboard/usage",
     "/dashboard/simulator",
+    "/dashboard/compare",
 )
 
 

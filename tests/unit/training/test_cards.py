@@ -237,3 +237,19 @@ def test_a_card_for_a_bare_report_still_reads(metrics: dict[str, Any]) -> None:
     assert card.startswith("# recs v7\n")
     assert "Cold-start users get popular items." in card
     assert "_no metrics_" in card
+
+
+def test_importances_given_as_rows_with_spread_are_ranked_in_the_card() -> None:
+    rows = [
+        {"feature": "income", "mean": 0.02, "std": 0.01},
+        {"feature": "age", "mean": 0.15, "std": 0.02},
+    ]
+    card = model_card(
+        _report({"feature_importances": rows}),
+        name="risk",
+        version=1,
+        intended_use="scoring",
+        limitations="",
+    )
+    section = card.split("## Feature importances", 1)[1]
+    assert section.index("age") < section.index("income")

@@ -518,3 +518,17 @@ def test_served_model_recites_the_taught_motto_more_often_than_the_base(
 
     assert recited(tuned) > recited(base)
     assert recited(tuned) >= len(questions) // 2
+
+
+def test_scrub_pii_removes_contact_details_from_every_message(tmp_path: Path) -> None:
+    path = tmp_path / "pii.jsonl"
+    messages = [
+        {"role": "user", "content": "I am jane@example.com, card 4111 1111 1111 1111"},
+        {"role": "assistant", "content": "Thanks, I will write to jane@example.com."},
+    ]
+    path.write_text(json.dumps({"messages": messages}) + "\n")
+    [kept] = CausalLMLoRA().load_data(str(path))
+    [scrubbed] = CausalLMLoRA(scrub_pii=True).load_data(str(path))
+    assert "jane@example.com" in kept.messages[0].content
+    assert scrubbed.messages[0].content == "I am [EMAIL], card [CARD]"
+    assert scrubbed.messages[1].content == "Thanks, I will write to [EMAIL]."

@@ -33,7 +33,7 @@ from numpy.typing import NDArray
 
 from modelmint.errors import NotFound
 from modelmint.training import distributed
-from modelmint.training.chats import IGNORE, Chat, Encoded, encode_chat, read_chats
+from modelmint.training.chats import IGNORE, Chat, Encoded, encode_chat, read_chats, scrub_chat
 from modelmint.training.checkpoints import load_checkpoint, save_checkpoint
 from modelmint.training.gguf_merge import (
     LlamaGGUF,
@@ -245,6 +245,9 @@ class CausalLMLoRA(Recipe[list[Chat]]):
         epochs: int = 3,
         batch_size: int = 8,
         max_length: int = 512,
+        # Replace emails, phone and card numbers and secrets in every message before
+        # training: a language model repeats what it was taught.
+        scrub_pii: bool = False,
         seed: int = 0,
         test_fraction: float = 0.2,
         val_fraction: float = 0.1,
@@ -264,11 +267,13 @@ class CausalLMLoRA(Recipe[list[Chat]]):
         self.seed = seed
         self.test_fraction = test_fraction
         self.val_fraction = val_fraction
+        self.scrub_pii = scrub_pii
 
     # -- data ---------------------------------------------------------------------------
 
     def load_data(self, source: str) -> list[Chat]:
-        return read_chats(Path(source))
+        chats = read_chats(Path(source))
+        return [scrub_chat(chat) for chat in chats] if self.scrub_pii else chats
 
     def rows(self, data: list[Chat]) -> int:
         return len(data)
