@@ -265,6 +265,7 @@ def test_request_id_is_echoed_and_logged_without_secrets(live: LiveServer, clien
             "messages": [{"role": "user", "content": secret_prompt}],
             "max_tokens": 4,
         },
+        timeout=60,  # a loaded 2-core machine can take seconds for the first tokens
     )
     assert response.status_code == 200
     assert response.headers["x-request-id"] == "client-abc.1"

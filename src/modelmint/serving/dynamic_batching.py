@@ -124,6 +124,7 @@ class _Request(Generic[T, R]):
     costs: list[float]
     future: asyncio.Future[Batched[R]]
     loop: asyncio.AbstractEventLoop
+    timeout_s: float  # how long it may wait for its first batch
     deadline: float  # time.monotonic() by which its first item must have started
     arrived: float = field(default_factory=time.monotonic)
     # Worker state, guarded by the batcher's condition.
@@ -137,6 +138,8 @@ class _Request(Generic[T, R]):
 
 # One call of the batch function: (request, first item, end) for every request in it.
 _Slice = tuple[_Request[Any, Any], int, int]
+# What a caller's future is resolved with.
+_Answer = tuple[_Request[Any, Any], Batched[Any] | BaseException]
 
 
 class DynamicBatcher(Generic[T, R]):
@@ -213,6 +216,7 @@ class DynamicBatcher(Generic[T, R]):
             costs=[float(c) for c in costs] if costs is not None else [1.0] * len(items),
             future=loop.create_future(),
             loop=loop,
+            timeout_s=wait_s,
             deadline=time.monotonic() + wait_s,
         )
         self._enqueue(request)
@@ -220,7 +224,7 @@ class DynamicBatcher(Generic[T, R]):
             done, _ = await asyncio.wait((request.future,), timeout=wait_s)
             if not done and self._expire(request):
                 self._dropped["timeout"].inc()
-                raise _timeout(wait_s)
+                raise _timeout(request)
             # Started in time: the answer comes when its last batch ends.
             return await request.future
         except asyncio.CancelledError:
@@ -305,7 +309,7 @@ class DynamicBatcher(Generic[T, R]):
                     return None
                 now = time.monotonic()
                 # Posting only schedules a callback on each caller's loop: safe under the lock.
-                _post([(r, _timeout(0.0, late=True)) for r in self._take_expired(now)])
+                _post([(r, _timeout(r)) for r in self._take_expired(now)])
                 if not self._queue:
                     self._cond.wait()
                     continue
@@ -366,13 +370,11 @@ class DynamicBatcher(Generic[T, R]):
             )
         _post(answers)
 
-    def _settle(
-        self, batch: list[_Slice], results: list[R], busy_ms: float
-    ) -> list[tuple[_Request[Any, Any], Batched[Any] | BaseException]]:
+    def _settle(self, batch: list[_Slice], results: list[R], busy_ms: float) -> list[_Answer]:
         """Hand out results and shares of ``busy_ms`` (lock held); the finished requests."""
         total = sum(c for request, lo, hi in batch for c in request.costs[lo:hi])
         count = sum(hi - lo for _, lo, hi in batch)
-        answers: list[tuple[_Request[Any, Any], Batched[Any] | BaseException]] = []
+        answers: list[_Answer] = []
         offset = 0
         for request, lo, hi in batch:
             mine = results[offset : offset + hi - lo]
@@ -392,10 +394,8 @@ class DynamicBatcher(Generic[T, R]):
                 answers.append((request, Batched(request.results, request.engine_ms, queue_ms)))
         return answers
 
-    def _fail(
-        self, batch: list[_Slice], error: ModelMintError
-    ) -> list[tuple[_Request[Any, Any], Batched[Any] | BaseException]]:
-        failed: list[tuple[_Request[Any, Any], Batched[Any] | BaseException]] = []
+    def _fail(self, batch: list[_Slice], error: ModelMintError) -> list[_Answer]:
+        failed: list[_Answer] = []
         for request, _, _ in batch:
             if not request.closed:
                 self._close(request)  # its items still queued are skipped too
@@ -405,16 +405,14 @@ class DynamicBatcher(Generic[T, R]):
         return failed
 
 
-def _timeout(wait_s: float, *, late: bool = False) -> UpstreamTimeout:
-    message = (
-        "the model could not start this request before its deadline"
-        if late
-        else f"the model could not start this request within {wait_s:g} s"
+def _timeout(request: _Request[Any, Any]) -> UpstreamTimeout:
+    return UpstreamTimeout(
+        f"the model could not start this request within {request.timeout_s:g} s",
+        code="queue_timeout",
     )
-    return UpstreamTimeout(message, code="queue_timeout")
 
 
-def _post(answers: Sequence[tuple[_Request[Any, Any], Batched[Any] | BaseException]]) -> None:
+def _post(answers: Sequence[_Answer]) -> None:
     """Resolve callers' futures on their own event loops, one wake-up per loop."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
     for request, answer in answers:

@@ -72,20 +72,14 @@ def _embedding_backend(spec: DeploymentSpec, settings: Settings) -> Backend:
     """PyTorch (``sentence_transformer``) or ONNX Runtime (``onnx_embedding``), batched.
 
     Deployment config: ``max_batch_size``, ``max_wait_ms``, ``max_queue``, ``timeout_ms``
-    (see ``BatchLimits``); ``threads`` (default: the settings' CPU threads, one fewer for
-    PyTorch); for ONNX, ``quantize``: ``"none"`` (fp32) or ``"int8"``.
+    (see ``BatchLimits``); ``threads`` (default: the settings' CPU threads); for ONNX,
+    ``quantize``: ``"none"`` (fp32) or ``"int8"``.
     """
     from modelmint.serving.dynamic_batching import BatchLimits
 
     config = spec.config
-    threads = settings.cpu_threads
-    if spec.backend == "sentence_transformer":
-        # PyTorch's OpenMP workers spin between operators; on every core they starve the
-        # event loop that answers one batch while the next computes (measured on 2 cores:
-        # several times slower). ONNX Runtime is told not to spin, so it takes them all.
-        threads = max(1, threads - 1)
     common: dict[str, Any] = {
-        "n_threads": int(config.get("threads", threads)),
+        "n_threads": int(config.get("threads", settings.cpu_threads)),
         "limits": BatchLimits.from_config(config),
         "model": spec.public_name,
         "deployment": spec.id,
