@@ -42,6 +42,23 @@ def test_keys_create_list_revoke(env: dict[str, str]) -> None:
     assert cli_json(env, "keys", "list")[0]["revoked_at"] is not None
 
 
+def test_an_organisation_is_deleted_only_when_confirmed(env: dict[str, str]) -> None:
+    created = cli_json(env, "keys", "create", "--org", "leaving")
+    unconfirmed = cli(env, "orgs", "delete", "leaving", check=False)  # no terminal: no "yes"
+    assert unconfirmed.returncode == 1
+    assert cli_json(env, "keys", "list")[0]["revoked_at"] is None
+
+    erased = cli_json(env, "orgs", "delete", "leaving", "--yes")
+
+    assert erased["revoked_keys"] == [created["id"]] and erased["already_deleted"] is False
+    assert cli_json(env, "keys", "list")[0]["revoked_at"] is not None
+    assert cli_json(env, "orgs", "list")[0]["deleted_at"] == erased["deleted_at"]
+    again = cli(env, "orgs", "delete", "leaving", "--yes")
+    assert "already deleted" in again.stdout
+    refused = cli(env, "keys", "create", "--org", "leaving", check=False)
+    assert refused.returncode != 0 and "was deleted" in refused.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
@@ -53,6 +70,7 @@ def test_keys_create_list_revoke(env: dict[str, str]) -> None:
         (("models", "add-remote", "x", "--base-url", "ftp://h"), 2, "http(s) URL"),
         (("models", "remove", "ghost"), 4, "no deployed model"),
         (("orgs", "create", "bad/name"), 2, "organisation name"),
+        (("orgs", "delete", "ghost", "--yes"), 4, "no organisation"),
     ],
 )
 def test_bad_input_gives_a_message_and_exit_code(

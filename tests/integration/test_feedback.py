@@ -14,15 +14,18 @@ from sqlalchemy import select
 from modelmint import accounts
 from modelmint.feedback.datasets import BuildOptions, build_from_feedback, resolve_dataset
 from modelmint.feedback.samples import (
+    CapturedSample,
     SampleRecorder,
-    delete_organization_samples,
     purge_expired,
     set_policy,
+    store_sample,
 )
 from modelmint.storage.db import utcnow
 from modelmint.storage.tables import Feedback, RequestSample
 from modelmint.training.chats import read_chats
+from modelmint.training.ratings import Columns, read_ratings
 from tests.integration.test_gateway_remote import (  # noqa: F401 - fixtures
+    ADMIN_TOKEN,
     REPLY,
     Gateway,
     gateway,
@@ -184,19 +187,121 @@ async def test_a_chat_dataset_uses_corrections_and_good_answers_once_each(
     assert lines[1]["messages"][0] == {"role": "user", "content": "Who is lazy?"}
 
 
-async def test_purge_and_organisation_deletion_remove_samples(
-    gw: Gateway, mock: MockUpstream
-) -> None:
+async def test_purge_removes_samples_past_their_retention(gw: Gateway, mock: MockUpstream) -> None:
     recorder = await _serve_with_capture(gw, mock)
-    ids = [await _chat(gw, f"question {i}") for i in range(3)]
+    for i in range(3):
+        await _chat(gw, f"question {i}")
     recorder.close()
     with gw.database.session() as session:
         assert purge_expired(session, utcnow()) == 0
         assert purge_expired(session, utcnow() + timedelta(days=8)) == 3
-    recorder.start()  # closed above to flush its queue; capture goes on
-    await _chat(gw, "one more")
-    recorder.close()
-    with gw.database.session() as session:
-        assert delete_organization_samples(session, gw.org_id) == 1
         assert session.scalars(select(RequestSample)).all() == []
-        assert not set(ids) & {r.request_id for r in session.scalars(select(RequestSample))}
+
+
+async def test_a_streamed_answer_is_captured_as_the_text_the_client_received(
+    gw: Gateway, mock: MockUpstream
+) -> None:
+    recorder = await _serve_with_capture(gw, mock)
+    stream = await gw.sdk.chat.completions.create(
+        model="fb-chat", messages=[{"role": "user", "content": PII_QUESTION}], stream=True
+    )
+    received = [chunk async for chunk in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in received if c.choices)
+    recorder.close()
+    assert text == REPLY
+    with gw.database.session() as session:
+        sample = session.get(RequestSample, stream.response.headers["x-request-id"])
+        assert sample is not None
+        assert json.loads(sample.response_text) == [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": REPLY},
+                "finish_reason": "stop",
+            }
+        ]
+        assert "jane.doe@example.com" not in sample.request_text
+        assert sample.endpoint == "chat.completions"
+
+
+async def test_deleting_an_organisation_erases_its_data_and_keeps_its_books(
+    gw: Gateway, mock: MockUpstream, tmp_path: Path
+) -> None:
+    recorder = await _serve_with_capture(gw, mock)
+    ids = [await _chat(gw, f"question {i}") for i in range(3)]
+    recorder.close()
+    for request_id in ids:
+        response = await gw.http.post(
+            "/v1/feedback", json={"request_id": request_id, "score": True}
+        )
+        assert response.status_code == 200
+    with gw.database.session() as session:
+        build_from_feedback(session, tmp_path, BuildOptions(model="fb-chat", name="kept"))
+    usage_before = len(await gw.usage_rows())
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+    response = await gw.http.delete(f"/admin/organizations/{gw.org_id}", headers=admin)
+
+    assert response.status_code == 200, response.text
+    erasure = response.json()
+    assert erasure["revoked_keys"] == [gw.key_id]
+    assert (erasure["samples_deleted"], erasure["feedback_deleted"]) == (3, 3)
+    assert erasure["datasets_with_its_requests"] == ["kept@1"]
+    assert erasure["already_deleted"] is False
+    # The key is refused at once in this process (the cache was told), with the
+    # usual 401, and nothing of the customer's content is left.
+    refused = await gw.http.post(
+        "/v1/chat/completions",
+        json={"model": "fb-chat", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "revoked_api_key"
+    with gw.database.session() as session:
+        assert session.scalars(select(RequestSample)).all() == []
+        assert session.scalars(select(Feedback)).all() == []
+        org = accounts.get_org(session, gw.org_id)
+        assert org.deleted_at is not None
+    # The books stay: every usage row of the served requests is still there.
+    assert len(await gw.usage_rows()) == usage_before >= 3
+    again = await gw.http.delete(f"/admin/organizations/{gw.org_id}", headers=admin)
+    assert again.status_code == 200 and again.json()["already_deleted"] is True
+    new_key = await gw.http.post(
+        "/admin/keys", json={"organization": gw.org_id, "name": "after"}, headers=admin
+    )
+    assert new_key.status_code == 409
+    assert "was deleted" in new_key.json()["error"]["message"]
+    missing = await gw.http.delete("/admin/organizations/nobody-here", headers=admin)
+    assert missing.status_code == 404
+
+
+async def test_a_recommender_dataset_holds_the_items_users_chose(
+    gw: Gateway, tmp_path: Path
+) -> None:
+    shown = {"user": "u1", "items": [{"item": "i9", "score": 4.5}, {"item": "i3", "score": 4.1}]}
+    rated = {  # request id -> (query, feedback)
+        "req_a": ({"user": "u1", "k": 2, "exclude": []}, {"score": 1.0, "corrected_label": "i3"}),
+        "req_b": ({"user": "u2", "k": 2, "exclude": []}, {"score": 1.0}),  # liked: top item
+        "req_c": ({"user": "u3", "k": 2, "exclude": []}, {"score": 0.0}),  # disliked: nothing
+    }
+    with gw.database.session() as session:
+        for request_id, (query, feedback) in rated.items():
+            sample = CapturedSample(
+                request_id, gw.org_id, gw.key_id, "recs", None, "recommendations", query, shown
+            )
+            store_sample(session, sample, retention_days=7)
+            session.add(
+                Feedback(
+                    request_id=request_id,
+                    organization_id=gw.org_id,
+                    api_key_id=gw.key_id,
+                    model="recs",
+                    score_kind="thumbs",
+                    **feedback,
+                )
+            )
+        session.flush()
+        dataset = build_from_feedback(session, tmp_path, BuildOptions(model="recs"))
+        assert (dataset.format, dataset.rows) == ("csv", 2)
+        path = Path(dataset.path)
+    interactions = read_ratings(path, columns=Columns(rating=None), require_rating=False)
+    assert path.read_text().splitlines() == ["item,user", "i3,u1", "i9,u2"]  # noqa: ASYNC240
+    assert sorted(interactions.users.tolist()) == ["u1", "u2"]

@@ -14,7 +14,7 @@ from datetime import datetime
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from modelmint.errors import InvalidRequest, NotFound
+from modelmint.errors import Conflict, InvalidRequest, NotFound
 from modelmint.storage.db import new_id, utcnow
 from modelmint.storage.tables import ApiKey, Organization
 
@@ -106,6 +106,8 @@ def create_key(
     max_concurrent: int | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key; returns the row and the secret, which is never retrievable again."""
+    if organization.deleted_at is not None:
+        raise Conflict(f"organisation {organization.name!r} was deleted", param="organization")
     check_limits(rpm=rpm_limit, tpm=tpm_limit, concurrent=max_concurrent)
     if expires_at is not None and expires_at.tzinfo is None:
         raise InvalidRequest("expiry must carry a timezone (UTC)", param="expires")

@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from modelmint import accounts
+from modelmint.accounts.erasure import delete_organization
 from modelmint.cli import billing, keys, models
 from modelmint.cli.context import console, err_console, open_database, session_scope
 from modelmint.cli.demo import demo
@@ -66,16 +67,56 @@ def orgs_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List organisations."""
     with session_scope() as session:
         rows = [
-            {"id": o.id, "name": o.name, "created_at": o.created_at.isoformat()}
+            {
+                "id": o.id,
+                "name": o.name,
+                "created_at": o.created_at.isoformat(),
+                "deleted_at": o.deleted_at.isoformat() if o.deleted_at else None,
+            }
             for o in accounts.list_orgs(session)
         ]
     if as_json:
         typer.echo(orjson.dumps(rows).decode())
         return
-    table = Table("id", "name", "created")
+    table = Table("id", "name", "created", "deleted")
     for r in rows:
-        table.add_row(r["id"], r["name"], r["created_at"])
+        table.add_row(r["id"], r["name"], r["created_at"], r["deleted_at"] or "")
     console.print(table)
+
+
+@orgs.command("delete")
+def orgs_delete(
+    name: Annotated[str, typer.Argument(help="Organisation name or id.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Delete an organisation: revoke its keys, erase its samples and feedback, end its plan.
+
+    Usage, charges and invoices are kept: they are the books (see docs/architecture.md).
+    """
+    if not yes and not typer.confirm(
+        f"Delete {name}? Its keys stop working and its samples and feedback are erased."
+    ):
+        raise typer.Exit(1)
+    with session_scope() as session:
+        erasure = delete_organization(session, name)
+    if as_json:
+        typer.echo(orjson.dumps(erasure.to_json()).decode())
+        return
+    if erasure.already_deleted:
+        console.print(f"{erasure.name} was already deleted on {erasure.deleted_at:%Y-%m-%d}.")
+        return
+    console.print(
+        f"Deleted {erasure.name}: {len(erasure.revoked_key_ids)} keys revoked, "
+        f"{erasure.samples_deleted} samples and {erasure.feedback_deleted} feedback rows erased"
+        + (", subscription ended" if erasure.subscription_ended else "")
+        + "."
+    )
+    if erasure.datasets_with_its_requests:
+        console.print(
+            "Datasets built earlier hold some of its requests (not rewritten): "
+            + ", ".join(erasure.datasets_with_its_requests)
+        )
 
 
 @orgs.command("limits")

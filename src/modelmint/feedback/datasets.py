@@ -4,8 +4,9 @@
     -> rows (a corrected label or output replaces the model's) -> deduplicated
     -> <home>/datasets/NAME/vN/data.{csv,jsonl} + a FeedbackDataset row
 
-Classifiers of feature rows get a CSV (one column per feature plus the target), text
-classifiers and chat models JSONL, each in the shape its training recipe reads. A
+Classifiers of feature rows get a CSV (one column per feature plus the target),
+recommenders a CSV of implicit interactions (``user,item``), text classifiers and
+chat models JSONL, each in the shape its training recipe reads. A
 dataset records the request ids it came from; ``resolve_dataset`` turns
 ``dataset:NAME@VERSION`` back into its file for ``modelmint train``.
 """
@@ -118,6 +119,21 @@ def _chat_rows(feedback: Feedback, sample: RequestSample) -> Iterator[Row]:
     )
 
 
+def _recommendation_rows(feedback: Feedback, sample: RequestSample) -> Iterator[Row]:
+    """An implicit interaction (``user,item``): the item the user chose, named by the
+    correction, or else the top recommendation of a well-rated answer."""
+    query = orjson.loads(sample.request_text)
+    answer = orjson.loads(sample.response_text)
+    if not isinstance(query, dict) or not isinstance(answer, dict) or "user" not in query:
+        return
+    item = feedback.corrected_label
+    if item is None:
+        shown = answer.get("items") or []
+        item = shown[0].get("item") if shown and isinstance(shown[0], dict) else None
+    if item is not None:
+        yield Row(feedback.request_id, {"user": str(query["user"]), "item": str(item)})
+
+
 def _first_answer(response: Any) -> str | None:
     if isinstance(response, str):
         return response
@@ -138,6 +154,8 @@ def rows_from_feedback(session: Session, options: BuildOptions) -> list[Row]:
             produced: Iterable[Row] = _classification_rows(feedback, sample, options.target)
         elif sample.endpoint in ("chat.completions", "completions"):
             produced = _chat_rows(feedback, sample)
+        elif sample.endpoint == "recommendations":
+            produced = _recommendation_rows(feedback, sample)
         else:
             continue
         for row in produced:
@@ -158,12 +176,13 @@ def _format(rows: list[Row]) -> str:
 def _serialise(rows: list[Row], fmt: str, target: str) -> bytes:
     if fmt == "jsonl":
         return b"".join(orjson.dumps(r.record) + b"\n" for r in rows)
-    features = sorted({k for r in rows for k in r.record if k != target})
+    # Features in name order, the target (when there is one) last: the recipes' layout.
+    columns = sorted({k for r in rows for k in r.record}, key=lambda k: (k == target, k))
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([*features, target])
+    writer.writerow(columns)
     for row in rows:
-        writer.writerow([_cell(row.record.get(f)) for f in features] + [row.record[target]])
+        writer.writerow([_cell(row.record.get(c)) for c in columns])
     return out.getvalue().encode()
 
 

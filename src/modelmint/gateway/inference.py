@@ -242,10 +242,14 @@ class InferenceService:
             self._queue(call, 500, Usage())
             raise
 
+    def _captures(self, call: _Call) -> bool:
+        samples = self.samples
+        return samples is not None and samples.wants(call.key.organization_id, call.key.id)
+
     def _capture(self, call: _Call, request: Any, response: Any) -> None:
         """Queue a sample of an answered request if its caller opted in; never raises."""
         samples = self.samples
-        if samples is None or not samples.wants(call.key.organization_id, call.key.id):
+        if samples is None or not self._captures(call):
             return
         try:
             deployment = call.target.deployment if call.target else None
@@ -355,6 +359,9 @@ class InferenceService:
         def record_later(final: Usage, reason: str) -> None:
             self._queue(call, 200, final, streamed=True, finish_reason=reason)
 
+        def capture(choices: list[dict[str, Any]]) -> None:
+            self._capture(call, request.messages or request.prompt, choices)
+
         return MeteredStream(
             pieces,
             first,
@@ -363,6 +370,7 @@ class InferenceService:
             include_usage,
             record=record,
             record_later=record_later,
+            capture=capture if self._captures(call) else None,
         )
 
     # -- embeddings ----------------------------------------------------------------------
@@ -458,6 +466,7 @@ class InferenceService:
         call, prediction = await self._predict(
             key, request_id, body.model, "recommendation", [item]
         )
+        self._capture(call, item, prediction.results[0])
         return Answer(
             call.permit.headers(),
             body={

@@ -86,6 +86,9 @@ class Organization(Base):
     # Where billing alerts (budgets, credit, allowances) are POSTed; NULL: only recorded.
     alert_webhook_url: Mapped[str | None] = mapped_column(String(500), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set by `modelmint orgs delete`: the customer's data is erased, its financial
+    # records (usage, charges, invoices) are kept for the books; see accounts.erasure.
+    deleted_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class ApiKey(Base):

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from modelmint import accounts, registry
+from modelmint.accounts.erasure import delete_organization as erase_organization
 from modelmint.accounts.keys import MAX_LIMIT
 from modelmint.gateway.deps import AdminDep, PlatformDep
 from modelmint.storage.tables import ApiKey, Organization, UsageRecord
@@ -30,6 +31,7 @@ class OrganizationPublic(BaseModel):
     tpm: int | None = None
     concurrent: int | None = None
     created_at: datetime
+    deleted_at: datetime | None = None
 
     @classmethod
     def of(cls, row: Organization) -> OrganizationPublic:
@@ -40,6 +42,7 @@ class OrganizationPublic(BaseModel):
             tpm=row.tpm_limit,
             concurrent=row.max_concurrent,
             created_at=row.created_at,
+            deleted_at=row.deleted_at,
         )
 
 
@@ -140,6 +143,18 @@ async def set_organization_limits(
         )
 
     return OrganizationPublic.of(await platform.in_session(work))
+
+
+@router.delete("/organizations/{organization}")
+async def delete_organization(organization: str, platform: PlatformDep) -> dict[str, object]:
+    """Revoke the organisation's keys, erase its samples and feedback, end its plan.
+
+    Usage, charges and invoices are kept (the books); see ``accounts.erasure``.
+    """
+    erasure = await platform.in_session(lambda s: erase_organization(s, organization))
+    for key_id in erasure.revoked_key_ids:
+        platform.keys.forget(key_id)
+    return erasure.to_json()
 
 
 @router.get("/keys")

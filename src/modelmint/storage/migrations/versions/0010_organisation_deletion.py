@@ -1,0 +1,32 @@
+"""organisation deletion: organizations.deleted_at
+
+Revision ID: 0010
+Revises: 0009
+Create Date: 2026-11-23 07:40:00
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+import modelmint.storage.types
+
+revision = "0010"
+down_revision = "0009"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("organizations", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column(
+                "deleted_at", modelmint.storage.types.UTCDateTime(timezone=True), nullable=True
+            )
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("organizations", schema=None) as batch_op:
+        batch_op.drop_column("deleted_at")
