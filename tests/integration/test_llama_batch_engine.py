@@ -118,6 +118,26 @@ async def test_batched_greedy_output_matches_solo(engine: BatchedLlamaBackend) -
     )
 
 
+async def test_a_prompt_reuses_the_kept_cells_of_a_shared_start_and_answers_the_same(
+    tiny: BatchedLlamaBackend,
+) -> None:
+    async def run(prompt: str) -> tuple[str, EngineCharge]:
+        charge = EngineCharge()
+        text, _ = await collect(tiny.stream(completion(prompt, 16), Usage(), charge))
+        return text, charge
+
+    question = "The three primary colors are red, blue and yellow. The sky is"
+    await run("Zebras live in")  # the only slot now holds an unrelated prompt
+    fresh, fresh_charge = await run(question)
+    await run("The three primary colors are red, green")  # same start, other ending
+    again, reused_charge = await run(question)
+
+    assert fresh_charge.reused_tokens <= 1  # at most the BOS token is shared
+    assert reused_charge.reused_tokens >= 6  # "The three primary colors are red,"
+    assert again == fresh
+    assert reused_charge.engine_ms < fresh_charge.engine_ms * 4  # charged, not free
+
+
 async def test_seeded_sampling_is_the_same_alone_and_in_a_batch(
     engine: BatchedLlamaBackend,
 ) -> None:

@@ -126,7 +126,8 @@ LLM_BATCH_SEQUENCES = Histogram(
 )
 LLM_TOKENS = Counter(
     "modelmint_llm_engine_tokens_total",
-    "Tokens a local LLM processed, by kind (prompt, generated); tokens/s is the rate",
+    "Tokens a local LLM processed, by kind (prompt, generated, prompt_reused: kept in"
+    " KV cells from an earlier prompt); tokens/s is the rate",
     ["model", "deployment", "kind"],
 )
 LLM_BUSY_SECONDS = Counter(

@@ -6,7 +6,9 @@ Every step builds one ``llama_batch``: the next token of each generating sequenc
 then prompt chunks of newly admitted sequences up to ``n_batch`` tokens, and runs one
 ``llama_decode``. Requests join between steps and leave as soon as they finish or
 their consumer goes away; each sequence samples with its own sampler chain and
-streams only its own tokens to its own asyncio queue.
+streams only its own tokens to its own asyncio queue. A freed slot keeps its
+prompt's KV cells, and a new prompt goes to the free slot sharing its longest
+prefix (the chat template and system prompt), computing only the rest.
 
 The step's wall time is split among the requests in it in proportion to the tokens
 each one put into the batch; ``EngineCharge.engine_ms`` is that share, summed.
@@ -25,7 +27,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,13 @@ from modelmint.serving.types import Generation, SamplingParams, StreamDelta, Tex
 
 __all__ = ["BatchedLlamaBackend", "EngineCharge"]
 
+# The fewest prompt tokens a sequence computes in one step (unless its prompt is
+# shorter), even when a slot holds its whole prompt or the batch is nearly full.
+# Two, not one: llama.cpp computes a lone query row of a sequence with other kernels
+# than a chunk of several (measured: reusing all but the last token changed greedy
+# output; leaving two or more never did), and neither reuse nor batching may change
+# an answer.
+_MIN_TAIL = 2
 # How many generated tokens the frequency/presence penalties look back on (llama-cpp-python's
 # default ``last_n_tokens_size``, so penalised output matches the one-at-a-time backend).
 _PENALTY_LAST_N = 64
@@ -70,6 +79,8 @@ class EngineCharge:
     queue_ms: float = 0.0
     # Decode steps the request took part in.
     steps: int = 0
+    # Prompt tokens found in the slot's KV cells, kept from an earlier prompt.
+    reused_tokens: int = 0
 
 
 @dataclass(eq=False, slots=True)
@@ -162,6 +173,8 @@ class BatchedLlamaBackend:
         self._batch_sequences = LLM_BATCH_SEQUENCES.labels(model, deployment)
         self._prompt_tokens = LLM_TOKENS.labels(model, deployment, "prompt")
         self._generated_tokens = LLM_TOKENS.labels(model, deployment, "generated")
+        # Prompt tokens whose KV cells were kept from an earlier prompt (not computed).
+        self._reused_tokens = LLM_TOKENS.labels(model, deployment, "prompt_reused")
         self._busy = LLM_BUSY_SECONDS.labels(model, deployment)
         self._dropped = {
             reason: LLM_DROPPED.labels(model, deployment, reason)
@@ -181,6 +194,9 @@ class BatchedLlamaBackend:
         self._stopping = False  # guarded by _wake
         self._thread: threading.Thread | None = None
         self._out = _Outbox()  # engine thread only
+        self._memory: Any = None  # the context's KV memory (engine thread only)
+        # Slot -> the prompt tokens whose KV cells it still holds (engine thread only).
+        self._kept: dict[int, list[int]] = {}
 
     @property
     def context_window(self) -> int:
@@ -298,7 +314,7 @@ class BatchedLlamaBackend:
         self._slot_count.set(self._slots)
         live: list[_Job] = []
         free = list(range(self._slots - 1, -1, -1))  # pop() hands out seq 0 first
-        memory = lc.llama_get_memory(ctx)
+        memory = self._memory = lc.llama_get_memory(ctx)
         try:
             while True:
                 if not self._admit(live, free):
@@ -388,7 +404,8 @@ class BatchedLlamaBackend:
                         self._out.post(job, "end", "length")
                         self._out.post(job, "done")
                         continue
-                    job.seq = free.pop()
+                    job.seq, job.n_past = self._take_slot(free, job.tokens)
+                    job.charge.reused_tokens = job.n_past
                     job.sampler = _sampler_for(job)
                     job.matcher = StopMatcher(job.sampling.stop)
                     live.append(job)
@@ -398,6 +415,32 @@ class BatchedLlamaBackend:
                     return True
                 self._out.flush()
                 self._wake.wait()
+
+    def _take_slot(self, free: list[int], tokens: list[int]) -> tuple[int, int]:
+        """A free slot for a prompt, and how many of its tokens are already in that slot.
+
+        A slot keeps the KV cells of its last prompt when it is freed. Chat prompts of
+        one deployment mostly start alike (the template and a system prompt), so the
+        free slot sharing the longest prefix is taken and only the rest of the prompt
+        is computed: less prefill and an earlier first token. The last prompt token
+        always runs again, because its logits give the first answer token.
+        """
+        # The longest shared start wins; on a tie, the slot keeping the least, so a
+        # useful prefix is not overwritten while an empty slot is free.
+        best = max(
+            reversed(free),
+            key=lambda seq: (
+                _shared_prefix(self._kept.get(seq, ()), tokens),
+                -len(self._kept.get(seq, ())),
+            ),
+        )
+        reused = _shared_prefix(self._kept.get(best, ()), tokens)
+        free.remove(best)
+        self._kept.pop(best, None)
+        reused = max(0, min(reused, len(tokens) - _MIN_TAIL))
+        lc.llama_memory_seq_rm(self._memory, best, reused, -1)
+        self._reused_tokens.inc(reused)
+        return best, reused
 
     def _expire_waiting(self) -> None:
         """Answer 504 to queued requests that waited past their deadline (lock held)."""
@@ -417,9 +460,12 @@ class BatchedLlamaBackend:
             live.remove(job)
             self._release(job, free, memory)
 
-    def _release(self, job: _Job, free: list[int], memory: Any) -> None:
+    def _release(self, job: _Job, free: list[int], memory: Any, *, keep: bool = True) -> None:
         if job.seq >= 0:
-            lc.llama_memory_seq_rm(memory, job.seq, -1, -1)
+            if keep:  # the prompt's cells stay for the next prompt with the same start
+                self._kept[job.seq] = job.tokens[: min(job.n_past, len(job.tokens))]
+            else:
+                lc.llama_memory_seq_rm(memory, job.seq, -1, -1)
             free.append(job.seq)
             job.seq = -1
             self._slots_busy.set(self._slots - len(free))
@@ -440,10 +486,16 @@ class BatchedLlamaBackend:
                 n = _put(batch, n, job.next_token, job.n_past, job.seq, True)
                 job.out_idx, job.batch_tokens = n - 1, 1
         for job in live:
-            if job.n_past < len(job.tokens) and n < self._n_batch:
-                if job.n_past == 0:
+            left = len(job.tokens) - job.n_past
+            take = min(left, self._n_batch - n)
+            if 0 < left - take < _MIN_TAIL:
+                take = left - _MIN_TAIL  # a full batch must not leave a lone last token
+            if take < min(left, _MIN_TAIL):
+                continue  # no room this step for a chunk that keeps answers the same
+            if left > 0:
+                if job.charge.steps == 0:
                     job.charge.queue_ms = (started - job.arrived) * 1000.0
-                chunk = job.tokens[job.n_past : job.n_past + self._n_batch - n]
+                chunk = job.tokens[job.n_past : job.n_past + take]
                 last = job.n_past + len(chunk) == len(job.tokens)
                 for i, token in enumerate(chunk):
                     n = _put(batch, n, token, job.n_past + i, job.seq, last and i == len(chunk) - 1)
@@ -456,7 +508,7 @@ class BatchedLlamaBackend:
             error = BackendError(f"llama_decode failed with code {code}")
             for job in live:
                 self._out.post(job, "error", error)
-                self._release(job, free, memory)
+                self._release(job, free, memory, keep=False)
             live.clear()
             return
         sampled: list[tuple[_Job, int]] = []
@@ -499,6 +551,15 @@ class BatchedLlamaBackend:
             self._out.post(job, "end", "length")
             return True
         return False
+
+
+def _shared_prefix(kept: Sequence[int], tokens: Sequence[int]) -> int:
+    n = 0
+    for a, b in zip(kept, tokens, strict=False):
+        if a != b:
+            break
+        n += 1
+    return n
 
 
 def _put(batch: Any, n: int, token: int, pos: int, seq: int, logits: bool) -> int:
