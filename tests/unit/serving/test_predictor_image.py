@@ -26,8 +26,8 @@ from modelmint.serving.predictors.image import (
     ImagePredictor,
     ResNet,
     architecture_dict,
-    quantize,
 )
+from modelmint.serving.predictors.torch_state import quantize
 
 LABELS = ("cat", "dog", "fish")
 

@@ -15,7 +15,8 @@ from torch.nn.utils import prune
 
 from modelmint.errors import InvalidRequest
 from modelmint.serving.predictors import load_predictor
-from modelmint.serving.predictors.tabular import TabularPredictor, quantize
+from modelmint.serving.predictors.tabular import TabularPredictor
+from modelmint.serving.predictors.torch_state import quantize
 from modelmint.training.recipe import Splits
 from modelmint.training.recipes.tabular import TabularClassifier
 from modelmint.training.tables import Table

@@ -13,8 +13,8 @@ import torch
 
 from modelmint.errors import InvalidRequest
 from modelmint.serving.predictors import load_predictor
-from modelmint.serving.predictors.tabular import quantize
 from modelmint.serving.predictors.text import TextPredictor
+from modelmint.serving.predictors.torch_state import quantize
 from modelmint.training.recipe import Splits
 from modelmint.training.recipes.text import TextClassifier, TextData
 from tests.unit.training.test_text import intents, write_jsonl

@@ -16,7 +16,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from modelmint.serving.predictors import load_predictor
-from modelmint.serving.predictors.image import CONFIG_FILE, WEIGHTS_FILE, quantize
+from modelmint.serving.predictors.image import CONFIG_FILE, WEIGHTS_FILE
+from modelmint.serving.predictors.torch_state import quantize
 from modelmint.training.catalog import recipe_class
 from modelmint.training.images import ImageData, augment_batch, load_images
 from modelmint.training.recipe import DataError, Splits

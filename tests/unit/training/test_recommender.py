@@ -17,9 +17,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from modelmint.training import distributed
+from modelmint.training.ranking_metrics import ranking_metrics
 from modelmint.training.ratings import Ratings
 from modelmint.training.recipe import DataError, NotFittedError, Recipe
-from modelmint.training.recipes.recommender import Recommender, _ranking_metrics
+from modelmint.training.recipes.recommender import Recommender
 
 # Small data trains in well under a second with these.
 FAST: dict[str, Any] = {"factors": 8, "epochs": 15, "min_rows": 10}
@@ -244,7 +245,7 @@ def test_ranking_metrics_by_hand() -> None:
     # DCG = 1 + 1/log2(4) = 1.5, IDCG = 1 + 1/log2(3).
     # User 1: relevant {9} plus one item unknown to training (total 2), nothing hit.
     ranked = [np.array([3, 5, 7]), np.array([1, 2])]
-    recall, ndcg = _ranking_metrics(ranked, [{3, 7}, {9}], np.array([2, 2]))
+    recall, ndcg = ranking_metrics(ranked, [{3, 7}, {9}], np.array([2, 2]), 10)
     assert recall == pytest.approx((1.0 + 0.0) / 2)
     assert ndcg == pytest.approx((1.5 / (1 + 1 / math.log2(3)) + 0.0) / 2)
 

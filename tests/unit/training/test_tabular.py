@@ -15,7 +15,7 @@ import pytest
 import torch
 from sklearn import datasets
 
-from modelmint.serving.predictors.tabular import quantize
+from modelmint.serving.predictors.torch_state import quantize
 from modelmint.training.recipe import DataError, Splits
 from modelmint.training.recipes.tabular import TabularClassifier
 from modelmint.training.tables import Table

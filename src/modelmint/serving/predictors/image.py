@@ -30,6 +30,7 @@ from PIL import Image, ImageOps
 from torch import nn
 
 from modelmint.errors import InvalidRequest
+from modelmint.serving.predictors.torch_state import QUANTIZED, quantize
 
 __all__ = [
     "CONFIG_FILE",
@@ -43,7 +44,6 @@ __all__ = [
     "build_network",
     "image_pixels",
     "load",
-    "quantize",
 ]
 
 WEIGHTS_FILE = "model.pt"
@@ -197,19 +197,6 @@ class ResNet(nn.Module):
         return self.head(self.features(x))  # type: ignore[no-any-return]
 
 
-def quantize(net: nn.Module) -> nn.Module:
-    """Dynamic int8 quantization of the linear head: the one form of compression whose
-    state dict cannot be loaded into the float network, so serving re-applies it."""
-    with warnings.catch_warnings():
-        # torch.ao.quantization warns it is deprecated; it is still the API that loads.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        quantized: nn.Module = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
-            net, {nn.Linear}, dtype=torch.qint8
-        )
-    return quantized
-
-
 # --- predictor -------------------------------------------------------------------------
 
 
@@ -318,7 +305,7 @@ def build_network(config: dict[str, Any]) -> nn.Module:
     """The network described by an export's config, without weights; quantized the same
     way as at export time so the state dict fits."""
     net: nn.Module = ResNet(Architecture(**config["architecture"]))
-    if config.get("quantization") == "dynamic-int8":
+    if config.get("quantization") == QUANTIZED:
         net = quantize(net)
     return net
 

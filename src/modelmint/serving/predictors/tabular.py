@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,23 +25,19 @@ import torch
 from numpy.typing import NDArray
 
 from modelmint.errors import InvalidRequest
+from modelmint.serving.predictors.torch_state import QUANTIZED, quantize
 
 __all__ = [
     "KIND",
-    "QUANTIZED",
     "TabularNet",
     "TabularPredictor",
     "TabularPreprocessing",
     "build_module",
     "load",
-    "portable_state",
-    "quantization_of",
-    "quantize",
     "scores_from_logits",
 ]
 
 KIND = "tabular-classifier"
-QUANTIZED = "dynamic-int8"
 
 # One row ready for the network: numeric values (NaN = missing) and category strings.
 Row = tuple[list[float], list[str | None]]
@@ -150,42 +144,6 @@ def build_module(config: Mapping[str, Any], state: Mapping[str, Any]) -> torch.n
         net = quantize(net)
     net.load_state_dict(state)
     return net.eval()
-
-
-# Helpers for any torch-backed predictor (the text classifier uses them too).
-
-
-def quantize(net: torch.nn.Module) -> torch.nn.Module:
-    """``net`` with dynamic int8 Linear layers: the skeleton a quantized state dict fits."""
-    with warnings.catch_warnings():
-        # torch announces a move of eager quantization to torchao; it still works here.
-        warnings.simplefilter("ignore")
-        quantized: torch.nn.Module = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
-            net, {torch.nn.Linear}, dtype=torch.qint8
-        )
-    return quantized
-
-
-def quantization_of(module: torch.nn.Module) -> str | None:
-    """``"dynamic-int8"`` when ``module`` holds dynamically quantized Linear layers."""
-    dynamic = torch.ao.nn.quantized.dynamic.Linear
-    return QUANTIZED if any(isinstance(m, dynamic) for m in module.modules()) else None
-
-
-def portable_state(module: torch.nn.Module) -> OrderedDict[str, Any]:
-    """``module``'s state dict, with magnitude-pruning masks folded into the weights
-    (``weight = weight_orig * weight_mask``) so it loads into a plain network."""
-    state = module.state_dict()
-    out: OrderedDict[str, Any] = OrderedDict()
-    # Quantized layers read their format version from the metadata: keep it.
-    out._metadata = getattr(state, "_metadata", None)  # type: ignore[attr-defined]
-    for key, value in state.items():
-        if key.endswith("_orig") and key.removesuffix("_orig") + "_mask" in state:
-            base = key.removesuffix("_orig")
-            out[base] = value * state[base + "_mask"]
-        elif not (key.endswith("_mask") and key.removesuffix("_mask") + "_orig" in state):
-            out[key] = value
-    return out
 
 
 def scores_from_logits(logits: torch.Tensor, labels: Sequence[str]) -> list[dict[str, Any]]:

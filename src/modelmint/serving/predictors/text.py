@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from modelmint.errors import InvalidRequest
-from modelmint.serving.predictors.tabular import QUANTIZED, quantize, scores_from_logits
+from modelmint.serving.predictors.tabular import scores_from_logits
+from modelmint.serving.predictors.torch_state import QUANTIZED, quantize
 
 __all__ = [
     "KIND",

@@ -20,8 +20,8 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self, cast
 
@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 from modelmint.errors import NotFound
 from modelmint.training import distributed
 from modelmint.training.chats import IGNORE, Chat, Encoded, encode_chat, read_chats, scrub_chat
-from modelmint.training.checkpoints import load_checkpoint, save_checkpoint
+from modelmint.training.epoch_loop import Trainee, Validation, fit_epochs, shuffled_batches
 from modelmint.training.gguf_merge import (
     LlamaGGUF,
     MergeReport,
@@ -214,12 +214,6 @@ def _mean_nll(
     return total / count_f, int(count_f)
 
 
-@dataclass(slots=True)
-class _Progress:
-    epoch: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
 class CausalLMLoRA(Recipe[list[Chat]]):
     """Fine-tune a chat model with LoRA adapters; judged by held-out perplexity."""
 
@@ -389,20 +383,19 @@ class CausalLMLoRA(Recipe[list[Chat]]):
         optimizer = torch.optim.AdamW(
             [p for p in self.model_.parameters() if p.requires_grad], lr=self.lr
         )
-        state = self._resume(optimizer, checkpoint_dir)
         network = distributed.wrap(self.model_)
         started = time.perf_counter()
-        while state.epoch < self.epochs:
-            state.epoch += 1
-            metrics = {"loss": self._train_epoch(network, optimizer, train_set, state.epoch)}
-            if val_set:
-                metrics["perplexity"] = float(np.exp(self._nll(val_set, shared=True)[0]))
-                metrics["base_perplexity"] = self.base_perplexity_
-            state.history.append(metrics)
-            if checkpoint_dir is not None and distributed.is_main():
-                self._save(checkpoint_dir, optimizer, state)
-            distributed.barrier()
-            progress("epoch", state.epoch, self.epochs, metrics)
+        state = fit_epochs(
+            self._trainee(optimizer),
+            epochs=self.epochs,
+            train_epoch=lambda epoch: {
+                "loss": self._train_epoch(network, optimizer, train_set, epoch)
+            },
+            validate=functools.partial(self._validate, val_set) if val_set else None,
+            progress=progress,
+            checkpoint_dir=checkpoint_dir,
+            params=self.get_params(),
+        )
         self.model_.eval()
         self.history_ = state.history
         self.train_seconds_ = time.perf_counter() - started
@@ -426,10 +419,10 @@ class CausalLMLoRA(Recipe[list[Chat]]):
         # Order and dropout depend only on (seed, epoch): a resumed run trains exactly
         # like an uninterrupted one, and every rank shuffles alike before taking its shard.
         torch.manual_seed(self.seed * 1_000_003 + epoch)
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(data))
-        mine = distributed.shard(order.astype(np.int64))
+        rng = np.random.default_rng([self.seed, epoch])
         total, count = 0.0, 0
-        for batch in _chunks([data[int(i)] for i in mine], self.batch_size):
+        for rows in shuffled_batches(rng, len(data), self.batch_size):
+            batch = [data[int(i)] for i in rows]
             nll, n = _token_nll(network, batch, self._pad_id())
             optimizer.zero_grad(set_to_none=True)
             torch.autograd.backward(torch.div(nll, max(n, 1)))
@@ -438,26 +431,24 @@ class CausalLMLoRA(Recipe[list[Chat]]):
         total, count_f = _all_sum([total, float(count)])
         return total / max(count_f, 1.0)
 
-    def _resume(self, optimizer: torch.optim.Optimizer, checkpoint_dir: Path | None) -> _Progress:
-        from peft import set_peft_model_state_dict
+    def _validate(self, val_set: Sequence[Encoded]) -> Validation:
+        perplexity = float(np.exp(self._nll(val_set, shared=True)[0]))
+        metrics = {"perplexity": perplexity, "base_perplexity": self.base_perplexity_}
+        return Validation(metrics, (-perplexity,))
 
-        saved = load_checkpoint(checkpoint_dir, self.get_params())
-        if saved is None:
-            return _Progress(0, [])
-        set_peft_model_state_dict(self.model_, saved["adapter"])
-        optimizer.load_state_dict(saved["optimizer"])
-        return _Progress(int(saved["epoch"]), list(saved["history"]))
+    def _trainee(self, optimizer: torch.optim.Optimizer) -> Trainee:
+        """Checkpoints hold the adapter alone: the base weights never change."""
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-    def _save(self, directory: Path, optimizer: torch.optim.Optimizer, state: _Progress) -> None:
-        from peft import get_peft_model_state_dict
+        def load_adapter(state: Mapping[str, Any]) -> None:
+            set_peft_model_state_dict(self.model_, dict(state))
 
-        snapshot = {
-            "epoch": state.epoch,
-            "history": state.history,
-            "adapter": get_peft_model_state_dict(self.model_),
-            "optimizer": optimizer.state_dict(),
-        }
-        save_checkpoint(directory, self.get_params(), snapshot)
+        return Trainee(
+            self.model_,
+            optimizer,
+            weights=lambda: get_peft_model_state_dict(self.model_),
+            load_weights=load_adapter,
+        )
 
     # -- evaluation ---------------------------------------------------------------------
 
@@ -544,8 +535,3 @@ class CausalLMLoRA(Recipe[list[Chat]]):
         )
         export.write_manifest(directory)
         return export
-
-
-def _chunks(items: list[Encoded], size: int) -> Iterator[list[Encoded]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

@@ -15,12 +15,9 @@ rebuilds exactly what was trained.
 
 from __future__ import annotations
 
-import copy
+import functools
 import json
-import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -38,9 +35,18 @@ from modelmint.serving.predictors.image import (
     architecture_dict,
     build_network,
 )
+from modelmint.serving.predictors.torch_state import portable_state, quantization_of
 from modelmint.training import distributed
-from modelmint.training.checkpoints import load_checkpoint, save_checkpoint
 from modelmint.training.classification_metrics import classification_report
+from modelmint.training.epoch_loop import (
+    EpochState,
+    Trainee,
+    Validation,
+    fit_epochs,
+    shuffled_batches,
+    step_batches,
+    torch_threads,
+)
 from modelmint.training.images import COLORS, ImageData, augment_batch, load_images
 from modelmint.training.recipe import (
     DataError,
@@ -56,19 +62,6 @@ __all__ = ["ImageClassifier"]
 _EVAL_BATCH = 512
 
 StateDict = dict[str, torch.Tensor]
-
-
-@dataclass
-class _Progress:
-    """Where training stands: what a checkpoint stores besides network and optimizer."""
-
-    epoch: int = 0  # epochs completed
-    best_score: tuple[float, float] = (-math.inf, -math.inf)  # (val accuracy, -val loss)
-    best_epoch: int = 0
-    best_state: StateDict | None = None
-    bad_epochs: int = 0
-    stopped: bool = False
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
 class ImageClassifier(Recipe[ImageData]):
@@ -169,7 +162,7 @@ class ImageClassifier(Recipe[ImageData]):
         if val is not None:
             _check_compatible(val, train.classes, train.color, train.image_size)
         distributed.init()
-        with _torch_threads(self.threads):
+        with torch_threads(self.threads):
             net, state = self._train(train, val, progress, checkpoint_dir)
         self._finish(net, train, state)
         return self
@@ -180,7 +173,7 @@ class ImageClassifier(Recipe[ImageData]):
         val: ImageData | None,
         progress: Progress,
         checkpoint_dir: Path | None,
-    ) -> tuple[ResNet, _Progress]:
+    ) -> tuple[ResNet, EpochState]:
         """The epoch loop, resumed from ``checkpoint_dir`` when it holds a checkpoint."""
         torch.manual_seed(self.seed)
         net = self._network(train)
@@ -196,29 +189,23 @@ class ImageClassifier(Recipe[ImageData]):
             total_steps=self.epochs * self._steps_per_epoch(len(train)),
             pct_start=0.2,
         )
-        state = _Progress()
-        saved = load_checkpoint(checkpoint_dir, self.get_params())
-        if saved is not None:
-            net.load_state_dict(saved["net"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            state = _Progress(**saved["progress"])
-        while state.epoch < self.epochs and not state.stopped:
-            metrics = self._train_epoch(net, model, optimizer, scheduler, train, state.epoch)
+
+        def train_epoch(epoch: int) -> dict[str, float]:
+            # This recipe's seeds count epochs from 0: a seed keeps giving the same model.
+            metrics = self._train_epoch(net, model, optimizer, scheduler, train, epoch - 1)
             _sync_buffers(net)
-            if val is not None:
-                metrics.update(self._judge(net, val, state))
-            state.epoch += 1
-            state.history.append(metrics)
-            if checkpoint_dir is not None and distributed.is_main():
-                snapshot = {
-                    "net": net.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "progress": dict(vars(state)),
-                }
-                save_checkpoint(checkpoint_dir, self.get_params(), snapshot)
-            progress("epoch", state.epoch, self.epochs, metrics)
+            return metrics
+
+        state = fit_epochs(
+            Trainee(net, optimizer, scheduler),
+            epochs=self.epochs,
+            train_epoch=train_epoch,
+            validate=None if val is None else functools.partial(_validate, net, val),
+            patience=self.patience,
+            progress=progress,
+            checkpoint_dir=checkpoint_dir,
+            params=self.get_params(),
+        )
         return net, state
 
     def _steps_per_epoch(self, rows: int) -> int:
@@ -236,53 +223,31 @@ class ImageClassifier(Recipe[ImageData]):
     ) -> dict[str, float]:
         """One pass over this rank's shard of a freshly shuffled order. Randomness is
         derived from (seed, epoch[, rank]) so a resumed run replays it exactly."""
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(train))
-        indices = distributed.shard(order.astype(np.int64))
+        rng = np.random.default_rng([self.seed, epoch])
+        # BatchNorm cannot normalise a single example: a batch of one is skipped.
+        batches = [b for b in shuffled_batches(rng, len(train), self.batch_size) if len(b) > 1]
         seed = np.random.SeedSequence([self.seed, epoch, distributed.rank()])
         generator = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
         criterion = nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
         images, targets = torch.from_numpy(train.images), torch.from_numpy(train.targets)
+
+        def loss_of(rows: NDArray[np.int64]) -> torch.Tensor:
+            batch = torch.from_numpy(rows)
+            x = images[batch]
+            if self.augment > 0:
+                x = augment_batch(x, self.augment, self.hflip, generator)
+            loss: torch.Tensor = criterion(model(x), targets[batch])
+            return loss
+
         model.train()
         if self.freeze_backbone:
             # Frozen means frozen: BatchNorm statistics of the backbone stay as loaded.
             net.stem.eval()
             net.body.eval()
-        total, seen = 0.0, 0
-        for start in range(0, len(indices), self.batch_size):
-            batch = torch.from_numpy(indices[start : start + self.batch_size])
-            if len(batch) < 2:  # BatchNorm cannot normalise a single example
-                continue
-            x = images[batch]
-            if self.augment > 0:
-                x = augment_batch(x, self.augment, self.hflip, generator)
-            loss = criterion(model(x), targets[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total += float(loss.detach()) * len(batch)
-            seen += len(batch)
-        return {"loss": total / max(seen, 1), "lr": float(scheduler.get_last_lr()[0])}
+        loss = step_batches(optimizer, batches, loss_of, after_step=scheduler.step, per_row=True)
+        return {"loss": loss, "lr": float(scheduler.get_last_lr()[0])}
 
-    def _judge(self, net: ResNet, val: ImageData, state: _Progress) -> dict[str, float]:
-        """Score the epoch on validation; keep the best weights, count epochs without
-        improvement. Ties on accuracy go to the lower loss (small validation sets
-        saturate accuracy long before the model stops improving)."""
-        report = _quick_report(net, val)
-        score = (report["accuracy"], -report["val_loss"])
-        if score > state.best_score:
-            state.best_score = score
-            state.best_epoch = state.epoch + 1
-            state.best_state = copy.deepcopy(net.state_dict())
-            state.bad_epochs = 0
-        else:
-            state.bad_epochs += 1
-            state.stopped = state.bad_epochs >= self.patience
-        return report
-
-    def _finish(self, net: ResNet, train: ImageData, state: _Progress) -> None:
-        if state.best_state is not None:
-            net.load_state_dict(state.best_state)
+    def _finish(self, net: ResNet, train: ImageData, state: EpochState) -> None:
         self.module_: nn.Module = net.eval()
         self.architecture_ = net.arch
         self.classes_ = train.classes
@@ -358,7 +323,7 @@ class ImageClassifier(Recipe[ImageData]):
         """Class probabilities (N, K), columns in ``classes_`` order."""
         self.check_fitted()
         _check_compatible(data, None, self.color_, self.image_size_)
-        with _torch_threads(self.threads):
+        with torch_threads(self.threads):
             return _probabilities(self.module_, data.images)
 
     def predict(self, data: ImageData) -> list[str]:
@@ -386,7 +351,7 @@ class ImageClassifier(Recipe[ImageData]):
 
     def export(self, directory: Path) -> Export:
         self.check_fitted()
-        weights, quantization = _portable_state(self.module_)
+        weights, quantization = portable_state(self.module_), quantization_of(self.module_)
         config: dict[str, Any] = {
             "recipe": self.name,
             "architecture": architecture_dict(self.architecture_),
@@ -443,17 +408,6 @@ class ImageClassifier(Recipe[ImageData]):
                 raise DataError(f"{self.name}: {message}")
 
 
-@contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
-    """Run the block with ``threads`` torch threads, restoring the caller's setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _probabilities(module: nn.Module, images: NDArray[np.float32]) -> NDArray[np.float32]:
     module.eval()
     parts = []
@@ -464,14 +418,15 @@ def _probabilities(module: nn.Module, images: NDArray[np.float32]) -> NDArray[np
     return np.concatenate(parts)
 
 
-def _quick_report(net: ResNet, val: ImageData) -> dict[str, float]:
+def _validate(net: ResNet, val: ImageData) -> Validation:
+    """Accuracy and loss on validation, scored by accuracy with ties going to the lower
+    loss (small validation sets saturate accuracy long before the model stops improving)."""
     probabilities = _probabilities(net, val.images)
     chosen = probabilities[np.arange(len(val)), val.targets]
     net.train()
-    return {
-        "accuracy": float((probabilities.argmax(axis=1) == val.targets).mean()),
-        "val_loss": float(-np.log(np.clip(chosen, 1e-12, 1.0)).mean()),
-    }
+    accuracy = float((probabilities.argmax(axis=1) == val.targets).mean())
+    loss = float(-np.log(np.clip(chosen, 1e-12, 1.0)).mean())
+    return Validation({"accuracy": accuracy, "val_loss": loss}, (accuracy, -loss))
 
 
 def _sync_buffers(net: nn.Module) -> None:
@@ -480,21 +435,6 @@ def _sync_buffers(net: nn.Module) -> None:
     if torch.distributed.is_initialized():
         for buffer in net.buffers():
             torch.distributed.broadcast(buffer, src=0)
-
-
-def _portable_state(module: nn.Module) -> tuple[StateDict, str | None]:
-    """The state dict to export: pruning masks folded into their weights, and whether
-    the module is dynamically int8-quantized (serving must quantize the same way)."""
-    quantized = any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in module.modules())
-    # Mutated in place, not copied: the dict's _metadata carries the layer versions
-    # that quantized layers need to load it back.
-    state = module.state_dict()
-    for key in [k for k in state if k.endswith("_orig")]:
-        base = key.removesuffix("_orig")
-        mask = state.pop(base + "_mask", None)
-        original = state.pop(key)
-        state[base] = original * mask if mask is not None else original
-    return state, ("dynamic-int8" if quantized else None)
 
 
 def _check_train(train: ImageData) -> None:

@@ -24,11 +24,11 @@ RMSE and the fixed prior by 0.005.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
@@ -38,7 +38,21 @@ from numpy.typing import NDArray
 
 from modelmint.serving.predictors.recommender import KIND, MAX_K, Ranker
 from modelmint.training import distributed
-from modelmint.training.checkpoints import load_checkpoint, save_checkpoint
+from modelmint.training.epoch_loop import (
+    Trainee,
+    Validation,
+    fit_epochs,
+    shuffled_batches,
+    step_batches,
+    torch_threads,
+)
+from modelmint.training.matrix_factorization import (
+    MatrixFactorization,
+    PairwiseLoss,
+    RegularizedLoss,
+    SquaredLoss,
+)
+from modelmint.training.ranking_metrics import ranking_metrics, rmse
 from modelmint.training.ratings import Columns, Ratings, read_ratings
 from modelmint.training.recipe import (
     DataError,
@@ -50,7 +64,7 @@ from modelmint.training.recipe import (
     silent,
 )
 
-__all__ = ["MatrixFactorization", "Recommender"]
+__all__ = ["Recommender"]
 
 MODES = ("explicit", "implicit")
 # Hyperparameters whose best value differs between the two losses, measured on
@@ -70,94 +84,6 @@ IndexArray = NDArray[np.int64]
 FloatArray = NDArray[np.float64]
 
 
-class MatrixFactorization(torch.nn.Module):
-    """``global_mean + user_bias[u] + item_bias[i] + user_factors[u] . item_factors[i]``."""
-
-    global_mean: torch.Tensor
-
-    def __init__(self, users: int, items: int, factors: int, global_mean: float) -> None:
-        super().__init__()
-        self.user_factors = torch.nn.Embedding(users, factors)
-        self.item_factors = torch.nn.Embedding(items, factors)
-        self.user_bias = torch.nn.Embedding(users, 1)
-        self.item_bias = torch.nn.Embedding(items, 1)
-        self.register_buffer("global_mean", torch.tensor(float(global_mean)))
-        # Small random factors break the symmetry; biases start as "no offset".
-        torch.nn.init.normal_(self.user_factors.weight, std=0.1)
-        torch.nn.init.normal_(self.item_factors.weight, std=0.1)
-        torch.nn.init.zeros_(self.user_bias.weight)
-        torch.nn.init.zeros_(self.item_bias.weight)
-
-    def users(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(batch, factors) factors and (batch,) biases of ``users``."""
-        return self.user_factors(users), self.user_bias(users).squeeze(-1)
-
-    def items(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.item_factors(items), self.item_bias(items).squeeze(-1)
-
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        # users, items: (batch,) int64 indices -> (batch,) predicted ratings
-        (p, b_user), (q, b_item) = self.users(users), self.items(items)
-        return self.global_mean + b_user + b_item + (p * q).sum(dim=-1)
-
-
-class _Loss(torch.nn.Module):
-    """A batch's mean loss plus its L2 penalty, as one module so that
-    DistributedDataParallel sees every parameter used in one forward. Each row is
-    looked up once: embedding backward passes are most of a training step."""
-
-    def __init__(
-        self,
-        model: MatrixFactorization,
-        weights: tuple[torch.Tensor, torch.Tensor],
-        reg: float,
-        bias_reg: float,
-    ) -> None:
-        super().__init__()
-        self.model = model
-        # Per user and per item: 1 / sqrt(training ratings).
-        self.user_weight, self.item_weight = weights
-        self.reg, self.bias_reg = reg, bias_reg
-
-    def penalty(
-        self, weight: torch.Tensor, factors: torch.Tensor, bias: torch.Tensor
-    ) -> torch.Tensor:
-        return weight * (self.reg * factors.square().sum(-1) + self.bias_reg * bias.square())
-
-
-class _SquaredLoss(_Loss):
-    """Explicit ratings: squared error of the predicted rating."""
-
-    def forward(
-        self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor
-    ) -> torch.Tensor:
-        (p, b_user), (q, b_item) = self.model.users(users), self.model.items(items)
-        error = self.model.global_mean + b_user + b_item + (p * q).sum(dim=-1) - ratings
-        penalty = self.penalty(self.user_weight[users], p, b_user) + self.penalty(
-            self.item_weight[items], q, b_item
-        )
-        return (error.square() + penalty).mean()
-
-
-class _PairwiseLoss(_Loss):
-    """Implicit feedback (BPR): ``-log sigmoid(score(u, chosen) - score(u, other))``
-    for an item ``other`` the user did not choose. The user's bias and the global
-    mean cancel out of the difference."""
-
-    def forward(
-        self, users: torch.Tensor, chosen: torch.Tensor, other: torch.Tensor
-    ) -> torch.Tensor:
-        p, b_user = self.model.users(users)
-        (q, b_chosen), (q_other, b_other) = self.model.items(chosen), self.model.items(other)
-        margin = b_chosen - b_other + (p * (q - q_other)).sum(dim=-1)
-        penalty = (
-            self.penalty(self.user_weight[users], p, b_user)
-            + self.penalty(self.item_weight[chosen], q, b_chosen)
-            + self.penalty(self.item_weight[other], q_other, b_other)
-        )
-        return (torch.nn.functional.softplus(-margin) + penalty).mean()
-
-
 class _ByMode(Generic[T]):
     """A class attribute whose value depends on the instance's ``mode``: the metric
     a recipe is judged by differs between rating prediction and ranking. Read on
@@ -171,19 +97,6 @@ class _ByMode(Generic[T]):
         return self.values.get(str(mode), self.values["explicit"])
 
 
-@dataclass
-class _Progress:
-    """Training state that a checkpoint carries besides the weights."""
-
-    epoch: int = 0
-    best_score: float = math.inf  # lower is better: RMSE, or minus NDCG
-    best_epoch: int = 0
-    best_state: dict[str, torch.Tensor] | None = None
-    stale: int = 0
-    stopped: bool = False
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
 @dataclass(frozen=True, slots=True)
 class _Encoded:
     """Rows as vocabulary indices (-1: not seen in training)."""
@@ -191,18 +104,6 @@ class _Encoded:
     users: IndexArray
     items: IndexArray
     ratings: FloatArray
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Train and score on one thread: a step is a few small gathers and sums, and on
-    a busy 2-core machine extra intra-op threads mostly wait for a core."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 class Recommender(Recipe[Ratings]):
@@ -303,7 +204,9 @@ class Recommender(Recipe[Ratings]):
             raise DataError(f"{train.source}: no training rows")
         if self.mode == "explicit" and not train.has_ratings:
             raise DataError(f"{train.source} has no rating column; use mode=implicit for clicks")
-        with _one_thread():
+        # One thread: a step is a few small gathers and sums, and on a busy 2-core
+        # machine extra intra-op threads mostly wait for a core.
+        with torch_threads(1):
             return self._fit(
                 train, val if val is not None and len(val) else None, progress, checkpoint_dir
             )
@@ -319,20 +222,17 @@ class Recommender(Recipe[Ratings]):
         net = MatrixFactorization(len(self.users_), len(self.items_), self.factors, mean)
         objective = self._objective(net)
         optimizer = torch.optim.Adam(net.parameters(), lr=self.learning_rate)
-        state = self._resume(net, optimizer, checkpoint_dir)
         model = distributed.wrap(objective)
-        epochs = self._default("epochs")
-        while not state.stopped and state.epoch < epochs:
-            state.epoch += 1
-            metrics = {"loss": self._train_epoch(model, optimizer, rows, state.epoch)}
-            if val is not None:
-                metrics |= self._track_best(net, val, state)
-            state.history.append(metrics)
-            if checkpoint_dir is not None and distributed.is_main():
-                save_checkpoint(checkpoint_dir, self.get_params(), _snapshot(net, optimizer, state))
-            progress("epoch", state.epoch, epochs, metrics)
-        if state.best_state is not None:
-            net.load_state_dict(state.best_state)
+        state = fit_epochs(
+            Trainee(net, optimizer),
+            epochs=self._default("epochs"),
+            train_epoch=lambda epoch: {"loss": self._train_epoch(model, optimizer, rows, epoch)},
+            validate=None if val is None else functools.partial(self._validate, net, val),
+            patience=self.patience,
+            progress=progress,
+            checkpoint_dir=checkpoint_dir,
+            params=self.get_params(),
+        )
         self.model_ = net.eval()
         self.history_ = state.history
         self.epochs_trained_ = state.epoch
@@ -377,10 +277,15 @@ class Recommender(Recipe[Ratings]):
             _lookup(self.users_, data.users), _lookup(self.items_, data.items), data.ratings
         )
 
-    def _objective(self, net: MatrixFactorization) -> _Loss:
-        weights = (_inverse_sqrt(self.user_counts_), _inverse_sqrt(self.item_counts_))
-        kind = _SquaredLoss if self.mode == "explicit" else _PairwiseLoss
-        return kind(net, weights, self._default("regularization"), self.bias_regularization)
+    def _objective(self, net: MatrixFactorization) -> RegularizedLoss:
+        kind = SquaredLoss if self.mode == "explicit" else PairwiseLoss
+        return kind(
+            net,
+            self.user_counts_,
+            self.item_counts_,
+            self._default("regularization"),
+            self.bias_regularization,
+        )
 
     def _train_epoch(
         self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, rows: _Encoded, epoch: int
@@ -391,23 +296,19 @@ class Recommender(Recipe[Ratings]):
         # The order (and BPR's negatives) depend only on (seed, epoch): every rank
         # agrees on them before taking its shard, and a resumed run matches too.
         rng = np.random.default_rng([self.seed, epoch])
-        order = distributed.shard(rng.permutation(len(rows.users)).astype(np.int64))
+        batches = shuffled_batches(rng, len(rows.users), self._batch_size(len(rows.users)))
         users, items = torch.from_numpy(rows.users), torch.from_numpy(rows.items)
         if self.mode == "explicit":
             targets = torch.from_numpy(rows.ratings.astype(np.float32))
         else:
             targets = torch.from_numpy(self._negatives(rows, rng))
-        size = self._batch_size(len(rows.users))
-        total, batches = 0.0, 0
-        for start in range(0, len(order), size):
-            batch = torch.from_numpy(order[start : start + size])
-            optimizer.zero_grad()
-            loss = model(users[batch], items[batch], targets[batch])
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach())
-            batches += 1
-        return total / max(batches, 1)
+
+        def loss_of(indices: IndexArray) -> torch.Tensor:
+            batch = torch.from_numpy(indices)
+            loss: torch.Tensor = model(users[batch], items[batch], targets[batch])
+            return loss
+
+        return step_batches(optimizer, batches, loss_of)
 
     def _batch_size(self, rows: int) -> int:
         """``batch_size``, smaller for small data: with fewer than MIN_STEPS steps an
@@ -437,34 +338,14 @@ class Recommender(Recipe[Ratings]):
             negatives[clash] = rng.integers(0, n_items, int(clash.sum()))
         return negatives.astype(np.int64)
 
-    def _track_best(
-        self, net: MatrixFactorization, val: Ratings, state: _Progress
-    ) -> dict[str, float]:
-        """This epoch's validation metric; keeps the weights of the best epoch."""
+    def _validate(self, net: MatrixFactorization, val: Ratings) -> Validation:
+        """This epoch's validation metric: RMSE (lower is better) or NDCG."""
         ranker = self._ranker_of(net)
         if self.mode == "explicit":
-            value = _rmse(self._predict(ranker, val.users, val.items), val.ratings)
-            score = value
-        else:
-            value = self._ranking(ranker, val)[f"ndcg@{TOP}"]
-            score = -value  # lower is better, like RMSE
-        if score < state.best_score:
-            state.best_score, state.best_epoch, state.stale = score, state.epoch, 0
-            state.best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        else:
-            state.stale += 1
-            state.stopped = state.stale >= self.patience
-        return {self.primary_metric: value}
-
-    def _resume(
-        self, net: torch.nn.Module, optimizer: torch.optim.Optimizer, directory: Path | None
-    ) -> _Progress:
-        saved = load_checkpoint(directory, self.get_params())
-        if saved is None:
-            return _Progress()
-        net.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        return _Progress(**saved["progress"])
+            value = rmse(self._predict(ranker, val.users, val.items), val.ratings)
+            return Validation({self.primary_metric: value}, (-value,))
+        value = self._ranking(ranker, val)[f"ndcg@{TOP}"]
+        return Validation({self.primary_metric: value}, (value,))
 
     # -- prediction and evaluation --------------------------------------------------
 
@@ -521,10 +402,10 @@ class Recommender(Recipe[Ratings]):
     def evaluate(self, data: Ratings) -> dict[str, Any]:
         ranker = self.ranker()
         report: dict[str, Any] = {"rows": len(data)}
-        with _one_thread():
+        with torch_threads(1):
             if self.mode == "explicit":
                 predicted = self._predict(ranker, data.users, data.items)
-                report["rmse"] = _rmse(predicted, data.ratings)
+                report["rmse"] = rmse(predicted, data.ratings)
                 report["mae"] = float(np.abs(predicted - data.ratings).mean()) if len(data) else 0.0
             report |= self._ranking(ranker, data)
         report |= self._cold_start(data)
@@ -553,7 +434,7 @@ class Recommender(Recipe[Ratings]):
         report: dict[str, Any] = {"users_ranked": len(names)}
         for prefix, by_popularity in (("", False), ("popularity_", True)):
             ranked = ranker.top(users, TOP, by_popularity=by_popularity)
-            recall, ndcg = _ranking_metrics([r[0] for r in ranked], relevant, totals)
+            recall, ndcg = ranking_metrics([r[0] for r in ranked], relevant, totals, TOP)
             report[f"{prefix}recall@{TOP}"] = recall
             report[f"{prefix}ndcg@{TOP}"] = ndcg
         return report
@@ -679,10 +560,6 @@ def _lookup(vocabulary: NDArray[np.str_], ids: NDArray[np.str_]) -> IndexArray:
     return np.where(vocabulary[at] == ids, at, -1).astype(np.int64)
 
 
-def _inverse_sqrt(counts: IndexArray) -> torch.Tensor:
-    return torch.from_numpy(1.0 / np.sqrt(np.maximum(counts, 1))).float()
-
-
 def _table(module: torch.nn.Module, name: str) -> NDArray[np.float32]:
     """An embedding table of ``module`` as numpy, also from a pruned copy (whose
     ``weight`` is the masked tensor) or a quantized one (whose ``weight()`` is)."""
@@ -691,29 +568,3 @@ def _table(module: torch.nn.Module, name: str) -> NDArray[np.float32]:
     if tensor.is_quantized:
         tensor = tensor.dequantize()
     return np.asarray(tensor.detach().float().numpy(), dtype=np.float32)
-
-
-def _snapshot(
-    net: torch.nn.Module, optimizer: torch.optim.Optimizer, state: _Progress
-) -> dict[str, Any]:
-    return {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "progress": vars(state)}
-
-
-def _rmse(predicted: FloatArray, actual: FloatArray) -> float:
-    return float(np.sqrt(np.mean((predicted - actual) ** 2))) if len(actual) else 0.0
-
-
-def _ranking_metrics(
-    ranked: Sequence[IndexArray], relevant: Sequence[set[int]], totals: IndexArray
-) -> tuple[float, float]:
-    """Mean Recall@k (hits / min(k, relevant)) and NDCG@k with binary relevance."""
-    if not ranked:
-        return 0.0, 0.0
-    discounts = 1.0 / np.log2(np.arange(2, TOP + 2))
-    recalls, ndcgs = [], []
-    for chosen, wanted, total in zip(ranked, relevant, totals.tolist(), strict=True):
-        hits = np.array([item in wanted for item in chosen.tolist()], dtype=bool)
-        ideal = min(TOP, total)
-        recalls.append(hits.sum() / ideal)
-        ndcgs.append(discounts[: len(hits)][hits].sum() / discounts[:ideal].sum())
-    return float(np.mean(recalls)), float(np.mean(ndcgs))

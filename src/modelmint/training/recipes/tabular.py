@@ -12,10 +12,10 @@ adds permutation feature importances and, with a group column, per-group metrics
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -23,16 +23,18 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from modelmint.serving.predictors.tabular import (
-    KIND,
-    TabularNet,
-    TabularPreprocessing,
-    portable_state,
-    quantization_of,
-)
+from modelmint.serving.predictors.tabular import KIND, TabularNet, TabularPreprocessing
+from modelmint.serving.predictors.torch_state import portable_state, quantization_of
 from modelmint.training import distributed
-from modelmint.training.checkpoints import load_checkpoint, save_checkpoint
 from modelmint.training.classification_metrics import accuracy, classification_report, roc_auc
+from modelmint.training.epoch_loop import (
+    Trainee,
+    Validation,
+    fit_epochs,
+    shuffled_batches,
+    step_batches,
+    torch_threads,
+)
 from modelmint.training.recipe import (
     DataError,
     Export,
@@ -120,25 +122,8 @@ def _one_thread() -> Iterator[None]:
     """
     from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1):
-            yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-@dataclass
-class _Progress:
-    """Training state that a checkpoint carries besides the weights."""
-
-    epoch: int = 0
-    best_loss: float = np.inf
-    best_state: dict[str, torch.Tensor] | None = None
-    stale: int = 0
-    stopped: bool = False
-    history: list[dict[str, float]] = field(default_factory=list)
+    with torch_threads(1), threadpool_limits(limits=1):
+        yield
 
 
 class TabularClassifier(Recipe[Table]):
@@ -236,23 +221,34 @@ class TabularClassifier(Recipe[Table]):
         torch.manual_seed(self.seed)
         net = TabularNet(prep.width, _sizes(self.hidden_sizes), len(prep.labels), self.dropout)
         optimizer = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        state = self._resume(net, optimizer, checkpoint_dir)
         model = distributed.wrap(net)
         loss_fn = torch.nn.CrossEntropyLoss(weight=self._loss_weights(train))
-        while not state.stopped and state.epoch < self.epochs:
-            state.epoch += 1
-            metrics = {
-                "loss": self._train_epoch(model, optimizer, loss_fn, x_train, train.y, state)
-            }
-            if val is not None and len(val):
-                metrics |= self._track_best(net, loss_fn, prep, val, state)
-            state.history.append(metrics)
-            if checkpoint_dir is not None and distributed.is_main():
-                snapshot = self._snapshot(net, optimizer, state)
-                save_checkpoint(checkpoint_dir, self.get_params(), snapshot)
-            progress("epoch", state.epoch, self.epochs, metrics)
-        if state.best_state is not None:
-            net.load_state_dict(state.best_state)
+
+        def loss_of(rows: NDArray[np.int64]) -> torch.Tensor:
+            loss: torch.Tensor = loss_fn(
+                model(torch.from_numpy(x_train[rows])), torch.from_numpy(train.y[rows])
+            )
+            return loss
+
+        def train_epoch(epoch: int) -> dict[str, float]:
+            model.train()
+            rng = np.random.default_rng([self.seed, epoch])
+            batches = shuffled_batches(rng, len(train.y), self.batch_size)
+            return {"loss": step_batches(optimizer, batches, loss_of)}
+
+        validate = None
+        if val is not None and len(val):
+            validate = functools.partial(self._validate, net, loss_fn, prep, val)
+        state = fit_epochs(
+            Trainee(net, optimizer),
+            epochs=self.epochs,
+            train_epoch=train_epoch,
+            validate=validate,
+            patience=self.patience,
+            progress=progress,
+            checkpoint_dir=checkpoint_dir,
+            params=self.get_params(),
+        )
         self.preprocessing_ = prep
         self.net_ = net.eval()
         self.history_ = state.history
@@ -277,43 +273,13 @@ class TabularClassifier(Recipe[Table]):
         counts = np.bincount(train.y, minlength=len(train.labels)).clip(min=1)
         return torch.tensor(len(train) / (len(train.labels) * counts), dtype=torch.float32)
 
-    def _train_epoch(
-        self,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        loss_fn: torch.nn.Module,
-        x: NDArray[np.float32],
-        y: NDArray[np.int64],
-        state: _Progress,
-    ) -> float:
-        model.train()
-        # The order depends only on (seed, epoch): a resumed run shuffles like an
-        # uninterrupted one, and every rank agrees before taking its shard.
-        order = np.random.default_rng([self.seed, state.epoch]).permutation(len(y))
-        order = distributed.shard(order.astype(np.int64))
-        total, batches = 0.0, 0
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
-            optimizer.zero_grad()
-            loss = loss_fn(model(torch.from_numpy(x[rows])), torch.from_numpy(y[rows]))
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach())
-            batches += 1
-        return total / max(batches, 1)
-
-    def _track_best(
-        self,
-        net: torch.nn.Module,
-        loss_fn: torch.nn.Module,
-        prep: TabularPreprocessing,
-        val: Table,
-        state: _Progress,
-    ) -> dict[str, float]:
-        """Validation metrics of this epoch; keeps the weights of the epoch with the
-        lowest validation loss. The loss (the training objective, class weights and
-        all) is smooth where a small split's ROC-AUC sits at 1.0 or jumps between
-        ties, so it is what early stopping watches."""
+    def _validate(
+        self, net: torch.nn.Module, loss_fn: torch.nn.Module, prep: TabularPreprocessing, val: Table
+    ) -> Validation:
+        """Validation metrics of this epoch, scored by the validation loss: the loss
+        (the training objective, class weights and all) is smooth where a small
+        split's ROC-AUC sits at 1.0 or jumps between ties, so it is what early
+        stopping and the choice of the best epoch watch."""
         with torch.inference_mode():
             logits = net.eval()(torch.from_numpy(prep.transform(val.numeric, val.categorical)))
             loss = float(loss_fn(logits, torch.from_numpy(val.y)))
@@ -321,34 +287,7 @@ class TabularClassifier(Recipe[Table]):
         auc = roc_auc(val.y, proba)
         # A validation split holding one class has no AUC; accuracy stands in.
         score = auc if auc is not None else accuracy(val.y, proba.argmax(axis=1))
-        if loss < state.best_loss:
-            state.best_loss, state.stale = loss, 0
-            state.best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        else:
-            state.stale += 1
-            state.stopped = state.stale >= self.patience
-        return {"val_loss": loss, self.primary_metric: score}
-
-    def _snapshot(
-        self, net: torch.nn.Module, optimizer: torch.optim.Optimizer, state: _Progress
-    ) -> dict[str, Any]:
-        return {
-            "model": net.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "rng": torch.get_rng_state(),
-            "progress": vars(state),
-        }
-
-    def _resume(
-        self, net: torch.nn.Module, optimizer: torch.optim.Optimizer, directory: Path | None
-    ) -> _Progress:
-        saved = load_checkpoint(directory, self.get_params())
-        if saved is None:
-            return _Progress()
-        net.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        torch.set_rng_state(saved["rng"])
-        return _Progress(**saved["progress"])
+        return Validation({"val_loss": loss, self.primary_metric: score}, (-loss,))
 
     def _fit_baseline(self, x: NDArray[np.float32], y: NDArray[np.int64]) -> Any:
         from sklearn.ensemble import HistGradientBoostingClassifier

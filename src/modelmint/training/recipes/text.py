@@ -11,11 +11,12 @@ Data is a CSV with a text and a label column, or JSONL with one
 from __future__ import annotations
 
 import csv
+import functools
 import importlib.resources
 import json
 import shutil
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -23,11 +24,17 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from modelmint.serving.predictors.tabular import portable_state, quantization_of
 from modelmint.serving.predictors.text import KIND, TextClassifierNet, offline_transformers, pad
+from modelmint.serving.predictors.torch_state import portable_state, quantization_of
 from modelmint.training import distributed
-from modelmint.training.checkpoints import load_checkpoint, save_checkpoint
 from modelmint.training.classification_metrics import classification_report, per_class_scores
+from modelmint.training.epoch_loop import (
+    Trainee,
+    Validation,
+    fit_epochs,
+    shuffled_batches,
+    step_batches,
+)
 from modelmint.training.recipe import DataError, Export, Progress, Recipe, SearchSpace, silent
 from modelmint.training.tables import sort_labels
 
@@ -138,14 +145,6 @@ def read_texts(path: Path, *, text_column: str = "text", label_column: str = "la
     index = {label: i for i, label in enumerate(labels)}
     y = np.asarray([index[n] for n in names], dtype=np.int64)
     return TextData(str(path), tuple(texts), y, labels, duplicates)
-
-
-@dataclass
-class _Progress:
-    """Training state a checkpoint carries besides the weights."""
-
-    epoch: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
 class TextClassifier(Recipe[TextData]):
@@ -259,26 +258,36 @@ class TextClassifier(Recipe[TextData]):
         torch.manual_seed(self.seed)
         net, self.encoder_config_ = self._new_net(len(train.labels))
         optimizer = self._optimizer(net)
-        state = self._resume(net, optimizer, checkpoint_dir)
         model = distributed.wrap(net)
-        while state.epoch < self.epochs:
-            state.epoch += 1
-            loss = self._train_epoch(model, net, optimizer, token_ids, train.y, state)
-            metrics = {"loss": loss}
-            if val is not None and len(val):
-                pred = self._probabilities(net.eval(), val.texts).argmax(axis=1)
-                scores = per_class_scores(val.y, pred, self.labels_)
-                metrics[self.primary_metric] = float(np.mean([s["f1"] for s in scores.values()]))
-            state.history.append(metrics)
-            if checkpoint_dir is not None and distributed.is_main():
-                snapshot = {
-                    "model": net.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "rng": torch.get_rng_state(),
-                    "progress": vars(state),
-                }
-                save_checkpoint(checkpoint_dir, self.get_params(), snapshot)
-            progress("epoch", state.epoch, self.epochs, metrics)
+        loss_fn = torch.nn.CrossEntropyLoss()
+
+        def loss_of(rows: NDArray[np.int64]) -> torch.Tensor:
+            logits = model(*pad([token_ids[i] for i in rows]))
+            loss: torch.Tensor = loss_fn(logits, torch.from_numpy(train.y[rows]))
+            return loss
+
+        def train_epoch(epoch: int) -> dict[str, float]:
+            model.train()
+            if self.freeze_encoder:
+                # A frozen encoder is a fixed feature extractor: no dropout noise in it.
+                net.encoder.eval()
+            rng = np.random.default_rng([self.seed, epoch])
+            batches = shuffled_batches(rng, len(train.y), self.batch_size)
+            return {"loss": step_batches(optimizer, batches, loss_of)}
+
+        validate = None
+        if val is not None and len(val):
+            validate = functools.partial(self._validate, net, val)
+        # No patience: a few epochs of fine-tuning, and the last one is kept.
+        state = fit_epochs(
+            Trainee(net, optimizer),
+            epochs=self.epochs,
+            train_epoch=train_epoch,
+            validate=validate,
+            progress=progress,
+            checkpoint_dir=checkpoint_dir,
+            params=self.get_params(),
+        )
         self.net_ = net.eval()
         self.history_ = state.history
         self.sample_ = pad(token_ids[: min(4, len(token_ids))])
@@ -290,46 +299,11 @@ class TextClassifier(Recipe[TextData]):
             groups.append({"params": list(net.encoder.parameters()), "lr": self.lr})
         return torch.optim.AdamW(groups, weight_decay=self.weight_decay)
 
-    def _train_epoch(
-        self,
-        model: torch.nn.Module,
-        net: TextClassifierNet,
-        optimizer: torch.optim.Optimizer,
-        token_ids: list[list[int]],
-        y: NDArray[np.int64],
-        state: _Progress,
-    ) -> float:
-        model.train()
-        if self.freeze_encoder:
-            # A frozen encoder is a fixed feature extractor: no dropout noise in it.
-            net.encoder.eval()
-        # The order depends only on (seed, epoch): a resumed run shuffles like an
-        # uninterrupted one, and every rank agrees before taking its shard.
-        order = np.random.default_rng([self.seed, state.epoch]).permutation(len(y))
-        order = distributed.shard(order.astype(np.int64))
-        loss_fn = torch.nn.CrossEntropyLoss()
-        total, batches = 0.0, 0
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
-            optimizer.zero_grad()
-            logits = model(*pad([token_ids[i] for i in rows]))
-            loss = loss_fn(logits, torch.from_numpy(y[rows]))
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach())
-            batches += 1
-        return total / max(batches, 1)
-
-    def _resume(
-        self, net: torch.nn.Module, optimizer: torch.optim.Optimizer, directory: Path | None
-    ) -> _Progress:
-        saved = load_checkpoint(directory, self.get_params())
-        if saved is None:
-            return _Progress()
-        net.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        torch.set_rng_state(saved["rng"])
-        return _Progress(**saved["progress"])
+    def _validate(self, net: TextClassifierNet, val: TextData) -> Validation:
+        pred = self._probabilities(net.eval(), val.texts).argmax(axis=1)
+        scores = per_class_scores(val.y, pred, self.labels_)
+        f1_macro = float(np.mean([s["f1"] for s in scores.values()]))
+        return Validation({self.primary_metric: f1_macro}, (f1_macro,))
 
     # -- prediction and evaluation --------------------------------------------------
 
