@@ -11,6 +11,7 @@ the same SQLite database, and then
 
     python -m scripts.crash_reconcile            # three kills, seed from the clock
     python -m scripts.crash_reconcile --seed 7   # the same kill moments again
+    python -m scripts.crash_reconcile --seed 7 --kill-after 20 60   # a short run
 
 Exit status 1 when any check fails.
 """
@@ -23,6 +24,7 @@ import random
 import sqlite3
 import sys
 import tempfile
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -35,7 +37,7 @@ from rich.table import Table
 from tests.integration.test_crash_safety import CONCURRENCY, drive
 from tests.support.processes import MockUpstreamProcess, Server, cli, cli_json
 
-__all__ = ["main"]
+__all__ = ["Check", "main", "reconcile"]
 
 GRANT = Decimal("1000000.00")
 
@@ -53,14 +55,16 @@ def prepare(server: Server, upstream: MockUpstreamProcess, workdir: Path) -> str
     return key
 
 
-def crash_cycles(server: Server, key: str, kills: int, rng: random.Random) -> set[str]:
+def crash_cycles(
+    server: Server, key: str, kills: int, rng: random.Random, kill_after: tuple[int, int]
+) -> set[str]:
     """Start, load and SIGKILL the gateway ``kills`` times; the answers received in full."""
     received: set[str] = set()
     for n in range(kills):
-        kill_after = rng.randint(50, 400)
+        aim = rng.randint(*kill_after)
         server.start(ready_timeout=60)
-        got = asyncio.run(drive(server, key, kill_after=kill_after))
-        print(f"# kill {n + 1}: SIGKILL after {len(got)} answers (aimed at {kill_after})")
+        got = asyncio.run(drive(server, key, kill_after=aim))
+        print(f"# kill {n + 1}: SIGKILL after {len(got)} answers (aimed at {aim})")
         received |= got
     server.start(ready_timeout=60)  # it must come up cleanly after the last crash
     with httpx.Client(timeout=30) as client:
@@ -89,18 +93,23 @@ def invoiced_usage(server: Server) -> Decimal:
     return total
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--kills", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=None)
-    args = parser.parse_args()
-    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
-    workdir = Path(tempfile.mkdtemp(prefix="modelmint-crash-"))
+@dataclass(frozen=True)
+class Check:
+    figure: object
+    ok: bool
+
+
+def reconcile(
+    workdir: Path, kills: int, seed: int, kill_after: tuple[int, int]
+) -> dict[str, Check]:
+    """Run the crash cycles with ``workdir`` as the (empty) home; every check, by name.
+
+    ``kill_after`` bounds the number of answers after which each SIGKILL lands."""
     upstream = MockUpstreamProcess()
     server = Server(home=workdir, extra_env={"MODELMINT_LOAD_BUNDLED_MODELS": "false"})
     try:
         key = prepare(server, upstream, workdir)
-        received = crash_cycles(server, key, args.kills, random.Random(seed))
+        received = crash_cycles(server, key, kills, random.Random(seed), kill_after)
         with sqlite3.connect(workdir / "modelmint.db") as db:
             integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
             rows = db.execute(
@@ -112,25 +121,43 @@ def main() -> None:
         server.stop()
         upstream.stop()
     metered = [row[0] for row in rows]
-    checks = {
-        "database integrity": (integrity, integrity == "ok"),
-        "answers received": (len(received), len(received) > 0),
-        "lost (received, no record)": (len(received - set(metered)), received <= set(metered)),
-        "duplicated records": (len(metered) - len(set(metered)), len(metered) == len(set(metered))),
-        "cut in flight (record, no answer)": (
-            len(set(metered) - received),
-            len(set(metered) - received) <= args.kills * CONCURRENCY,
+    cut = set(metered) - received
+    return {
+        "database integrity": Check(integrity, integrity == "ok"),
+        "answers received": Check(len(received), len(received) > 0),
+        "lost (received, no record)": Check(len(received - set(metered)), received <= set(metered)),
+        "duplicated records": Check(
+            len(metered) - len(set(metered)), len(metered) == len(set(metered))
         ),
-        "usage charges": (charged, charged > 0),
-        "invoiced usage (exact)": (invoiced, invoiced == charged),
+        "cut in flight (record, no answer)": Check(len(cut), len(cut) <= kills * CONCURRENCY),
+        "usage charges": Check(charged, charged > 0),
+        "invoiced usage (exact)": Check(invoiced, invoiced == charged),
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--kill-after",
+        type=int,
+        nargs=2,
+        default=(50, 400),
+        metavar=("MIN", "MAX"),
+        help="each kill lands after a random number of answers in [MIN, MAX]",
+    )
+    args = parser.parse_args()
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
+    workdir = Path(tempfile.mkdtemp(prefix="modelmint-crash-"))
+    checks = reconcile(workdir, args.kills, seed, tuple(args.kill_after))
     table = Table(title=f"Crash reconciliation ({args.kills} SIGKILLs, seed {seed})")
     for column in ("check", "figure", "ok"):
         table.add_column(column)
-    for name, (figure, ok) in checks.items():
-        table.add_row(name, str(figure), "yes" if ok else "NO")
+    for name, check in checks.items():
+        table.add_row(name, str(check.figure), "yes" if check.ok else "NO")
     Console().print(table)
-    sys.exit(0 if all(ok for _, ok in checks.values()) else 1)
+    sys.exit(0 if all(check.ok for check in checks.values()) else 1)
 
 
 if __name__ == "__main__":

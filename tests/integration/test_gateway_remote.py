@@ -407,3 +407,44 @@ async def test_a_remote_model_added_through_the_admin_api_is_callable_at_once(
     [row] = await gateway.usage_rows()
     assert row.deployment_id == created.json()["deployment_id"]
     assert upstream.requests[0].headers["authorization"] == f"Bearer {UPSTREAM_SECRET}"
+
+
+async def test_a_number_too_large_to_forward_is_a_400_not_a_500(
+    gateway: Gateway, upstream: MockUpstream
+) -> None:
+    await gateway.serve("mock", upstream)
+    huge = 2**64  # valid JSON, but beyond what any OpenAI-compatible server reads
+    response = await gateway.http.post(
+        "/v1/chat/completions",
+        json={"model": "mock", "messages": [{"role": "user", "content": "hi", "x": huge}]},
+    )
+    assert response.status_code == 400, response.text
+    assert "cannot be forwarded" in response.json()["error"]["message"]
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize(
+    ("path", "method"),
+    [
+        ("/admin/organizations/acme/limits", "PUT"),
+        ("/admin/keys", "POST"),
+        ("/v1/feedback", "POST"),
+    ],
+)
+@pytest.mark.parametrize("body", [b"\x00", b"\xc3\x28"], ids=["not-json", "not-utf8"])
+async def test_a_body_that_is_not_json_is_judged_only_after_the_caller_is(
+    gateway: Gateway, path: str, method: str, body: bytes
+) -> None:
+    """FastAPI parses a JSON body before it runs a route's dependencies: without the
+    error handler's check, a caller without a secret would learn about its body."""
+    def send(secret: str) -> Any:
+        headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
+        return gateway.http.request(method, path, content=body, headers=headers)
+
+    anonymous = await send("mm-wrong")
+    assert anonymous.status_code == 401, anonymous.text
+    assert anonymous.headers["www-authenticate"] == "Bearer"
+    customer = gateway.http.headers["authorization"].removeprefix("Bearer ")
+    allowed = await send(ADMIN_TOKEN if path.startswith("/admin") else customer)
+    assert allowed.status_code == 400
+    assert allowed.json()["error"]["type"] == "invalid_request_error"

@@ -23,6 +23,7 @@ __all__ = [
     "PlatformDep",
     "authenticate",
     "bearer_token",
+    "check_credentials",
     "refuse_if_throttled",
 ]
 
@@ -126,3 +127,15 @@ async def _admin(request: Request, platform: PlatformDep) -> None:
 
 
 AdminDep = Depends(_admin)
+
+
+async def check_credentials(request: Request) -> None:
+    """Authenticate a request as its route would, for errors found before the route's
+    own dependencies ran: FastAPI parses and validates a JSON body first, and a caller
+    without the right secret must get the 401, not a verdict on its body."""
+    platform: Platform = request.app.state.platform
+    path = request.url.path
+    if path.startswith("/admin"):
+        await _admin(request, platform)
+    elif path.startswith("/v1/"):
+        await _current_key(request, platform)

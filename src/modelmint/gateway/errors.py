@@ -13,6 +13,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelmint.errors import InvalidRequest, ModelMintError, RateLimited, ServiceUnavailable
+from modelmint.gateway.deps import check_credentials
 from modelmint.gateway.responses import OrjsonResponse
 
 __all__ = ["error_response", "install_error_handlers", "invalid_request", "unexpected_error"]
@@ -55,11 +56,16 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> OrjsonResponse:
-        return error_response(invalid_request(exc.errors()))
+    async def _validation(request: Request, exc: RequestValidationError) -> OrjsonResponse:
+        refused = await _refusal(request)
+        return error_response(refused or invalid_request(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> OrjsonResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> OrjsonResponse:
+        if exc.status_code == 400:  # a body FastAPI could not even decode
+            refused = await _refusal(request)
+            if refused is not None:
+                return error_response(refused)
         kinds = {404: "not_found", 405: "method_not_allowed"}
         error = ModelMintError(str(exc.detail), code=kinds.get(exc.status_code))
         error.status_code = exc.status_code
@@ -69,6 +75,16 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> OrjsonResponse:
         return unexpected_error(exc)
+
+
+async def _refusal(request: Request) -> ModelMintError | None:
+    """The 401/429 of a caller without the right secret, for errors FastAPI finds in a
+    body before the route's own authentication runs; None when the caller may pass."""
+    try:
+        await check_credentials(request)
+    except ModelMintError as refused:
+        return refused
+    return None
 
 
 # The database refused or dropped the connection, or its disk is full: not a bug, and

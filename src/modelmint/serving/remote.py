@@ -127,7 +127,10 @@ class RemoteOpenAIBackend:
             raise ServiceUnavailable("upstream client is not started")
         headers = self._headers()
         # Bytes, not json=: aiohttp's JSON payload re-encodes and costs more per request.
-        payload = orjson.dumps(body)
+        try:
+            payload = orjson.dumps(body)
+        except TypeError as exc:  # JSON allows any integer; OpenAI servers take 64 bits
+            raise InvalidRequest(f"the request cannot be forwarded: {exc}") from None
         delay = self.settings.backoff_s
         last: ModelMintError = BackendError("upstream failed")
         for attempt in range(self.settings.max_retries + 1):
