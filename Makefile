@@ -25,7 +25,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy src
-	bash scripts/ensure-chromium.sh
+	bash scripts/ensure-command.sh chromium
 	$(BIN)/python -m pytest
 
 unit: $(STAMP)
@@ -35,13 +35,14 @@ integration: $(STAMP)
 	$(BIN)/python -m pytest tests/integration
 
 e2e: $(STAMP)
-	bash scripts/ensure-chromium.sh
+	bash scripts/ensure-command.sh chromium
 	$(BIN)/python -m pytest tests/e2e
 
 # Benchmarks print ratios against named peers, measured side by side in one run.
 bench: bench-gateway bench-llm bench-embeddings bench-recommender bench-analytics
 
 bench-gateway: $(STAMP)
+	bash scripts/ensure-command.sh wrk
 	$(BIN)/python -m bench.gateway
 
 bench-llm: $(STAMP)

@@ -5,7 +5,7 @@ Every page is checked for console errors and for requests that leave the server 
 dashboard must work offline: plotly.js comes from the installed package). Screenshots
 are kept under var/test-artifacts/dashboard/ (laptop and phone widths).
 
-Chromium comes from Debian (scripts/ensure-chromium.sh installs it); Playwright never
+Chromium comes from Debian (scripts/ensure-command.sh chromium installs it); Playwright never
 downloads a browser here.
 """
 
@@ -83,7 +83,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
 def browser() -> Iterator[Any]:
     executable = shutil.which("chromium")
     if executable is None:
-        message = "Debian's chromium is not installed: run scripts/ensure-chromium.sh"
+        message = "Debian's chromium is not installed: run scripts/ensure-command.sh chromium"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)

@@ -437,6 +437,7 @@ async def test_a_body_that_is_not_json_is_judged_only_after_the_caller_is(
 ) -> None:
     """FastAPI parses a JSON body before it runs a route's dependencies: without the
     error handler's check, a caller without a secret would learn about its body."""
+
     def send(secret: str) -> Any:
         headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
         return gateway.http.request(method, path, content=body, headers=headers)

@@ -28,5 +28,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("organizations", schema=None) as batch_op:
-        batch_op.drop_column("deleted_at")
+    # A plain ALTER, not a batch copy: SQLite (3.35+) drops the column in place, while
+    # copying the table would fail the foreign keys every other table has on it.
+    op.execute("ALTER TABLE organizations DROP COLUMN deleted_at")
