@@ -143,7 +143,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backpressure]:
         extra_env={
             "MODELMINT_LLM_SLOTS": "1",
             "MODELMINT_LLM_MAX_QUEUED": "1",
-            "MODELMINT_LLM_QUEUE_TIMEOUT_S": "1.0",
+            # Long enough that a request queued behind a stream about to be hung up
+            # gets the slot on a loaded machine; short enough that one behind a
+            # 400-token stream (4 s or more here) passes its deadline.
+            "MODELMINT_LLM_QUEUE_TIMEOUT_S": "2.5",
         },
     )
     server.start()
