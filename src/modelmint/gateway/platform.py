@@ -29,7 +29,6 @@ from modelmint.registry.catalog import load_routes, routes_version
 from modelmint.serving.factory import build_backend
 from modelmint.serving.router import Router
 from modelmint.storage.db import Database
-from modelmint.storage.wal import WalCheckpointer
 
 __all__ = ["Platform"]
 
@@ -97,13 +96,9 @@ class Platform:
     _sweeper: asyncio.Task[None] | None = None
     alerts: AlertDispatcher | None = None
     samples: SampleRecorder | None = None
-    checkpointer: WalCheckpointer | None = None
 
     async def start(self) -> None:
         self.writer.start()
-        # SQLite only: copy the log back on a thread of its own, not in a usage commit.
-        self.checkpointer = WalCheckpointer(self.database)
-        self.checkpointer.start()
         await self.router.start()
         self._sweeper = asyncio.create_task(self._sweep_reservations(), name="reservation-sweep")
         # Retries spread over ~10 hours (30 s doubling, capped at an hour), so a receiver
@@ -141,8 +136,6 @@ class Platform:
             await limiter.close()
         await self.router.close()
         self.writer.close()
-        if self.checkpointer is not None:
-            await asyncio.to_thread(self.checkpointer.close)
         self.database.dispose()
 
     async def in_session(self, work: Callable[[Session], T]) -> T:
