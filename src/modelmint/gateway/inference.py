@@ -249,7 +249,7 @@ class InferenceService:
     def _capture(self, call: _Call, request: Any, response: Any) -> None:
         """Queue a sample of an answered request if its caller opted in; never raises."""
         samples = self.samples
-        if samples is None or not self._captures(call):
+        if samples is None or not samples.wants(call.key.organization_id, call.key.id):
             return
         try:
             deployment = call.target.deployment if call.target else None

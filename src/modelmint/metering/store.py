@@ -128,9 +128,10 @@ class UsageStore:
         """
         connection = self._connect()
         try:
-            # The DBAPI cursor itself: SQLAlchemy's result wrapper cost more per row than
-            # the database's work on this hot path. The transaction is begun through
-            # SQLAlchemy, so that ``connection.commit()`` below commits it.
+            # The DBAPI cursor itself, for every statement but the charging ORM's:
+            # SQLAlchemy's result wrapper cost more per row than the database's work on
+            # this hot path. The transaction is begun through SQLAlchemy, so that
+            # ``connection.commit()`` below commits it.
             connection.begin()
             cursor = connection.connection.cursor()
             try:
@@ -139,13 +140,13 @@ class UsageStore:
                 fresh = [event for event in events if event.id in inserted]
                 if fresh:
                     cursor.execute(*self._upsert_rollups(rollup_rows(fresh)))
+                    charges: dict[str, Decimal] = {}
+                    if self._charge is not None and any(e.plan_code is not None for e in fresh):
+                        charges = self._charge_events(connection, fresh)
+                    for statement in self._economics_upserts(fresh, charges):
+                        cursor.execute(*statement)
             finally:
                 cursor.close()
-            charges: dict[str, Decimal] = {}
-            if self._charge is not None and any(e.plan_code is not None for e in fresh):
-                charges = self._charge_events(connection, fresh)
-            if fresh:
-                self._roll_up_economics(connection, fresh, charges)
             connection.commit()
         except BaseException:
             self._discard()
@@ -165,14 +166,10 @@ class UsageStore:
             )
         return charges
 
-    def _roll_up_economics(
-        self, connection: Connection, fresh: list[UsageEvent], charges: dict[str, Decimal]
-    ) -> None:
-        """Add the fresh events, charged, to the analytics rollups.
-
-        Straight on the DBAPI cursor, in the same transaction: these statements return
-        nothing, and SQLAlchemy's result handling would cost more than SQLite's work.
-        """
+    def _economics_upserts(
+        self, fresh: list[UsageEvent], charges: dict[str, Decimal]
+    ) -> list[tuple[str, tuple[Any, ...]]]:
+        """The upserts adding the fresh events, charged, to the analytics rollups."""
         hourly = economics_rows(fresh, charges)
         days = daily(hourly)
         statements = [
@@ -185,12 +182,7 @@ class UsageStore:
         latencies = latency_rows(fresh)
         if latencies:
             statements.append(self._upsert_latencies(latencies))
-        cursor = connection.connection.cursor()
-        try:
-            for sql, params in statements:
-                cursor.execute(sql, params)
-        finally:
-            cursor.close()
+        return statements
 
     def close(self) -> None:
         self._discard()
