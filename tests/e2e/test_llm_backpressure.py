@@ -24,8 +24,9 @@ from tests.support.processes import Server, cli_json
 pytestmark = pytest.mark.slow
 
 CHAT_MODEL = "smollm2-135m-instruct"
-# Long, list-like answers: the model rarely ends them early.
-LONG_PROMPT = "Count from 1 to 400, one number per line, and nothing else."
+# A long, list-like answer: greedy SmolLM2 runs it past 800 tokens. ("Count from 1
+# to 400" stops after 121, too soon to outlast a queue deadline.)
+LONG_PROMPT = "List the numbers from 1 to 1000 separated by commas."
 
 
 @dataclass
@@ -145,7 +146,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backpressure]:
             "MODELMINT_LLM_MAX_QUEUED": "1",
             # Long enough that a request queued behind a stream about to be hung up
             # gets the slot on a loaded machine; short enough that one behind a
-            # 400-token stream (4 s or more here) passes its deadline.
+            # 600-token stream (6 s or more here) passes its deadline.
             "MODELMINT_LLM_QUEUE_TIMEOUT_S": "2.5",
         },
     )
@@ -191,7 +192,7 @@ def test_a_client_that_leaves_frees_its_slot_for_the_next_request(live: Backpres
 
 
 def test_a_request_past_its_queue_deadline_answers_504(live: Backpressure) -> None:
-    running = Stream(live, max_tokens=400).start()
+    running = Stream(live, max_tokens=600).start()
     assert running.first_token.wait(30) and running.status == 200
     late = Stream(live, max_tokens=5).start()
     assert late.done.wait(30)
