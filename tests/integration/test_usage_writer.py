@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import asyncio
 import concurrent.futures
 from collections.abc import Iterator
@@ -85,6 +87,12 @@ async def test_every_field_round_trips(database: Database, writer: UsageWriter) 
                 usage_estimated=True,
                 finish_reason="length",
                 input_tokens=2**40,
+                engine_ms=12.625,
+                plan_code="pro",
+                plan_version=3,
+                currency="EUR",
+                # More digits than a float holds: the batch's encoding must keep them.
+                cost=Decimal("0.000000123456789012345678901"),
             )
         ),
         GUARD_S,
@@ -96,6 +104,13 @@ async def test_every_field_round_trips(database: Database, writer: UsageWriter) 
     assert (row.input_tokens, row.output_tokens, row.latency_ms) == (2**40, 34, 321)
     assert (row.deployment_id, row.model_version_id) == ("dep_1", "ver_1")
     assert (row.streamed, row.usage_estimated, row.finish_reason) == (True, True, "length")
+    assert (row.engine_ms, row.plan_code, row.plan_version, row.currency) == (
+        12.625,
+        "pro",
+        3,
+        "EUR",
+    )
+    assert row.cost == Decimal("0.000000123456789012345678901")
 
 
 def test_queued_events_share_transactions_up_to_max_batch(database: Database) -> None:

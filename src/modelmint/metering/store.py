@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, exc
 from sqlalchemy.orm import Session
 
@@ -94,6 +95,14 @@ _ECONOMICS_MONEY = ("revenue", "cost")
 _LATENCY_KEY = ("hour", "model", "le_ms")
 # SQLite only: exact addition of two ExactDecimal texts (see the module docstring).
 _EXACT_ADD = "mm_exact_add"
+
+
+def _json(value: Any) -> str:
+    """What orjson cannot encode itself: Decimals, as exact plain-notation text, which
+    PostgreSQL's NUMERIC input reads back exactly."""
+    if isinstance(value, Decimal):
+        return f"{value:f}"
+    raise TypeError(f"cannot store {type(value).__name__} in a usage batch")
 
 
 def _exact_add_text(left: str | None, right: str | None) -> str:
@@ -213,9 +222,32 @@ class UsageStore:
         # Same storage as ``ExactDecimal``: plain-notation text on SQLite, NUMERIC elsewhere.
         return f"{value:f}" if self._sqlite else value
 
+    def _rows(
+        self, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]], tail: str
+    ) -> tuple[str, tuple[Any, ...]]:
+        """``INSERT INTO table (columns) <the rows> tail`` as one statement and its parameters.
+
+        SQLite takes a multi-row VALUES list. PostgreSQL takes the rows as one JSON
+        array, typed by the table's own row type: the statement's text then never
+        changes with the batch size, so psycopg prepares it once, where a VALUES list
+        of 32 rows x 20 columns cost more in psycopg's per-call query parsing (~4 ms)
+        than the database's work.
+        """
+        names = ", ".join(columns)
+        if self._sqlite:
+            values = self._values(len(rows), len(columns))
+            flat = tuple(value for row in rows for value in row)
+            return f"INSERT INTO {table} ({names}) VALUES {values} {tail}", flat
+        records = orjson.dumps([dict(zip(columns, row, strict=True)) for row in rows], default=_json)
+        sql = (
+            f"INSERT INTO {table} ({names}) SELECT {names} "
+            f"FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb) {tail}"
+        )
+        return sql, (records.decode(),)
+
     @functools.lru_cache(maxsize=256)  # noqa: B019 - one store per writer, few batch sizes
     def _values(self, rows: int, columns: int) -> str:
-        one = "(" + ", ".join([self._mark] * columns) + ")"
+        one = "(" + ", ".join(["?"] * columns) + ")"
         return ", ".join([one] * rows)
 
     def _time(self, moment: datetime) -> Any:
@@ -227,33 +259,29 @@ class UsageStore:
         return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
     def _insert_usage(self, events: list[UsageEvent]) -> tuple[str, tuple[Any, ...]]:
-        params: list[Any] = []
-        for e in events:
-            params += (
+        rows = [
+            (
                 e.id, self._time(e.created_at), e.organization_id, e.api_key_id, e.model,
                 e.deployment_id, e.model_version_id, e.endpoint, e.status_code,
                 e.input_tokens, e.output_tokens, e.latency_ms, e.streamed, e.usage_estimated,
                 e.finish_reason, e.engine_ms, e.plan_code, e.plan_version, e.currency,
                 None if e.cost is None else self._decimal(e.cost),
             )  # fmt: skip
-        sql = (
-            f"INSERT INTO usage_records ({', '.join(_USAGE_COLUMNS)}) "
-            f"VALUES {self._values(len(events), len(_USAGE_COLUMNS))} "
-            "ON CONFLICT (id) DO NOTHING RETURNING id"
+            for e in events
+        ]
+        return self._rows(
+            "usage_records", _USAGE_COLUMNS, rows, "ON CONFLICT (id) DO NOTHING RETURNING id"
         )
-        return sql, tuple(params)
 
     def _upsert_rollups(self, rows: list[dict[str, Any]]) -> tuple[str, tuple[Any, ...]]:
-        params: list[Any] = []
-        for row in rows:
-            params += [self._time(row["hour"]), *(row[c] for c in _ROLLUP_COLUMNS[1:])]
-        sql = (
-            f"INSERT INTO usage_rollups_hourly ({', '.join(_ROLLUP_COLUMNS)}) "
-            f"VALUES {self._values(len(rows), len(_ROLLUP_COLUMNS))} "
+        values = [
+            (self._time(row["hour"]), *(row[c] for c in _ROLLUP_COLUMNS[1:])) for row in rows
+        ]
+        tail = (
             f"ON CONFLICT ({', '.join(_ROLLUP_KEY)}) DO UPDATE SET "
             "quantity = usage_rollups_hourly.quantity + excluded.quantity"
         )
-        return sql, tuple(params)
+        return self._rows("usage_rollups_hourly", _ROLLUP_COLUMNS, values, tail)
 
     def _upsert_economics(
         self,
@@ -264,13 +292,14 @@ class UsageStore:
     ) -> tuple[str, tuple[Any, ...]]:
         """An upsert adding ``rows`` (keyed by the hour or day, then ``key_columns``'
         values) to an analytics table."""
-        params: list[Any] = []
-        for (moment, *key), sums in rows.items():
-            params += (
+        values = [
+            (
                 self._time(moment), *key, sums.requests, sums.errors, sums.input_tokens,
                 sums.output_tokens, sums.embedding_tokens, sums.engine_us, sums.latency_ms,
                 self._decimal(sums.revenue), self._decimal(sums.cost),
             )  # fmt: skip
+            for (moment, *key), sums in rows.items()
+        ]
         conflict = (time_column, *key_columns)
         columns = (*conflict, *_ECONOMICS_COUNTS, *_ECONOMICS_MONEY)
         counts = [f"{c} = {table}.{c} + excluded.{c}" for c in _ECONOMICS_COUNTS]
@@ -278,21 +307,16 @@ class UsageStore:
             money = [f"{c} = {_EXACT_ADD}({table}.{c}, excluded.{c})" for c in _ECONOMICS_MONEY]
         else:
             money = [f"{c} = {table}.{c} + excluded.{c}" for c in _ECONOMICS_MONEY]
-        sql = (
-            f"INSERT INTO {table} ({', '.join(columns)}) "
-            f"VALUES {self._values(len(rows), len(columns))} "
-            f"ON CONFLICT ({', '.join(conflict)}) DO UPDATE SET {', '.join(counts + money)}"
-        )
-        return sql, tuple(params)
+        tail = f"ON CONFLICT ({', '.join(conflict)}) DO UPDATE SET {', '.join(counts + money)}"
+        return self._rows(table, columns, values, tail)
 
     def _upsert_latencies(self, counts: dict[Any, int]) -> tuple[str, tuple[Any, ...]]:
-        params: list[Any] = []
-        for (hour, model, le_ms), count in counts.items():
-            params += (self._time(hour), model, le_ms, count)
-        sql = (
-            f"INSERT INTO analytics_latency_hourly ({', '.join(_LATENCY_KEY)}, count) "
-            f"VALUES {self._values(len(counts), len(_LATENCY_KEY) + 1)} "
+        values = [
+            (self._time(hour), model, le_ms, count)
+            for (hour, model, le_ms), count in counts.items()
+        ]
+        tail = (
             f"ON CONFLICT ({', '.join(_LATENCY_KEY)}) DO UPDATE SET "
             "count = analytics_latency_hourly.count + excluded.count"
         )
-        return sql, tuple(params)
+        return self._rows("analytics_latency_hourly", (*_LATENCY_KEY, "count"), values, tail)
