@@ -21,6 +21,7 @@ the two texts as Decimals.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -93,6 +94,14 @@ _ECONOMICS_COUNTS = (
 )
 _ECONOMICS_MONEY = ("revenue", "cost")
 _LATENCY_KEY = ("hour", "model", "le_ms")
+_ROLLUP_TAIL = (
+    f"ON CONFLICT ({', '.join(_ROLLUP_KEY)}) DO UPDATE SET "
+    "quantity = usage_rollups_hourly.quantity + excluded.quantity"
+)
+_LATENCY_TAIL = (
+    f"ON CONFLICT ({', '.join(_LATENCY_KEY)}) DO UPDATE SET "
+    "count = analytics_latency_hourly.count + excluded.count"
+)
 # SQLite only: exact addition of two ExactDecimal texts (see the module docstring).
 _EXACT_ADD = "mm_exact_add"
 
@@ -103,6 +112,13 @@ def _json(value: Any) -> str:
     if isinstance(value, Decimal):
         return f"{value:f}"
     raise TypeError(f"cannot store {type(value).__name__} in a usage batch")
+
+
+@functools.lru_cache(maxsize=256)
+def _sqlite_time(moment: datetime) -> str:
+    """The text form SQLAlchemy's DateTime reads back on SQLite. Cached: a batch names
+    the same few hours and days over and over."""
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _exact_add_text(left: str | None, right: str | None) -> str:
@@ -233,55 +249,52 @@ class UsageStore:
         of 32 rows x 20 columns cost more in psycopg's per-call query parsing (~4 ms)
         than the database's work.
         """
+        sql = self._statement(table, columns, tail, len(rows) if self._sqlite else 0)
+        if self._sqlite:
+            return sql, tuple(itertools.chain.from_iterable(rows))
+        records = [dict(zip(columns, row, strict=True)) for row in rows]
+        return sql, (orjson.dumps(records, default=_json).decode(),)
+
+    @functools.lru_cache(maxsize=512)  # noqa: B019 - one store per writer, few shapes
+    def _statement(self, table: str, columns: tuple[str, ...], tail: str, rows: int) -> str:
+        """The text of ``_rows``' statement: on SQLite for ``rows`` rows, on PostgreSQL
+        one text whatever their number (``rows`` 0)."""
         names = ", ".join(columns)
         if self._sqlite:
-            values = self._values(len(rows), len(columns))
-            flat = tuple(value for row in rows for value in row)
-            return f"INSERT INTO {table} ({names}) VALUES {values} {tail}", flat
-        records = orjson.dumps([dict(zip(columns, row, strict=True)) for row in rows], default=_json)
-        sql = (
+            one = "(" + ", ".join(["?"] * len(columns)) + ")"
+            values = ", ".join([one] * rows)
+            return f"INSERT INTO {table} ({names}) VALUES {values} {tail}"
+        return (
             f"INSERT INTO {table} ({names}) SELECT {names} "
             f"FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb) {tail}"
         )
-        return sql, (records.decode(),)
-
-    @functools.lru_cache(maxsize=256)  # noqa: B019 - one store per writer, few batch sizes
-    def _values(self, rows: int, columns: int) -> str:
-        one = "(" + ", ".join(["?"] * columns) + ")"
-        return ", ".join([one] * rows)
 
     def _time(self, moment: datetime) -> Any:
         if moment.tzinfo is None:
             raise ValueError("usage timestamps must be timezone-aware")
         if not self._sqlite:
             return moment  # a timestamptz
-        # SQLite keeps the text form SQLAlchemy's DateTime reads back.
-        return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+        return _sqlite_time(moment)
 
     def _insert_usage(self, events: list[UsageEvent]) -> tuple[str, tuple[Any, ...]]:
-        rows = [
-            (
-                e.id, self._time(e.created_at), e.organization_id, e.api_key_id, e.model,
-                e.deployment_id, e.model_version_id, e.endpoint, e.status_code,
-                e.input_tokens, e.output_tokens, e.latency_ms, e.streamed, e.usage_estimated,
-                e.finish_reason, e.engine_ms, e.plan_code, e.plan_version, e.currency,
-                None if e.cost is None else self._decimal(e.cost),
-            )  # fmt: skip
-            for e in events
-        ]
+        rows = [self._usage_row(event) for event in events]
         return self._rows(
             "usage_records", _USAGE_COLUMNS, rows, "ON CONFLICT (id) DO NOTHING RETURNING id"
         )
 
+    def _usage_row(self, e: UsageEvent) -> tuple[Any, ...]:
+        """An event's values in ``_USAGE_COLUMNS`` order."""
+        return (
+            e.id, self._time(e.created_at), e.organization_id, e.api_key_id, e.model,
+            e.deployment_id, e.model_version_id, e.endpoint, e.status_code,
+            e.input_tokens, e.output_tokens, e.latency_ms, e.streamed, e.usage_estimated,
+            e.finish_reason, e.engine_ms, e.plan_code, e.plan_version, e.currency,
+            None if e.cost is None else self._decimal(e.cost),
+        )  # fmt: skip
+
     def _upsert_rollups(self, rows: list[dict[str, Any]]) -> tuple[str, tuple[Any, ...]]:
-        values = [
-            (self._time(row["hour"]), *(row[c] for c in _ROLLUP_COLUMNS[1:])) for row in rows
-        ]
-        tail = (
-            f"ON CONFLICT ({', '.join(_ROLLUP_KEY)}) DO UPDATE SET "
-            "quantity = usage_rollups_hourly.quantity + excluded.quantity"
-        )
-        return self._rows("usage_rollups_hourly", _ROLLUP_COLUMNS, values, tail)
+        values = [(self._time(row["hour"]), *(row[c] for c in _ROLLUP_COLUMNS[1:])) for row in rows]
+        return self._rows("usage_rollups_hourly", _ROLLUP_COLUMNS, values, _ROLLUP_TAIL)
 
     def _upsert_economics(
         self,
@@ -292,14 +305,24 @@ class UsageStore:
     ) -> tuple[str, tuple[Any, ...]]:
         """An upsert adding ``rows`` (keyed by the hour or day, then ``key_columns``'
         values) to an analytics table."""
-        values = [
-            (
-                self._time(moment), *key, sums.requests, sums.errors, sums.input_tokens,
-                sums.output_tokens, sums.embedding_tokens, sums.engine_us, sums.latency_ms,
-                self._decimal(sums.revenue), self._decimal(sums.cost),
-            )  # fmt: skip
-            for (moment, *key), sums in rows.items()
-        ]
+        values = [self._economics_row(moment, key, sums) for (moment, *key), sums in rows.items()]
+        columns, tail = self._economics_shape(table, time_column, key_columns)
+        return self._rows(table, columns, values, tail)
+
+    def _economics_row(
+        self, moment: datetime, key: list[Any], sums: EconomicsSums
+    ) -> tuple[Any, ...]:
+        return (
+            self._time(moment), *key, sums.requests, sums.errors, sums.input_tokens,
+            sums.output_tokens, sums.embedding_tokens, sums.engine_us, sums.latency_ms,
+            self._decimal(sums.revenue), self._decimal(sums.cost),
+        )  # fmt: skip
+
+    @functools.lru_cache(maxsize=8)  # noqa: B019 - one store per writer, three tables
+    def _economics_shape(
+        self, table: str, time_column: str, key_columns: tuple[str, ...]
+    ) -> tuple[tuple[str, ...], str]:
+        """An analytics table's inserted columns and its ON CONFLICT clause."""
         conflict = (time_column, *key_columns)
         columns = (*conflict, *_ECONOMICS_COUNTS, *_ECONOMICS_MONEY)
         counts = [f"{c} = {table}.{c} + excluded.{c}" for c in _ECONOMICS_COUNTS]
@@ -308,15 +331,13 @@ class UsageStore:
         else:
             money = [f"{c} = {table}.{c} + excluded.{c}" for c in _ECONOMICS_MONEY]
         tail = f"ON CONFLICT ({', '.join(conflict)}) DO UPDATE SET {', '.join(counts + money)}"
-        return self._rows(table, columns, values, tail)
+        return columns, tail
 
     def _upsert_latencies(self, counts: dict[Any, int]) -> tuple[str, tuple[Any, ...]]:
         values = [
             (self._time(hour), model, le_ms, count)
             for (hour, model, le_ms), count in counts.items()
         ]
-        tail = (
-            f"ON CONFLICT ({', '.join(_LATENCY_KEY)}) DO UPDATE SET "
-            "count = analytics_latency_hourly.count + excluded.count"
+        return self._rows(
+            "analytics_latency_hourly", (*_LATENCY_KEY, "count"), values, _LATENCY_TAIL
         )
-        return self._rows("analytics_latency_hourly", (*_LATENCY_KEY, "count"), values, tail)
