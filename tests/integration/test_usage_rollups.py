@@ -111,3 +111,11 @@ async def test_a_retried_event_is_rolled_up_once(database: Database, writer: Usa
     assert after == recomputed(database)
     with database.engine.connect() as connection:
         assert connection.execute(text("SELECT COUNT(*) FROM usage_records")).scalar() == 60
+        # The analytics tables too: a batch holding a stored event is redone without it.
+        for table in (
+            "analytics_usage_hourly",
+            "analytics_usage_daily",
+            "analytics_usage_daily_totals",
+        ):
+            counted = connection.execute(text(f"SELECT SUM(requests + errors) FROM {table}"))
+            assert counted.scalar() == 60, table

@@ -158,25 +158,67 @@ class UsageStore:
             # this hot path. The transaction is begun through SQLAlchemy, so that
             # ``connection.commit()`` below commits it.
             connection.begin()
-            cursor = connection.connection.cursor()
-            try:
-                cursor.execute(*self._insert_usage(events))
-                inserted = {row[0] for row in cursor.fetchall()}
-                fresh = [event for event in events if event.id in inserted]
-                if fresh:
-                    cursor.execute(*self._upsert_rollups(rollup_rows(fresh)))
-                    charges: dict[str, Decimal] = {}
-                    if self._charge is not None and any(e.plan_code is not None for e in fresh):
-                        charges = self._charge_events(connection, fresh)
-                    for statement in self._economics_upserts(fresh, charges):
-                        cursor.execute(*statement)
-            finally:
-                cursor.close()
+            fresh = self._pipelined(connection, events)
+            if fresh is None:
+                fresh = self._one_by_one(connection, events)
             connection.commit()
         except BaseException:
             self._discard()
             raise
         return len(fresh)
+
+    def _one_by_one(self, connection: Connection, events: list[UsageEvent]) -> list[UsageEvent]:
+        """Insert, learn which events are new, then add only those up and charge them."""
+        cursor = connection.connection.cursor()
+        try:
+            cursor.execute(*self._insert_usage(events))
+            inserted = {row[0] for row in cursor.fetchall()}
+            fresh = [event for event in events if event.id in inserted]
+            if fresh:
+                cursor.execute(*self._upsert_rollups(rollup_rows(fresh)))
+                charges: dict[str, Decimal] = {}
+                if self._charge is not None and any(e.plan_code is not None for e in fresh):
+                    charges = self._charge_events(connection, fresh)
+                for statement in self._economics_upserts(fresh, charges):
+                    cursor.execute(*statement)
+        finally:
+            cursor.close()
+        return fresh
+
+    def _pipelined(
+        self, connection: Connection, events: list[UsageEvent]
+    ) -> list[UsageEvent] | None:
+        """PostgreSQL without charges: every statement in one round trip (psycopg's
+        pipeline mode), betting that every event is new, as all but retried ones are.
+
+        Waiting for each of six statements cost ~0.2 ms apiece here, more than the
+        commit. When the bet is lost (an event was already stored) the transaction is
+        rolled back and None returned, for ``_one_by_one`` to do it again.
+        """
+        raw: Any = connection.connection.driver_connection
+        pipeline = getattr(raw, "pipeline", None)
+        if self._sqlite or pipeline is None:
+            return None
+        if self._charge is not None and any(e.plan_code is not None for e in events):
+            return None
+        ids = {event.id for event in events}
+        if len(ids) < len(events):
+            return None  # a batch naming one event twice: only one of them is new
+        with pipeline() as batch:
+            cursor = raw.cursor()
+            cursor.execute(*self._insert_usage(events))
+            for statement in [
+                self._upsert_rollups(rollup_rows(events)),
+                *self._economics_upserts(events, {}),
+            ]:
+                raw.cursor().execute(*statement)
+            batch.sync()
+            inserted = {row[0] for row in cursor.fetchall()}
+        if inserted == ids:
+            return events
+        connection.rollback()
+        connection.begin()
+        return None
 
     def _charge_events(self, connection: Connection, fresh: list[UsageEvent]) -> dict[str, Decimal]:
         assert self._charge is not None
