@@ -2,9 +2,11 @@
 
 The group-commit writer is the only thing on the request path that waits for the
 database, so it skips the ORM and SQL compilation: it holds one connection and
-sends hand-written multi-row statements, which SQLite and PostgreSQL both accept.
+sends hand-written statements, one per table per batch (multi-row VALUES on SQLite,
+one JSON array of rows on PostgreSQL; see ``_rows``).
 ``INSERT ... ON CONFLICT DO NOTHING RETURNING id`` names the rows actually
-inserted, so a retried event is neither stored, rolled up nor charged twice.
+inserted, so a retried event is neither stored, rolled up nor charged twice. On
+PostgreSQL a batch without charges skips that wait (``_pipelined``).
 
 Events on a plan are then charged by the ``charge`` hook (``charging.Charger``) in
 the same transaction, through an ORM session on the same connection, and their
