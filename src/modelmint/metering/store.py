@@ -206,16 +206,16 @@ class UsageStore:
         ids = {event.id for event in events}
         if len(ids) < len(events):
             return None  # a batch naming one event twice: only one of them is new
-        with pipeline() as batch:
-            cursor = raw.cursor()
-            cursor.execute(*self._insert_usage(events))
+        # The insert's cursor keeps its RETURNING rows; the upserts share another.
+        with pipeline() as batch, raw.cursor() as returning, raw.cursor() as upserts:
+            returning.execute(*self._insert_usage(events))
             for statement in [
                 self._upsert_rollups(rollup_rows(events)),
                 *self._economics_upserts(events, {}),
             ]:
-                raw.cursor().execute(*statement)
+                upserts.execute(*statement)
             batch.sync()
-            inserted = {row[0] for row in cursor.fetchall()}
+            inserted = {row[0] for row in returning.fetchall()}
         if inserted == ids:
             return events
         connection.rollback()
