@@ -59,10 +59,10 @@ from modelmint.training.recipe import (
     Export,
     NotFittedError,
     Progress,
-    Recipe,
     SearchSpace,
     silent,
 )
+from modelmint.training.torch_backed import TorchBackedRecipe
 
 __all__ = ["Recommender"]
 
@@ -106,7 +106,7 @@ class _Encoded:
     ratings: FloatArray
 
 
-class Recommender(Recipe[Ratings]):
+class Recommender(TorchBackedRecipe[Ratings]):
     name: ClassVar[str] = "recommender"
     task: ClassVar[str] = "recommendation"
     primary_metric = _ByMode("rmse", f"ndcg@{TOP}")
@@ -238,7 +238,7 @@ class Recommender(Recipe[Ratings]):
         self.epochs_trained_ = state.epoch
         self.best_epoch_ = state.best_epoch or state.epoch
         self.sample_ = np.stack([rows.users[:8], rows.items[:8]])
-        self._module: torch.nn.Module | None = None
+        self._module = None
         return self
 
     def _check_params(self) -> None:
@@ -477,19 +477,14 @@ class Recommender(Recipe[Ratings]):
 
     # -- TorchBacked ----------------------------------------------------------------
 
-    def torch_module(self) -> torch.nn.Module:
-        """The network in use: (user indices, item indices) -> predicted ratings
+    def _trained_network(self) -> torch.nn.Module:
+        """The trained factorisation: (user indices, item indices) -> predicted ratings
         (explicit) or scores (implicit), unclipped, for known users and items."""
-        self.check_fitted()
-        return (self._module or self.model_).eval()
+        return self.model_
 
     def example_inputs(self) -> tuple[torch.Tensor, ...]:
         self.check_fitted()
         return torch.from_numpy(self.sample_[0].copy()), torch.from_numpy(self.sample_[1].copy())
-
-    def use_module(self, module: torch.nn.Module) -> None:
-        self.check_fitted()
-        self._module = module
 
     # -- export ---------------------------------------------------------------------
 

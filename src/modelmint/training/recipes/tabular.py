@@ -24,7 +24,6 @@ import torch
 from numpy.typing import NDArray
 
 from modelmint.serving.predictors.tabular import KIND, TabularNet, TabularPreprocessing
-from modelmint.serving.predictors.torch_state import portable_state, quantization_of
 from modelmint.training import distributed
 from modelmint.training.classification_metrics import accuracy, classification_report, roc_auc
 from modelmint.training.epoch_loop import (
@@ -39,11 +38,11 @@ from modelmint.training.recipe import (
     DataError,
     Export,
     Progress,
-    Recipe,
     SearchSpace,
     silent,
 )
 from modelmint.training.tables import Table, fit_preprocessing, read_table
+from modelmint.training.torch_backed import TorchBackedRecipe
 
 __all__ = ["TabularClassifier"]
 
@@ -126,7 +125,7 @@ def _one_thread() -> Iterator[None]:
         yield
 
 
-class TabularClassifier(Recipe[Table]):
+class TabularClassifier(TorchBackedRecipe[Table]):
     name: ClassVar[str] = "tabular-classifier"
     task: ClassVar[str] = "classification"
     primary_metric: ClassVar[str] = "roc_auc"
@@ -254,7 +253,7 @@ class TabularClassifier(Recipe[Table]):
         self.history_ = state.history
         self.epochs_trained_ = state.epoch
         self.sample_ = x_train[: min(8, len(x_train))]
-        self._module: torch.nn.Module | None = None
+        self._module = None
         self.baseline_ = self._fit_baseline(x_train, train.y) if self.baseline else None
         return self
 
@@ -362,25 +361,18 @@ class TabularClassifier(Recipe[Table]):
 
     # -- TorchBacked ----------------------------------------------------------------
 
-    def torch_module(self) -> torch.nn.Module:
-        """The network in use (logits out); ``softmax`` of its output gives the scores."""
-        self.check_fitted()
-        return (self._module or self.net_).eval()
+    def _trained_network(self) -> torch.nn.Module:
+        """The trained MLP (logits out); ``softmax`` of its output gives the scores."""
+        return self.net_
 
     def example_inputs(self) -> tuple[torch.Tensor, ...]:
         self.check_fitted()
         return (torch.from_numpy(self.sample_.copy()),)
 
-    def use_module(self, module: torch.nn.Module) -> None:
-        self.check_fitted()
-        self._module = module
-
     # -- export ---------------------------------------------------------------------
 
     def export(self, directory: Path) -> Export:
-        self.check_fitted()
-        module = self.torch_module()
-        quantization = quantization_of(module)
+        quantization = self._save_weights(directory / "weights.pt")
         config = {
             "inputs": self.preprocessing_.width,
             "hidden_sizes": list(_sizes(self.hidden_sizes)),
@@ -390,7 +382,6 @@ class TabularClassifier(Recipe[Table]):
             "group": self.group or None,
             "quantization": quantization,
         }
-        torch.save(portable_state(module), directory / "weights.pt")
         (directory / "config.json").write_text(json.dumps(config, indent=2))
         (directory / "preprocessing.json").write_text(
             json.dumps(self.preprocessing_.to_json(), indent=2)

@@ -25,7 +25,6 @@ import torch
 from numpy.typing import NDArray
 
 from modelmint.serving.predictors.text import KIND, TextClassifierNet, offline_transformers, pad
-from modelmint.serving.predictors.torch_state import portable_state, quantization_of
 from modelmint.training import distributed
 from modelmint.training.classification_metrics import classification_report, per_class_scores
 from modelmint.training.epoch_loop import (
@@ -35,8 +34,9 @@ from modelmint.training.epoch_loop import (
     shuffled_batches,
     step_batches,
 )
-from modelmint.training.recipe import DataError, Export, Progress, Recipe, SearchSpace, silent
+from modelmint.training.recipe import DataError, Export, Progress, SearchSpace, silent
 from modelmint.training.tables import sort_labels
+from modelmint.training.torch_backed import TorchBackedRecipe
 
 __all__ = ["TextClassifier", "TextData", "base_model_dir", "read_texts"]
 
@@ -147,7 +147,7 @@ def read_texts(path: Path, *, text_column: str = "text", label_column: str = "la
     return TextData(str(path), tuple(texts), y, labels, duplicates)
 
 
-class TextClassifier(Recipe[TextData]):
+class TextClassifier(TorchBackedRecipe[TextData]):
     name: ClassVar[str] = "text-classifier"
     task: ClassVar[str] = "classification"
     primary_metric: ClassVar[str] = "f1_macro"
@@ -253,7 +253,7 @@ class TextClassifier(Recipe[TextData]):
         distributed.init()
         self.labels_ = train.labels
         self.tokenizer_ = self._tokenizer()
-        self._module: torch.nn.Module | None = None
+        self._module = None
         token_ids = self._encode(train.texts)
         torch.manual_seed(self.seed)
         net, self.encoder_config_ = self._new_net(len(train.labels))
@@ -334,25 +334,18 @@ class TextClassifier(Recipe[TextData]):
 
     # -- TorchBacked ----------------------------------------------------------------
 
-    def torch_module(self) -> torch.nn.Module:
-        """The network in use: ``(input_ids, attention_mask) -> logits``."""
-        self.check_fitted()
-        return (self._module or self.net_).eval()
+    def _trained_network(self) -> torch.nn.Module:
+        """The fine-tuned network: ``(input_ids, attention_mask) -> logits``."""
+        return self.net_
 
     def example_inputs(self) -> tuple[torch.Tensor, ...]:
         self.check_fitted()
         return self.sample_
 
-    def use_module(self, module: torch.nn.Module) -> None:
-        self.check_fitted()
-        self._module = module
-
     # -- export ---------------------------------------------------------------------
 
     def export(self, directory: Path) -> Export:
-        self.check_fitted()
-        module = self.torch_module()
-        quantization = quantization_of(module)
+        quantization = self._save_weights(directory / "weights.pt")
         config = {
             "labels": list(self.labels_),
             "max_length": self.max_length,
@@ -362,7 +355,6 @@ class TextClassifier(Recipe[TextData]):
         (directory / "config.json").write_text(json.dumps(config, indent=2))
         self.encoder_config_.save_pretrained(str(directory / "encoder"))
         shutil.copyfile(base_model_dir() / "tokenizer.json", directory / "tokenizer.json")
-        torch.save(portable_state(module), directory / "weights.pt")
         exported = Export(
             kind=KIND,
             task=self.task,
