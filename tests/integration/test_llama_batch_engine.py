@@ -150,16 +150,28 @@ async def test_seeded_sampling_is_the_same_alone_and_in_a_batch(
     assert batched.choices == solo.choices
 
 
+def opening(text: str) -> str:
+    """A continuation's first words: distinct for every prompt here."""
+    return " ".join(text.split()[:4])
+
+
 async def test_ten_concurrent_streams_each_receive_only_their_own_tokens(
     engine: BatchedLlamaBackend, vocab: Any
 ) -> None:
+    """Each stream gets its own sequence's tokens and is metered for them.
+
+    Its text is compared with its solo run's opening words, not whole: llama.cpp's CPU
+    kernels are not batch-invariant everywhere. On an AVX-512 machine one of these ten,
+    run batched after the module's other tests, left its solo answer after 19 words at
+    a near tie. Equal answers are the subject of the batched-vs-solo tests above.
+    """
     requests = [completion(p, max_tokens=16 + 2 * i) for i, p in enumerate(PROMPTS)]
     solo = []
     for request in requests:
         usage = Usage()
         solo.append((await collect(engine.stream(request, usage)), usage))
-    texts = [text for (text, _), _ in solo]
-    assert len(set(texts)) == len(texts), "prompts must lead to different texts"
+    openings = [opening(text) for (text, _), _ in solo]
+    assert len(set(openings)) == len(openings), "prompts must lead to different openings"
 
     usages = [Usage() for _ in requests]
     charges = [EngineCharge() for _ in requests]
@@ -170,16 +182,19 @@ async def test_ten_concurrent_streams_each_receive_only_their_own_tokens(
             for r, u, c in zip(requests, usages, charges, strict=True)
         )
     )
-    for request, result, usage, charge, (solo_result, solo_usage) in zip(
-        requests, results, usages, charges, solo, strict=True
+    for request, (text, finish), usage, charge, want in zip(
+        requests, results, usages, charges, openings, strict=True
     ):
-        assert result == solo_result
+        assert opening(text) == want
         assert usage.input_tokens == len(
             vocab.tokenize(request.prompt.encode(), add_bos=True, special=False)
         )
-        assert tokens(usage) == tokens(solo_usage)
-        if result[1] == "length":
+        assert not usage.estimated
+        assert request.sampling.max_tokens is not None
+        if finish == "length":
             assert usage.output_tokens == request.sampling.max_tokens
+        else:
+            assert finish == "stop" and 0 < usage.output_tokens < request.sampling.max_tokens
         # One step for the prompt, then one per generated token but the last.
         assert charge.steps == usage.output_tokens
         assert charge.engine_ms > 0
