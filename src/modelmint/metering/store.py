@@ -177,11 +177,10 @@ class UsageStore:
             inserted = {row[0] for row in cursor.fetchall()}
             fresh = [event for event in events if event.id in inserted]
             if fresh:
-                cursor.execute(*self._upsert_rollups(rollup_rows(fresh)))
                 charges: dict[str, Decimal] = {}
-                if self._charge is not None and any(e.plan_code is not None for e in fresh):
+                if self._charges_due(fresh):
                     charges = self._charge_events(connection, fresh)
-                for statement in self._economics_upserts(fresh, charges):
+                for statement in self._sums(fresh, charges):
                     cursor.execute(*statement)
         finally:
             cursor.close()
@@ -201,7 +200,7 @@ class UsageStore:
         pipeline = getattr(raw, "pipeline", None)
         if self._sqlite or pipeline is None:
             return None
-        if self._charge is not None and any(e.plan_code is not None for e in events):
+        if self._charges_due(events):
             return None
         ids = {event.id for event in events}
         if len(ids) < len(events):
@@ -209,10 +208,7 @@ class UsageStore:
         # The insert's cursor keeps its RETURNING rows; the upserts share another.
         with pipeline() as batch, raw.cursor() as returning, raw.cursor() as upserts:
             returning.execute(*self._insert_usage(events))
-            for statement in [
-                self._upsert_rollups(rollup_rows(events)),
-                *self._economics_upserts(events, {}),
-            ]:
+            for statement in self._sums(events, {}):
                 upserts.execute(*statement)
             batch.sync()
             inserted = {row[0] for row in returning.fetchall()}
@@ -221,6 +217,16 @@ class UsageStore:
         connection.rollback()
         connection.begin()
         return None
+
+    def _charges_due(self, events: list[UsageEvent]) -> bool:
+        return self._charge is not None and any(e.plan_code is not None for e in events)
+
+    def _sums(
+        self, fresh: list[UsageEvent], charges: dict[str, Decimal]
+    ) -> list[tuple[str, tuple[Any, ...]]]:
+        """The upserts adding the fresh events to the hourly rollups and, charged, to
+        the analytics rollups."""
+        return [self._upsert_rollups(rollup_rows(fresh)), *self._economics_upserts(fresh, charges)]
 
     def _charge_events(self, connection: Connection, fresh: list[UsageEvent]) -> dict[str, Decimal]:
         assert self._charge is not None
