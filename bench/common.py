@@ -71,18 +71,37 @@ def wait_until_ready(
     raise SystemExit(f"{url} not ready after {timeout}s")
 
 
-def peer_venv(name: str, requirement: str) -> Path:
-    """A virtual environment of its own for a peer, created and installed once."""
+def peer_venv(name: str, requirement: str, *, find_links: Path | None = None) -> Path:
+    """A virtual environment of its own for a peer, created and installed once.
+
+    ``find_links``: a folder of wheels pip takes before anything from the index (the
+    llama-cpp-python wheel built for this CPU, so the peer runs the same llama.cpp build
+    as ModelMint)."""
     venv = BENCH_HOME / f"venv-{name}"
     stamp = venv / ".installed"
-    if not stamp.exists() or stamp.read_text() != requirement:
+    wanted = f"{requirement} {find_links or ''}".strip()
+    if not stamp.exists() or stamp.read_text() != wanted:
         say(f"installing {requirement} into {venv.relative_to(ROOT)} (once)")
         if venv.exists():
             shutil.rmtree(venv)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", requirement], check=True)
-        stamp.write_text(requirement)
+        links = ["--find-links", str(find_links)] if find_links else []
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "--quiet", *links, requirement], check=True
+        )
+        stamp.write_text(wanted)
     return venv
+
+
+def llama_wheels() -> Path:
+    """The folder of the llama-cpp-python wheel built for this CPU (see scripts/llama-wheel.sh)."""
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "llama-wheel.sh"), sys.executable],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return Path(out.stdout.strip())
 
 
 @dataclass(frozen=True)

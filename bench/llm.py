@@ -28,7 +28,16 @@ from pathlib import Path
 import httpx
 import orjson
 
-from bench.common import BENCH_HOME, ROOT, free_port, peer_venv, process, say, wait_until_ready
+from bench.common import (
+    BENCH_HOME,
+    ROOT,
+    free_port,
+    llama_wheels,
+    peer_venv,
+    process,
+    say,
+    wait_until_ready,
+)
 from modelmint.serving.artifacts import resolve_artifact
 
 PEER = "llama-cpp-python[server]==0.3.36"
@@ -91,7 +100,7 @@ def modelmint(workdir: Path, slots: int, threads: int) -> Iterator[Server]:
 
 @contextlib.contextmanager
 def llama_cpp_server(workdir: Path, threads: int) -> Iterator[Server]:
-    venv = peer_venv("llama-cpp-server", PEER)
+    venv = peer_venv("llama-cpp-server", PEER, find_links=llama_wheels())
     port = free_port()
     args = [
         str(venv / "bin" / "python"), "-m", "llama_cpp.server",

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Prints a folder holding a llama-cpp-python wheel built for this machine's CPU,
+# building the wheel first when there is none yet.
+#
+#   bash scripts/llama-wheel.sh .venv/bin/python
+#
+# Why not let pip build it: llama-cpp-python compiles llama.cpp with -march=native, and
+# pip caches the result under the source archive's name alone, so a wheel built on one
+# machine is reused on the next whatever its CPU. Seen here: a wheel built on a CPU whose
+# AMX units worked crashed every decode (general protection fault at `ldtilecfg`) on a
+# virtual machine whose CPU reports AMX but faults on it. So the wheel is kept per CPU
+# (the hash of its flags) and built without AMX: llama.cpp's AMX kernels are skipped,
+# its AVX-512/AVX2 ones are kept. The first build takes several minutes on 2 cores.
+set -euo pipefail
+
+python=${1:?usage: llama-wheel.sh PYTHON}
+version=0.3.36
+cpu=$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | sha1sum | cut -c1-12)
+no_amx=""
+if [[ $(uname -m) == x86_64 ]]; then no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"; fi
+# The build recipe is part of the key: a changed recipe builds a new wheel.
+recipe=$(printf '%s' "$version $no_amx" | sha1sum | cut -c1-8)
+dir="${XDG_CACHE_HOME:-$HOME/.cache}/modelmint/wheels/llama-cpp-python-$version-$cpu-$recipe"
+
+if ! compgen -G "$dir/llama_cpp_python-$version-*.whl" >/dev/null; then
+  echo "building llama-cpp-python $version for this CPU (once; several minutes)" >&2
+  mkdir -p "$(dirname "$dir")"
+  work=$(mktemp -d "$dir.build.XXXXXX")
+  trap 'rm -rf "$work"' EXIT
+  CMAKE_ARGS="-DCMAKE_C_FLAGS='$no_amx' -DCMAKE_CXX_FLAGS='$no_amx'" \
+    "$python" -m pip wheel --quiet --no-cache-dir --no-deps \
+    "llama-cpp-python==$version" --wheel-dir "$work/wheels" >&2
+  # Atomic: a build cut short never leaves a folder that looks complete.
+  mv "$work/wheels" "$dir" 2>/dev/null || test -d "$dir"
+fi
+echo "$dir"
