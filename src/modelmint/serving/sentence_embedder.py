@@ -26,14 +26,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-
-# Before torch loads OpenMP (it reads this once): idle OpenMP workers then sleep instead of
-# spinning. Spinning workers on every core starve the event loop, which answers one batch
-# while the next computes, and llama.cpp's threads: measured on 2 busy cores, the PyTorch
-# deployment served 4-6x fewer texts/s with spinning; on idle cores it costs ~5%. Only
-# effective if nothing imported torch earlier in the process (the gateway does not).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import torch
 
 from modelmint.errors import InvalidRequest, ServiceUnavailable
