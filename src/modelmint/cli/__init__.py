@@ -12,4 +12,6 @@ import os
 # texts/s against 335 spinning, and llama.cpp decoded 3.4x slower. 10,000 spins (tens of
 # microseconds) bridge the gaps inside a forward pass and little more: 323 texts/s, and
 # llama.cpp's speed unchanged.
-os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+OPENMP_ENV = {"GOMP_SPINCOUNT": "10000"}
+for _name, _value in OPENMP_ENV.items():
+    os.environ.setdefault(_name, _value)
