@@ -124,9 +124,11 @@ class OnnxEmbeddingBackend(SentenceEmbeddingBackend):
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle pool threads would otherwise spin for work, taking the CPU the event loop
-        # needs to answer the previous batch while this one computes.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Pool threads spin for work during a run, between its operators (an int8 graph
+        # has ~200 short ones), and stop the moment the run returns, leaving the CPU to the
+        # event loop that answers this batch while the next one forms. Measured on 2 vCPUs,
+        # batches of 17: not spinning at all cost int8 20% (530 vs 660 texts/s) and fp32 7%.
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         session = ort.InferenceSession(
             str(self.artifact), options, providers=["CPUExecutionProvider"]
         )
