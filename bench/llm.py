@@ -8,7 +8,7 @@ and with `python -m llama_cpp.server` (installed by the bench into its own venv,
 same threads and context per request). The same streamed, greedy chat requests
 (same prompts, same `max_tokens`) are sent to each at concurrency 1 and 8; the bench
 prints aggregate output tokens/s, p50/p99 time to first token, and ratio lines such
-as ``llm_c8_ratio_vs_llama_cpp_server: 2.31``.
+as ``llm_c8_ratio_vs_llama_cpp_server: 2.31``. Each point is the best of ``--rounds`` runs.
 """
 
 from __future__ import annotations
@@ -181,16 +181,30 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--requests", type=int, default=16, help="per point at concurrency 8")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each point; best kept")
     args = parser.parse_args()
     workdir = BENCH_HOME / f"llm-{time.strftime('%Y%m%d-%H%M%S')}"
     workdir.mkdir(parents=True)
     say(f"work folder {workdir.relative_to(ROOT)}; {args.max_tokens} tokens a request")
     plan = ((1, max(4, args.requests // 4)), (8, args.requests))
     results: dict[str, dict[int, Point]] = {}
+
+    def best_of_rounds(server: Server) -> dict[int, Point]:
+        # Each point is run --rounds times and the fastest kept: on a shared 2-vCPU machine
+        # a round can be slowed by anything else running, and the peer's own speed at c8
+        # varied 2x between runs (see docs/benchmarks.md, session 6).
+        return {
+            c: max(
+                (asyncio.run(measure(server, c, n, args.max_tokens)) for _ in range(args.rounds)),
+                key=lambda point: point.tokens_per_s,
+            )
+            for c, n in plan
+        }
+
     with llama_cpp_server(workdir, args.threads) as peer:
-        results[peer.name] = {c: asyncio.run(measure(peer, c, n, args.max_tokens)) for c, n in plan}
+        results[peer.name] = best_of_rounds(peer)
     with modelmint(workdir, slots=8, threads=args.threads) as ours:
-        results[ours.name] = {c: asyncio.run(measure(ours, c, n, args.max_tokens)) for c, n in plan}
+        results[ours.name] = best_of_rounds(ours)
     print()
     for concurrency, _ in plan:
         ours_point = results["modelmint"][concurrency]
