@@ -183,6 +183,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--rounds", type=int, default=3, help="runs of each point; best kept")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     workdir = BENCH_HOME / f"llm-{time.strftime('%Y%m%d-%H%M%S')}"
     workdir.mkdir(parents=True)
     say(f"work folder {workdir.relative_to(ROOT)}; {args.max_tokens} tokens a request")
