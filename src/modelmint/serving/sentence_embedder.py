@@ -10,6 +10,13 @@ request is charged the share of every batch's busy time that its tokens make up
 (``Usage.engine_ms``). The runtime is one hook, ``_load_encoder``: the ONNX
 Runtime backend (``onnx_embedder``) reuses everything else.
 
+PyTorch runs a batch packed: several texts share one row of the forward pass,
+each attending only to itself (a block-diagonal attention mask) with positions
+counted from its own start, so the projections, which are most of the work,
+run on the real tokens and almost no padding. A batch of single-text requests
+has lengths as varied as the traffic; padded to the longest, a third of it was
+padding.
+
     backend = SentenceEmbeddingBackend(model_dir, n_threads=2)
     await backend.start()
     result = await backend.embed(["a sentence", "another"])
@@ -21,6 +28,7 @@ import asyncio
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +43,15 @@ from modelmint.serving.types import EmbeddingResult, Usage
 __all__ = [
     "Encoder",
     "MeanPooled",
+    "PackedRows",
     "SentenceEmbeddingBackend",
     "filler_token",
-    "length_groups",
     "load_transformer",
-    "pad_batch",
+    "pack_rows",
 ]
 
-# (batch, tokens) int64 ids and attention mask -> (batch, dim) float32 unit vectors.
-Encoder = Callable[[npt.NDArray[np.int64], npt.NDArray[np.int64]], npt.NDArray[np.float32]]
+# A batch's token ids -> (texts, dim) float32 unit vectors, in the batch's order.
+Encoder = Callable[[list[list[int]]], npt.NDArray[np.float32]]
 
 
 class MeanPooled(torch.nn.Module):
@@ -65,6 +73,68 @@ class MeanPooled(torch.nn.Module):
         pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)  # (batch, dim)
         return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
 
+    def packed(self, rows: PackedRows) -> torch.Tensor:
+        """The same vectors for texts packed into shared rows (``pack_rows``)."""
+        segments = torch.from_numpy(rows.segments)  # (rows, width), -1 where unused
+        # A token attends to the tokens of its own text only; unused slots to each other,
+        # so no softmax row is empty. Additive, as both eager and SDPA attention take it.
+        alone = segments[:, :, None] != segments[:, None, :]  # (rows, width, width)
+        mask = torch.zeros(alone.shape).masked_fill_(alone, torch.finfo(torch.float32).min)
+        hidden = self.transformer(
+            input_ids=torch.from_numpy(rows.ids),
+            attention_mask=mask[:, None],  # (rows, 1, width, width): one mask for every head
+            position_ids=torch.from_numpy(rows.positions),
+        ).last_hidden_state  # (rows, width, dim)
+        flat = segments.reshape(-1)
+        real = flat >= 0
+        sums = hidden.new_zeros((len(rows.lengths), hidden.shape[-1]))
+        sums.index_add_(0, flat[real], hidden.reshape(-1, hidden.shape[-1])[real])
+        pooled = sums / torch.from_numpy(rows.lengths).to(hidden.dtype)[:, None]
+        return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+
+
+@dataclass(frozen=True, slots=True)
+class PackedRows:
+    """Texts laid out in rows of one width, several to a row, each from position 0."""
+
+    ids: npt.NDArray[np.int64]  # (rows, width) token ids; ``filler`` in unused slots
+    positions: npt.NDArray[np.int64]  # (rows, width) position of each token in its text
+    segments: npt.NDArray[np.int64]  # (rows, width) which text a slot holds; -1 if none
+    lengths: npt.NDArray[np.int64]  # (texts,) tokens per text
+
+
+def pack_rows(batch: list[list[int]], filler: int) -> PackedRows:
+    """Pack texts into as few rows as fit, each row as wide as the longest text.
+
+    First-fit decreasing: longest first, each into the first row with room. Rows are
+    the longest text wide so attention, which grows with the square of a row's width,
+    costs no more than the padded batch's; the projections run on about the real
+    tokens only.
+    """
+    lengths = [len(ids) for ids in batch]
+    width = max(lengths)
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for index in sorted(range(len(batch)), key=lambda i: -lengths[i]):
+        row = next((r for r, free in enumerate(room) if free >= lengths[index]), len(rows))
+        if row == len(rows):
+            rows.append([])
+            room.append(width)
+        rows[row].append(index)
+        room[row] -= lengths[index]
+    ids = np.full((len(rows), width), filler, dtype=np.int64)
+    positions = np.zeros((len(rows), width), dtype=np.int64)
+    segments = np.full((len(rows), width), -1, dtype=np.int64)
+    for row, members in enumerate(rows):
+        start = 0
+        for index in members:
+            end = start + lengths[index]
+            ids[row, start:end] = batch[index]
+            positions[row, start:end] = np.arange(lengths[index])
+            segments[row, start:end] = index
+            start = end
+    return PackedRows(ids, positions, segments, np.asarray(lengths, dtype=np.int64))
+
 
 def load_transformer(model_dir: Path, **kwargs: Any) -> torch.nn.Module:
     """The folder's transformer in eval mode, from disk only (never the network)."""
@@ -82,10 +152,6 @@ def load_transformer(model_dir: Path, **kwargs: Any) -> torch.nn.Module:
 
 class SentenceEmbeddingBackend:
     """An ``EmbeddingBackend`` for a sentence-transformers folder, batched, on PyTorch."""
-
-    # A forward call costs about as much as this many padded tokens beyond its tokens
-    # (Python dispatch through every layer): the price of splitting a batch in two.
-    call_overhead_tokens = 96
 
     def __init__(
         self,
@@ -139,17 +205,15 @@ class SentenceEmbeddingBackend:
     def _load_encoder(self) -> Encoder:
         """The runtime: PyTorch here, ONNX Runtime in the subclass."""
         module = MeanPooled(load_transformer(self._dir))
-        threads = self._threads
+        threads, filler = self._threads, self._filler
 
-        def encode(
-            ids: npt.NDArray[np.int64], mask: npt.NDArray[np.int64]
-        ) -> npt.NDArray[np.float32]:
+        def encode(batch: list[list[int]]) -> npt.NDArray[np.float32]:
             # OpenMP keeps the thread count per calling thread: set it where batches run.
             if torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)
             with torch.inference_mode():
-                vectors = module(torch.from_numpy(ids), torch.from_numpy(mask))
-            return vectors.numpy()  # type: ignore[no-any-return]
+                vectors = module.packed(pack_rows(batch, filler))
+            return vectors.numpy()
 
         return encode
 
@@ -189,52 +253,9 @@ class SentenceEmbeddingBackend:
     # -- batches (worker thread) -------------------------------------------------------------
 
     def _run(self, batch: list[list[int]]) -> list[list[float]]:
-        """Embed one batch: similar lengths share a forward call, so little is padding."""
         encode = self._encode
         assert encode is not None
-        out: list[list[float]] = [[] for _ in batch]
-        for group in length_groups([len(ids) for ids in batch], self.call_overhead_tokens):
-            vectors = encode(*pad_batch([batch[i] for i in group], self._filler))  # (group, dim)
-            for row, index in enumerate(group):
-                out[index] = vectors[row].tolist()
-        return out
-
-
-def pad_batch(
-    batch: list[list[int]], filler: int
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """Token ids padded with ``filler`` to the longest, and the mask of real tokens."""
-    width = max(len(ids) for ids in batch)
-    ids = np.full((len(batch), width), filler, dtype=np.int64)
-    mask = np.zeros((len(batch), width), dtype=np.int64)
-    for row, tokens in enumerate(batch):
-        ids[row, : len(tokens)] = tokens
-        mask[row, : len(tokens)] = 1
-    return ids, mask
-
-
-def length_groups(lengths: list[int], overhead: int) -> list[list[int]]:
-    """Indexes of ``lengths`` in ascending length, cut into groups for separate calls.
-
-    A group is padded to its longest member; every call costs about ``overhead``
-    tokens more. The cut points minimise padded tokens plus calls (a small dynamic
-    program over the sorted lengths: a batch holds tens of items, so this is cheap).
-    """
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    ranked = [lengths[i] for i in order]
-    # best[j]: the cheapest cost of the first j sorted items; cut[j]: where its last group starts.
-    best = [0] * (len(ranked) + 1)
-    cut = [0] * (len(ranked) + 1)
-    for j in range(1, len(ranked) + 1):
-        width = ranked[j - 1]
-        best[j], cut[j] = min((best[i] + (j - i) * width + overhead, i) for i in range(j))
-    groups: list[list[int]] = []
-    j = len(ranked)
-    while j > 0:
-        groups.append(order[cut[j] : j])
-        j = cut[j]
-    groups.reverse()
-    return groups
+        return encode(batch).tolist()  # type: ignore[no-any-return]
 
 
 def filler_token(tokenizer: Any) -> int:

@@ -1,0 +1,46 @@
+"""Packing a batch's texts into shared rows for the PyTorch embedding forward pass."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from modelmint.serving.sentence_embedder import pack_rows
+
+FILLER = 1996
+
+
+def test_each_text_lies_whole_in_one_row_from_position_zero() -> None:
+    batch = [[5, 6, 7], [8], [9, 10, 11, 12, 13], [14, 15], [16, 17, 18, 19]]
+    rows = pack_rows(batch, FILLER)
+    assert rows.ids.shape[1] == 5  # as wide as the longest text
+    assert rows.lengths.tolist() == [3, 1, 5, 2, 4]
+    for index, tokens in enumerate(batch):
+        row, cols = np.nonzero(rows.segments == index)
+        assert len(set(row.tolist())) == 1, f"text {index} split across rows"
+        assert rows.ids[row, cols].tolist() == tokens
+        assert rows.positions[row, cols].tolist() == list(range(len(tokens)))
+    unused = rows.segments == -1
+    assert (rows.ids[unused] == FILLER).all()
+
+
+def test_first_fit_decreasing_fills_rows() -> None:
+    # 5 | 4+1 | 3+2: three rows of five, no unused slot.
+    rows = pack_rows([[1] * n for n in (1, 2, 3, 4, 5)], FILLER)
+    assert rows.ids.shape == (3, 5)
+    assert (rows.segments >= 0).all()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_packing_never_needs_more_slots_than_padding(seed: int) -> None:
+    rng = random.Random(seed)
+    batch = [[7] * rng.randint(1, 60) for _ in range(rng.randint(1, 40))]
+    rows = pack_rows(batch, FILLER)
+    longest = max(len(t) for t in batch)
+    assert rows.ids.size <= len(batch) * longest
+    assert int((rows.segments >= 0).sum()) == sum(len(t) for t in batch)
+    # First-fit decreasing never leaves two rows that could have been one.
+    used = sorted(int((rows.segments[r] >= 0).sum()) for r in range(rows.ids.shape[0]))
+    assert len(used) < 2 or used[0] + used[1] > longest
