@@ -9,13 +9,17 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from modelmint.config import Settings
 from modelmint.errors import ContextLengthExceeded, InvalidRequest, ServiceUnavailable
+from modelmint.registry.catalog import DeploymentSpec
 from modelmint.serving.artifacts import resolve_artifact
 from modelmint.serving.backend import TextBackend
+from modelmint.serving.factory import build_backend
 from modelmint.serving.llama_batch_engine import BatchedLlamaBackend, EngineCharge
 from modelmint.serving.types import SamplingParams, StreamDelta, TextRequest, Usage
 
@@ -52,7 +56,8 @@ def _backend(**kwargs: Any) -> Iterator[BatchedLlamaBackend]:
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[BatchedLlamaBackend]:
-    yield from _backend(slots=8, context_per_slot=512, flash_attn=os.environ.get("FA") == "1")
+    # Flash attention is the default; FA=0 runs these tests without it.
+    yield from _backend(slots=8, context_per_slot=512, flash_attn=os.environ.get("FA") != "0")
 
 
 @pytest.fixture(scope="module")
@@ -253,3 +258,28 @@ async def test_stop_strings_and_max_tokens_zero_keep_the_old_behaviour(
     assert cut.choices[0]["text"] == text[: text.index(stop)]
     nothing = await engine.generate(completion("Hello", max_tokens=0))
     assert nothing.choices[0]["text"] == "" and nothing.usage.output_tokens == 0
+
+
+def test_a_deployment_turns_flash_attention_off_or_is_refused(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, llm_threads=1)
+
+    def spec(config: dict[str, object]) -> DeploymentSpec:
+        return DeploymentSpec(
+            id="dep-1",
+            public_name="smollm2",
+            task="chat",
+            model_name="smollm2",
+            version=1,
+            model_version_id="ver-1",
+            format="gguf",
+            artifact_uri=MODEL,
+            backend="llama_cpp",
+            config=config,
+        )
+
+    default = build_backend(spec({}), settings)
+    assert isinstance(default, BatchedLlamaBackend) and default.flash_attn
+    off = build_backend(spec({"flash_attn": False}), settings)
+    assert isinstance(off, BatchedLlamaBackend) and not off.flash_attn
+    with pytest.raises(InvalidRequest, match="flash_attn"):
+        build_backend(spec({"flash_attn": "yes"}), settings)

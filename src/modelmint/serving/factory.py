@@ -30,6 +30,9 @@ def build_backend(spec: DeploymentSpec, settings: Settings) -> Backend:
             )
         from modelmint.serving.llama_batch_engine import BatchedLlamaBackend
 
+        flash_attn = config.get("flash_attn", True)
+        if not isinstance(flash_attn, bool):
+            raise InvalidRequest("flash_attn must be true or false", param="flash_attn")
         return BatchedLlamaBackend(
             resolve_artifact(spec.artifact_uri),
             n_threads=settings.cpu_threads,
@@ -37,6 +40,7 @@ def build_backend(spec: DeploymentSpec, settings: Settings) -> Backend:
             context_per_slot=int(config.get("context", settings.llm_context)),
             max_queued=int(config.get("max_queued", settings.llm_max_queued)),
             queue_timeout_s=float(config.get("queue_timeout_s", settings.llm_queue_timeout_s)),
+            flash_attn=flash_attn,
             model=spec.public_name,
             deployment=spec.id,
         )

@@ -155,7 +155,10 @@ class BatchedLlamaBackend:
         context_per_slot: int = 2048,
         max_queued: int = 64,
         n_batch: int = 512,
-        flash_attn: bool = False,
+        # Flash attention: measured on a 2-vCPU Zen 3, SmolLM2-135M Q4_1, 8 streams of 64
+        # tokens in process, 164-167 tok/s without it and 185-195 with it; one stream the
+        # same (105 vs 106). Greedy output stays the same batched and solo either way.
+        flash_attn: bool = True,
         queue_timeout_s: float = 30.0,
         model: str = "",
         deployment: str = "",
@@ -205,6 +208,10 @@ class BatchedLlamaBackend:
     @property
     def slots(self) -> int:
         return self._slots
+
+    @property
+    def flash_attn(self) -> bool:
+        return self._flash_attn
 
     # -- lifecycle -------------------------------------------------------------------
 
