@@ -13,9 +13,9 @@ Runtime backend (``onnx_embedder``) reuses everything else.
 PyTorch runs a batch packed: several texts share one row of the forward pass,
 each attending only to itself (a block-diagonal attention mask) with positions
 counted from its own start, so the projections, which are most of the work,
-run on the real tokens and almost no padding. A batch of single-text requests
-has lengths as varied as the traffic; padded to the longest, a third of it was
-padding.
+run on the real tokens and little padding. In the bench's batches of 17
+single-text requests, 41% of a batch padded to its longest was padding, 22% when
+cut into length groups (two forward calls), 11% packed (one call).
 
     backend = SentenceEmbeddingBackend(model_dir, n_threads=2)
     await backend.start()
