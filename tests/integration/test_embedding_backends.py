@@ -24,8 +24,8 @@ from modelmint.errors import InvalidRequest
 from modelmint.registry.catalog import DeploymentSpec
 from modelmint.serving.artifacts import resolve_artifact
 from modelmint.serving.factory import build_backend
-from modelmint.serving.onnx_embedder import OnnxEmbeddingBackend, length_groups
-from modelmint.serving.sentence_embedder import SentenceEmbeddingBackend
+from modelmint.serving.onnx_embedder import OnnxEmbeddingBackend
+from modelmint.serving.sentence_embedder import SentenceEmbeddingBackend, length_groups
 
 pytestmark = pytest.mark.slow
 

@@ -283,3 +283,5 @@ def test_a_deployment_turns_flash_attention_off_or_is_refused(tmp_path: Path) ->
     assert isinstance(off, BatchedLlamaBackend) and not off.flash_attn
     with pytest.raises(InvalidRequest, match="flash_attn"):
         build_backend(spec({"flash_attn": "yes"}), settings)
+    with pytest.raises(InvalidRequest, match="batched engine only"):
+        build_backend(spec({"engine": "single", "flash_attn": False}), settings)

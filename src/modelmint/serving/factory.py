@@ -19,7 +19,14 @@ BACKENDS = ("llama_cpp", "sentence_transformer", "onnx_embedding", "openai_remot
 def build_backend(spec: DeploymentSpec, settings: Settings) -> Backend:
     if spec.backend == "llama_cpp":
         config = spec.config
+        flash_attn = config.get("flash_attn", True)
+        if not isinstance(flash_attn, bool):
+            raise InvalidRequest("flash_attn must be true or false", param="flash_attn")
         if config.get("engine", "batched") == "single":
+            if "flash_attn" in config:
+                raise InvalidRequest(
+                    "flash_attn applies to the batched engine only", param="flash_attn"
+                )
             # One request at a time: the reference the batched engine is tested against.
             from modelmint.serving.llama_cpp_engine import LlamaCppBackend
 
@@ -30,9 +37,6 @@ def build_backend(spec: DeploymentSpec, settings: Settings) -> Backend:
             )
         from modelmint.serving.llama_batch_engine import BatchedLlamaBackend
 
-        flash_attn = config.get("flash_attn", True)
-        if not isinstance(flash_attn, bool):
-            raise InvalidRequest("flash_attn must be true or false", param="flash_attn")
         return BatchedLlamaBackend(
             resolve_artifact(spec.artifact_uri),
             n_threads=settings.cpu_threads,

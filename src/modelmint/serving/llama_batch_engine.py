@@ -365,10 +365,10 @@ class BatchedLlamaBackend:
         params.kv_unified = False
         params.n_batch = params.n_ubatch = self._n_batch
         params.n_threads = params.n_threads_batch = self._n_threads
+        # AUTO: flash attention wherever llama.cpp's backend has the kernel for this model
+        # (the CPU backend does for the bundled one), the plain path elsewhere.
         params.flash_attn_type = (
-            lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
-            if self._flash_attn
-            else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            lc.LLAMA_FLASH_ATTN_TYPE_AUTO if self._flash_attn else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
         params.no_perf = True
         ctx = lc.llama_init_from_model(model.model, params)

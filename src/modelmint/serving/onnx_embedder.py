@@ -40,8 +40,10 @@ from modelmint.serving.sentence_embedder import (
     Encoder,
     MeanPooled,
     SentenceEmbeddingBackend,
+    encode_in_length_groups,
     filler_token,
     load_transformer,
+    pad_batch,
 )
 
 __all__ = [
@@ -49,9 +51,7 @@ __all__ = [
     "Quantization",
     "WeightType",
     "int8_weight_type",
-    "length_groups",
     "onnx_artifact",
-    "pad_batch",
 ]
 
 log = logging.getLogger(__name__)
@@ -147,14 +147,13 @@ class OnnxEmbeddingBackend(SentenceEmbeddingBackend):
 
         filler, overhead = self._filler, self.call_overhead_tokens
 
+        def forward(ids: npt.NDArray[np.int64], mask: npt.NDArray[np.int64]) -> npt.NDArray[Any]:
+            (vectors,) = session.run(None, {"input_ids": ids, "attention_mask": mask})
+            return np.asarray(vectors)
+
         def encode(batch: list[list[int]]) -> npt.NDArray[np.float32]:
             # Similar lengths share a call, so little of it is padding.
-            out = np.empty((len(batch), self.dimensions), dtype=np.float32)
-            for group in length_groups([len(ids) for ids in batch], overhead):
-                ids, mask = pad_batch([batch[i] for i in group], filler)
-                (vectors,) = session.run(None, {"input_ids": ids, "attention_mask": mask})
-                out[group] = vectors
-            return out
+            return encode_in_length_groups(batch, filler, overhead, forward)
 
         return encode
 
@@ -487,40 +486,3 @@ def _rewrite(graph: Any, targets: list[Any], replace: Callable[[Any], list[Any]]
         nodes.extend(replace(node) if node.name in chosen else [node])
     del graph.graph.node[:]
     graph.graph.node.extend(nodes)
-
-
-def pad_batch(
-    batch: list[list[int]], filler: int
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """Token ids padded with ``filler`` to the longest, and the mask of real tokens."""
-    width = max(len(ids) for ids in batch)
-    ids = np.full((len(batch), width), filler, dtype=np.int64)
-    mask = np.zeros((len(batch), width), dtype=np.int64)
-    for row, tokens in enumerate(batch):
-        ids[row, : len(tokens)] = tokens
-        mask[row, : len(tokens)] = 1
-    return ids, mask
-
-
-def length_groups(lengths: list[int], overhead: int) -> list[list[int]]:
-    """Indexes of ``lengths`` in ascending length, cut into groups for separate calls.
-
-    A group is padded to its longest member; every call costs about ``overhead``
-    tokens more. The cut points minimise padded tokens plus calls (a small dynamic
-    program over the sorted lengths: a batch holds tens of items, so this is cheap).
-    """
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    ranked = [lengths[i] for i in order]
-    # best[j]: the cheapest cost of the first j sorted items; cut[j]: where its last group starts.
-    best = [0] * (len(ranked) + 1)
-    cut = [0] * (len(ranked) + 1)
-    for j in range(1, len(ranked) + 1):
-        width = ranked[j - 1]
-        best[j], cut[j] = min((best[i] + (j - i) * width + overhead, i) for i in range(j))
-    groups: list[list[int]] = []
-    j = len(ranked)
-    while j > 0:
-        groups.append(order[cut[j] : j])
-        j = cut[j]
-    groups.reverse()
-    return groups

@@ -10,7 +10,7 @@ request is charged the share of every batch's busy time that its tokens make up
 (``Usage.engine_ms``). The runtime is one hook, ``_load_encoder``: the ONNX
 Runtime backend (``onnx_embedder``) reuses everything else.
 
-PyTorch runs a batch packed: several texts share one row of the forward pass,
+PyTorch runs a BERT batch packed: several texts share one row of the forward pass,
 each attending only to itself (a block-diagonal attention mask) with positions
 counted from its own start, so the projections, which are most of the work,
 run on the real tokens and little padding. In the bench's batches of 17
@@ -45,9 +45,12 @@ __all__ = [
     "MeanPooled",
     "PackedRows",
     "SentenceEmbeddingBackend",
+    "encode_in_length_groups",
     "filler_token",
+    "length_groups",
     "load_transformer",
     "pack_rows",
+    "pad_batch",
 ]
 
 # A batch's token ids -> (texts, dim) float32 unit vectors, in the batch's order.
@@ -57,8 +60,10 @@ Encoder = Callable[[list[list[int]]], npt.NDArray[np.float32]]
 class MeanPooled(torch.nn.Module):
     """The transformer plus the model's pooling: mean over real tokens, then L2 norm.
 
-    One module for both runtimes: PyTorch runs it, and the ONNX export traces it, so
-    the two cannot pool differently.
+    ``forward`` takes padded rows, one text each: the ONNX export traces it, and PyTorch
+    runs it for models other than BERT. ``packed`` takes several texts to a row, for
+    BERT on PyTorch; both pool alike (``_mean_unit``), and the tests hold them to the same
+    vectors.
     """
 
     def __init__(self, transformer: torch.nn.Module) -> None:
@@ -70,16 +75,17 @@ class MeanPooled(torch.nn.Module):
             input_ids=input_ids, attention_mask=attention_mask
         ).last_hidden_state  # (batch, tokens, dim)
         weights = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (batch, tokens, 1)
-        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)  # (batch, dim)
-        return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+        return _mean_unit((hidden * weights).sum(1), weights.sum(1))
 
     def packed(self, rows: PackedRows) -> torch.Tensor:
         """The same vectors for texts packed into shared rows (``pack_rows``)."""
         segments = torch.from_numpy(rows.segments)  # (rows, width), -1 where unused
         # A token attends to the tokens of its own text only; unused slots to each other,
-        # so no softmax row is empty. Additive, as both eager and SDPA attention take it.
+        # so no softmax row is empty. Additive, as both eager and SDPA attention take it,
+        # in the model's own float type (a 4D mask reaches the attention as given).
+        dtype = next(self.transformer.parameters()).dtype
         alone = segments[:, :, None] != segments[:, None, :]  # (rows, width, width)
-        mask = torch.zeros(alone.shape).masked_fill_(alone, torch.finfo(torch.float32).min)
+        mask = torch.zeros(alone.shape, dtype=dtype).masked_fill_(alone, torch.finfo(dtype).min)
         hidden = self.transformer(
             input_ids=torch.from_numpy(rows.ids),
             attention_mask=mask[:, None],  # (rows, 1, width, width): one mask for every head
@@ -89,8 +95,12 @@ class MeanPooled(torch.nn.Module):
         real = flat >= 0
         sums = hidden.new_zeros((len(rows.lengths), hidden.shape[-1]))
         sums.index_add_(0, flat[real], hidden.reshape(-1, hidden.shape[-1])[real])
-        pooled = sums / torch.from_numpy(rows.lengths).to(hidden.dtype)[:, None]
-        return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+        return _mean_unit(sums, torch.from_numpy(rows.lengths).to(hidden.dtype)[:, None])
+
+
+def _mean_unit(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Mean of each text's token states, L2-normalised: (texts, dim) sums, (texts, 1) counts."""
+    return torch.nn.functional.normalize(sums / counts.clamp(min=1e-9), p=2.0, dim=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +122,7 @@ def pack_rows(batch: list[list[int]], filler: int) -> PackedRows:
     tokens only.
     """
     lengths = [len(ids) for ids in batch]
-    width = max(lengths)
+    width = max(max(lengths), 1)
     rows: list[list[int]] = []
     room: list[int] = []
     for index in sorted(range(len(batch)), key=lambda i: -lengths[i]):
@@ -152,6 +162,10 @@ def load_transformer(model_dir: Path, **kwargs: Any) -> torch.nn.Module:
 
 class SentenceEmbeddingBackend:
     """An ``EmbeddingBackend`` for a sentence-transformers folder, batched, on PyTorch."""
+
+    # A forward call costs about as much as this many padded tokens beyond its tokens
+    # (Python dispatch through every layer): the price of cutting a padded batch in two.
+    call_overhead_tokens = 96
 
     def __init__(
         self,
@@ -205,15 +219,23 @@ class SentenceEmbeddingBackend:
     def _load_encoder(self) -> Encoder:
         """The runtime: PyTorch here, ONNX Runtime in the subclass."""
         module = MeanPooled(load_transformer(self._dir))
-        threads, filler = self._threads, self._filler
+        threads, filler, overhead = self._threads, self._filler, self.call_overhead_tokens
+        config = json.loads((self._dir / "config.json").read_text())
+        # BERT numbers positions from 0 as given; RoBERTa-style models count from their
+        # padding id + 1, so they keep one text per row.
+        packs = config.get("model_type") == "bert"
 
         def encode(batch: list[list[int]]) -> npt.NDArray[np.float32]:
             # OpenMP keeps the thread count per calling thread: set it where batches run.
             if torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)
             with torch.inference_mode():
-                vectors = module.packed(pack_rows(batch, filler))
-            return vectors.numpy()
+                if packs:
+                    return module.packed(pack_rows(batch, filler)).numpy()
+                return encode_in_length_groups(batch, filler, overhead, padded)
+
+        def padded(ids: npt.NDArray[np.int64], mask: npt.NDArray[np.int64]) -> npt.NDArray[Any]:
+            return module(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()  # type: ignore[no-any-return]
 
         return encode
 
@@ -256,6 +278,58 @@ class SentenceEmbeddingBackend:
         encode = self._encode
         assert encode is not None
         return encode(batch).tolist()  # type: ignore[no-any-return]
+
+
+def encode_in_length_groups(
+    batch: list[list[int]],
+    filler: int,
+    overhead: int,
+    forward: Callable[[npt.NDArray[np.int64], npt.NDArray[np.int64]], npt.NDArray[Any]],
+) -> npt.NDArray[np.float32]:
+    """Vectors of ``batch`` in order, one padded ``forward(ids, mask)`` per length group."""
+    groups = length_groups([len(ids) for ids in batch], overhead)
+    parts = [(group, forward(*pad_batch([batch[i] for i in group], filler))) for group in groups]
+    out = np.empty((len(batch), parts[0][1].shape[1]), dtype=np.float32)
+    for group, vectors in parts:
+        out[group] = vectors
+    return out
+
+
+def pad_batch(
+    batch: list[list[int]], filler: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Token ids padded with ``filler`` to the longest, and the mask of real tokens."""
+    width = max(len(ids) for ids in batch)
+    ids = np.full((len(batch), width), filler, dtype=np.int64)
+    mask = np.zeros((len(batch), width), dtype=np.int64)
+    for row, tokens in enumerate(batch):
+        ids[row, : len(tokens)] = tokens
+        mask[row, : len(tokens)] = 1
+    return ids, mask
+
+
+def length_groups(lengths: list[int], overhead: int) -> list[list[int]]:
+    """Indexes of ``lengths`` in ascending length, cut into groups for separate calls.
+
+    A group is padded to its longest member; every call costs about ``overhead``
+    tokens more. The cut points minimise padded tokens plus calls (a small dynamic
+    program over the sorted lengths: a batch holds tens of items, so this is cheap).
+    """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    ranked = [lengths[i] for i in order]
+    # best[j]: the cheapest cost of the first j sorted items; cut[j]: where its last group starts.
+    best = [0] * (len(ranked) + 1)
+    cut = [0] * (len(ranked) + 1)
+    for j in range(1, len(ranked) + 1):
+        width = ranked[j - 1]
+        best[j], cut[j] = min((best[i] + (j - i) * width + overhead, i) for i in range(j))
+    groups: list[list[int]] = []
+    j = len(ranked)
+    while j > 0:
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    groups.reverse()
+    return groups
 
 
 def filler_token(tokenizer: Any) -> int:

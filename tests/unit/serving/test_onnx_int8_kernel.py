@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 import pytest
@@ -27,8 +28,9 @@ def test_weight_type_follows_the_cpus_integer_kernels(flags: frozenset[str], exp
     assert int8_weight_type(flags) == expected
 
 
-@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="reads Linux's /proc/cpuinfo")
+@pytest.mark.skipif(
+    platform.machine() not in {"x86_64", "AMD64"} or not Path("/proc/cpuinfo").exists(),
+    reason="reads the flags line of an x86 Linux /proc/cpuinfo",
+)
 def test_this_machines_flags_are_read() -> None:
-    flags = _cpu_flags()
-    assert flags, "no flags line parsed from /proc/cpuinfo"
-    assert int8_weight_type() == int8_weight_type(flags)
+    assert "sse2" in _cpu_flags()

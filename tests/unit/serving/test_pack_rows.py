@@ -6,8 +6,10 @@ import random
 
 import numpy as np
 import pytest
+import torch
+from transformers import BertConfig, BertModel
 
-from modelmint.serving.sentence_embedder import pack_rows
+from modelmint.serving.sentence_embedder import MeanPooled, pack_rows, pad_batch
 
 FILLER = 1996
 
@@ -39,8 +41,32 @@ def test_packing_never_needs_more_slots_than_padding(seed: int) -> None:
     batch = [[7] * rng.randint(1, 60) for _ in range(rng.randint(1, 40))]
     rows = pack_rows(batch, FILLER)
     longest = max(len(t) for t in batch)
-    assert rows.ids.size <= len(batch) * longest
+    assert rows.ids.shape[1] == longest
     assert int((rows.segments >= 0).sum()) == sum(len(t) for t in batch)
     # First-fit decreasing never leaves two rows that could have been one.
     used = sorted(int((rows.segments[r] >= 0).sum()) for r in range(rows.ids.shape[0]))
     assert len(used) < 2 or used[0] + used[1] > longest
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_packed_rows_give_each_texts_own_vector(attention: str) -> None:
+    """Packed (several texts a row, block-diagonal mask) == padded (one text a row)."""
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=3000,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        attn_implementation=attention,
+    )
+    module = MeanPooled(BertModel(config, add_pooling_layer=False).eval())
+    rng = random.Random(1)
+    batch = [[rng.randrange(3000) for _ in range(rng.randint(1, 30))] for _ in range(13)]
+    with torch.inference_mode():
+        packed = module.packed(pack_rows(batch, FILLER)).numpy()
+        ids, mask = pad_batch(batch, FILLER)
+        padded = module(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+    assert pack_rows(batch, FILLER).ids.shape[0] < len(batch)  # texts did share rows
+    np.testing.assert_allclose(packed, padded, atol=2e-6)
