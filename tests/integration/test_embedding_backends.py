@@ -12,12 +12,16 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import onnx
 import pytest
+import torch
+from transformers import RobertaConfig, RobertaModel
 
 from modelmint.config import Settings
 from modelmint.errors import InvalidRequest
@@ -251,3 +255,32 @@ def test_length_groups_cut_where_padding_costs_more_than_a_call() -> None:
     assert length_groups(lengths, overhead=24) == [[1, 4, 2], [5, 0, 3]]
     # A call dearer than all the padding: one group.
     assert length_groups(lengths, overhead=1000) == [[1, 4, 2, 5, 0, 3]]
+
+
+def test_a_model_that_is_not_bert_runs_padded_on_both_runtimes(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """RoBERTa numbers positions from its padding id, so neither runtime packs it: PyTorch
+    cuts padded length groups, and ONNX keeps the traced (unfused, padded) graph."""
+    torch.manual_seed(0)
+    folder = tmp_path / "tiny-roberta"
+    config = RobertaConfig(
+        vocab_size=30522,  # MiniLM's tokenizer, copied below
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=600,
+    )
+    RobertaModel(config, add_pooling_layer=False).save_pretrained(folder)
+    shutil.copy(model_dir / "tokenizer.json", folder / "tokenizer.json")
+    torch_one = SentenceEmbeddingBackend(folder, n_threads=THREADS)
+    onnx_one = OnnxEmbeddingBackend(folder, cache_dir=tmp_path / "onnx", n_threads=THREADS)
+    vectors = []
+    for backend in (torch_one, onnx_one):
+        for started in _started(backend):
+            vectors.append(_vectors(started, TEXTS))
+    assert onnx_one.artifact is not None
+    inputs = {i.name for i in onnx.load(str(onnx_one.artifact)).graph.input}
+    assert inputs == {"input_ids", "attention_mask"}  # the padded graph
+    assert _cosines(vectors[0], vectors[1]).min() >= 0.9999

@@ -106,8 +106,12 @@ async def test_tokens_are_charged_at_release(limiter: RateLimiter) -> None:
 
 
 async def test_two_redis_limiters_share_one_budget_under_concurrency(redis_url: str) -> None:
-    a, b = RedisRateLimiter(redis_url), RedisRateLimiter(redis_url)
+    # A generous timeout: on a loaded CI machine a call past the 0.5 s default falls back
+    # to each process's own budget (by design), which is not what this test is about.
+    a = RedisRateLimiter(redis_url, timeout_s=10.0)
+    b = RedisRateLimiter(redis_url, timeout_s=10.0)
     k = key(rpm_limit=50)
+    fallbacks = RATE_LIMIT_FALLBACKS._value.get()
 
     async def attempt(limiter: RedisRateLimiter, i: int) -> bool:
         try:
@@ -121,6 +125,7 @@ async def test_two_redis_limiters_share_one_budget_under_concurrency(redis_url: 
     finally:
         await a.close()
         await b.close()
+    assert RATE_LIMIT_FALLBACKS._value.get() == fallbacks
     assert sum(results) == 50
 
 

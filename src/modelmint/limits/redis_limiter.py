@@ -115,9 +115,11 @@ def _argv(limits: tuple[Limit, ...], first: str, second: float | int) -> list[An
 
 
 class RedisRateLimiter:
-    def __init__(self, url: str, *, lease_ttl_s: float = 600.0) -> None:
+    def __init__(self, url: str, *, lease_ttl_s: float = 600.0, timeout_s: float = 0.5) -> None:
         # Short timeouts: a slow Redis must not stall every request; we fall back instead.
-        self._redis = Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self._redis = Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
         self._admit_script = self._redis.register_script(_ADMIT)
         self._release_script = self._redis.register_script(_RELEASE)
         self._lease_ttl_s = lease_ttl_s

@@ -3,16 +3,18 @@
 The same sentence-transformers folder as the PyTorch backend, exported once to
 ONNX (pooling and normalisation included, from the same ``MeanPooled`` module),
 with BERT's attention, GELU and layer norms fused into ONNX Runtime's kernels.
-With ``quantize="int8"`` every projection gets int8 weights and runs on int8
-activations quantised on the fly (``quantize_dynamic``); see ``_quantize`` for how
-their outlier channels are kept out of the int8 scale, and what it costs in cosine
-to the fp32 vectors.
+A fused BERT graph is then rewritten to take a batch packed as PyTorch runs it
+(several texts to a row, each attending only to itself: ``_pack``); a graph that
+did not fuse takes padded length groups. With ``quantize="int8"`` every projection
+gets int8 weights and runs on int8 activations quantised on the fly
+(``quantize_dynamic``); see ``_quantize`` for how their outlier channels are kept
+out of the int8 scale, and what it costs in cosine to the fp32 vectors.
 
 Exports are cached under ``<MODELMINT_HOME>/artifacts/onnx/``, named after a hash
 of the model folder, the quantisation (and for int8 the kernel this CPU multiplies
-exactly with) and the library versions, and written
-atomically: a crashed export never leaves a broken file behind, and concurrent
-gateway workers at most repeat the work.
+exactly with) and the library versions, and written atomically: a crashed export
+never leaves a broken file behind, and concurrent gateway workers at most repeat
+the work.
 
     backend = OnnxEmbeddingBackend(model_dir, cache_dir=home / "artifacts" / "onnx",
                                    quantize="int8", n_threads=2)
@@ -39,10 +41,12 @@ from modelmint.serving.dynamic_batching import BatchLimits
 from modelmint.serving.sentence_embedder import (
     Encoder,
     MeanPooled,
+    PackedRows,
     SentenceEmbeddingBackend,
     encode_in_length_groups,
     filler_token,
     load_transformer,
+    pack_rows,
     pad_batch,
 )
 
@@ -52,6 +56,7 @@ __all__ = [
     "WeightType",
     "int8_weight_type",
     "onnx_artifact",
+    "packed_feeds",
 ]
 
 log = logging.getLogger(__name__)
@@ -60,7 +65,7 @@ Quantization = Literal["none", "int8"]
 # The int8 weights' sign: which of ONNX Runtime's integer kernels runs (int8_weight_type).
 WeightType = Literal["s8", "u8"]
 # Bump when the export recipe changes: cached files from the old recipe are not reused.
-_RECIPE = "minilm-onnx-3"
+_RECIPE = "minilm-onnx-4"
 # The TorchScript exporter's opset: all ONNX Runtime's transformer fusions know it.
 _OPSET = 17
 # SmoothQuant's migration strength: how much of an activation channel's range moves into
@@ -146,16 +151,44 @@ class OnnxEmbeddingBackend(SentenceEmbeddingBackend):
         )
 
         filler, overhead = self._filler, self.call_overhead_tokens
+        if _takes_packed_rows(session):
+
+            def encode(batch: list[list[int]]) -> npt.NDArray[np.float32]:
+                (vectors,) = session.run(None, packed_feeds(pack_rows(batch, filler)))
+                return np.asarray(vectors, dtype=np.float32)
+
+            return encode
 
         def forward(ids: npt.NDArray[np.int64], mask: npt.NDArray[np.int64]) -> npt.NDArray[Any]:
             (vectors,) = session.run(None, {"input_ids": ids, "attention_mask": mask})
             return np.asarray(vectors)
 
-        def encode(batch: list[list[int]]) -> npt.NDArray[np.float32]:
+        def padded(batch: list[list[int]]) -> npt.NDArray[np.float32]:
             # Similar lengths share a call, so little of it is padding.
             return encode_in_length_groups(batch, filler, overhead, forward)
 
-        return encode
+        return padded
+
+
+def packed_feeds(rows: PackedRows) -> dict[str, npt.NDArray[Any]]:
+    """The inputs of a packed graph (``_pack``) for texts laid out by ``pack_rows``."""
+    segments = rows.segments  # (rows, width), -1 where unused
+    texts = len(rows.lengths)
+    # 1 where a token may attend: same text (unused slots: each other, so no row is empty).
+    mask = (segments[:, :, None] == segments[:, None, :]).astype(np.int64)
+    # Mean pooling as a product: row t holds 1/len(t) at text t's slots.
+    mine = segments.reshape(1, -1) == np.arange(texts).reshape(-1, 1)  # (texts, slots)
+    pool = mine / np.maximum(rows.lengths, 1).reshape(-1, 1).astype(np.float32)
+    return {
+        "input_ids": rows.ids,
+        "position_ids": rows.positions,
+        "attention_mask": mask,
+        "pool": pool.astype(np.float32),
+    }
+
+
+def _takes_packed_rows(session: Any) -> bool:
+    return "pool" in {i.name for i in session.get_inputs()}
 
 
 def onnx_artifact(model_dir: Path, cache_dir: Path, quantize: Quantization) -> Path:
@@ -278,7 +311,85 @@ def _fuse(model_dir: Path, path: Path) -> None:
             # Fusions only: the hardware-specific rewrites happen when a session loads it.
             opt_level=0,
         )
+    if not _pack(fused.model, int(config["hidden_size"])):
+        log.warning("%s: attention not fused; its ONNX graph takes padded batches", model_dir.name)
     fused.save_model_to_file(str(path))
+
+
+def _pack(graph: Any, hidden_size: int) -> bool:
+    """Rewrite a fused BERT graph to take texts packed into shared rows, as PyTorch runs
+    them (``MeanPooled.packed``); False, unchanged, where the graph is not that shape.
+
+    Inputs become ``input_ids`` and ``position_ids`` (rows, width), each text's positions
+    from 0; ``attention_mask`` (rows, width, width), 1 where a token may attend, which the
+    fused ``Attention`` kernels take as given (block-diagonal: each text sees itself); and
+    ``pool`` (texts, rows * width), the weights of each text's mean. The traced padded
+    pooling is replaced by ``pool @ hidden`` and L2 normalisation.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = list(graph.graph.node)
+    embed = [n for n in nodes if n.op_type == "EmbedLayerNormalization"]
+    attention = [n for n in nodes if n.op_type == "Attention"]
+    last_norm = [n for n in nodes if n.op_type == "SkipLayerNormalization"]
+    if len(embed) != 1 or not attention or not last_norm:
+        return False
+    hidden = last_norm[-1].output[0]  # the last encoder layer's output, (rows, width, dim)
+    (embed_node,) = embed
+    # Inputs 7 and 8 of EmbedLayerNormalization: the 2D mask (not needed now) and position ids.
+    del embed_node.input[7:]
+    embed_node.input.extend(["", "pack/position_ids_int32"])
+    for node in attention:
+        node.input[3] = "pack/mask_int32"
+    head = [
+        helper.make_node(
+            "Cast",
+            ["position_ids"],
+            ["pack/position_ids_int32"],
+            "pack/Positions",
+            to=TensorProto.INT32,
+        ),
+        helper.make_node(
+            "Cast", ["attention_mask"], ["pack/mask_int32"], "pack/Mask", to=TensorProto.INT32
+        ),
+    ]
+    graph.graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([-1, hidden_size], np.int64), "pack/flat_shape"),
+            numpy_helper.from_array(np.array(1e-12, np.float32), "pack/epsilon"),
+        ]
+    )
+    tail = [
+        helper.make_node("Reshape", [hidden, "pack/flat_shape"], ["pack/tokens"], "pack/Flat"),
+        helper.make_node("MatMul", ["pool", "pack/tokens"], ["pack/mean"], "pack/Pool"),
+        helper.make_node("ReduceL2", ["pack/mean"], ["pack/norm"], "pack/Norm", axes=[1]),
+        helper.make_node("Max", ["pack/norm", "pack/epsilon"], ["pack/norm_floor"], "pack/Floor"),
+        helper.make_node("Div", ["pack/mean", "pack/norm_floor"], ["embedding"], "pack/Unit"),
+    ]
+    # Keep only what the new output needs: the traced pooling and mask plumbing go.
+    needed, kept = {"embedding"}, []
+    for node in reversed(head + [n for n in nodes if "embedding" not in n.output] + tail):
+        if needed & set(node.output):
+            kept.append(node)
+            needed |= {name for name in node.input if name}
+    del graph.graph.node[:]
+    graph.graph.node.extend(reversed(kept))
+    initializers = [i for i in graph.graph.initializer if i.name in needed]
+    del graph.graph.initializer[:]
+    graph.graph.initializer.extend(initializers)
+    value = helper.make_tensor_value_info
+    del graph.graph.input[:]
+    graph.graph.input.extend(
+        [
+            value("input_ids", TensorProto.INT64, ["rows", "width"]),
+            value("position_ids", TensorProto.INT64, ["rows", "width"]),
+            value("attention_mask", TensorProto.INT64, ["rows", "width", "width"]),
+            value("pool", TensorProto.FLOAT, ["texts", "slots"]),
+        ]
+    )
+    del graph.graph.output[:]
+    graph.graph.output.append(value("embedding", TensorProto.FLOAT, ["texts", hidden_size]))
+    return True
 
 
 def _quantize(model_dir: Path, fp32: Path, out: Path, weights: WeightType) -> None:
@@ -392,13 +503,18 @@ def _input_ranges(model_dir: Path, fp32: Path, names: list[str]) -> dict[str, An
     tokenizer.no_truncation()
     tokenizer.no_padding()
     tokens = [e.ids for e in tokenizer.encode_batch(list(_CALIBRATION))]
-    # Alone and in padded batches: serving does both.
+    # Alone and batched (packed or padded, as this graph takes them): serving does both.
     batches = [[t] for t in tokens] + [tokens[i : i + 8] for i in range(0, len(tokens), 8)]
     filler = filler_token(tokenizer)
+    packed = _takes_packed_rows(session)
     ranges: dict[str, Any] = {}
     for batch in batches:
-        ids, mask = pad_batch(batch, filler)
-        outputs = session.run(names, {"input_ids": ids, "attention_mask": mask})
+        if packed:
+            feeds = packed_feeds(pack_rows(batch, filler))
+        else:
+            ids, mask = pad_batch(batch, filler)
+            feeds = {"input_ids": ids, "attention_mask": mask}
+        outputs = session.run(names, feeds)
         for name, value in zip(names, outputs, strict=True):
             peak = np.abs(value).reshape(-1, value.shape[-1]).max(axis=0)  # (channels,)
             ranges[name] = np.maximum(ranges[name], peak) if name in ranges else peak
