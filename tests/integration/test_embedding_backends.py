@@ -261,7 +261,8 @@ def test_a_model_that_is_not_bert_runs_padded_on_both_runtimes(
     model_dir: Path, tmp_path: Path
 ) -> None:
     """RoBERTa numbers positions from its padding id, so neither runtime packs it: PyTorch
-    cuts padded length groups, and ONNX keeps the traced (unfused, padded) graph."""
+    cuts padded length groups, and ONNX keeps the traced (padded) graph, which ORT's BERT
+    fusion is not run on."""
     torch.manual_seed(0)
     folder = tmp_path / "tiny-roberta"
     config = RobertaConfig(
@@ -284,3 +285,14 @@ def test_a_model_that_is_not_bert_runs_padded_on_both_runtimes(
     inputs = {i.name for i in onnx.load(str(onnx_one.artifact)).graph.input}
     assert inputs == {"input_ids", "attention_mask"}  # the padded graph
     assert _cosines(vectors[0], vectors[1]).min() >= 0.9999
+
+
+def test_the_bert_exports_take_packed_rows(
+    onnx_fp32: SentenceEmbeddingBackend, onnx_int8: SentenceEmbeddingBackend
+) -> None:
+    # If a library upgrade stopped the fusion _pack relies on, the exports would quietly
+    # fall back to padded batches; this says so.
+    for backend in (onnx_fp32, onnx_int8):
+        assert isinstance(backend, OnnxEmbeddingBackend) and backend.artifact is not None
+        inputs = {i.name for i in onnx.load(str(backend.artifact)).graph.input}
+        assert inputs == {"input_ids", "position_ids", "attention_mask", "pool"}

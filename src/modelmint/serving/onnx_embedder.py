@@ -1,8 +1,9 @@
 """Local embedding backend on ONNX Runtime, optionally with dynamic int8 weights.
 
 The same sentence-transformers folder as the PyTorch backend, exported once to
-ONNX (pooling and normalisation included, from the same ``MeanPooled`` module),
-with BERT's attention, GELU and layer norms fused into ONNX Runtime's kernels.
+ONNX (traced from the same ``MeanPooled`` module, pooling and normalisation
+included), with BERT's attention, GELU and layer norms fused into ONNX Runtime's
+kernels.
 A fused BERT graph is then rewritten to take a batch packed as PyTorch runs it
 (several texts to a row, each attending only to itself: ``_pack``); a graph that
 did not fuse takes padded length groups. With ``quantize="int8"`` every projection
@@ -67,6 +68,7 @@ WeightType = Literal["s8", "u8"]
 # Bump when the export recipe changes: cached files from the old recipe are not reused.
 _RECIPE = "minilm-onnx-4"
 # The TorchScript exporter's opset: all ONNX Runtime's transformer fusions know it.
+# (``_pack`` writes ReduceL2 with an ``axes`` attribute, which opset 18 made an input.)
 _OPSET = 17
 # SmoothQuant's migration strength: how much of an activation channel's range moves into
 # the weights. Measured on all-MiniLM-L6-v2 with every projection int8 (worst text of 512
@@ -106,8 +108,9 @@ _CALIBRATION = (
 class OnnxEmbeddingBackend(SentenceEmbeddingBackend):
     """``SentenceEmbeddingBackend`` with the forward pass run by ONNX Runtime."""
 
-    # A session run costs about as much as this many padded tokens beyond its tokens (one
-    # C++ call): the price of cutting a batch into two calls of more even lengths.
+    # For a graph that takes padded batches (one that did not fuse): a session run costs
+    # about as much as this many padded tokens beyond its tokens (one C++ call), the price
+    # of cutting a batch into two calls of more even lengths.
     call_overhead_tokens = 24
 
     def __init__(
@@ -269,7 +272,8 @@ def _atomic(target: Path) -> Iterator[Path]:
 
 
 def _export(model_dir: Path, out: Path) -> None:
-    """Trace ``MeanPooled`` to ONNX, then fuse BERT's blocks into ORT's kernels."""
+    """Trace ``MeanPooled`` to ONNX, then fuse BERT's blocks into ORT's kernels and take
+    packed rows (``_fuse``, ``_pack``)."""
     import torch
 
     # Eager attention traces to plain MatMul/Softmax, the pattern ORT's attention fusion
@@ -295,7 +299,8 @@ def _export(model_dir: Path, out: Path) -> None:
 
 
 def _fuse(model_dir: Path, path: Path) -> None:
-    """Fuse attention, GELU and layer norms in place; a graph it cannot fuse stays as is."""
+    """Fuse attention, GELU and layer norms in place, then rewrite the fused graph to take
+    packed rows; a graph it cannot fuse stays as traced (padded)."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     config: dict[str, Any] = json.loads((model_dir / "config.json").read_text())
@@ -311,14 +316,16 @@ def _fuse(model_dir: Path, path: Path) -> None:
             # Fusions only: the hardware-specific rewrites happen when a session loads it.
             opt_level=0,
         )
-    if not _pack(fused.model, int(config["hidden_size"])):
-        log.warning("%s: attention not fused; its ONNX graph takes padded batches", model_dir.name)
+    layers, hidden_size = int(config["num_hidden_layers"]), int(config["hidden_size"])
+    if not _pack(fused.model, layers, hidden_size):
+        log.warning("%s: not fully fused; its ONNX graph takes padded batches", model_dir.name)
     fused.save_model_to_file(str(path))
 
 
-def _pack(graph: Any, hidden_size: int) -> bool:
+def _pack(model: Any, layers: int, hidden_size: int) -> bool:
     """Rewrite a fused BERT graph to take texts packed into shared rows, as PyTorch runs
-    them (``MeanPooled.packed``); False, unchanged, where the graph is not that shape.
+    them (``MeanPooled.packed``); False, unchanged, where the graph is not wholly fused
+    (a layer left unfused would still build its own mask from a 2D ``attention_mask``).
 
     Inputs become ``input_ids`` and ``position_ids`` (rows, width), each text's positions
     from 0; ``attention_mask`` (rows, width, width), 1 where a token may attend, which the
@@ -326,15 +333,17 @@ def _pack(graph: Any, hidden_size: int) -> bool:
     ``pool`` (texts, rows * width), the weights of each text's mean. The traced padded
     pooling is replaced by ``pool @ hidden`` and L2 normalisation.
     """
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import ModelProto, TensorProto, helper, numpy_helper
 
+    graph = ModelProto()
+    graph.CopyFrom(model)
     nodes = list(graph.graph.node)
     embed = [n for n in nodes if n.op_type == "EmbedLayerNormalization"]
     attention = [n for n in nodes if n.op_type == "Attention"]
-    last_norm = [n for n in nodes if n.op_type == "SkipLayerNormalization"]
-    if len(embed) != 1 or not attention or not last_norm:
+    norms = [n for n in nodes if n.op_type == "SkipLayerNormalization"]
+    if len(embed) != 1 or len(attention) != layers or len(norms) != 2 * layers:
         return False
-    hidden = last_norm[-1].output[0]  # the last encoder layer's output, (rows, width, dim)
+    hidden = norms[-1].output[0]  # the last encoder layer's output, (rows, width, dim)
     (embed_node,) = embed
     # Inputs 7 and 8 of EmbedLayerNormalization: the 2D mask (not needed now) and position ids.
     del embed_node.input[7:]
@@ -389,6 +398,10 @@ def _pack(graph: Any, hidden_size: int) -> bool:
     )
     del graph.graph.output[:]
     graph.graph.output.append(value("embedding", TensorProto.FLOAT, ["texts", hidden_size]))
+    readers = {n.name for n in graph.graph.node for name in n.input if name == "attention_mask"}
+    if readers != {"pack/Mask"}:
+        return False  # something else still reads the mask as the traced 2D one
+    model.CopyFrom(graph)
     return True
 
 
@@ -489,8 +502,8 @@ def _context_readers(graph: Any) -> list[Any]:
 
 
 def _input_ranges(model_dir: Path, fp32: Path, names: list[str]) -> dict[str, Any]:
-    """Per-channel max |x| of each named tensor over the calibration sentences, batched
-    and padded as served."""
+    """Per-channel max |x| of each named tensor over the calibration sentences, alone and
+    batched as served (packed or padded, as the graph takes them)."""
     import onnx
     import onnxruntime as ort
     from tokenizers import Tokenizer

@@ -15,7 +15,8 @@ each attending only to itself (a block-diagonal attention mask) with positions
 counted from its own start, so the projections, which are most of the work,
 run on the real tokens and little padding. In the bench's batches of 17
 single-text requests, 41% of a batch padded to its longest was padding, 22% when
-cut into length groups (two forward calls), 11% packed (one call).
+cut into length groups (two forward calls), 11% packed (one call). The ONNX
+backend's export takes packed rows too (``onnx_embedder._pack``).
 
     backend = SentenceEmbeddingBackend(model_dir, n_threads=2)
     await backend.start()
@@ -60,10 +61,10 @@ Encoder = Callable[[list[list[int]]], npt.NDArray[np.float32]]
 class MeanPooled(torch.nn.Module):
     """The transformer plus the model's pooling: mean over real tokens, then L2 norm.
 
-    ``forward`` takes padded rows, one text each: the ONNX export traces it, and PyTorch
-    runs it for models other than BERT. ``packed`` takes several texts to a row, for
-    BERT on PyTorch; both pool alike (``_mean_unit``), and the tests hold them to the same
-    vectors.
+    ``forward`` takes padded rows, one text each: the ONNX export traces it (and, for
+    BERT, rewrites the traced graph to take packed rows), and PyTorch runs it for models
+    other than BERT. ``packed`` takes several texts to a row, for BERT on PyTorch; both
+    pool alike (``_mean_unit``), and the tests hold them to the same vectors.
     """
 
     def __init__(self, transformer: torch.nn.Module) -> None:
@@ -209,10 +210,10 @@ class SentenceEmbeddingBackend:
         tokenizer.no_truncation()
         tokenizer.no_padding()
         self._tokenizer = tokenizer
-        # Padded positions are masked out of attention and pooling, so their token never
-        # changes a vector; a frequent word keeps their activations in the range of real
-        # text, which an int8 model's per-batch quantisation scale depends on ([PAD]'s
-        # are far outside it).
+        # Padded positions (and a packed row's unused slots) are masked out of attention
+        # and pooling, so their token never changes a vector; a frequent word keeps their
+        # activations in the range of real text, which an int8 model's per-batch
+        # quantisation scale depends on ([PAD]'s are far outside it).
         self._filler = filler_token(tokenizer)
         self._encode = self._load_encoder()
 

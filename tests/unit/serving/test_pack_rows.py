@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
+from modelmint.serving.onnx_embedder import packed_feeds
 from modelmint.serving.sentence_embedder import MeanPooled, pack_rows, pad_batch
 
 FILLER = 1996
@@ -70,3 +71,20 @@ def test_packed_rows_give_each_texts_own_vector(attention: str) -> None:
         padded = module(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
     assert pack_rows(batch, FILLER).ids.shape[0] < len(batch)  # texts did share rows
     np.testing.assert_allclose(packed, padded, atol=2e-6)
+
+
+def test_packed_feeds_pool_each_text_over_its_own_slots() -> None:
+    batch = [[5, 6, 7], [8], [9, 10], [11, 12, 13]]
+    rows = pack_rows(batch, FILLER)
+    feeds = packed_feeds(rows)
+    pool, mask = feeds["pool"], feeds["attention_mask"]
+    assert pool.shape == (len(batch), rows.ids.size) and pool.dtype == np.float32
+    np.testing.assert_allclose(pool.sum(axis=1), 1.0, rtol=1e-6)
+    for index, tokens in enumerate(batch):
+        mine = rows.segments.reshape(-1) == index
+        assert (pool[index, mine] == np.float32(1 / len(tokens))).all()
+        assert (pool[index, ~mine] == 0).all()
+    # Block-diagonal: a slot attends exactly to the slots of its own text (or unused ones).
+    same = rows.segments[:, :, None] == rows.segments[:, None, :]
+    assert mask.shape == same.shape and (mask.astype(bool) == same).all()
+    assert feeds["input_ids"] is rows.ids and feeds["position_ids"] is rows.positions
