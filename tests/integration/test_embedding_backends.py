@@ -30,6 +30,7 @@ from modelmint.serving.artifacts import resolve_artifact
 from modelmint.serving.factory import build_backend
 from modelmint.serving.onnx_embedder import OnnxEmbeddingBackend
 from modelmint.serving.sentence_embedder import SentenceEmbeddingBackend, length_groups
+from tests.support.deployments import deployment_spec
 
 pytestmark = pytest.mark.slow
 
@@ -224,16 +225,12 @@ def test_a_deployment_selects_the_runtime_and_quantisation(tmp_path: Path) -> No
     settings = Settings(home=tmp_path, llm_threads=1)
 
     def spec(backend: str, config: dict[str, object]) -> DeploymentSpec:
-        return DeploymentSpec(
-            id="dep-1",
-            public_name="minilm",
+        return deployment_spec(
+            backend,
+            MODEL,
+            name="minilm",
             task="embedding",
-            model_name="minilm",
-            version=1,
-            model_version_id="ver-1",
             format="sentence-transformers",
-            artifact_uri=MODEL,
-            backend=backend,
             config=config,
         )
 

@@ -22,6 +22,7 @@ from modelmint.serving.backend import TextBackend
 from modelmint.serving.factory import build_backend
 from modelmint.serving.llama_batch_engine import BatchedLlamaBackend, EngineCharge
 from modelmint.serving.types import SamplingParams, StreamDelta, TextRequest, Usage
+from tests.support.deployments import deployment_spec
 
 pytestmark = pytest.mark.slow
 
@@ -264,17 +265,8 @@ def test_a_deployment_turns_flash_attention_off_or_is_refused(tmp_path: Path) ->
     settings = Settings(home=tmp_path, llm_threads=1)
 
     def spec(config: dict[str, object]) -> DeploymentSpec:
-        return DeploymentSpec(
-            id="dep-1",
-            public_name="smollm2",
-            task="chat",
-            model_name="smollm2",
-            version=1,
-            model_version_id="ver-1",
-            format="gguf",
-            artifact_uri=MODEL,
-            backend="llama_cpp",
-            config=config,
+        return deployment_spec(
+            "llama_cpp", MODEL, name="smollm2", task="chat", format="gguf", config=config
         )
 
     default = build_backend(spec({}), settings)

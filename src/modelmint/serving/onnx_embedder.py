@@ -175,12 +175,10 @@ class OnnxEmbeddingBackend(SentenceEmbeddingBackend):
 
 def packed_feeds(rows: PackedRows) -> dict[str, npt.NDArray[Any]]:
     """The inputs of a packed graph (``_pack``) for texts laid out by ``pack_rows``."""
-    segments = rows.segments  # (rows, width), -1 where unused
     texts = len(rows.lengths)
-    # 1 where a token may attend: same text (unused slots: each other, so no row is empty).
-    mask = (segments[:, :, None] == segments[:, None, :]).astype(np.int64)
+    mask = rows.same_text().astype(np.int64)  # 1 where a slot may attend
     # Mean pooling as a product: row t holds 1/len(t) at text t's slots.
-    mine = segments.reshape(1, -1) == np.arange(texts).reshape(-1, 1)  # (texts, slots)
+    mine = rows.segments.reshape(1, -1) == np.arange(texts).reshape(-1, 1)  # (texts, slots)
     pool = mine / np.maximum(rows.lengths, 1).reshape(-1, 1).astype(np.float32)
     return {
         "input_ids": rows.ids,

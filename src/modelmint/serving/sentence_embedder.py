@@ -80,19 +80,17 @@ class MeanPooled(torch.nn.Module):
 
     def packed(self, rows: PackedRows) -> torch.Tensor:
         """The same vectors for texts packed into shared rows (``pack_rows``)."""
-        segments = torch.from_numpy(rows.segments)  # (rows, width), -1 where unused
-        # A token attends to the tokens of its own text only; unused slots to each other,
-        # so no softmax row is empty. Additive, as both eager and SDPA attention take it,
-        # in the model's own float type (a 4D mask reaches the attention as given).
+        # Additive, as both eager and SDPA attention take it, in the model's own float type
+        # (a 4D mask reaches the attention as given).
         dtype = next(self.transformer.parameters()).dtype
-        alone = segments[:, :, None] != segments[:, None, :]  # (rows, width, width)
+        alone = torch.from_numpy(~rows.same_text())  # (rows, width, width)
         mask = torch.zeros(alone.shape, dtype=dtype).masked_fill_(alone, torch.finfo(dtype).min)
         hidden = self.transformer(
             input_ids=torch.from_numpy(rows.ids),
             attention_mask=mask[:, None],  # (rows, 1, width, width): one mask for every head
             position_ids=torch.from_numpy(rows.positions),
         ).last_hidden_state  # (rows, width, dim)
-        flat = segments.reshape(-1)
+        flat = torch.from_numpy(rows.segments).reshape(-1)  # -1 where unused
         real = flat >= 0
         sums = hidden.new_zeros((len(rows.lengths), hidden.shape[-1]))
         sums.index_add_(0, flat[real], hidden.reshape(-1, hidden.shape[-1])[real])
@@ -112,6 +110,11 @@ class PackedRows:
     positions: npt.NDArray[np.int64]  # (rows, width) position of each token in its text
     segments: npt.NDArray[np.int64]  # (rows, width) which text a slot holds; -1 if none
     lengths: npt.NDArray[np.int64]  # (texts,) tokens per text
+
+    def same_text(self) -> npt.NDArray[np.bool_]:
+        """(rows, width, width): where a slot may attend. A token sees the tokens of its
+        own text only; unused slots see each other, so no attention row is empty."""
+        return self.segments[:, :, None] == self.segments[:, None, :]  # type: ignore[no-any-return]
 
 
 def pack_rows(batch: list[list[int]], filler: int) -> PackedRows:
@@ -184,6 +187,7 @@ class SentenceEmbeddingBackend:
         self._tokenizer: Any = None
         self._encode: Encoder | None = None
         self._filler = 0
+        self._packs = False
         self._batcher: DynamicBatcher[list[int], list[float]] | None = None
         self.max_tokens = 512
         self.dimensions = 0
@@ -205,6 +209,9 @@ class SentenceEmbeddingBackend:
             self.max_tokens = int(json.loads(config_path.read_text())["max_seq_length"])
         config = json.loads((self._dir / "config.json").read_text())
         self.dimensions = int(config["hidden_size"])
+        # BERT numbers positions from 0 as given, so texts can share rows; RoBERTa-style
+        # models count from their padding id + 1, so they keep one text per row.
+        self._packs = config.get("model_type") == "bert"
         tokenizer = Tokenizer.from_file(str(self._dir / "tokenizer.json"))
         # Counted exactly and refused when too long: never cut, never padded here.
         tokenizer.no_truncation()
@@ -221,10 +228,7 @@ class SentenceEmbeddingBackend:
         """The runtime: PyTorch here, ONNX Runtime in the subclass."""
         module = MeanPooled(load_transformer(self._dir))
         threads, filler, overhead = self._threads, self._filler, self.call_overhead_tokens
-        config = json.loads((self._dir / "config.json").read_text())
-        # BERT numbers positions from 0 as given; RoBERTa-style models count from their
-        # padding id + 1, so they keep one text per row.
-        packs = config.get("model_type") == "bert"
+        packs = self._packs
 
         def encode(batch: list[list[int]]) -> npt.NDArray[np.float32]:
             # OpenMP keeps the thread count per calling thread: set it where batches run.
