@@ -4,13 +4,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # The stamp changes whenever the declared dependencies change, so `make` reinstalls then.
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile scripts/llama-wheel.sh | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile scripts/llama-wheel.sh scripts/llama-cpp-patches/*.patch | sha1sum | cut -c1-12)
 
 .PHONY: run test unit integration e2e lint typecheck fmt clean venv bench bench-gateway bench-llm bench-embeddings bench-recommender bench-analytics fuzz soak audit crash
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile scripts/llama-wheel.sh
+$(STAMP): pyproject.toml Makefile scripts/llama-wheel.sh $(wildcard scripts/llama-cpp-patches/*.patch)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# llama-cpp-python from a wheel built for this CPU, never from pip's cache (see the script).

@@ -11,6 +11,9 @@
 # virtual machine whose CPU reports AMX but faults on it. So the wheel is kept per CPU
 # (the hash of its flags) and built without AMX: llama.cpp's AMX kernels are skipped,
 # its AVX-512/AVX2 ones are kept. The first build takes several minutes on 2 cores.
+#
+# The source is patched first with scripts/llama-cpp-patches/*.patch (each says why at its
+# top). They change speed, never results: see docs/architecture.md, "Patched llama.cpp".
 set -euo pipefail
 
 python=${1:?usage: llama-wheel.sh PYTHON}
@@ -18,8 +21,9 @@ version=0.3.36
 cpu=$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | sha1sum | cut -c1-12)
 no_amx=""
 if [[ $(uname -m) == x86_64 ]]; then no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"; fi
-# The build recipe is part of the key: a changed recipe builds a new wheel.
-recipe=$(printf '%s' "$version $no_amx" | sha1sum | cut -c1-8)
+patches=$(cd "$(dirname "$0")/llama-cpp-patches" && pwd)
+# The build recipe is part of the key: a changed recipe or patch builds a new wheel.
+recipe=$( (printf '%s' "$version $no_amx"; cat "$patches"/*.patch) | sha1sum | cut -c1-8)
 dir="${XDG_CACHE_HOME:-$HOME/.cache}/modelmint/wheels/llama-cpp-python-$version-$cpu-$recipe"
 
 if ! compgen -G "$dir/llama_cpp_python-$version-*.whl" >/dev/null; then
@@ -27,9 +31,15 @@ if ! compgen -G "$dir/llama_cpp_python-$version-*.whl" >/dev/null; then
   mkdir -p "$(dirname "$dir")"
   work=$(mktemp -d "$dir.build.XXXXXX")
   trap 'rm -rf "$work"' EXIT
+  "$python" -m pip download --quiet --no-cache-dir --no-deps --no-binary :all: \
+    "llama-cpp-python==$version" --dest "$work/sdist" >&2
+  tar -xzf "$work/sdist/llama_cpp_python-$version.tar.gz" -C "$work"
+  src="$work/llama_cpp_python-$version"
+  for patch_file in "$patches"/*.patch; do
+    patch --batch --forward --quiet -p1 -d "$src" <"$patch_file" >&2
+  done
   CMAKE_ARGS="-DCMAKE_C_FLAGS='$no_amx' -DCMAKE_CXX_FLAGS='$no_amx'" \
-    "$python" -m pip wheel --quiet --no-cache-dir --no-deps \
-    "llama-cpp-python==$version" --wheel-dir "$work/wheels" >&2
+    "$python" -m pip wheel --quiet --no-cache-dir --no-deps "$src" --wheel-dir "$work/wheels" >&2
   # Atomic: a build cut short never leaves a folder that looks complete.
   mv "$work/wheels" "$dir" 2>/dev/null || test -d "$dir"
 fi
