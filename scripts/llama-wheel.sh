@@ -31,16 +31,18 @@ if ! compgen -G "$dir/llama_cpp_python-$version-*.whl" >/dev/null; then
   mkdir -p "$(dirname "$dir")"
   work=$(mktemp -d "$dir.build.XXXXXX")
   trap 'rm -rf "$work"' EXIT
-  "$python" -m pip download --quiet --no-cache-dir --no-deps --no-binary :all: \
+  # The source archive (PyPI has no other); only it, not its build tools, from source.
+  "$python" -m pip download --quiet --no-cache-dir --no-deps --no-binary llama-cpp-python \
     "llama-cpp-python==$version" --dest "$work/sdist" >&2
   tar -xzf "$work/sdist/llama_cpp_python-$version.tar.gz" -C "$work"
   src="$work/llama_cpp_python-$version"
   for patch_file in "$patches"/*.patch; do
-    patch --batch --forward --quiet -p1 -d "$src" <"$patch_file" >&2
+    # No fuzz: a hunk that does not match exactly fails the build instead of landing elsewhere.
+    patch --batch --forward --fuzz=0 --quiet -p1 -d "$src" <"$patch_file" >&2
   done
   CMAKE_ARGS="-DCMAKE_C_FLAGS='$no_amx' -DCMAKE_CXX_FLAGS='$no_amx'" \
     "$python" -m pip wheel --quiet --no-cache-dir --no-deps "$src" --wheel-dir "$work/wheels" >&2
   # Atomic: a build cut short never leaves a folder that looks complete.
-  mv "$work/wheels" "$dir" 2>/dev/null || test -d "$dir"
+  mv -T "$work/wheels" "$dir" 2>/dev/null || compgen -G "$dir/llama_cpp_python-$version-*.whl" >/dev/null
 fi
 echo "$dir"

@@ -52,6 +52,12 @@ def tiny() -> Iterator[BatchedLlamaBackend]:
 
 
 @pytest.fixture(scope="module")
+def pair() -> Iterator[BatchedLlamaBackend]:
+    """Two slots: for which slot a prompt decodes in."""
+    yield from _backend(slots=2, context_per_slot=256)
+
+
+@pytest.fixture(scope="module")
 def vocab() -> Any:
     """An independent tokenizer (vocabulary only) to check input token counts."""
     import llama_cpp
@@ -126,6 +132,27 @@ async def test_a_prompt_reuses_the_kept_cells_of_a_shared_start_and_answers_the_
     assert reused_charge.reused_tokens >= 6  # "The three primary colors are red,"
     assert again == fresh
     assert reused_charge.engine_ms < fresh_charge.engine_ms * 4  # charged, not free
+
+
+async def test_a_start_kept_in_another_slot_is_copied_into_the_lowest_free_one(
+    pair: BatchedLlamaBackend,
+) -> None:
+    """Live slots stay packed from 0 (llama.cpp computes only consecutive sequence ids
+    together), and a longer kept start in a higher slot is copied down, not recomputed."""
+
+    async def run(prompt: str) -> tuple[str, EngineCharge]:
+        charge = EngineCharge()
+        text, _ = await collect(pair.stream(completion(prompt, 16), Usage(), charge))
+        return text, charge
+
+    question = "The three primary colors are red, blue and yellow. The sky is"
+    (_, beside), (fresh, fresh_charge) = await asyncio.gather(run("Zebras live in"), run(question))
+    assert (beside.slot, fresh_charge.slot) == (0, 1)
+    again, copied = await run(question)  # slot 0 is free again and holds the zebras
+
+    assert copied.slot == 0
+    assert copied.reused_tokens >= 6  # "The three primary colors are red," at least
+    assert again == fresh
 
 
 async def test_seeded_sampling_is_the_same_alone_and_in_a_batch(

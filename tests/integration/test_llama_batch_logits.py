@@ -6,11 +6,14 @@ this compares the logits themselves, to the last bit, at every step. Batches of 
 four and eight sequences decode with the Q4_1 matrix products in 2x2 tiles (the patch
 in scripts/llama-cpp-patches/); a batch of three and a lone sequence decode one column
 at a time. A tile that summed in another order than the single column would fail here.
+(Sequence ids are consecutive in each batch: with a KV stream per sequence, llama.cpp
+computes only consecutive ids together, and [2, 5, 7] would run as three lone ones.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -86,7 +89,7 @@ def _logits_per_step(model: Any, seqs: list[int]) -> dict[int, list[npt.NDArray[
 
 def test_logits_are_bitwise_the_same_alone_and_in_batches_of_any_size(model: Any) -> None:
     alone = {seq: _logits_per_step(model, [seq])[seq] for seq in range(len(PROMPTS))}
-    for seqs in ([0, 1], [2, 5, 7], [0, 1, 2, 3], list(range(len(PROMPTS)))):
+    for seqs in ([0, 1], [2, 3, 4], [0, 1, 2, 3], list(range(len(PROMPTS)))):
         together = _logits_per_step(model, seqs)
         for seq in seqs:
             assert len(together[seq]) == STEPS + 1
@@ -95,3 +98,16 @@ def test_logits_are_bitwise_the_same_alone_and_in_batches_of_any_size(model: Any
                     f"prompt {seq}, step {step}, batch {seqs}: logits differ by up to "
                     f"{float(np.abs(mine - solo).max()):g}"
                 )
+
+
+def test_the_installed_llama_cpp_carries_modelmints_patches() -> None:
+    """A stock wheel (built without scripts/llama-wheel.sh) would pass the test above
+    without running a single 2x2 tile; the patch names itself in the library it builds."""
+    import llama_cpp
+
+    libraries = list((Path(llama_cpp.__file__).parent / "lib").glob("libggml-cpu*.so*"))
+    assert libraries, "llama_cpp ships no libggml-cpu library"
+    wanted = b"modelmint-patches: q4_1-avx2-2x2-tile"
+    assert any(wanted in library.read_bytes() for library in libraries), (
+        "llama-cpp-python was not built by scripts/llama-wheel.sh (run `make venv`)"
+    )

@@ -60,6 +60,10 @@ __all__ = ["BatchedLlamaBackend", "EngineCharge"]
 # output; leaving two or more never did), and neither reuse nor batching may change
 # an answer.
 _MIN_TAIL = 2
+# How many more kept prompt tokens another free slot must share with a new prompt than
+# the lowest free slot does before its cells are copied over: a copy costs milliseconds,
+# computing 8 prompt tokens tens of them.
+_COPY_GAIN = 8
 # How many generated tokens the frequency/presence penalties look back on (llama-cpp-python's
 # default ``last_n_tokens_size``, so penalised output matches the one-at-a-time backend).
 _PENALTY_LAST_N = 64
@@ -81,6 +85,8 @@ class EngineCharge:
     steps: int = 0
     # Prompt tokens found in the slot's KV cells, kept from an earlier prompt.
     reused_tokens: int = 0
+    # The KV slot (llama.cpp sequence id) the request decoded in; -1 before it had one.
+    slot: int = -1
 
 
 @dataclass(eq=False, slots=True)
@@ -320,7 +326,7 @@ class BatchedLlamaBackend:
         loop.call_soon_threadsafe(_resolve, ready)
         self._slot_count.set(self._slots)
         live: list[_Job] = []
-        free = list(range(self._slots - 1, -1, -1))  # pop() hands out seq 0 first
+        free = list(range(self._slots))
         memory = self._memory = lc.llama_get_memory(ctx)
         try:
             while True:
@@ -405,17 +411,25 @@ class BatchedLlamaBackend:
                     self._pending.remove(job)
                     self._out.post(job, "done")
                 self._expire_waiting()
+                placing = sum(job.max_tokens > 0 for job in self._pending)
                 while self._pending and free:
                     job = self._pending.popleft()
                     if job.max_tokens == 0:
                         self._out.post(job, "end", "length")
                         self._out.post(job, "done")
                         continue
-                    job.seq, job.n_past = self._take_slot(free, job.tokens)
-                    job.charge.reused_tokens = job.n_past
+                    job.seq, job.n_past = self._take_slot(
+                        free, job.tokens, among=min(placing, len(free))
+                    )
+                    placing -= 1
+                    job.charge.reused_tokens, job.charge.slot = job.n_past, job.seq
                     job.sampler = _sampler_for(job)
                     job.matcher = StopMatcher(job.sampling.stop)
                     live.append(job)
+                    # In sequence order: llama.cpp puts only sequences with consecutive
+                    # ids, in batch order, into one compute pass (one ubatch) when each
+                    # slot has its own KV stream. Admission order made it 2 passes a step.
+                    live.sort(key=_by_seq)
                 self._queue_depth.set(len(self._pending))
                 self._slots_busy.set(len(live))
                 if live:
@@ -423,31 +437,45 @@ class BatchedLlamaBackend:
                 self._out.flush()
                 self._wake.wait()
 
-    def _take_slot(self, free: list[int], tokens: list[int]) -> tuple[int, int]:
+    def _take_slot(self, free: list[int], tokens: list[int], among: int) -> tuple[int, int]:
         """A free slot for a prompt, and how many of its tokens are already in that slot.
 
-        A slot keeps the KV cells of its last prompt when it is freed. Chat prompts of
-        one deployment mostly start alike (the template and a system prompt), so the
-        free slot sharing the longest prefix is taken and only the rest of the prompt
-        is computed: less prefill and an earlier first token. The last prompt token
-        always runs again, because its logits give the first answer token.
+        One of the ``among`` lowest free slots, ``among`` being how many prompts this
+        admission places. With a KV stream per slot, llama.cpp computes only sequences
+        with consecutive ids in one pass, so the live slots must stay packed from 0:
+        measured in process, 6 streams in slots 0-5 decoded at 208-224 tok/s, in
+        slots 0, 1, 2, 4, 5, 7 at 131-138.
+
+        A slot keeps the KV cells of its last prompt when it is freed, and a new prompt
+        computes only what follows the start it shares with them: chat prompts of one
+        deployment mostly start alike (the template, a system prompt, an earlier turn
+        of the same conversation). So the candidate sharing the longest start is taken
+        (on a tie, the one keeping the least, so a useful start is not overwritten).
+        When a free slot outside the candidates shares a longer start, its cells are
+        copied in first: one memcpy of its KV stream (about 47 MB for SmolLM2-135M at
+        2048 cells, a few milliseconds), far less than computing those tokens again.
+        The last prompt token always runs again: its logits give the first answer token.
         """
-        # The longest shared start wins; on a tie, the slot keeping the least, so a
-        # useful prefix is not overwritten while an empty slot is free.
-        best = max(
-            reversed(free),
-            key=lambda seq: (
-                _shared_prefix(self._kept.get(seq, ()), tokens),
-                -len(self._kept.get(seq, ())),
-            ),
-        )
-        reused = _shared_prefix(self._kept.get(best, ()), tokens)
-        free.remove(best)
-        self._kept.pop(best, None)
+
+        def sharing(slot: int) -> int:
+            return _shared_prefix(self._kept.get(slot, ()), tokens)
+
+        candidates = sorted(free)[: max(1, among)]
+        seq = max(candidates, key=lambda slot: (sharing(slot), -len(self._kept.get(slot, ()))))
+        reused = sharing(seq)
+        donor = max(free, key=sharing)
+        if sharing(donor) >= reused + _COPY_GAIN:
+            # Whole streams only (llama.cpp copies across streams no other way); the
+            # tail after the shared start is dropped just below.
+            lc.llama_memory_seq_cp(self._memory, donor, seq, -1, -1)
+            self._kept[seq] = self._kept[donor]
+            reused = sharing(donor)
+        free.remove(seq)
+        self._kept.pop(seq, None)
         reused = max(0, min(reused, len(tokens) - _MIN_TAIL))
-        lc.llama_memory_seq_rm(self._memory, best, reused, -1)
+        lc.llama_memory_seq_rm(self._memory, seq, reused, -1)
         self._reused_tokens.inc(reused)
-        return best, reused
+        return seq, reused
 
     def _expire_waiting(self) -> None:
         """Answer 504 to queued requests that waited past their deadline (lock held)."""
@@ -558,6 +586,10 @@ class BatchedLlamaBackend:
             self._out.post(job, "end", "length")
             return True
         return False
+
+
+def _by_seq(job: _Job) -> int:
+    return job.seq
 
 
 def _shared_prefix(kept: Sequence[int], tokens: Sequence[int]) -> int:
