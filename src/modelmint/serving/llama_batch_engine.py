@@ -468,7 +468,6 @@ class BatchedLlamaBackend:
             # Whole streams only (llama.cpp copies across streams no other way); the
             # tail after the shared start is dropped just below.
             lc.llama_memory_seq_cp(self._memory, donor, seq, -1, -1)
-            self._kept[seq] = self._kept[donor]
             reused = sharing(donor)
         free.remove(seq)
         self._kept.pop(seq, None)
