@@ -51,10 +51,10 @@ def tiny() -> Iterator[BatchedLlamaBackend]:
     yield from _backend(slots=1, context_per_slot=256, max_queued=1)
 
 
-@pytest.fixture(scope="module")
-def pair() -> Iterator[BatchedLlamaBackend]:
-    """Two slots: for which slot a prompt decodes in."""
-    yield from _backend(slots=2, context_per_slot=256)
+@pytest.fixture
+def trio() -> Iterator[BatchedLlamaBackend]:
+    """Three empty slots: for which slot a prompt decodes in."""
+    yield from _backend(slots=3, context_per_slot=256)
 
 
 @pytest.fixture(scope="module")
@@ -134,25 +134,48 @@ async def test_a_prompt_reuses_the_kept_cells_of_a_shared_start_and_answers_the_
     assert reused_charge.engine_ms < fresh_charge.engine_ms * 4  # charged, not free
 
 
+async def _run_in(
+    backend: BatchedLlamaBackend, prompt: str, max_tokens: int
+) -> tuple[str, EngineCharge, int]:
+    """(text, the engine's charge, prompt tokens)."""
+    charge, usage = EngineCharge(), Usage()
+    text, _ = await collect(backend.stream(completion(prompt, max_tokens), usage, charge))
+    return text, charge, usage.input_tokens
+
+
+QUESTION = "The three primary colors are red, blue and yellow. The sky is"
+
+
 async def test_a_start_kept_in_another_slot_is_copied_into_the_lowest_free_one(
-    pair: BatchedLlamaBackend,
+    trio: BatchedLlamaBackend,
 ) -> None:
     """Live slots stay packed from 0 (llama.cpp computes only consecutive sequence ids
     together), and a longer kept start in a higher slot is copied down, not recomputed."""
-
-    async def run(prompt: str) -> tuple[str, EngineCharge]:
-        charge = EngineCharge()
-        text, _ = await collect(pair.stream(completion(prompt, 16), Usage(), charge))
-        return text, charge
-
-    question = "The three primary colors are red, blue and yellow. The sky is"
-    (_, beside), (fresh, fresh_charge) = await asyncio.gather(run("Zebras live in"), run(question))
-    assert (beside.slot, fresh_charge.slot) == (0, 1)
-    again, copied = await run(question)  # slot 0 is free again and holds the zebras
+    # The question ends first, so nothing moves: it leaves its cells in slot 1.
+    (_, beside, _), (fresh, first, _) = await asyncio.gather(
+        _run_in(trio, "Zebras live in", 40), _run_in(trio, QUESTION, 16)
+    )
+    assert (beside.slot, first.slot) == (0, 1)
+    again, copied, prompt_tokens = await _run_in(trio, QUESTION, 16)  # slot 0 holds zebras
 
     assert copied.slot == 0
-    assert copied.reused_tokens >= 6  # "The three primary colors are red," at least
+    # All of it but the last two tokens, which always run (see _MIN_TAIL).
+    assert copied.reused_tokens == prompt_tokens - 2
     assert again == fresh
+
+
+async def test_a_sequence_moves_down_into_a_slot_freed_below_it(
+    trio: BatchedLlamaBackend,
+) -> None:
+    (_, low, _), (_, short, _), (moved_text, moved, _) = await asyncio.gather(
+        _run_in(trio, "Zebras live in", 40),
+        _run_in(trio, "The capital of France is", 2),
+        _run_in(trio, QUESTION, 24),
+    )
+    assert (low.slot, short.slot) == (0, 1)
+    assert moved.slot == 1  # it began in slot 2 and moved when slot 1 was freed
+    alone, _, _ = await _run_in(trio, QUESTION, 24)
+    assert moved_text == alone
 
 
 async def test_seeded_sampling_is_the_same_alone_and_in_a_batch(

@@ -85,7 +85,8 @@ class EngineCharge:
     steps: int = 0
     # Prompt tokens found in the slot's KV cells, kept from an earlier prompt.
     reused_tokens: int = 0
-    # The KV slot (llama.cpp sequence id) the request decoded in; -1 before it had one.
+    # The KV slot (llama.cpp sequence id) the request decodes in, last if it was moved
+    # down into a freed one; -1 before it had one.
     slot: int = -1
 
 
@@ -333,6 +334,7 @@ class BatchedLlamaBackend:
                 if not self._admit(live, free):
                     break
                 self._drop_cancelled(live, free, memory)
+                self._compact(live, free)
                 if live:
                     self._step(ctx, batch, live, free, memory)
                 self._out.flush()
@@ -457,10 +459,11 @@ class BatchedLlamaBackend:
         The last prompt token always runs again: its logits give the first answer token.
         """
 
-        def sharing(slot: int) -> int:
-            return _shared_prefix(self._kept.get(slot, ()), tokens)
+        def sharing(slot: int) -> int:  # kept tokens this prompt can use
+            kept = _shared_prefix(self._kept.get(slot, ()), tokens)
+            return max(0, min(kept, len(tokens) - _MIN_TAIL))
 
-        candidates = sorted(free)[: max(1, among)]
+        candidates = sorted(free)[:among]
         seq = max(candidates, key=lambda slot: (sharing(slot), -len(self._kept.get(slot, ()))))
         reused = sharing(seq)
         donor = max(free, key=sharing)
@@ -471,10 +474,29 @@ class BatchedLlamaBackend:
             reused = sharing(donor)
         free.remove(seq)
         self._kept.pop(seq, None)
-        reused = max(0, min(reused, len(tokens) - _MIN_TAIL))
         lc.llama_memory_seq_rm(self._memory, seq, reused, -1)
         self._reused_tokens.inc(reused)
         return seq, reused
+
+    def _compact(self, live: list[_Job], free: list[int]) -> None:
+        """Move the highest live sequences down into free slots below them.
+
+        New requests fill the lowest free slots, but one that finishes between others
+        leaves a gap, and with a gap every step runs as two compute passes (6 streams
+        in slots 0, 1, 2, 4, 5, 7: 131-138 tok/s, in 0-5: 208-224). A move is one copy
+        of the sequence's KV stream, done by llama.cpp before the next step computes;
+        the cells stay where they were too, kept for a later prompt with the same start.
+        """
+        while live and free and min(free) < live[-1].seq:
+            job, hole = live.pop(), min(free)
+            lc.llama_memory_seq_cp(self._memory, job.seq, hole, -1, -1)
+            free.remove(hole)
+            free.append(job.seq)
+            self._kept[job.seq] = job.tokens[: min(job.n_past, len(job.tokens))]
+            self._kept.pop(hole, None)
+            job.seq = job.charge.slot = hole
+            live.append(job)
+            live.sort(key=_by_seq)
 
     def _expire_waiting(self) -> None:
         """Answer 504 to queued requests that waited past their deadline (lock held)."""
@@ -512,30 +534,33 @@ class BatchedLlamaBackend:
         """One llama_decode over every live sequence, then one sampled token for each."""
         started = time.perf_counter()
         n = prompt_n = 0
-        # Generating sequences first (one token each), so a long prompt never stalls them;
-        # prompt chunks fill the rest of the batch.
+        # Every generating sequence gets its one token, so a long prompt never stalls
+        # them; prompt chunks share the room left. The batch is laid out in slot order
+        # (``live`` is kept so): llama.cpp computes only consecutive sequence ids, in
+        # batch order, in one pass.
+        room = self._n_batch - sum(job.n_past >= len(job.tokens) for job in live)
         for job in live:
             job.out_idx, job.batch_tokens = -1, 0
             if job.n_past >= len(job.tokens):
                 n = _put(batch, n, job.next_token, job.n_past, job.seq, True)
                 job.out_idx, job.batch_tokens = n - 1, 1
-        for job in live:
+                continue
             left = len(job.tokens) - job.n_past
-            take = min(left, self._n_batch - n)
+            take = min(left, room)
             if 0 < left - take < _MIN_TAIL:
                 take = left - _MIN_TAIL  # a full batch must not leave a lone last token
             if take < min(left, _MIN_TAIL):
                 continue  # no room this step for a chunk that keeps answers the same
-            if left > 0:
-                if job.charge.steps == 0:
-                    job.charge.queue_ms = (started - job.arrived) * 1000.0
-                chunk = job.tokens[job.n_past : job.n_past + take]
-                last = job.n_past + len(chunk) == len(job.tokens)
-                for i, token in enumerate(chunk):
-                    n = _put(batch, n, token, job.n_past + i, job.seq, last and i == len(chunk) - 1)
-                job.batch_tokens = len(chunk)
-                prompt_n += len(chunk)
-                job.out_idx = n - 1 if last else -1
+            if job.charge.steps == 0:
+                job.charge.queue_ms = (started - job.arrived) * 1000.0
+            chunk = job.tokens[job.n_past : job.n_past + take]
+            last = job.n_past + len(chunk) == len(job.tokens)
+            for i, token in enumerate(chunk):
+                n = _put(batch, n, token, job.n_past + i, job.seq, last and i == len(chunk) - 1)
+            job.batch_tokens = len(chunk)
+            room -= len(chunk)
+            prompt_n += len(chunk)
+            job.out_idx = n - 1 if last else -1
         batch.n_tokens = n
         code = lc.llama_decode(ctx, batch)
         if code != 0:
