@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # The stamp changes whenever the declared dependencies change, so `make` reinstalls then.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile scripts/llama-wheel.sh scripts/llama-cpp-patches/*.patch | sha1sum | cut -c1-12)
 
-.PHONY: run test unit integration e2e lint typecheck fmt clean venv bench bench-gateway bench-llm bench-embeddings bench-recommender bench-analytics fuzz soak audit crash
+.PHONY: run test unit integration e2e lint typecheck fmt clean venv bench bench-gateway bench-llm bench-embeddings bench-recommender bench-analytics fuzz soak soak-prepaid audit crash
 
 venv: $(STAMP)
 
@@ -64,9 +64,14 @@ bench-analytics: $(STAMP)
 fuzz: $(STAMP)
 	MODELMINT_FUZZ_EXAMPLES=300 $(BIN)/python -m pytest tests/e2e/test_fuzz.py
 
-# 10 minutes at 80% of the measured maximum rate against the mock upstream.
+# 10 minutes at 80% of the measured maximum rate against the mock upstream; then the
+# prepaid mode: 10 minutes at 70% of the prepaid maximum, PostgreSQL, two workers.
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak --seconds 600 --json var/soak.json
+	$(BIN)/python -m bench.soak --prepaid --seconds 600 --json var/soak-prepaid.json
+
+soak-prepaid: $(STAMP)
+	$(BIN)/python -m bench.soak --prepaid --seconds 600 --json var/soak-prepaid.json
 
 # Known vulnerabilities of the installed dependencies (fails when the service is unreachable).
 audit: $(STAMP)

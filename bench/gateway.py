@@ -11,10 +11,16 @@ bench prints requests/s, p50/p99 latency, latency added over the direct upstream
 ratio lines such as ``gateway_c64_rps_ratio_vs_litellm: 12.4``, and a metering check:
 after an exact-count run, usage rows must equal the 2xx answers received.
 
-A third ModelMint run (PostgreSQL) puts the client on a prepaid plan, so that every
-request also reserves on a wallet at admission and is rated and settled by the
-writer: the price of billing. Its check adds that the wallet consumed exactly the
-sum of the request charges.
+Two more ModelMint runs (SQLite and PostgreSQL) put the client on a prepaid plan, so
+that every request is also admitted against the wallet (from the process's credit
+lease) and rated and settled by the writer: the price of billing. Their check adds
+that the wallet consumed exactly the sum of the request charges, with nothing left
+held or leased once the gateway stopped, and they print, per database,
+``gateway_<db>_prepaid_c64_ratio_vs_unbilled`` (prepaid req/s over the same
+database's unbilled req/s) and ``gateway_<db>_prepaid_c1_added_p50_ms`` beside the
+unbilled run's added p50.
+
+    .venv/bin/python -m bench.gateway --only postgres,postgres-prepaid   (a subset)
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -298,7 +305,7 @@ def check_metering(target: Target, db_url: str, workdir: Path, rps: float) -> bo
     return exact
 
 
-def _reset(database_url: str | None) -> None:
+def reset(database_url: str | None) -> None:
     """Empty the PostgreSQL database between runs: each starts from a fresh schema."""
     assert database_url is not None
     engine = create_engine(database_url)
@@ -311,7 +318,8 @@ def _reset(database_url: str | None) -> None:
 
 
 def check_wallet(db_url: str) -> bool:
-    """The wallet consumed exactly what the requests were charged; nothing is left held."""
+    """The wallet consumed exactly what the requests were charged; nothing is left held
+    or leased (the gateway has stopped and handed its leases back)."""
     engine = create_engine(db_url)
     try:
         with engine.connect() as connection:
@@ -319,30 +327,72 @@ def check_wallet(db_url: str) -> bool:
             org = connection.execute(
                 text("SELECT id FROM organizations WHERE name = 'bench'")
             ).scalar_one()
-            charged = connection.execute(
-                text("SELECT SUM(charge) FROM usage_records WHERE organization_id = :org"),
-                {"org": org},
-            ).scalar()
-            wallet, consumed, balance, granted = connection.execute(
-                text(
-                    "SELECT id, consumed_total, balance, granted_total FROM billing_wallets "
-                    "WHERE organization_id = :org"
+            # Exact decimals are text on SQLite: added here, never by SQL SUM (floats).
+            charged = sum(
+                (
+                    Decimal(str(c))
+                    for (c,) in connection.execute(
+                        text(
+                            "SELECT charge FROM usage_records "
+                            "WHERE organization_id = :org AND charge IS NOT NULL"
+                        ),
+                        {"org": org},
+                    )
                 ),
-                {"org": org},
-            ).one()
-            held = connection.execute(
+                Decimal(0),
+            )
+            wallet, consumed, balance, granted, held, leased = (
+                connection.execute(
+                    text(
+                        "SELECT id, consumed_total, balance, granted_total, held, leased "
+                        "FROM billing_wallets WHERE organization_id = :org"
+                    ),
+                    {"org": org},
+                )
+                .one()
+                ._tuple()
+            )
+            consumed, balance, granted, held, leased = (
+                Decimal(str(v)) for v in (consumed, balance, granted, held, leased)
+            )
+            open_holds = connection.execute(
                 text(
                     "SELECT COUNT(*) FROM billing_reservations "
                     "WHERE wallet_id = :wallet AND closed_at IS NULL"
                 ),
                 {"wallet": wallet},
             ).scalar_one()
+            open_leases = connection.execute(
+                text(
+                    "SELECT COUNT(*) FROM billing_credit_leases "
+                    "WHERE wallet_id = :wallet AND closed_at IS NULL"
+                ),
+                {"wallet": wallet},
+            ).scalar_one()
     finally:
         engine.dispose()
-    exact = charged == consumed and balance == granted - consumed and held == 0
+    exact = (
+        charged == consumed
+        and balance == granted - consumed
+        and open_holds == 0
+        and open_leases == 0
+        and held == 0
+        and leased == 0
+    )
     verdict = "exact" if exact else "MISMATCH"
-    say(f"prepaid wallet: charged {charged}, consumed {consumed}, {held} open holds: {verdict}")
+    say(
+        f"prepaid wallet: charged {charged}, consumed {consumed}, {open_holds} open holds, "
+        f"{open_leases} open leases: {verdict}"
+    )
     return bool(exact)
+
+
+RUNS = {
+    "sqlite": (False, False),
+    "sqlite-prepaid": (False, True),
+    "postgres": (True, False),
+    "postgres-prepaid": (True, True),
+}
 
 
 def main() -> None:
@@ -351,7 +401,16 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", 10)))
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--only",
+        default=",".join(["litellm", *RUNS]),
+        help="comma-separated targets to run (litellm, " + ", ".join(RUNS) + ")",
+    )
     args = parser.parse_args()
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - {"litellm", *RUNS})
+    if unknown:
+        parser.error(f"unknown targets: {', '.join(unknown)}")
     workdir = BENCH_HOME / f"gateway-{time.strftime('%Y%m%d-%H%M%S')}"
     workdir.mkdir(parents=True)
     folder = workdir.relative_to(ROOT)
@@ -361,15 +420,16 @@ def main() -> None:
     with mock_upstream(workdir) as upstream:
         direct = Target("direct-upstream", upstream, {}, "mock")
         results[direct.name] = measure(direct, workdir, args.seconds)
-        with litellm(workdir, upstream, args.workers) as peer:
-            results[peer.name] = measure(peer, workdir, args.seconds)
-        runs: list[tuple[str | None, bool]] = [(None, False)]
+        if "litellm" in chosen:
+            with litellm(workdir, upstream, args.workers) as peer:
+                results[peer.name] = measure(peer, workdir, args.seconds)
         with postgres_database() as pg_url:
-            if pg_url:
-                runs += [(pg_url, False), (pg_url, True)]
-            for database_url, prepaid in runs:
-                if prepaid:
-                    _reset(database_url)
+            for name, (postgres, prepaid) in RUNS.items():
+                if name not in chosen or (postgres and not pg_url):
+                    continue
+                database_url = pg_url if postgres else None
+                if postgres:
+                    reset(pg_url)
                 with modelmint(workdir, upstream, args.workers, database_url, prepaid) as (
                     target,
                     db_url,
@@ -378,38 +438,55 @@ def main() -> None:
                     exact[target.name] = check_metering(
                         target, db_url, workdir, results[target.name][64, False].rps
                     )
-                    if prepaid:
-                        exact[target.name] &= check_wallet(db_url)
+                # The gateway has stopped: every lease was handed back.
+                if prepaid:
+                    exact[target.name] &= check_wallet(db_url)
     report(results, exact)
 
 
 def report(results: dict[str, dict[tuple[int, bool], WrkResult]], exact: dict[str, bool]) -> None:
     print()
     columns = ("c", "stream", "req/s", "p50 ms", "p99 ms", "added p50")
-    print(f"{'target':18} " + " ".join(f"{c:>10}" for c in columns))
+    print(f"{'target':26} " + " ".join(f"{c:>10}" for c in columns))
     direct = results["direct-upstream"]
     for name, points in results.items():
         for (connections, stream), r in sorted(points.items()):
             added = r.p50_ms - direct[connections, stream].p50_ms
             cells = (connections, stream, f"{r.rps:.1f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}")
-            print(f"{name:18} " + " ".join(f"{c!s:>10}" for c in (*cells, f"{added:.2f}")))
+            print(f"{name:26} " + " ".join(f"{c!s:>10}" for c in (*cells, f"{added:.2f}")))
     print()
-    peer = results["litellm"]
+    peer = results.get("litellm")
     for name in (n for n in results if n.startswith("modelmint")):
         ours = results[name]
         tag = {
             "modelmint-sqlite": "gateway",
+            "modelmint-sqlite-prepaid": "gateway_sqlite_prepaid",
             "modelmint-postgres": "gateway_postgres",
             "modelmint-postgres-prepaid": "gateway_postgres_prepaid",
         }[name]
         for stream in (False, True):
             suffix = "_stream" if stream else ""
             for connections in CONCURRENCY:
-                ratio = ours[connections, stream].rps / max(peer[connections, stream].rps, 1e-9)
-                print(f"{tag}_c{connections}{suffix}_rps_ratio_vs_litellm: {ratio:.2f}")
+                if peer is not None:
+                    ratio = ours[connections, stream].rps / max(peer[connections, stream].rps, 1e-9)
+                    print(f"{tag}_c{connections}{suffix}_rps_ratio_vs_litellm: {ratio:.2f}")
             added = ours[1, stream].p50_ms - direct[1, stream].p50_ms
             print(f"{tag}_c1{suffix}_added_p50_ms: {added:.3f}")
         print(f"{tag}_metering_exact: {str(exact[name]).lower()}")
+    # The price of billing: prepaid against unbilled on the same database, same run.
+    for database in ("sqlite", "postgres"):
+        unbilled = results.get(f"modelmint-{database}")
+        prepaid = results.get(f"modelmint-{database}-prepaid")
+        if unbilled is None or prepaid is None:
+            continue
+        ratio = prepaid[64, False].rps / max(unbilled[64, False].rps, 1e-9)
+        paid_added = prepaid[1, False].p50_ms - direct[1, False].p50_ms
+        free_added = unbilled[1, False].p50_ms - direct[1, False].p50_ms
+        print(f"gateway_{database}_prepaid_c64_ratio_vs_unbilled: {ratio:.2f}")
+        print(f"gateway_{database}_prepaid_c1_added_p50_ms: {paid_added:.3f}")
+        print(f"gateway_{database}_unbilled_c1_added_p50_ms: {free_added:.3f}")
+        print(f"gateway_{database}_prepaid_c1_added_p50_over_unbilled_ms: "
+              f"{paid_added - free_added:.3f}")  # fmt: skip
 
 
 if __name__ == "__main__":

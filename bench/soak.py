@@ -7,10 +7,19 @@ and reports, per tenth of the run, the p50/p99 latency and the gateway's memory:
 
     python -m bench.soak                       # 10 minutes at 80% of the measured maximum
     python -m bench.soak --seconds 60          # a short run
+    python -m bench.soak --prepaid             # prepaid mode (below)
+
+Prepaid mode puts the client on a prepaid plan with every token and request priced,
+on PostgreSQL with two workers, at 70% of the prepaid maximum measured in the same
+run: every request is admitted against the wallet and charged by the writer. At the
+end the wallet and the usage rows must reconcile exactly (consumed == sum of the
+charges, nothing left held or leased once the gateway stopped), and the last
+tenth's p99 must stay within 2x of the first tenth's.
 
 Latency is measured from when a request was due, not when it was sent (an open-loop
 schedule), so a gateway that falls behind shows it instead of slowing the load down.
-Exit status 1 when any request failed or the memory grew by 10% or more.
+Exit status 1 when any request failed, the memory grew by 10% or more, or (prepaid
+mode) the books did not reconcile or the p99 drifted past 2x.
 """
 
 from __future__ import annotations
@@ -30,12 +39,21 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.common import BENCH_HOME, say
-from bench.gateway import Target, chat_body, mock_upstream, modelmint
+from bench.gateway import (
+    Target,
+    chat_body,
+    check_wallet,
+    mock_upstream,
+    modelmint,
+    postgres_database,
+    reset,
+)
 
 __all__ = ["SoakResult", "main"]
 
 WINDOWS = 10  # the run is reported in tenths
 MAX_RSS_GROWTH = 0.10
+MAX_P99_DRIFT = 1.0  # prepaid mode: the last tenth's p99 within 2x of the first's
 # Connections to the gateway, as a load balancer would hold: when the gateway falls
 # behind, requests wait here (and their latency shows it), not as a backlog inside the
 # gateway that would pass for a memory leak.
@@ -196,23 +214,37 @@ def report(result: SoakResult, seconds: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--seconds", type=float, default=600.0, help="soak duration")
-    parser.add_argument("--fraction", type=float, default=0.8, help="of the measured maximum")
+    parser.add_argument(
+        "--fraction", type=float, help="of the measured maximum (default 0.8; prepaid 0.7)"
+    )
     parser.add_argument("--probe-seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=32, help="while probing the maximum")
+    parser.add_argument("--prepaid", action="store_true", help="PostgreSQL, 2 workers, prepaid")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
+    fraction = args.fraction or (0.7 if args.prepaid else 0.8)
     # A fresh home per run: the gateway's database and the model registered in it.
     workdir = BENCH_HOME / f"soak-{time.strftime('%Y%m%d-%H%M%S')}"
     workdir.mkdir(parents=True, exist_ok=True)
-    with mock_upstream(workdir) as upstream, modelmint(workdir, upstream, 1, None) as (target, _):
-        say(f"probing the maximum rate for {args.probe_seconds:.0f} s")
-        max_rps = asyncio.run(probe(target, args.probe_seconds, args.concurrency))
-        result = SoakResult(max_rps=max_rps, target_rps=max_rps * args.fraction)
-        say(f"max {max_rps:.0f} req/s; soaking at {result.target_rps:.0f} req/s")
-        asyncio.run(soak(target, result, args.seconds))
+    reconciled: bool | None = None
+    with mock_upstream(workdir) as upstream, postgres_database() as pg_url:
+        if args.prepaid and pg_url is None:
+            sys.exit("prepaid mode needs PostgreSQL")
+        if args.prepaid:
+            reset(pg_url)
+        workers, url = (2, pg_url) if args.prepaid else (1, None)
+        with modelmint(workdir, upstream, workers, url, args.prepaid) as (target, db_url):
+            say(f"probing the maximum rate for {args.probe_seconds:.0f} s")
+            max_rps = asyncio.run(probe(target, args.probe_seconds, args.concurrency))
+            result = SoakResult(max_rps=max_rps, target_rps=max_rps * fraction)
+            say(f"max {max_rps:.0f} req/s; soaking at {result.target_rps:.0f} req/s")
+            asyncio.run(soak(target, result, args.seconds))
+        if args.prepaid:  # the gateway stopped and handed its leases back
+            reconciled = check_wallet(db_url)
     report(result, args.seconds)
     if args.json:
         figures = {
+            "mode": "prepaid, PostgreSQL, 2 workers" if args.prepaid else "unbilled, SQLite",
             "seconds": args.seconds,
             "max_rps": round(max_rps, 1),
             "target_rps": round(result.target_rps, 1),
@@ -227,9 +259,14 @@ def main() -> None:
             "rss_first_mb": round(result.rss_mb(0), 1),
             "rss_last_mb": round(result.rss_mb(WINDOWS - 1), 1),
             "rss_growth": round(result.rss_growth, 4),
+            "books_reconciled": reconciled,
         }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
-    sys.exit(1 if result.errors or result.rss_growth >= MAX_RSS_GROWTH else 0)
+    failed = result.errors or result.rss_growth >= MAX_RSS_GROWTH
+    if args.prepaid:
+        failed = failed or not reconciled or result.p99_drift > MAX_P99_DRIFT
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     # A wallet reservation still open after this long is presumed lost (its process
     # died before metering the request) and is released.
     reservation_ttl_s: float = Field(default=3600.0, gt=0)
+    # Prepaid credit and hard-budget room a gateway process leases to admit requests from
+    # memory (see charging/leases.py): renewed every second while in use, admitted from
+    # for half this long after the last renewal, and returned to the pool by any process's
+    # sweep this long after a holder stopped renewing (it died). Longer: fewer requests
+    # cut off by a database hiccup; shorter: a dead process's credit returns sooner.
+    credit_lease_ttl_s: float = Field(default=30.0, ge=1.0, le=3600.0)
 
     # Demo data only: lets `modelmint demo traffic` meter requests of demo-* organisations
     # in the past (with the admin token; see gateway/demo_clock.py). Never turn it on

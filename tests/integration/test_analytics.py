@@ -187,7 +187,7 @@ def build_world(database: Database, *, seed: int = 11, count: int = 1200) -> Wor
     _seed_registry(database)
     orgs = _seed_billing(database)
     events = _events(database, orgs, seed, count)
-    writer = UsageWriter(database, charge=Charger().charge, max_batch=97)
+    writer = UsageWriter(database, charging=Charger(), max_batch=97)
     writer.start()
     try:
         futures = [writer.submit(e) for e in events]

@@ -57,7 +57,7 @@ def pro_plan() -> SubscriptionPlan:
 
 @pytest.fixture
 def writer(database: Database) -> Iterator[UsageWriter]:
-    usage_writer = UsageWriter(database, charge=Charger().charge)
+    usage_writer = UsageWriter(database, charging=Charger())
     usage_writer.start()
     yield usage_writer
     usage_writer.close()
@@ -151,14 +151,17 @@ def test_a_hard_budget_holds_the_worst_case_and_settles_the_actual(
         )
     period = Period.containing(datetime.now(UTC))
     budgets = {"": Budget(Money(D("1.00"), "USD"))}
-    hold_budget(database, org, "key_1", period, "USD", D("0.60"), budgets)
+    assert hold_budget(database, org, "key_1", period, "USD", D("0.60"), budgets) == ("",)
     with pytest.raises(BudgetExceeded, match=r"monthly budget of 1\.00 USD is reached"):
         hold_budget(database, org, "key_1", period, "USD", D("0.50"), budgets)
     # It could have cost 0.60; it used 150 output tokens at 0.002: 0.30.
-    done = event(org, 1, "pro", output_tokens=150, spend_hold=D("0.60"), spend_period=period.start)
+    done = event(
+        org, 1, "pro", output_tokens=150, spend_hold=D("0.60"), spend_period=period.start,
+        spend_scopes=("",),
+    )  # fmt: skip
     writer.submit(done).result(timeout=30)
     hold_budget(database, org, "key_1", period, "USD", D("0.70"), budgets)  # 0.30 + 0.70 fits
-    release_budget(database, org, "key_1", period, "USD", D("0.70"))
+    release_budget(database, org, "key_1", period, "USD", D("0.70"), ("",))
     with database.session() as session:
         spend = BillingRepository(session).lock_spend(org, ["key_1"], period.start, "USD")
         alerts = session.scalars(select(BillingAlert).where(BillingAlert.kind == "budget")).all()

@@ -13,6 +13,7 @@ allowance used): a threshold fires when usage moves from below it to at or above
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -20,7 +21,7 @@ from modelmint.billing.errors import InvalidBudget
 from modelmint.billing.exact import EXACT
 from modelmint.billing.money import Money
 
-__all__ = ["DEFAULT_THRESHOLDS", "Budget", "crossed"]
+__all__ = ["DEFAULT_THRESHOLDS", "Budget", "alert_id", "crossed"]
 
 DEFAULT_THRESHOLDS = (50, 80, 100)
 _MAX_PERCENT = 1000
@@ -80,3 +81,13 @@ def crossed(
         if before < line <= after:
             fired.append(percent)
     return fired
+
+
+def alert_id(
+    organization_id: str, api_key_id: str, kind: str, subject: str, period: object, threshold: int
+) -> str:
+    """The id of the alert a threshold raises: derived from what it is about, so that it
+    is raised once per (scope, kind, subject, period, threshold) however many writers
+    cross it."""
+    identity = f"{organization_id}|{api_key_id}|{kind}|{subject}|{period}|{threshold}"
+    return "alr_" + hashlib.sha256(identity.encode()).hexdigest()[:40]

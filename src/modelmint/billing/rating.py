@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
+from modelmint.billing.charges import FlatRate
 from modelmint.billing.errors import PriceNotFound, UsageCapExceeded
 from modelmint.billing.exact import EXACT, Quantity, exact_sum, minus, plus
 from modelmint.billing.metrics import Metric, check_quantity
@@ -43,6 +44,7 @@ __all__ = [
     "admit",
     "billed_quantities",
     "rate",
+    "rate_alone",
     "worst_case",
 ]
 
@@ -183,6 +185,30 @@ def rate(plan: Plan, before: UsageTotal, included_used: Quantity, quantity: Quan
         start = before.overage
         amount = EXACT.subtract(charge.price(plus(start, overage)), charge.price(start))
     return RatedUsage(key, quantity, included, overage, amount)
+
+
+def rate_alone(
+    plan: Plan, model: str, quantities: Mapping[Metric, Quantity]
+) -> list[RatedUsage] | None:
+    """The request's rating when it cannot depend on the period's usage so far, else None.
+
+    A line whose allowance is zero (all overage) or unlimited (all included) and whose
+    price is linear (a flat rate) costs the same wherever the period stands, so such a
+    request is rated without reading the running totals: exactly what ``PeriodUsage``
+    would give, and its totals are then added up blindly.
+    """
+    if isinstance(plan, FreeTierPlan):
+        return None  # its allowances run out
+    rated = []
+    for metric, quantity in quantities.items():
+        allowance = plan.allowance(metric)
+        if allowance not in (None, 0):
+            return None
+        charge = plan.overage_charge(model, metric)
+        if charge is not None and not isinstance(charge, FlatRate):
+            return None
+        rated.append(rate(plan, UsageTotal(UsageKey(plan.ref, model, metric)), 0, quantity))
+    return rated
 
 
 class PeriodUsage:

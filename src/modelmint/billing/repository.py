@@ -32,7 +32,7 @@ from sqlalchemy import Table, bindparam, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from modelmint.billing.budgets import Budget
+from modelmint.billing.budgets import Budget, alert_id
 from modelmint.billing.coupons import Coupon, Redemption
 from modelmint.billing.errors import (
     ChargeMismatch,
@@ -152,8 +152,10 @@ class BillingRepository:
         self._loaded_reservations: dict[str, set[str]] = {}
         self._loaded_grants: dict[str, set[str]] = {}
         self._wallet_totals: dict[str, tuple[Decimal, Decimal]] = {}
-        # wallet id -> credit held by gateway reservations (``hold_credit``), as loaded.
+        # wallet id -> credit held by gateway reservations (``hold_credit``) and leased by
+        # gateway processes, as loaded.
         self._wallet_held: dict[str, Decimal] = {}
+        self._wallet_leased: dict[str, Decimal] = {}
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -360,6 +362,7 @@ class BillingRepository:
         self._loaded_grants[wallet.id] = set()
         self._wallet_totals[wallet.id] = (Decimal(0), Decimal(0))
         self._wallet_held[wallet.id] = Decimal(0)
+        self._wallet_leased[wallet.id] = Decimal(0)
         return wallet
 
     def _wallet_row(
@@ -478,6 +481,7 @@ class BillingRepository:
         self._loaded_grants[wallet.id] = {g.id for g, _ in grants}
         self._wallet_totals[wallet.id] = (row.granted_total, row.consumed_total)
         self._wallet_held[wallet.id] = row.held
+        self._wallet_leased[wallet.id] = row.leased
         return wallet
 
     def wallet_reserved(self, wallet_id: str) -> Money:
@@ -642,7 +646,8 @@ class BillingRepository:
     def hold_credit(
         self, organization_id: str, currency: str, amount: Decimal, reference: str, at: datetime
     ) -> str | None:
-        """Hold ``amount`` for a request if ``balance - held`` covers it; the reservation id,
+        """Hold ``amount`` for a request if ``balance - held - leased`` covers it (credit that
+        gateway processes leased is theirs to admit against); the reservation id,
         or None if it does not (or credit expired unrecorded: ``load_wallet`` + ``expire``
         then try again).
 
@@ -657,7 +662,7 @@ class BillingRepository:
                     "WITH w AS (UPDATE billing_wallets"
                     " SET held = held + :amount, reservation_count = reservation_count + 1"
                     " WHERE organization_id = :org AND currency = :currency"
-                    " AND balance - held >= :amount"
+                    " AND balance - held - leased >= :amount"
                     " AND (expires_next IS NULL OR expires_next > :at)"
                     " RETURNING id, reservation_count)"
                     " INSERT INTO billing_reservations"
@@ -675,7 +680,7 @@ class BillingRepository:
         if row is None:
             return None
         due = row.expires_next is not None and row.expires_next <= at
-        if due or EXACT.subtract(row.balance, row.held) < amount:
+        if due or EXACT.subtract(EXACT.subtract(row.balance, row.held), row.leased) < amount:
             return None
         row.held = EXACT.add(row.held, amount)
         row.reservation_count += 1
@@ -695,6 +700,10 @@ class BillingRepository:
     def credit_held(self, wallet_id: str) -> Decimal:
         """Credit held by gateway reservations, as loaded by this repository."""
         return self._wallet_held[wallet_id]
+
+    def credit_leased(self, wallet_id: str) -> Decimal:
+        """Credit gateway processes have leased (``charging.leases``), as loaded."""
+        return self._wallet_leased[wallet_id]
 
     def take_holds(self, wallet: Wallet, reservation_ids: Iterable[str]) -> dict[str, Decimal]:
         """End the open gateway holds among ``reservation_ids`` of a wallet loaded
@@ -938,6 +947,22 @@ class BillingRepository:
             found[scope] = (row.amount, row.held)
         return found
 
+    def spend_leased(
+        self, organization_id: str, api_key_ids: Iterable[str], period_start: datetime
+    ) -> dict[str, Decimal]:
+        """What gateway processes leased of each scope's month (rows ``lock_spend`` locked)."""
+        scopes = sorted(set(api_key_ids) | {""})
+        rows = self._session.execute(
+            select(BillingSpend.api_key_id, BillingSpend.leased).where(
+                BillingSpend.organization_id == organization_id,
+                BillingSpend.api_key_id.in_(scopes),
+                BillingSpend.period_start == period_start,
+            )
+        ).all()
+        found = {scope: Decimal(0) for scope in scopes}
+        found.update({scope: leased for scope, leased in rows})
+        return found
+
     def set_spend(
         self,
         organization_id: str,
@@ -971,29 +996,28 @@ class BillingRepository:
     ) -> str | None:
         """Record an alert once per (scope, kind, subject, period, threshold); returns its id,
         or None if it was raised before. Call under the organisation's usage lock."""
-        identity = f"{organization_id}|{api_key_id}|{kind}|{subject}|{period}|{threshold}"
-        alert_id = "alr_" + hashlib.sha256(identity.encode()).hexdigest()[:40]
-        if self._session.get(BillingAlert, alert_id) is not None:
+        alert = alert_id(organization_id, api_key_id, kind, subject, period, threshold)
+        if self._session.get(BillingAlert, alert) is not None:
             return None
         now = utcnow()
         self._session.add(
             BillingAlert(
-                id=alert_id,
+                id=alert,
                 organization_id=organization_id,
                 api_key_id=api_key_id,
                 kind=kind,
                 subject=subject,
                 period_start=period.start,
                 threshold=threshold,
-                payload={"id": alert_id, **payload},
+                payload={"id": alert, **payload},
                 status="pending",
                 attempts=0,
                 next_attempt_at=now,
                 created_at=now,
             )
         )
-        self._flush(f"alert {alert_id} raised concurrently")
-        return alert_id
+        self._flush(f"alert {alert} raised concurrently")
+        return alert
 
     # -- coupons and tax ---------------------------------------------------------------------
 

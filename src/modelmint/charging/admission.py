@@ -6,16 +6,22 @@ Per plan kind, after the rate limiter admitted the request:
 * subscription / enterprise: the model must be priced (or reported) by the plan;
   usage is billed after the period, so nothing is held;
 * prepaid: the request's worst-case cost (``rating.worst_case`` of the
-  ``quantities`` bound) is reserved on the wallet; 402 ``insufficient_quota`` if
+  ``quantities`` bound) is set aside on the wallet; 402 ``insufficient_quota`` if
   the wallet cannot cover it. The metering writer settles the actual cost;
 * hard budgets (of the organisation or the key, any priced plan): the worst case
-  is held on the month's spend rows; 402 ``budget_exceeded`` if a budget cannot
-  take it. The writer replaces the hold with the actual charge;
+  is set aside on the month's spend; 402 ``budget_exceeded`` if a budget cannot
+  take it. The writer replaces it with the actual charge;
 * free tier: the worst case must fit in what is left of each allowance (402 if
   not). The allowance used comes from the profile (committed usage, at most
   ``ttl`` old) plus what this process admitted since: exact within one process;
   across N processes a cap can be overrun by the requests the others admitted in
   the last ``ttl`` (never charged: a free tier charges nothing).
+
+Wallets and hard budgets are *pools*: the worst case is taken from this process's
+credit lease of each (``charging.leases``: no database round trip), or, when the
+pool is too small to lease from or the usage writer cannot commit (then nothing is
+admitted from memory that might not be billed), held per request with one
+conditional UPDATE (``charging.reservations``).
 
 The result is a ``Hold`` that travels with the request to its usage event.
 """
@@ -23,11 +29,12 @@ The result is a ``Hold`` that travels with the request to its usage event.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
-from modelmint.billing import FreeTierPlan, Metric, PlanRef, PrepaidPlan
+from modelmint.billing import Budget, FreeTierPlan, Metric, Plan, PlanRef, PrepaidPlan
 from modelmint.billing.errors import (
     BudgetExceeded,
     InsufficientCredit,
@@ -39,6 +46,7 @@ from modelmint.billing.periods import Period
 from modelmint.billing.rating import admit as admit_units
 from modelmint.billing.rating import billed_quantities, worst_case
 from modelmint.caching import TtlCache
+from modelmint.charging.leases import CreditLeases, Pool
 from modelmint.charging.profiles import BillingProfile, load_profile
 from modelmint.charging.reservations import hold_budget, release_budget, reserve
 from modelmint.errors import PermissionDenied
@@ -46,6 +54,8 @@ from modelmint.observability.metrics import BILLING_REFUSALS
 from modelmint.storage.db import Database, utcnow
 
 __all__ = ["NO_HOLD", "Hold", "SpendGuard"]
+
+log = logging.getLogger(__name__)
 
 Bound = Callable[[], Mapping[Metric, Quantity]]
 
@@ -56,10 +66,26 @@ class Hold:
 
     plan: PlanRef | None = None
     currency: str | None = None
-    reservation: str | None = None  # the wallet reservation the writer settles
-    # The worst case held on the month's spend against hard budgets, and that month.
+    reservation: str | None = None  # the per-request wallet hold the writer settles
+    # The worst case held per request on the month's spend against hard budgets, that
+    # month, and the scopes ("" for the organisation, else the key id) it was held on.
     spend_hold: Decimal = Decimal(0)
     spend_period: Period | None = None
+    spend_scopes: tuple[str, ...] = ()
+    # The credit leases the worst case was taken from (the wallet's, the hard budgets'),
+    # and that worst case.
+    wallet_lease: str | None = None
+    spend_leases: tuple[str, ...] = ()
+    lease_worst: Decimal = Decimal(0)
+
+    @property
+    def leases(self) -> tuple[str, ...]:
+        return (
+            self.spend_leases
+            if self.wallet_lease is None
+            else (self.wallet_lease, *self.spend_leases)
+        )
+
     # Free tiers: the units admitted against the allowance, returned on completion.
     units: Mapping[Metric, Quantity] = field(default_factory=dict)
     organization_id: str = ""
@@ -86,10 +112,19 @@ class _FreeTierCount:
 
 
 class SpendGuard:
-    def __init__(self, database: Database, *, ttl: float) -> None:
+    def __init__(
+        self,
+        database: Database,
+        *,
+        ttl: float,
+        leases: CreditLeases | None = None,
+        writer_ok: Callable[[], bool] = lambda: True,
+    ) -> None:
         self._database = database
         self.profiles: TtlCache[str, BillingProfile] = TtlCache(self._load, ttl=ttl)
         self._free: dict[str, _FreeTierCount] = {}
+        self.leases = leases
+        self._writer_ok = writer_ok
 
     def _load(self, organization_id: str) -> BillingProfile:
         with self._database.session() as session:
@@ -122,37 +157,54 @@ class SpendGuard:
         if isinstance(plan, FreeTierPlan):
             return self._admit_free(profile, plan, quantities)
         budgets = profile.hard_budgets(api_key_id)
+        base = Hold(plan.ref, plan.currency, organization_id=organization_id)
         if not isinstance(plan, PrepaidPlan) and not budgets:
-            return Hold(plan.ref, plan.currency, organization_id=organization_id)
+            return base
         worst = worst_case(plan, model, quantities)
         if worst == 0:
-            return Hold(plan.ref, plan.currency, organization_id=organization_id)
+            return base
         period = profile.period or Period.containing(utcnow())
-        if budgets:
-            await asyncio.to_thread(
-                hold_budget,
-                self._database,
-                organization_id,
-                api_key_id,
-                period,
-                plan.currency,
-                worst,
-                budgets,
-            )
-        hold = Hold(
-            plan.ref,
-            plan.currency,
-            organization_id=organization_id,
-            spend_hold=worst if budgets else Decimal(0),
-            spend_period=period if budgets else None,
-        )
-        if isinstance(plan, PrepaidPlan):
+        pools = _pools(profile, plan, period, budgets)
+        if self.leases is None or not self._writer_ok():
+            return await self._hold(base, pools, api_key_id, request_id, worst, period, budgets)
+        taken = self.leases.take(pools, worst)
+        if taken is not None:  # the common case: no I/O at all
+            return _leased(base, dict(zip(pools, taken, strict=True)), worst)
+        leased, fallback = await self.leases.take_or_fall_back(pools, worst)
+        base = _leased(base, leased, worst)
+        try:
+            return await self._hold(base, fallback, api_key_id, request_id, worst, period, budgets)
+        except BaseException:
+            self.leases.give_back(base.leases, worst)
+            raise
+
+    async def _hold(
+        self,
+        hold: Hold,
+        pools: Sequence[Pool],
+        api_key_id: str,
+        request_id: str,
+        worst: Decimal,
+        period: Period,
+        budgets: Mapping[str, Budget],
+    ) -> Hold:
+        """Hold ``worst`` per request on ``pools`` (one transaction each)."""
+        organization_id, currency = hold.organization_id, hold.currency
+        assert currency is not None
+        scoped = {p.scope: budgets[p.scope] for p in pools if p.kind == "budget"}
+        if scoped:
+            scopes = await asyncio.to_thread(
+                hold_budget, self._database, organization_id, api_key_id, period, currency,
+                worst, scoped,
+            )  # fmt: skip
+            hold = replace(hold, spend_hold=worst, spend_period=period, spend_scopes=scopes)
+        if any(p.kind == "wallet" for p in pools):
             try:
                 reservation = await asyncio.to_thread(
-                    reserve, self._database, organization_id, plan.currency, worst, request_id
+                    reserve, self._database, organization_id, currency, worst, request_id
                 )
             except BaseException:
-                if budgets:  # give the budget hold back: this request will never be metered
+                if hold.spend_scopes:  # give the budget hold back: it will never be metered
                     await asyncio.to_thread(self._unhold, hold, api_key_id)
                 raise
             hold = replace(hold, reservation=reservation)
@@ -167,6 +219,7 @@ class SpendGuard:
             hold.spend_period,
             hold.currency,
             hold.spend_hold,
+            hold.spend_scopes,
         )
 
     def _admit_free(
@@ -201,3 +254,34 @@ class SpendGuard:
             count.in_flight[metric] = max(minus(count.in_flight.get(metric, 0), quantity), 0)
             if metric in used:
                 count.completed[metric] = plus(count.completed.get(metric, 0), used[metric])
+
+
+def _pools(
+    profile: BillingProfile, plan: Plan, period: Period, budgets: Mapping[str, Budget]
+) -> list[Pool]:
+    """Where a request's worst case is set aside: the prepaid wallet, and the month of
+    each hard budget in the plan's currency (one in another currency is not applied)."""
+    organization_id = profile.organization_id
+    pools = []
+    if isinstance(plan, PrepaidPlan):
+        pools.append(Pool.wallet(organization_id, plan.currency))
+    for scope, budget in sorted(budgets.items()):
+        if budget.limit.currency == plan.currency:
+            pools.append(Pool.budget(organization_id, plan.currency, scope, period.start))
+        else:
+            log.warning(
+                "budget of %r is in %s, charges in %s: not applied",
+                scope or organization_id,
+                budget.limit.currency,
+                plan.currency,
+            )
+    return pools
+
+
+def _leased(hold: Hold, leases: Mapping[Pool, str], worst: Decimal) -> Hold:
+    """``hold`` with the leases ``worst`` was taken from, by pool."""
+    if not leases:
+        return hold
+    wallet = next((lease for pool, lease in leases.items() if pool.kind == "wallet"), None)
+    spend = tuple(lease for pool, lease in leases.items() if pool.kind == "budget")
+    return replace(hold, wallet_lease=wallet, spend_leases=spend, lease_worst=worst)

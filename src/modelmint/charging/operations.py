@@ -306,17 +306,21 @@ def _grant(wallet: Wallet, grant: CreditGrant) -> Json:
     }
 
 
-def _wallet(org: Organization, wallet: Wallet, held: Decimal = Decimal(0)) -> Json:
-    """``held``: credit the gateway holds for requests in flight (beside the ledger)."""
+def _wallet(
+    org: Organization, wallet: Wallet, held: Decimal = Decimal(0), leased: Decimal = Decimal(0)
+) -> Json:
+    """``held``: credit the gateway holds for requests in flight (beside the ledger);
+    ``leased``: credit gateway processes set aside to admit requests against."""
     ordered = sorted(wallet.grants, key=lambda g: g.spend_order)
-    reserved = EXACT.add(wallet.reserved.amount, held)
-    available = EXACT.subtract(wallet.available(utcnow()).amount, held)
+    reserved = EXACT.add(EXACT.add(wallet.reserved.amount, held), leased)
+    available = EXACT.subtract(wallet.available(utcnow()).amount, EXACT.add(held, leased))
     return {
         **org_fields(org),
         "wallet_id": wallet.id,
         "currency": wallet.currency,
         "balance": decimal_text(wallet.balance.amount),
         "reserved": decimal_text(reserved),
+        "leased": decimal_text(leased),
         "available": decimal_text(max(available, Decimal(0))),
         "grants": [_grant(wallet, g) for g in ordered],  # in the order they are spent
     }
@@ -382,7 +386,9 @@ def grant_credit(
     repo.save_wallet(wallet)
     return {
         "grant": _grant(wallet, grant),
-        "wallet": _wallet(organization, wallet, repo.credit_held(wallet.id)),
+        "wallet": _wallet(
+            organization, wallet, repo.credit_held(wallet.id), repo.credit_leased(wallet.id)
+        ),
     }
 
 
@@ -392,7 +398,7 @@ def wallet_balance(session: Session, org: str, currency: str | None = None) -> J
     code = _wallet_currency(session, organization, currency)
     repo = BillingRepository(session)
     wallet = repo.load_wallet(organization.id, code)
-    return _wallet(organization, wallet, repo.credit_held(wallet.id))
+    return _wallet(organization, wallet, repo.credit_held(wallet.id), repo.credit_leased(wallet.id))
 
 
 def wallet_ledger(

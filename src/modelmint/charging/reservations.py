@@ -1,11 +1,13 @@
 """Holds made at admission: wallet reservations and budget holds; the sweep of lost ones.
 
-A prepaid request holds its worst-case cost on the wallet (``held``, a sum kept on
-the wallet row beside the balance, with a reservation row per request) in one
-conditional UPDATE, so concurrent gateways, whatever their number, take turns on
-the wallet's row for one statement each, and ``balance - held`` never goes below
-zero. The metering writer ends the hold and consumes the actual cost from the
-grants, in the transaction that stores the request's usage row. A hold whose
+When a process has no lease to admit from (``charging.leases``: the wallet is too
+small to lease from, or the process has just started), a prepaid request holds its
+worst-case cost on the wallet (``held``, a sum kept on the wallet row beside the
+balance, with a reservation row per request) in one conditional UPDATE, so
+concurrent gateways, whatever their number, take turns on the wallet's row for one
+statement each, and ``balance - held - leased`` never goes below zero. The metering
+writer ends the hold and consumes the actual cost from the grants, in the
+transaction that stores the request's usage row. A hold whose
 request never reached the writer (the process died in between) is released by
 ``release_stale`` after a grace period.
 """
@@ -13,7 +15,7 @@ request never reached the writer (the process died in between) is released by
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -72,7 +74,8 @@ def reserve(
         repo.save_wallet(wallet)
         held = repo.hold_credit(organization_id, currency, amount, reference, at)
         if held is None:
-            available = EXACT.subtract(wallet.available(at).amount, repo.credit_held(wallet.id))
+            taken = EXACT.add(repo.credit_held(wallet.id), repo.credit_leased(wallet.id))
+            available = EXACT.subtract(wallet.available(at).amount, taken)
             raise InsufficientCredit(
                 f"prepaid credit is too low for this request: it may cost up to "
                 f"{amount:f} {wallet.currency}, {max(available, Decimal(0)):f} is available",
@@ -90,16 +93,20 @@ def hold_budget(
     currency: str,
     worst: Decimal,
     budgets: Mapping[str, Budget],
-) -> None:
-    """Hold ``worst`` on the month's spend of the organisation and the key, if every hard
-    budget among ``budgets`` can take it; ``BudgetExceeded`` (402) if one cannot.
+) -> tuple[str, ...]:
+    """Hold ``worst`` on the month's spend of each scope of ``budgets`` ("" for the
+    organisation, else ``api_key_id``) whose hard budget can take it; ``BudgetExceeded``
+    (402) if one cannot. Returns the scopes held on, for the writer to release.
 
     The spend rows stay locked for the check and the update, so concurrent admissions
-    in any number of processes cannot together pass a limit.
+    in any number of processes cannot together pass a limit; what gateway processes
+    leased of a month counts as spent.
     """
     with database.session() as session:
         repo = BillingRepository(session)
         spend = repo.lock_spend(organization_id, [api_key_id], period.start, currency)
+        leased = repo.spend_leased(organization_id, [api_key_id], period.start)
+        scopes = []
         for scope, budget in sorted(budgets.items()):
             if budget.limit.currency != currency:
                 log.warning(
@@ -110,14 +117,17 @@ def hold_budget(
                 )
                 continue
             amount, held = spend[scope]
-            if not budget.admits(amount, held, worst):
+            taken = EXACT.add(held, leased[scope])
+            if not budget.admits(amount, taken, worst):
                 whose = "this API key's" if scope else "the organisation's"
                 raise BudgetExceeded(
                     f"{whose} monthly budget of {budget.limit} is reached: {amount:f} charged "
-                    f"and {held:f} held for requests in flight this month; this request "
+                    f"and {taken:f} held for requests in flight this month; this request "
                     f"may cost up to {worst:f}"
                 )
-        _shift_held(repo, organization_id, api_key_id, period, spend, worst)
+            scopes.append(scope)
+        _shift_held(repo, organization_id, scopes, period, spend, worst)
+        return tuple(scopes)
 
 
 def release_budget(
@@ -127,24 +137,25 @@ def release_budget(
     period: Period,
     currency: str,
     amount: Decimal,
+    scopes: Sequence[str],
 ) -> None:
     """Give back a budget hold whose request was refused before it ran."""
     with database.session() as session:
         repo = BillingRepository(session)
         spend = repo.lock_spend(organization_id, [api_key_id], period.start, currency)
-        _shift_held(repo, organization_id, api_key_id, period, spend, -amount)
+        _shift_held(repo, organization_id, scopes, period, spend, -amount)
 
 
 def _shift_held(
     repo: BillingRepository,
     organization_id: str,
-    api_key_id: str,
+    scopes: Sequence[str],
     period: Period,
     spend: Mapping[str, tuple[Decimal, Decimal]],
     delta: Decimal,
 ) -> None:
-    """Move what the organisation's and the key's locked spend rows hold by ``delta``."""
-    for scope in sorted({"", api_key_id}):
+    """Move what the locked spend rows of ``scopes`` hold by ``delta``."""
+    for scope in sorted(scopes):
         charged, held = spend[scope]
         left = max(EXACT.add(held, delta), Decimal(0))
         repo.set_spend(organization_id, scope, period.start, amount=charged, held=left)

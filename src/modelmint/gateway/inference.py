@@ -186,6 +186,10 @@ class InferenceService:
             reservation=call.hold.reservation,
             spend_hold=call.hold.spend_hold,
             spend_period=call.hold.spend_period.start if call.hold.spend_period else None,
+            spend_scopes=call.hold.spend_scopes,
+            wallet_lease=call.hold.wallet_lease,
+            spend_leases=call.hold.spend_leases,
+            lease_worst=call.hold.lease_worst,
             cost=_serving_cost(deployment, usage),
             **fields,
         )

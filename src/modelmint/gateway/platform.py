@@ -15,6 +15,8 @@ from sqlalchemy.orm import Session
 from modelmint.accounts.keys import KeyInfo, lookup_key_by_hash
 from modelmint.charging.admission import SpendGuard
 from modelmint.charging.alerts import AlertDispatcher
+from modelmint.charging.lease_store import DatabaseLeaseStore, holder_name
+from modelmint.charging.leases import CreditLeases
 from modelmint.charging.reservations import release_stale
 from modelmint.charging.settlement import Charger
 from modelmint.config import Settings
@@ -44,6 +46,7 @@ class Platform:
     writer: UsageWriter
     keys: KeyCache
     inference: InferenceService
+    leases: CreditLeases
     # Failed API-key and admin-token attempts per client address (see gateway.deps).
     auth_throttle: LoginThrottle = field(
         default_factory=lambda: LoginThrottle(max_failures=20, window_s=60.0)
@@ -71,7 +74,11 @@ class Platform:
             refresh_s=settings.cache_ttl_s,
             version=version,
         )
-        writer = UsageWriter(database, charge=Charger().charge)
+        ttl = settings.credit_lease_ttl_s
+        leases = CreditLeases(
+            DatabaseLeaseStore(database, holder=holder_name(), ttl_s=ttl), ttl_s=ttl
+        )
+        writer = UsageWriter(database, charging=Charger(leases))
         limiter: RateLimiter
         if settings.redis_url:
             limiter = RedisRateLimiter(settings.redis_url, lease_ttl_s=settings.lease_ttl_s)
@@ -83,17 +90,24 @@ class Platform:
             router=router,
             writer=writer,
             keys=KeyCache(lookup, ttl=settings.cache_ttl_s),
+            leases=leases,
             inference=InferenceService(
                 router,
                 writer,
                 limiter,
-                SpendGuard(database, ttl=settings.cache_ttl_s),
+                SpendGuard(
+                    database,
+                    ttl=settings.cache_ttl_s,
+                    leases=leases,
+                    writer_ok=lambda: writer.healthy,
+                ),
                 default_max_tokens=settings.default_max_tokens,
                 timeout_s=settings.upstream_timeout_s,
             ),
         )
 
     _sweeper: asyncio.Task[None] | None = None
+    _lease_sweeper: asyncio.Task[None] | None = None
     alerts: AlertDispatcher | None = None
     samples: SampleRecorder | None = None
 
@@ -101,6 +115,8 @@ class Platform:
         self.writer.start()
         await self.router.start()
         self._sweeper = asyncio.create_task(self._sweep_reservations(), name="reservation-sweep")
+        await self.leases.start()
+        self._lease_sweeper = asyncio.create_task(self._sweep_leases(), name="lease-sweep")
         # Retries spread over ~10 hours (30 s doubling, capped at an hour), so a receiver
         # that is down for a while still gets its alerts.
         self.alerts = AlertDispatcher(self.database, base_delay_s=30.0, max_attempts=12)
@@ -121,21 +137,36 @@ class Platform:
                 log.exception("sweeping stale reservations failed; retrying later")
             await asyncio.sleep(min(60.0, self.settings.reservation_ttl_s / 4))
 
+    async def _sweep_leases(self) -> None:
+        """Return to their pools the credit leases of processes that died holding them."""
+        store = DatabaseLeaseStore(
+            self.database, holder="sweeper", ttl_s=self.settings.credit_lease_ttl_s
+        )
+        while True:
+            await asyncio.sleep(min(10.0, self.settings.credit_lease_ttl_s / 3))
+            try:
+                await asyncio.to_thread(store.reclaim_expired)
+            except Exception:
+                log.exception("sweeping expired credit leases failed; retrying later")
+
     async def close(self) -> None:
         if self.samples is not None:
             self.inference.samples = None
             await asyncio.to_thread(self.samples.close)
         if self.alerts is not None:
             await self.alerts.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        for sweeper in (self._sweeper, self._lease_sweeper):
+            if sweeper is not None:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
         limiter = self.inference.limiter
         if isinstance(limiter, RedisRateLimiter):
             await limiter.close()
         await self.router.close()
         self.writer.close()
+        # After the writer drained: every request admitted against a lease is charged.
+        await self.leases.close()
         self.database.dispose()
 
     async def in_session(self, work: Callable[[Session], T]) -> T:

@@ -34,11 +34,26 @@ class UsageEvent:
     plan_version: int | None = None
     currency: str | None = None
     reservation: str | None = None
-    # Worst case held against hard budgets at admission, and the month it was held in.
+    # Worst case held per request against hard budgets at admission, the month it was
+    # held in and the scopes ("" for the organisation, else the key id) it was held on.
     spend_hold: Decimal = Decimal(0)
     spend_period: datetime | None = None
+    spend_scopes: tuple[str, ...] = ()
+    # Credit leases of this process the request was admitted against (its wallet's, its
+    # hard budgets'), and the worst case it took from each: the writer charges it
+    # through them.
+    wallet_lease: str | None = None
+    spend_leases: tuple[str, ...] = ()
+    lease_worst: Decimal = Decimal(0)
     # What serving it cost: the deployment's rates applied to the measured use.
     cost: Decimal | None = None
+
+    @property
+    def leases(self) -> tuple[str, ...]:
+        """Every lease the request was admitted against."""
+        if self.wallet_lease is None:
+            return self.spend_leases
+        return (self.wallet_lease, *self.spend_leases)
 
     def row(self) -> dict[str, Any]:
         return asdict(self)

@@ -2,35 +2,34 @@
 
 The group-commit writer is the only thing on the request path that waits for the
 database, so it skips the ORM and SQL compilation: it holds one connection and
-sends hand-written statements, one per table per batch (multi-row VALUES on SQLite,
-one JSON array of rows on PostgreSQL; see ``_rows``).
+sends hand-written statements, one per table per batch (``storage.batch``).
 ``INSERT ... ON CONFLICT DO NOTHING RETURNING id`` names the rows actually
-inserted, so a retried event is neither stored, rolled up nor charged twice. On
-PostgreSQL a batch without charges skips that wait (``_pipelined``).
+inserted, so a retried event is neither stored, rolled up nor charged twice.
 
-Events on a plan are then charged by the ``charge`` hook (``charging.Charger``) in
-the same transaction, through an ORM session on the same connection, and their
-charges written onto their rows.
+Events on a plan are settled by the ``charging`` hook (``charging.Charger``) in the
+same transaction. A quick batch (charges known before the insert) goes in one round
+trip, like a batch without charges on PostgreSQL (``_in_one_trip``); any other takes
+two: the usage rows' insert with the settlement's locks and reads, then the
+settlement's writes, the charges and the rollups (``_settled``).
 
 Last, the analytics rollups (``rollups.economics_rows`` per hour and per day, daily
 totals per currency, and the latency histogram) take the fresh events with their
 charges. Their money columns are added exactly: NUMERIC + NUMERIC on PostgreSQL; on
 SQLite, where ``ExactDecimal`` is text and SQL arithmetic would go through floats, by
 ``mm_exact_add``, a Python function registered on the writer's connection that adds
-the two texts as Decimals.
+the two texts as Decimals (with ``mm_exact_floor0``, which keeps one at least zero,
+and ``mm_exact_room``, which compares).
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
-import orjson
 from sqlalchemy import Connection, exc
 from sqlalchemy.orm import Session
 
@@ -44,16 +43,60 @@ from modelmint.metering.rollups import (
     latency_rows,
     rollup_rows,
 )
+from modelmint.storage.batch import BatchSql, Rows, Statement, run
 from modelmint.storage.db import Database
 
-__all__ = ["ChargeHook", "UsageStore"]
-
-# Charges fresh events inside the writer's transaction: event id -> exact charge.
-ChargeHook = Callable[[Session, list[UsageEvent]], dict[str, Decimal]]
+__all__ = ["BatchCharges", "Charging", "QuickCharges", "UsageStore"]
 
 log = logging.getLogger(__name__)
 
+
+class QuickCharges(Protocol):
+    """A batch whose charges are known before the insert (``QuickSettlement``)."""
+
+    charges: dict[str, Decimal]
+    statements: list[Statement]  # sent with the insert and the rollups
+
+    def holds(self, results: Sequence[Rows]) -> bool:
+        """Whether the bet the statements made held (their rows)."""
+        ...
+
+    def committed(self, fresh: set[str], results: Sequence[Rows]) -> None: ...
+
+
+class BatchCharges(Protocol):
+    """A batch settled in two round trips (``BatchSettlement``)."""
+
+    reads: list[Statement]  # sent with the usage rows' insert
+
+    def settle(self, fresh: Sequence[UsageEvent], results: Sequence[Rows]) -> Any:
+        """The charges (``.charges``) and writing statements (``.statements``) of the
+        fresh events, from the rows ``reads`` returned."""
+        ...
+
+    def committed(self, fresh: set[str], results: Sequence[Rows]) -> None:
+        """The batch committed; ``results`` are the rows of its writing statements."""
+        ...
+
+
+class Charging(Protocol):
+    """Rates and settles what a batch's events cost (``charging.Charger``)."""
+
+    def quick(
+        self, sql: BatchSql, events: Sequence[UsageEvent], session: Callable[[], Session]
+    ) -> QuickCharges | None: ...
+
+    def begin(
+        self, sql: BatchSql, events: Sequence[UsageEvent], session: Callable[[], Session]
+    ) -> BatchCharges | None: ...
+
+    def lost(self, events: Sequence[UsageEvent]) -> None:
+        """The events could not be stored (their requests failed)."""
+        ...
+
+
 _USAGE_COLUMNS = (
+    "charge",
     "id",
     "created_at",
     "organization_id",
@@ -104,23 +147,10 @@ _LATENCY_TAIL = (
     f"ON CONFLICT ({', '.join(_LATENCY_KEY)}) DO UPDATE SET "
     "count = analytics_latency_hourly.count + excluded.count"
 )
-# SQLite only: exact addition of two ExactDecimal texts (see the module docstring).
+# SQLite only: exact arithmetic on ExactDecimal texts (see the module docstring).
 _EXACT_ADD = "mm_exact_add"
-
-
-def _json(value: Any) -> str:
-    """What orjson cannot encode itself: Decimals, as exact plain-notation text, which
-    PostgreSQL's NUMERIC input reads back exactly."""
-    if isinstance(value, Decimal):
-        return f"{value:f}"
-    raise TypeError(f"cannot store {type(value).__name__} in a usage batch")
-
-
-@functools.lru_cache(maxsize=256)
-def _sqlite_time(moment: datetime) -> str:
-    """The text form SQLAlchemy's DateTime reads back on SQLite. Cached: a batch names
-    the same few hours and days over and over."""
-    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+_EXACT_FLOOR0 = "mm_exact_floor0"
+_EXACT_ROOM = "mm_exact_room"
 
 
 def _exact_add_text(left: str | None, right: str | None) -> str:
@@ -128,12 +158,23 @@ def _exact_add_text(left: str | None, right: str | None) -> str:
     return f"{total:f}"
 
 
+def _exact_floor0_text(value: str | None) -> str:
+    number = Decimal(value or 0)
+    return "0" if number < 0 else f"{number:f}"
+
+
+def _exact_room(amount: str | None, pending: str | None, wanted: str | None) -> int:
+    """1 if ``amount - pending >= wanted`` (a lease has room for a charge), else 0."""
+    left = EXACT.subtract(Decimal(amount or 0), Decimal(pending or 0))
+    return int(left >= Decimal(wanted or 0))
+
+
 class UsageStore:
-    def __init__(self, database: Database, charge: ChargeHook | None = None) -> None:
+    def __init__(self, database: Database, charging: Charging | None = None) -> None:
         self._db = database
-        self._charge = charge
+        self._charging = charging
         self._sqlite = database.is_sqlite
-        self._mark = "?" if self._sqlite else "%s"
+        self._sql = BatchSql(sqlite=self._sqlite)
         # Errors that mean "these rows are wrong", as opposed to "the database is down":
         # SQLAlchemy's, and the driver's own (PEP 249 names) from the raw cursor.
         dbapi = database.engine.dialect.dbapi
@@ -148,102 +189,117 @@ class UsageStore:
         self._connection: Connection | None = None
 
     def write(self, events: list[UsageEvent]) -> int:
-        """Insert the events and add the new ones to the hourly rollups, in one transaction.
+        """Insert the events, and charge and add up the new ones, in one transaction.
 
         Returns how many were new. On any error the transaction is rolled back and the
         connection replaced, so a database that went away is reconnected to next time.
         """
         connection = self._connect()
         try:
-            # The DBAPI cursor itself, for every statement but the charging ORM's:
-            # SQLAlchemy's result wrapper cost more per row than the database's work on
-            # this hot path. The transaction is begun through SQLAlchemy, so that
-            # ``connection.commit()`` below commits it.
+            # The DBAPI connection itself: SQLAlchemy's result wrapper cost more per row
+            # than the database's work on this hot path. The transaction is begun through
+            # SQLAlchemy, so that ``connection.commit()`` below commits it.
             connection.begin()
-            fresh = self._pipelined(connection, events)
+            due = self._charges_due(events)
+            quick = None
+            if due:
+                assert self._charging is not None
+                quick = self._charging.quick(self._sql, events, lambda: Session(bind=connection))
+            fresh, done = (
+                (None, None)
+                if due and quick is None
+                else self._in_one_trip(connection, events, quick)
+            )
             if fresh is None:
-                fresh = self._one_by_one(connection, events)
+                fresh, done = self._settled(connection, events)
             connection.commit()
         except BaseException:
             self._discard()
             raise
+        if done is not None:
+            done()
         return len(fresh)
 
-    def _one_by_one(self, connection: Connection, events: list[UsageEvent]) -> list[UsageEvent]:
-        """Insert, learn which events are new, then add only those up and charge them."""
-        cursor = connection.connection.cursor()
-        try:
-            cursor.execute(*self._insert_usage(events))
-            inserted = {row[0] for row in cursor.fetchall()}
-            fresh = [event for event in events if event.id in inserted]
-            if fresh:
-                charges: dict[str, Decimal] = {}
-                if self._charges_due(fresh):
-                    charges = self._charge_events(connection, fresh)
-                for statement in self._sums(fresh, charges):
-                    cursor.execute(*statement)
-        finally:
-            cursor.close()
-        return fresh
+    def lost(self, events: Sequence[UsageEvent]) -> None:
+        """The events finally failed to be stored (their requests were answered 503)."""
+        if self._charging is not None:
+            self._charging.lost(events)
 
-    def _pipelined(
-        self, connection: Connection, events: list[UsageEvent]
-    ) -> list[UsageEvent] | None:
-        """PostgreSQL without charges: every statement in one round trip (psycopg's
-        pipeline mode), betting that every event is new, as all but retried ones are.
+    def _in_one_trip(
+        self, connection: Connection, events: list[UsageEvent], quick: QuickCharges | None
+    ) -> tuple[list[UsageEvent] | None, Callable[[], None] | None]:
+        """A batch whose charges are known (none, or ``quick``'s) in one round trip
+        (psycopg's pipeline mode), betting that every event is new, as all but retried
+        ones are, and on what ``quick`` bets.
 
         Waiting for each of six statements cost ~0.2 ms apiece here, more than the
-        commit. When the bet is lost (an event was already stored) the transaction is
-        rolled back and None returned, for ``_one_by_one`` to do it again.
+        commit. When a bet is lost the transaction is rolled back and (None, None)
+        returned, for ``_settled`` to do it again the general way. SQLite runs in
+        process: there a batch without charges goes straight to ``_settled``.
         """
         raw: Any = connection.connection.driver_connection
-        pipeline = getattr(raw, "pipeline", None)
-        if self._sqlite or pipeline is None:
-            return None
-        if self._charges_due(events):
-            return None
+        if quick is None and (self._sqlite or getattr(raw, "pipeline", None) is None):
+            return None, None
         ids = {event.id for event in events}
         if len(ids) < len(events):
-            return None  # a batch naming one event twice: only one of them is new
-        # The insert's cursor keeps its RETURNING rows; the upserts share another.
-        with pipeline() as batch, raw.cursor() as returning, raw.cursor() as upserts:
-            returning.execute(*self._insert_usage(events))
-            for statement in self._sums(events, {}):
-                upserts.execute(*statement)
-            batch.sync()
-            inserted = {row[0] for row in returning.fetchall()}
-        if inserted == ids:
-            return events
+            return None, None  # a batch naming one event twice: only one of them is new
+        charges = quick.charges if quick else {}
+        owned = list(quick.statements) if quick else []
+        statements = [self._insert_usage(events, charges), *owned, *self._sums(events, charges)]
+        results = run(raw, self._sqlite, statements)
+        inserted = {row[0] for row in results[0]}
+        written = results[1 : 1 + len(owned)]
+        if inserted == ids and (quick is None or quick.holds(written)):
+            if quick is None:
+                return events, None
+            return events, lambda: quick.committed(ids, written)
         connection.rollback()
         connection.begin()
-        return None
+        return None, None
+
+    def _settled(
+        self, connection: Connection, events: list[UsageEvent]
+    ) -> tuple[list[UsageEvent], Callable[[], None] | None]:
+        """Insert, learn which events are new, then charge and add up only those.
+
+        Two round trips: the insert with the settlement's locks and reads, then every
+        write. Returns the new events and what to tell charging once committed."""
+        raw: Any = connection.connection.driver_connection
+        batch = None
+        if self._charges_due(events):
+            assert self._charging is not None
+            batch = self._charging.begin(self._sql, events, lambda: Session(bind=connection))
+        reads = [self._insert_usage(events, {}), *(batch.reads if batch else ())]
+        results = run(raw, self._sqlite, reads)
+        inserted = {row[0] for row in results[0]}
+        fresh = [event for event in events if event.id in inserted]
+        if not fresh:
+            return fresh, (lambda: batch.committed(set(), [])) if batch else None
+        charges: dict[str, Decimal] = {}
+        writes: list[Statement] = []
+        if batch is not None:
+            settled = batch.settle(fresh, results[1:])
+            charges = settled.charges
+            writes = list(settled.statements)
+        owned = len(writes)
+        writes += self._sums(fresh, charges)
+        written = run(raw, self._sqlite, writes)
+        if batch is None:
+            return fresh, None
+        ids = {event.id for event in fresh}
+        return fresh, lambda: batch.committed(ids, written[:owned])
 
     def _charges_due(self, events: list[UsageEvent]) -> bool:
-        return self._charge is not None and any(e.plan_code is not None for e in events)
+        return self._charging is not None and any(e.plan_code is not None for e in events)
 
-    def _sums(
-        self, fresh: list[UsageEvent], charges: dict[str, Decimal]
-    ) -> list[tuple[str, tuple[Any, ...]]]:
+    def _sums(self, fresh: list[UsageEvent], charges: dict[str, Decimal]) -> list[Statement]:
         """The upserts adding the fresh events to the hourly rollups and, charged, to
         the analytics rollups."""
         return [self._upsert_rollups(rollup_rows(fresh)), *self._economics_upserts(fresh, charges)]
 
-    def _charge_events(self, connection: Connection, fresh: list[UsageEvent]) -> dict[str, Decimal]:
-        assert self._charge is not None
-        # The session joins the connection's transaction; it never commits it.
-        with Session(bind=connection) as session:
-            charges = self._charge(session, fresh)
-        if charges:
-            mark = self._mark
-            connection.exec_driver_sql(
-                f"UPDATE usage_records SET charge = {mark} WHERE id = {mark}",
-                [(self._decimal(amount), event_id) for event_id, amount in charges.items()],
-            )
-        return charges
-
     def _economics_upserts(
         self, fresh: list[UsageEvent], charges: dict[str, Decimal]
-    ) -> list[tuple[str, tuple[Any, ...]]]:
+    ) -> list[Statement]:
         """The upserts adding the fresh events, charged, to the analytics rollups."""
         hourly = economics_rows(fresh, charges)
         days = daily(hourly)
@@ -269,6 +325,8 @@ class UsageStore:
             if self._sqlite and not pooled.info.get(_EXACT_ADD):
                 raw: Any = pooled.driver_connection
                 raw.create_function(_EXACT_ADD, 2, _exact_add_text, deterministic=True)
+                raw.create_function(_EXACT_FLOOR0, 1, _exact_floor0_text, deterministic=True)
+                raw.create_function(_EXACT_ROOM, 3, _exact_room, deterministic=True)
                 pooled.info[_EXACT_ADD] = True
             self._connection = connection
         return self._connection
@@ -284,67 +342,32 @@ class UsageStore:
             log.debug("discarding usage connection: %s", exc)
             connection.invalidate()
 
-    def _decimal(self, value: Decimal) -> Any:
-        # Same storage as ``ExactDecimal``: plain-notation text on SQLite, NUMERIC elsewhere.
-        return f"{value:f}" if self._sqlite else value
-
-    def _rows(
-        self, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]], tail: str
-    ) -> tuple[str, tuple[Any, ...]]:
-        """``INSERT INTO table (columns) <the rows> tail`` as one statement and its parameters.
-
-        SQLite takes a multi-row VALUES list. PostgreSQL takes the rows as one JSON
-        array, typed by the table's own row type: the statement's text then never
-        changes with the batch size, so psycopg prepares it once, where a VALUES list
-        of 32 rows x 20 columns cost more in psycopg's per-call query parsing (~4 ms)
-        than the database's work.
-        """
-        sql = self._statement(table, columns, tail, len(rows) if self._sqlite else 0)
-        if self._sqlite:
-            return sql, tuple(itertools.chain.from_iterable(rows))
-        records = [dict(zip(columns, row, strict=True)) for row in rows]
-        return sql, (orjson.dumps(records, default=_json).decode(),)
-
-    @functools.lru_cache(maxsize=512)  # noqa: B019 - one store per writer, few shapes
-    def _statement(self, table: str, columns: tuple[str, ...], tail: str, rows: int) -> str:
-        """The text of ``_rows``' statement: on SQLite for ``rows`` rows, on PostgreSQL
-        one text whatever their number (``rows`` 0)."""
-        names = ", ".join(columns)
-        if self._sqlite:
-            one = "(" + ", ".join(["?"] * len(columns)) + ")"
-            values = ", ".join([one] * rows)
-            return f"INSERT INTO {table} ({names}) VALUES {values} {tail}"
-        return (
-            f"INSERT INTO {table} ({names}) SELECT {names} "
-            f"FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb) {tail}"
-        )
-
-    def _time(self, moment: datetime) -> Any:
-        if moment.tzinfo is None:
-            raise ValueError("usage timestamps must be timezone-aware")
-        if not self._sqlite:
-            return moment  # a timestamptz
-        return _sqlite_time(moment)
-
-    def _insert_usage(self, events: list[UsageEvent]) -> tuple[str, tuple[Any, ...]]:
-        rows = [self._usage_row(event) for event in events]
-        return self._rows(
+    def _insert_usage(self, events: list[UsageEvent], charges: dict[str, Decimal]) -> Statement:
+        """The usage rows, with their charges when already known (else set later)."""
+        decimal = self._sql.decimal
+        rows = [
+            (None if (c := charges.get(e.id)) is None else decimal(c), *self._usage_row(e))
+            for e in events
+        ]
+        return self._sql.insert(
             "usage_records", _USAGE_COLUMNS, rows, "ON CONFLICT (id) DO NOTHING RETURNING id"
         )
 
     def _usage_row(self, e: UsageEvent) -> tuple[Any, ...]:
         """An event's values in ``_USAGE_COLUMNS`` order."""
+        time, decimal = self._sql.time, self._sql.decimal
         return (
-            e.id, self._time(e.created_at), e.organization_id, e.api_key_id, e.model,
+            e.id, time(e.created_at), e.organization_id, e.api_key_id, e.model,
             e.deployment_id, e.model_version_id, e.endpoint, e.status_code,
             e.input_tokens, e.output_tokens, e.latency_ms, e.streamed, e.usage_estimated,
             e.finish_reason, e.engine_ms, e.plan_code, e.plan_version, e.currency,
-            None if e.cost is None else self._decimal(e.cost),
+            None if e.cost is None else decimal(e.cost),
         )  # fmt: skip
 
-    def _upsert_rollups(self, rows: list[dict[str, Any]]) -> tuple[str, tuple[Any, ...]]:
-        values = [(self._time(row["hour"]), *(row[c] for c in _ROLLUP_COLUMNS[1:])) for row in rows]
-        return self._rows("usage_rollups_hourly", _ROLLUP_COLUMNS, values, _ROLLUP_TAIL)
+    def _upsert_rollups(self, rows: list[dict[str, Any]]) -> Statement:
+        time = self._sql.time
+        values = [(time(row["hour"]), *(row[c] for c in _ROLLUP_COLUMNS[1:])) for row in rows]
+        return self._sql.insert("usage_rollups_hourly", _ROLLUP_COLUMNS, values, _ROLLUP_TAIL)
 
     def _upsert_economics(
         self,
@@ -352,20 +375,21 @@ class UsageStore:
         time_column: str,
         rows: Mapping[tuple[Any, ...], EconomicsSums],
         key_columns: tuple[str, ...] = _ECONOMICS_KEY,
-    ) -> tuple[str, tuple[Any, ...]]:
+    ) -> Statement:
         """An upsert adding ``rows`` (keyed by the hour or day, then ``key_columns``'
         values) to an analytics table."""
         values = [self._economics_row(moment, key, sums) for (moment, *key), sums in rows.items()]
         columns, tail = self._economics_shape(table, time_column, key_columns)
-        return self._rows(table, columns, values, tail)
+        return self._sql.insert(table, columns, values, tail)
 
     def _economics_row(
         self, moment: datetime, key: list[Any], sums: EconomicsSums
     ) -> tuple[Any, ...]:
+        decimal = self._sql.decimal
         return (
-            self._time(moment), *key, sums.requests, sums.errors, sums.input_tokens,
+            self._sql.time(moment), *key, sums.requests, sums.errors, sums.input_tokens,
             sums.output_tokens, sums.embedding_tokens, sums.engine_us, sums.latency_ms,
-            self._decimal(sums.revenue), self._decimal(sums.cost),
+            decimal(sums.revenue), decimal(sums.cost),
         )  # fmt: skip
 
     @functools.lru_cache(maxsize=8)  # noqa: B019 - one store per writer, three tables
@@ -383,11 +407,11 @@ class UsageStore:
         tail = f"ON CONFLICT ({', '.join(conflict)}) DO UPDATE SET {', '.join(counts + money)}"
         return columns, tail
 
-    def _upsert_latencies(self, counts: dict[Any, int]) -> tuple[str, tuple[Any, ...]]:
+    def _upsert_latencies(self, counts: dict[Any, int]) -> Statement:
+        time = self._sql.time
         values = [
-            (self._time(hour), model, le_ms, count)
-            for (hour, model, le_ms), count in counts.items()
+            (time(hour), model, le_ms, count) for (hour, model, le_ms), count in counts.items()
         ]
-        return self._rows(
+        return self._sql.insert(
             "analytics_latency_hourly", (*_LATENCY_KEY, "count"), values, _LATENCY_TAIL
         )

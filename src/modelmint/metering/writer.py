@@ -21,7 +21,7 @@ from typing import Any
 
 from modelmint.errors import ServiceUnavailable
 from modelmint.metering.events import UsageEvent
-from modelmint.metering.store import ChargeHook, UsageStore
+from modelmint.metering.store import Charging, UsageStore
 from modelmint.storage.db import Database
 
 __all__ = ["UsageWriter"]
@@ -36,7 +36,7 @@ _Waiter = Future[None] | asyncio.Future[None]
 
 class UsageWriter:
     def __init__(
-        self, database: Database, *, max_batch: int = 1000, charge: ChargeHook | None = None
+        self, database: Database, *, max_batch: int = 1000, charging: Charging | None = None
     ) -> None:
         self._db = database
         self._max_batch = max_batch
@@ -45,11 +45,14 @@ class UsageWriter:
         # Guards ``_closed`` so that no event can be queued behind the stop marker.
         self._lock = threading.Lock()
         self._closed = False
-        self._store = UsageStore(database, charge)
+        self._store = UsageStore(database, charging)
         # Held while a batch is written, by the writer thread or by a lone ``record``.
         self._writing = threading.Lock()
         self.batches = 0
         self.events = 0
+        # False from a commit that failed for want of a database until one succeeds:
+        # admission then stops admitting paid requests from memory (see SpendGuard).
+        self.healthy = True
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="usage-writer", daemon=True)
@@ -93,8 +96,10 @@ class UsageWriter:
                     raise ServiceUnavailable("usage writer is closed")
                 self._write([(event, None)])
             except ServiceUnavailable:
+                self._store.lost([event])
                 raise
             except Exception as exc:
+                self._store.lost([event])
                 raise ServiceUnavailable("usage could not be recorded; try again") from exc
             finally:
                 self._writing.release()
@@ -158,18 +163,26 @@ class UsageWriter:
                         self._write([(event, waiter)])
                     except Exception as single:
                         log.error("usage event %s failed to commit: %s", event.id, single)
+                        self._store.lost([event])
                         outcomes.append((waiter, single))
                     else:
                         outcomes.append((waiter, None))
                 _deliver(outcomes)
                 return
             log.error("usage batch of %d failed to commit: %s", len(batch), exc)
+            self._store.lost([event for event, _ in batch])
             _deliver([(waiter, exc) for _, waiter in batch])
             return
         _deliver([(waiter, None) for _, waiter in batch])
 
     def _write(self, batch: Sequence[tuple[UsageEvent, _Waiter | None]]) -> None:
-        self._store.write([event for event, _ in batch])
+        try:
+            self._store.write([event for event, _ in batch])
+        except Exception as exc:
+            if not isinstance(exc, self._store.data_errors):
+                self.healthy = False
+            raise
+        self.healthy = True
         self.batches += 1
         self.events += len(batch)
 

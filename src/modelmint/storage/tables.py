@@ -34,6 +34,7 @@ __all__ = [
     "BillingCoupon",
     "BillingCouponRedemption",
     "BillingCreditGrant",
+    "BillingCreditLease",
     "BillingInvoice",
     "BillingInvoiceLine",
     "BillingLedgerEntry",
@@ -336,6 +337,9 @@ class BillingWallet(Base):
     # with one conditional UPDATE while balance - held covers the request and no
     # credit has expired unrecorded.
     held: Mapped[Decimal] = mapped_column(ExactDecimal(), server_default="0")
+    # Credit gateway processes have set aside for themselves (open leases, see
+    # ``BillingCreditLease``): balance - held - leased never goes below zero.
+    leased: Mapped[Decimal] = mapped_column(ExactDecimal(), server_default="0")
     expires_next: Mapped[datetime | None] = mapped_column(nullable=True)
     # When the newest ledger entry was recorded (later entries may not be dated earlier).
     last_entry_at: Mapped[datetime | None] = mapped_column(nullable=True)
@@ -444,7 +448,9 @@ class BillingSpend(Base):
 
     ``amount`` is the exact sum of settled request charges, kept by the metering
     writer; ``held`` is the worst case admission reserved for requests in flight
-    against a hard budget (the row lock serialises admissions across processes).
+    against a hard budget (the row lock serialises admissions across processes);
+    ``leased`` is what gateway processes set aside for themselves (open leases), so
+    amount + held + leased never passes a hard limit.
     """
 
     __tablename__ = "billing_spend"
@@ -455,6 +461,47 @@ class BillingSpend(Base):
     currency: Mapped[str] = mapped_column(String(3))
     amount: Mapped[Decimal] = mapped_column(ExactDecimal())
     held: Mapped[Decimal] = mapped_column(ExactDecimal())
+    leased: Mapped[Decimal] = mapped_column(ExactDecimal(), server_default="0")
+
+
+class BillingCreditLease(Base):
+    """A block of credit (a wallet's) or budget room (a month's spend) that one gateway
+    process set aside for itself, to admit requests against in memory (escrow).
+
+    ``amount`` is what the lease still sets aside, and is part of its pool's
+    ``leased`` sum: it grows when the holder tops the lease up, and shrinks when the
+    holder gives some back or consumption through it is posted to the pool; what is
+    left is handed back when the lease closes (gracefully, or by a sweep once
+    ``expires_at`` has passed without a renewal).
+
+    ``pending`` is what requests admitted against a wallet lease consumed and the
+    wallet's ledger has not recorded yet: the metering writer adds each charge here, in
+    the transaction that stores the request's usage row, and the holder's next renewal
+    (or the close, or the sweep) posts it to the ledger as one consumption. It stays
+    part of ``amount`` until then, so the wallet's free credit is right all along.
+    Budget leases post each charge to the month's spend at once: their pending is 0.
+    """
+
+    __tablename__ = "billing_credit_leases"
+    __table_args__ = (Index("ix_billing_credit_leases_open", "closed_at", "expires_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(10))  # "wallet" or "budget"
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    currency: Mapped[str] = mapped_column(String(3))
+    # wallet leases: the wallet; budget leases: the scope ("" or a key id) and month.
+    wallet_id: Mapped[str | None] = mapped_column(ForeignKey("billing_wallets.id"), nullable=True)
+    api_key_id: Mapped[str] = mapped_column(String(40), default="")
+    period_start: Mapped[datetime | None] = mapped_column(nullable=True)
+    holder: Mapped[str] = mapped_column(String(120))  # host:pid:nonce of the gateway process
+    amount: Mapped[Decimal] = mapped_column(ExactDecimal())
+    pending: Mapped[Decimal] = mapped_column(ExactDecimal(), server_default="0")
+    granted: Mapped[Decimal] = mapped_column(ExactDecimal())  # all ever set aside
+    consumed: Mapped[Decimal] = mapped_column(ExactDecimal())  # charges paid through it
+    last_consumed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    created_at: Mapped[datetime] = mapped_column()
+    expires_at: Mapped[datetime] = mapped_column()
+    closed_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class BillingAlert(Base):

@@ -112,7 +112,7 @@ def seeded(shared_database: Database) -> Database:
         )  # fmt: skip
         register_trained(session, lonely)
     events = _events(org, version_ids, rng)
-    store = UsageStore(shared_database, Charger().charge)
+    store = UsageStore(shared_database, Charger())
     try:
         assert store.write(events) == len(events)
     finally:
