@@ -44,12 +44,14 @@ CHAT = {"model": "remote-chat", "messages": MESSAGES, "max_tokens": 50}
 
 
 def spent(gw: Gateway) -> Decimal:
-    """What the organisation's wallet has paid so far, from its own ledger."""
+    """What the organisation's wallet has paid so far: its own ledger, and what requests
+    consumed through credit leases that their next renewal posts to the ledger."""
     with gw.database.session() as session:
         repo = BillingRepository(session)
         wallet = repo.load_wallet(gw.org_id, "USD")
         left = repo.audit_wallet(wallet.id)
-    return D(CREDIT) - left.amount
+        pending = repo.credit_pending(wallet.id)
+    return D(CREDIT) - left.amount + pending
 
 
 async def test_an_upstream_timeout_is_a_clear_504_and_costs_nothing(

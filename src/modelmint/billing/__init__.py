@@ -85,7 +85,15 @@ from modelmint.billing.plans import (
 )
 from modelmint.billing.price_book import PriceBook, PriceMatch
 from modelmint.billing.proration import prorate
-from modelmint.billing.rating import PeriodUsage, RatedUsage, UsageKey, UsageTotal, admit, rate
+from modelmint.billing.rating import (
+    LinearRates,
+    PeriodUsage,
+    RatedUsage,
+    UsageKey,
+    UsageTotal,
+    admit,
+    rate,
+)
 from modelmint.billing.subscriptions import (
     FeeCharge,
     FeeKind,
@@ -139,6 +147,7 @@ __all__ = [
     "InvoiceStatus",
     "LedgerEntry",
     "LineKind",
+    "LinearRates",
     "Metric",
     "Money",
     "PackagePrice",

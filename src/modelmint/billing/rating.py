@@ -37,6 +37,7 @@ from modelmint.billing.plans import FreeTierPlan, Plan, PlanRef
 
 __all__ = [
     "ChargedTotal",
+    "LinearRates",
     "PeriodUsage",
     "RatedUsage",
     "UsageKey",
@@ -44,7 +45,6 @@ __all__ = [
     "admit",
     "billed_quantities",
     "rate",
-    "rate_alone",
     "worst_case",
 ]
 
@@ -187,28 +187,57 @@ def rate(plan: Plan, before: UsageTotal, included_used: Quantity, quantity: Quan
     return RatedUsage(key, quantity, included, overage, amount)
 
 
-def rate_alone(
-    plan: Plan, model: str, quantities: Mapping[Metric, Quantity]
-) -> list[RatedUsage] | None:
-    """The request's rating when it cannot depend on the period's usage so far, else None.
+@dataclass(frozen=True, slots=True)
+class LinearRates:
+    """A plan's prices for one model when none depends on the period's usage so far.
 
     A line whose allowance is zero (all overage) or unlimited (all included) and whose
-    price is linear (a flat rate) costs the same wherever the period stands, so such a
-    request is rated without reading the running totals: exactly what ``PeriodUsage``
-    would give, and its totals are then added up blindly.
+    price is linear (a flat rate) costs the same wherever the period stands: the
+    request is rated without the running totals, and its totals are then added up
+    blindly. ``units`` holds each billed metric's exact price of one unit (0 when
+    the plan includes every unit); ``included`` the metrics it includes. What
+    ``rate`` would give, at any position (the tests hold it to that).
     """
-    if isinstance(plan, FreeTierPlan):
-        return None  # its allowances run out
-    rated = []
-    for metric, quantity in quantities.items():
-        allowance = plan.allowance(metric)
-        if allowance not in (None, 0):
-            return None
-        charge = plan.overage_charge(model, metric)
-        if charge is not None and not isinstance(charge, FlatRate):
-            return None
-        rated.append(rate(plan, UsageTotal(UsageKey(plan.ref, model, metric)), 0, quantity))
-    return rated
+
+    plan: PlanRef
+    model: str
+    units: Mapping[Metric, Decimal]
+    included: frozenset[Metric]
+
+    @classmethod
+    def of(cls, plan: Plan, model: str, metrics: Iterable[Metric]) -> LinearRates | None:
+        """The rates of ``metrics`` (the billed ones), or None if one is not linear."""
+        if isinstance(plan, FreeTierPlan):
+            return None  # its allowances run out
+        units: dict[Metric, Decimal] = {}
+        included: set[Metric] = set()
+        for metric in metrics:
+            allowance = plan.allowance(metric)
+            charge = plan.overage_charge(model, metric)
+            if allowance is None:
+                included.add(metric)
+                units[metric] = _ZERO
+            elif allowance != 0:
+                return None
+            elif charge is None:
+                units[metric] = _ZERO
+            elif isinstance(charge, FlatRate):
+                units[metric] = charge.unit_price
+            else:
+                return None
+        return cls(plan.ref, model, units, frozenset(included))
+
+    def amount(self, metric: Metric, quantity: Quantity) -> Decimal:
+        """What ``quantity`` units of ``metric`` cost."""
+        unit = self.units[metric]
+        return _ZERO if not unit else EXACT.multiply(unit, quantity)
+
+    def rated(self, metric: Metric, quantity: Quantity) -> RatedUsage:
+        """``rate``'s answer, without the running totals."""
+        key = UsageKey(self.plan, self.model, metric)
+        if metric in self.included:
+            return RatedUsage(key, quantity, quantity, 0, _ZERO)
+        return RatedUsage(key, quantity, 0, quantity, self.amount(metric, quantity))
 
 
 class PeriodUsage:

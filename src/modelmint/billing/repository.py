@@ -77,6 +77,7 @@ from modelmint.storage.tables import (
     BillingCoupon,
     BillingCouponRedemption,
     BillingCreditGrant,
+    BillingCreditLease,
     BillingInvoice,
     BillingInvoiceLine,
     BillingLedgerEntry,
@@ -702,8 +703,22 @@ class BillingRepository:
         return self._wallet_held[wallet_id]
 
     def credit_leased(self, wallet_id: str) -> Decimal:
-        """Credit gateway processes have leased (``charging.leases``), as loaded."""
+        """Credit gateway processes have leased (``charging.leases``), as loaded; it
+        includes what requests consumed through the leases and the ledger has not
+        recorded yet (``credit_pending``)."""
         return self._wallet_leased[wallet_id]
+
+    def credit_pending(self, wallet_id: str) -> Decimal:
+        """What requests admitted against the wallet's open leases consumed and the
+        ledger will record at the leases' next renewal (within about a second)."""
+        return exact_sum(
+            self._session.scalars(
+                select(BillingCreditLease.pending).where(
+                    BillingCreditLease.wallet_id == wallet_id,
+                    BillingCreditLease.closed_at.is_(None),
+                )
+            )
+        )
 
     def take_holds(self, wallet: Wallet, reservation_ids: Iterable[str]) -> dict[str, Decimal]:
         """End the open gateway holds among ``reservation_ids`` of a wallet loaded

@@ -307,23 +307,40 @@ def _grant(wallet: Wallet, grant: CreditGrant) -> Json:
 
 
 def _wallet(
-    org: Organization, wallet: Wallet, held: Decimal = Decimal(0), leased: Decimal = Decimal(0)
+    org: Organization,
+    wallet: Wallet,
+    held: Decimal = Decimal(0),
+    leased: Decimal = Decimal(0),
+    pending: Decimal = Decimal(0),
 ) -> Json:
     """``held``: credit the gateway holds for requests in flight (beside the ledger);
-    ``leased``: credit gateway processes set aside to admit requests against."""
+    ``leased``: credit gateway processes set aside to admit requests against, of which
+    ``pending`` was consumed and is being posted to the ledger (within a second)."""
     ordered = sorted(wallet.grants, key=lambda g: g.spend_order)
-    reserved = EXACT.add(EXACT.add(wallet.reserved.amount, held), leased)
+    unspent = EXACT.subtract(leased, pending)
+    reserved = EXACT.add(EXACT.add(wallet.reserved.amount, held), unspent)
     available = EXACT.subtract(wallet.available(utcnow()).amount, EXACT.add(held, leased))
     return {
         **org_fields(org),
         "wallet_id": wallet.id,
         "currency": wallet.currency,
-        "balance": decimal_text(wallet.balance.amount),
+        "balance": decimal_text(EXACT.subtract(wallet.balance.amount, pending)),
         "reserved": decimal_text(reserved),
-        "leased": decimal_text(leased),
+        "leased": decimal_text(unspent),
+        "pending": decimal_text(pending),
         "available": decimal_text(max(available, Decimal(0))),
         "grants": [_grant(wallet, g) for g in ordered],  # in the order they are spent
     }
+
+
+def _wallet_of(org: Organization, wallet: Wallet, repo: BillingRepository) -> Json:
+    return _wallet(
+        org,
+        wallet,
+        repo.credit_held(wallet.id),
+        repo.credit_leased(wallet.id),
+        repo.credit_pending(wallet.id),
+    )
 
 
 def open_wallet(session: Session, org: str, currency: str) -> Json:
@@ -386,9 +403,7 @@ def grant_credit(
     repo.save_wallet(wallet)
     return {
         "grant": _grant(wallet, grant),
-        "wallet": _wallet(
-            organization, wallet, repo.credit_held(wallet.id), repo.credit_leased(wallet.id)
-        ),
+        "wallet": _wallet_of(organization, wallet, repo),
     }
 
 
@@ -398,7 +413,7 @@ def wallet_balance(session: Session, org: str, currency: str | None = None) -> J
     code = _wallet_currency(session, organization, currency)
     repo = BillingRepository(session)
     wallet = repo.load_wallet(organization.id, code)
-    return _wallet(organization, wallet, repo.credit_held(wallet.id), repo.credit_leased(wallet.id))
+    return _wallet_of(organization, wallet, repo)
 
 
 def wallet_ledger(
@@ -427,11 +442,13 @@ def wallet_ledger(
         }
         for entry in reversed(BillingRepository(session).ledger(wallet.id, limit=limit))
     ]
+    repo = BillingRepository(session)
     return {
         **org_fields(organization),
         "wallet_id": wallet.id,
         "currency": wallet.currency,
-        "balance": decimal_text(wallet.balance),
+        "balance": decimal_text(wallet.balance),  # the sum of the ledger
+        "pending": decimal_text(repo.credit_pending(wallet.id)),  # consumed, not yet in it
         "entries": entries,
     }
 

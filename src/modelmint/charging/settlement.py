@@ -21,7 +21,7 @@ is charged exactly once: a retried batch finds its rows stored and charges nothi
 twice.
 
 Most paid batches are *quick* (``QuickSettlement``): every charge is independent of
-the period's running totals (flat prices, no allowance: ``rating.rate_alone``), each
+the period's running totals (flat prices, no allowance: ``rating.LinearRates``), each
 request was admitted against a wallet lease or needs no wallet, and nothing else is
 held. Such a batch reads nothing: its charges go in the usage rows' insert, and the
 totals and lease statements add blindly, in the same round trip as an unbilled
@@ -57,16 +57,15 @@ from sqlalchemy.orm import Session
 from modelmint.billing import Metric, Money, Plan, PlanRef, PrepaidPlan
 from modelmint.billing.budgets import DEFAULT_THRESHOLDS, alert_id, crossed
 from modelmint.billing.errors import PriceNotFound
-from modelmint.billing.exact import EXACT, Quantity
+from modelmint.billing.exact import EXACT, Quantity, plus
 from modelmint.billing.periods import Period
 from modelmint.billing.rating import (
     ChargedTotal,
+    LinearRates,
     PeriodUsage,
-    RatedUsage,
     UsageKey,
     UsageTotal,
     billed_quantities,
-    rate_alone,
 )
 from modelmint.billing.repository import BillingRepository
 from modelmint.billing.wallet import Wallet, WalletSnapshot
@@ -119,6 +118,8 @@ class Charger:
 
     def __init__(self, leases: CreditLeases | None = None) -> None:
         self._plans: dict[PlanRef, Plan] = {}  # plan versions never change once published
+        # (plan, model, endpoint) -> its linear rates, or None if they are not all linear
+        self._linear: dict[tuple[PlanRef, str, str], LinearRates | None] = {}
         self.leases = leases
         self._sql: dict[bool, SettlementSql] = {}
 
@@ -127,15 +128,15 @@ class Charger:
     ) -> QuickSettlement | None:
         """The batch's quick settlement, or None if some billed event needs reads."""
         billed = self._billed(events, session)
-        rated: dict[str, list[RatedUsage]] = {}
-        for event in billed:
-            alone = self._alone(event)
-            if alone is None:
-                return None
-            rated[event.id] = alone
         if not billed:
             return None
-        return QuickSettlement(self, self._statements(sql), billed, rated)
+        rates: dict[str, LinearRates] = {}
+        for event in billed:
+            found = self._quick_rates(event)
+            if found is None:
+                return None
+            rates[event.id] = found
+        return QuickSettlement(self, self._statements(sql), billed, rates)
 
     def begin(
         self, sql: BatchSql, events: Sequence[UsageEvent], session: Callable[[], Session]
@@ -165,8 +166,8 @@ class Charger:
             statements = self._sql[sql.sqlite] = SettlementSql(sql)
         return statements
 
-    def _alone(self, event: UsageEvent) -> list[RatedUsage] | None:
-        """The event's rating if it can be settled quickly (see the module docstring)."""
+    def _quick_rates(self, event: UsageEvent) -> LinearRates | None:
+        """The event's rates if it can be settled quickly (see the module docstring)."""
         if event.reservation is not None or event.spend_hold or event.spend_leases:
             return None
         if event.currency is None:
@@ -174,7 +175,15 @@ class Charger:
         plan = self.plan(event)
         if isinstance(plan, PrepaidPlan) and event.wallet_lease is None:
             return None
-        return rate_alone(plan, event.model, _quantities(plan, event))
+        key = (plan.ref, event.model, event.endpoint)
+        if key not in self._linear:
+            try:
+                metrics = billed_quantities(plan, event.model, measured(event.endpoint, 0, 0, 0))
+            except PriceNotFound:
+                self._linear[key] = None  # the general way logs it
+            else:
+                self._linear[key] = LinearRates.of(plan, event.model, metrics)
+        return self._linear[key]
 
     def settled(
         self, events: Sequence[UsageEvent], fresh: set[str], charges: dict[str, Decimal]
@@ -207,40 +216,56 @@ class QuickSettlement:
         charger: Charger,
         sql: SettlementSql,
         billed: list[UsageEvent],
-        rated: dict[str, list[RatedUsage]],
+        rates: dict[str, LinearRates],
     ) -> None:
         self._charger = charger
         self._billed = billed
         self.charges: dict[str, Decimal] = {}
-        added: dict[tuple[str, datetime, UsageKey], ChargedTotal] = {}
-        pending: dict[str, Decimal] = defaultdict(lambda: _ZERO)
+        # (organisation, period start, key) -> [quantity, included, amount, charges]
+        added: dict[tuple[str, datetime, UsageKey], list[Any]] = {}
+        pending: dict[str, Decimal] = {}
+        periods: dict[tuple[int, int], datetime] = {}
         for event in billed:
             amount = _ZERO
-            start = Period.containing(event.created_at).start
-            for usage in rated[event.id]:
-                slot = (event.organization_id, start, usage.key)
-                before = added.get(slot) or ChargedTotal(UsageTotal(usage.key))
-                added[slot] = before.add(usage)
-                amount = EXACT.add(amount, usage.amount)
+            if event.status_code < 400:  # a failed request owes nothing
+                moment = event.created_at
+                start = periods.get((moment.year, moment.month))
+                if start is None:
+                    start = periods[(moment.year, moment.month)] = Period.containing(moment).start
+                line = rates[event.id]
+                used = measured(
+                    event.endpoint, event.input_tokens, event.output_tokens, event.engine_ms
+                )
+                for metric in line.units:
+                    quantity = used[metric]
+                    part = line.amount(metric, quantity)
+                    slot = (event.organization_id, start, UsageKey(line.plan, line.model, metric))
+                    sums = added.get(slot)
+                    if sums is None:
+                        sums = added[slot] = [0, 0, _ZERO, 0]
+                    sums[0] = plus(sums[0], quantity)
+                    if metric in line.included:
+                        sums[1] = plus(sums[1], quantity)
+                    sums[2] = EXACT.add(sums[2], part)
+                    sums[3] += 1
+                    amount = EXACT.add(amount, part)
             self.charges[event.id] = amount
             if event.wallet_lease is not None and amount > 0:
-                pending[event.wallet_lease] = EXACT.add(pending[event.wallet_lease], amount)
+                lease = event.wallet_lease
+                pending[lease] = EXACT.add(pending.get(lease, _ZERO), amount)
         self._leases = set(pending)
-        organizations = sorted({e.organization_id for e in billed})
-        self.statements = [
-            sql.totals_added(
-                [(org, start, key, total) for (org, start, key), total in added.items()]
-            ),
-            sql.budgets_count(organizations),
-            *sql.lease_pending(sorted(pending.items()), utcnow()),
+        totals = [
+            (org, start, key, ChargedTotal(UsageTotal(key, q, included), total, count))
+            for (org, start, key), (q, included, total, count) in added.items()
         ]
+        organizations = sorted({e.organization_id for e in billed})
+        self.statements = sql.quick(totals, sorted(pending.items()), organizations, utcnow())
 
     def holds(self, results: Sequence[Rows]) -> bool:
         """Whether the bet held (``results``: the rows of ``statements``): no budgets to
         keep spend for, and every lease open with room for what was added to it."""
-        counted = results[1]
-        added = {row[0] for rows in results[2:] for row in rows}
-        return counted[0][0] == 0 and added == self._leases
+        seen = {row[0] for rows in results for row in rows if row}
+        return "#budget" not in seen and seen == self._leases
 
     def committed(self, fresh: set[str], results: Sequence[Rows]) -> None:
         self._charger.settled(self._billed, fresh, self.charges)

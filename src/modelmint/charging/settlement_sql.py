@@ -1,8 +1,7 @@
 """The statements of a batch's settlement, and the rows they read back, in either dialect.
 
-Quick batches (``charging.settlement``) need no reads: their statements go with the
-usage rows' insert and the rollups, and add blindly (``totals_added``,
-``lease_pending``, checked by ``budgets_count``).
+Quick batches (``charging.settlement``) need no reads: their statements (``quick``)
+go with the usage rows' insert and the rollups, and add blindly.
 
 Other batches are settled in two round trips inside the metering writer's
 transaction: ``reads`` (sent with the usage rows' insert) takes the locks and reads
@@ -443,12 +442,23 @@ class SettlementSql:
 
     # -- quick batches ----------------------------------------------------------------------
 
-    def totals_added(
-        self, rows: Sequence[tuple[str, datetime, UsageKey, ChargedTotal]]
-    ) -> Statement:
-        """Add ``(organisation, period start, key, what to add)`` to the usage totals."""
+    def quick(
+        self,
+        totals: Sequence[tuple[str, datetime, UsageKey, ChargedTotal]],
+        pending: Sequence[tuple[str, Decimal]],
+        organizations: Sequence[str],
+        now: datetime,
+    ) -> list[Statement]:
+        """A quick batch's statements: add ``(organisation, period start, key, what to
+        add)`` to the usage totals, add each ``(lease, amount)`` to what the open wallet
+        lease has pending where it has room for it, and look for the organisations'
+        budgets. Their rows name each lease added to, and "#budget" if a budget exists.
+
+        On PostgreSQL it is all one statement (data-modifying CTEs): a statement costs
+        more here than the rows it writes.
+        """
         sql = self._sql
-        values = [
+        rows = [
             (
                 org,
                 sql.time(start),
@@ -461,57 +471,72 @@ class SettlementSql:
                 sql.decimal(added.amount),
                 added.charges,
             )
-            for org, start, key, added in rows
+            for org, start, key, added in totals
         ]
-        if sql.sqlite:  # exact text decimals: the writer's registered function adds them
-            money = [f"{c} = mm_exact_add(billing_usage_totals.{c}, excluded.{c})"
-                     for c in ("quantity", "included", "amount")]  # fmt: skip
-        else:
-            money = [f"{c} = billing_usage_totals.{c} + excluded.{c}"
-                     for c in ("quantity", "included", "amount")]  # fmt: skip
-        sets = ", ".join([*money, "charges = billing_usage_totals.charges + excluded.charges"])
-        tail = f"ON CONFLICT ({', '.join(_TOTAL_KEY)}) DO UPDATE SET {sets}"
-        return sql.insert("billing_usage_totals", _TOTAL_KEY + _TOTAL_VALUES, values, tail)
+        if sql.sqlite:
+            return self._quick_sqlite(rows, pending, organizations, now)
+        sets = ", ".join(
+            [f"{c} = t.{c} + excluded.{c}" for c in ("quantity", "included", "amount")]
+            + ["charges = t.charges + excluded.charges"]
+        )
+        columns = ", ".join(_TOTAL_KEY + _TOTAL_VALUES)
+        return [
+            Statement(
+                f"WITH added AS (INSERT INTO billing_usage_totals AS t ({columns}) "
+                f"SELECT {columns} FROM jsonb_populate_recordset("
+                "NULL::billing_usage_totals, %s::jsonb) "
+                f"ON CONFLICT ({', '.join(_TOTAL_KEY)}) DO UPDATE SET {sets}), "
+                "charged AS (UPDATE billing_credit_leases l SET pending = l.pending + x.pending, "
+                "consumed = l.consumed + x.pending, last_consumed_at = %s "
+                "FROM jsonb_populate_recordset(NULL::billing_credit_leases, %s::jsonb) AS x "
+                "WHERE l.id = x.id AND l.closed_at IS NULL AND l.amount - l.pending >= x.pending "
+                "RETURNING l.id) "
+                "SELECT id FROM charged UNION ALL (SELECT '#budget' FROM billing_budgets "
+                "WHERE organization_id = ANY(%s) LIMIT 1)",
+                (
+                    sql.records(_TOTAL_KEY + _TOTAL_VALUES, rows),
+                    now,
+                    sql.records(("id", "pending"), list(pending)),
+                    list(organizations),
+                ),
+            )
+        ]
 
-    def lease_pending(self, rows: Sequence[tuple[str, Decimal]], now: datetime) -> list[Statement]:
-        """Add each ``(lease, amount)`` to what the open wallet lease has pending, where it
-        has room for it; each statement returns the ids it added to."""
+    def _quick_sqlite(
+        self,
+        rows: Rows,
+        pending: Sequence[tuple[str, Decimal]],
+        organizations: Sequence[str],
+        now: datetime,
+    ) -> list[Statement]:
         sql = self._sql
-        if sql.sqlite:  # in process: a statement per lease (a batch names one or two)
-            return [
+        sets = ", ".join(
+            [
+                f"{c} = mm_exact_add(billing_usage_totals.{c}, excluded.{c})"
+                for c in ("quantity", "included", "amount")
+            ]
+            + ["charges = billing_usage_totals.charges + excluded.charges"]
+        )
+        tail = f"ON CONFLICT ({', '.join(_TOTAL_KEY)}) DO UPDATE SET {sets}"
+        statements = [sql.insert("billing_usage_totals", _TOTAL_KEY + _TOTAL_VALUES, rows, tail)]
+        for lease_id, amount in pending:  # a batch names one or two leases
+            value = sql.decimal(amount)
+            statements.append(
                 Statement(
                     "UPDATE billing_credit_leases SET pending = mm_exact_add(pending, ?), "
                     "consumed = mm_exact_add(consumed, ?), last_consumed_at = ? "
                     "WHERE id = ? AND closed_at IS NULL AND mm_exact_room(amount, pending, ?) "
                     "RETURNING id",
-                    (
-                        sql.decimal(amount),
-                        sql.decimal(amount),
-                        sql.time(now),
-                        lease_id,
-                        sql.decimal(amount),
-                    ),
+                    (value, value, sql.time(now), lease_id, value),
                 )
-                for lease_id, amount in rows
-            ]
-        records = sql.records(("id", "pending"), list(rows))
-        return [
-            Statement(
-                "UPDATE billing_credit_leases l SET pending = l.pending + x.pending, "
-                "consumed = l.consumed + x.pending, last_consumed_at = %s "
-                "FROM jsonb_populate_recordset(NULL::billing_credit_leases, %s::jsonb) AS x "
-                "WHERE l.id = x.id AND l.closed_at IS NULL AND l.amount - l.pending >= x.pending "
-                "RETURNING l.id",
-                (now, records),
             )
-        ]
-
-    def budgets_count(self, organizations: Sequence[str]) -> Statement:
-        """How many budgets the organisations have (a quick batch bets on none)."""
-        where, params = self._sql.where_in(
+        where, params = sql.where_in(
             "billing_budgets", ("organization_id",), [(org,) for org in organizations]
         )
-        return Statement(f"SELECT COUNT(*) FROM billing_budgets WHERE {where}", params)
+        statements.append(
+            Statement(f"SELECT '#budget' FROM billing_budgets WHERE {where} LIMIT 1", params)
+        )
+        return statements
 
     def alerts(self, rows: Sequence[dict[str, Any]]) -> Statement:
         """Raise alerts; an id raised before is skipped (returns the ids stored)."""

@@ -8,6 +8,7 @@ kept exact. Listings print a table, or JSON with ``--json``.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time
+from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -335,7 +336,9 @@ def wallets_ledger(
             e["reference"],
         )
     console.print(table)
-    _say(f"Balance: {ledger['balance']} {ledger['currency']}")
+    pending = ledger["pending"]
+    note = f", less {pending} consumed and not yet posted" if Decimal(pending) else ""
+    _say(f"Balance: {ledger['balance']} {ledger['currency']}{note}")
 
 
 # -- coupons and tax ------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from modelmint.billing import (
     FlatRate,
     FreeTierPlan,
     GraduatedTiers,
+    LinearRates,
     Metric,
     Money,
     PeriodUsage,
@@ -141,3 +142,58 @@ def test_request_charges_sum_to_the_plan_price_of_the_overage(
         price = BOOK.lookup(total.key.model, OUT).charge.price(total.overage)
         assert charged[total.key.model] == price
     assert usage.included_used(plan.ref, OUT) == min(included, sum(n for _, n in requests))
+
+
+# -- linear rates: rating without the running totals ---------------------------------------
+
+LINEAR = PrepaidPlan("payg", 1, BOOK)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 10**7),
+            st.integers(0, 10**7),
+            st.decimals(min_value=0, max_value=10**4, places=6),
+        ),
+        min_size=1,
+        max_size=20,
+    ),
+    st.sampled_from(["m", "other"]),
+)
+def test_linear_rates_charge_what_rating_in_order_charges(
+    requests: list[tuple[int, int, Decimal]], model: str
+) -> None:
+    book = PriceBook(
+        "USD",
+        {
+            ("*", IN): FlatRate(D("0.15"), 1_000_000),
+            ("*", OUT): FlatRate(D("0.6"), 1024),
+            ("*", Metric.COMPUTE_SECONDS): FlatRate(D("0.0001")),
+        },
+    )
+    plans = [
+        PrepaidPlan("payg", 1, book),
+        SubscriptionPlan("pro", 1, Money(D("10"), "USD"), book),  # nothing included
+        EnterprisePlan("ent", 1, Money(D("100"), "USD")),  # everything included
+    ]
+    for plan in plans:
+        metrics = (IN, OUT, Metric.COMPUTE_SECONDS)
+        rates = LinearRates.of(plan, model, metrics)
+        assert rates is not None
+        usage = PeriodUsage()  # rating in order, against the running totals
+        for tokens_in, tokens_out, seconds in requests:
+            for metric, quantity in zip(metrics, (tokens_in, tokens_out, seconds), strict=True):
+                expected = usage.rate(plan, model, metric, quantity)
+                assert rates.rated(metric, quantity) == expected
+                assert rates.amount(metric, quantity) == expected.amount
+
+
+def test_rates_that_depend_on_the_period_are_not_linear() -> None:
+    included = SubscriptionPlan("pro", 1, Money(D("10"), "USD"), BOOK, included={IN: 1000})
+    assert LinearRates.of(included, "m", [IN]) is None  # included units run out
+    assert LinearRates.of(included, "m", [OUT]) is not None  # this line has none
+    assert LinearRates.of(LINEAR, "big", [OUT]) is None  # tiers
+    assert LinearRates.of(LINEAR, "m", [OUT]) is not None
+    assert LinearRates.of(FREE, "m", [IN]) is None  # a free tier's allowance runs out
