@@ -41,21 +41,23 @@ from modelmint.billing.errors import (
     PriceNotFound,
     UsageCapExceeded,
 )
-from modelmint.billing.exact import Quantity, minus, plus
+from modelmint.billing.exact import EXACT, Quantity, minus, plus
 from modelmint.billing.periods import Period
+from modelmint.billing.rating import LinearRates, billed_quantities, worst_case
 from modelmint.billing.rating import admit as admit_units
-from modelmint.billing.rating import billed_quantities, worst_case
 from modelmint.caching import TtlCache
 from modelmint.charging.leases import CreditLeases, Pool
 from modelmint.charging.profiles import BillingProfile, load_profile
 from modelmint.charging.reservations import hold_budget, release_budget, reserve
 from modelmint.errors import PermissionDenied
-from modelmint.observability.metrics import BILLING_REFUSALS
+from modelmint.observability.metrics import BILLING_REFUSALS, CREDIT_LEASE_ADMISSIONS
 from modelmint.storage.db import Database, utcnow
 
 __all__ = ["NO_HOLD", "Hold", "SpendGuard"]
 
 log = logging.getLogger(__name__)
+LEASED = CREDIT_LEASE_ADMISSIONS.labels("lease")
+HELD = CREDIT_LEASE_ADMISSIONS.labels("hold")
 
 Bound = Callable[[], Mapping[Metric, Quantity]]
 
@@ -111,6 +113,28 @@ class _FreeTierCount:
         self.completed: dict[Metric, Quantity] = {}
 
 
+_MAX_PRICINGS = 10_000  # bounds memory when requests name ever new models
+
+
+@dataclass(frozen=True, slots=True)
+class _Pricing:
+    """What a plan bills of a request to one model: the metrics, and their linear rates
+    when no price depends on the period (then the worst case is a sum of products)."""
+
+    metrics: tuple[Metric, ...]
+    rates: LinearRates | None
+    unpriced: str | None = None  # why the plan prices nothing of it
+
+    def worst(self, plan: Plan, model: str, requested: Mapping[Metric, Quantity]) -> Decimal:
+        rates = self.rates
+        if rates is None:
+            return worst_case(plan, model, {m: requested[m] for m in self.metrics})
+        total = Decimal(0)
+        for metric in self.metrics:
+            total = EXACT.add(total, rates.amount(metric, requested[metric]))
+        return total
+
+
 class SpendGuard:
     def __init__(
         self,
@@ -125,6 +149,30 @@ class SpendGuard:
         self._free: dict[str, _FreeTierCount] = {}
         self.leases = leases
         self._writer_ok = writer_ok
+        self._prices: dict[tuple[PlanRef, str, tuple[Metric, ...]], _Pricing] = {}
+
+    def _pricing(self, plan: Plan, model: str, requested: Mapping[Metric, Quantity]) -> _Pricing:
+        """What ``plan`` bills of a request to ``model`` (cached: plan versions never
+        change); 403 ``model_not_priced`` if it bills nothing."""
+        key = (plan.ref, model, tuple(requested))
+        pricing = self._prices.get(key)
+        if pricing is None:
+            try:
+                metrics = tuple(billed_quantities(plan, model, requested))
+            except PriceNotFound as exc:
+                pricing = _Pricing((), None, exc.message)
+            else:
+                pricing = _Pricing(metrics, LinearRates.of(plan, model, metrics))
+            if len(self._prices) >= _MAX_PRICINGS:
+                self._prices.clear()
+            self._prices[key] = pricing
+        if pricing.unpriced is not None:
+            raise PermissionDenied(
+                f"{pricing.unpriced}; this model cannot be used until it is priced",
+                param="model",
+                code="model_not_priced",
+            )
+        return pricing
 
     def _load(self, organization_id: str) -> BillingProfile:
         with self._database.session() as session:
@@ -146,31 +194,35 @@ class SpendGuard:
         plan = profile.plan
         if plan is None:
             return NO_HOLD
-        try:
-            quantities = billed_quantities(plan, model, bound())
-        except PriceNotFound as exc:
-            raise PermissionDenied(
-                f"{exc.message}; this model cannot be used until it is priced",
-                param="model",
-                code="model_not_priced",
-            ) from None
+        requested = bound()
+        pricing = self._pricing(plan, model, requested)
         if isinstance(plan, FreeTierPlan):
-            return self._admit_free(profile, plan, quantities)
+            billed = {metric: requested[metric] for metric in pricing.metrics}
+            return self._admit_free(profile, plan, billed)
         budgets = profile.hard_budgets(api_key_id)
-        base = Hold(plan.ref, plan.currency, organization_id=organization_id)
         if not isinstance(plan, PrepaidPlan) and not budgets:
-            return base
-        worst = worst_case(plan, model, quantities)
+            return Hold(plan.ref, plan.currency, organization_id=organization_id)
+        worst = pricing.worst(plan, model, requested)
         if worst == 0:
-            return base
+            return Hold(plan.ref, plan.currency, organization_id=organization_id)
         period = profile.period or Period.containing(utcnow())
         pools = _pools(profile, plan, period, budgets)
+        ref = plan.ref
+        if self.leases is not None and self._writer_ok():
+            taken = self.leases.take(pools, worst)
+            if taken is not None:  # the common case: no I/O at all
+                LEASED.inc()
+                wallet, spend = _by_kind(pools, taken)
+                return Hold(
+                    ref, plan.currency, organization_id=organization_id,
+                    wallet_lease=wallet, spend_leases=spend, lease_worst=worst,
+                )  # fmt: skip
+        base = Hold(ref, plan.currency, organization_id=organization_id)
         if self.leases is None or not self._writer_ok():
+            HELD.inc()
             return await self._hold(base, pools, api_key_id, request_id, worst, period, budgets)
-        taken = self.leases.take(pools, worst)
-        if taken is not None:  # the common case: no I/O at all
-            return _leased(base, dict(zip(pools, taken, strict=True)), worst)
         leased, fallback = await self.leases.take_or_fall_back(pools, worst)
+        (HELD if fallback else LEASED).inc()
         base = _leased(base, leased, worst)
         try:
             return await self._hold(base, fallback, api_key_id, request_id, worst, period, budgets)
@@ -282,6 +334,17 @@ def _leased(hold: Hold, leases: Mapping[Pool, str], worst: Decimal) -> Hold:
     """``hold`` with the leases ``worst`` was taken from, by pool."""
     if not leases:
         return hold
-    wallet = next((lease for pool, lease in leases.items() if pool.kind == "wallet"), None)
-    spend = tuple(lease for pool, lease in leases.items() if pool.kind == "budget")
+    wallet, spend = _by_kind(list(leases), list(leases.values()))
     return replace(hold, wallet_lease=wallet, spend_leases=spend, lease_worst=worst)
+
+
+def _by_kind(pools: Sequence[Pool], leases: Sequence[str]) -> tuple[str | None, tuple[str, ...]]:
+    """The wallet's lease and the budgets' leases, of ``leases`` taken from ``pools``."""
+    wallet = None
+    spend = []
+    for pool, lease in zip(pools, leases, strict=True):
+        if pool.kind == "wallet":
+            wallet = lease
+        else:
+            spend.append(lease)
+    return wallet, tuple(spend)

@@ -2,12 +2,12 @@
 
 The escrow method. A prepaid wallet (or a hard budget's month) is a *pool* of credit
 shared by every gateway process. Instead of asking the database for each request, a
-process leases a block of the pool (one conditional UPDATE: the pool row keeps
-``leased`` beside ``balance``/``held``, so ``balance - held - leased`` never goes
-below zero) and admits requests against that block in memory, exactly: a request
-takes its worst case (Decimal) from the lease, and the metering writer, once the
-request's usage is committed, gives back the worst case and keeps the actual charge,
-which it also took from the lease's row in the same transaction.
+process leases a block of the pool (one conditional UPDATE under the pool row's
+lock: the row keeps ``leased`` beside ``balance``/``held``, so ``balance - held -
+leased`` never goes below zero) and admits requests against that block in memory,
+exactly: a request takes its worst case (Decimal) from the lease; once its usage is
+committed the metering writer has charged its actual cost through the lease's row,
+in the same transaction, and gives the rest of the worst case back in memory.
 
 Sizing. A lease aims to hold about ``horizon_s`` of this process's recent spend, and
 never less than ``blocks`` worst cases (below that a lease is not worth its round
@@ -19,18 +19,19 @@ have not spent, and requests fall back to one hold per request (``reservations``
 so the last cents of a wallet are admitted exactly as before leases existed.
 
 Refills run in the background, one at a time per pool, when a lease falls below half
-its target; a request that finds its lease dry waits for that refill (single flight)
-instead of starting another.
+its target; requests that find their lease dry wait for that refill (single flight),
+which is sized for all of them, instead of each starting another.
 
 Expiry. Every ``checkin_s`` the process renews each lease: it extends the lease's
-expiry to ``ttl_s`` ahead, resizes it to the measured spend rate, hands back a lease
-idle since the last check-in, and learns whether the pool went low. It admits
+expiry to ``ttl_s`` ahead, posts what was consumed through it to the wallet's ledger,
+resizes it to the measured spend rate (an idle lease keeps one minimum block, and is
+handed back after ``idle_close_s``), and learns whether the pool went low. It admits
 against a lease only within half its ttl after the last successful renewal, so a
 process cut off from the database stops admitting long before its lease can expire.
 A process killed with SIGKILL renews nothing: once ``expires_at`` passes, any
-process's sweep returns the unspent part to the pool; what the dead process consumed
-is exactly what its committed usage rows say (the writer charged them through the
-lease in the same transaction). A graceful shutdown hands every lease back.
+process's sweep posts what the lease consumed (exactly what the dead process's
+committed usage rows were charged) and returns the rest to the pool. A graceful
+shutdown hands every lease back.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ log = logging.getLogger(__name__)
 _ZERO = Decimal(0)
 _SHARE = Context(prec=60, rounding=ROUND_FLOOR)
 _QUANTUM = Decimal("1e-12")  # a lease's size needs no finer grain than this
+# Refills a request waits for before it is held per request instead: each doubles the
+# lease, and a refill serves every request waiting on it.
+_MAX_REFILLS = 8
 
 
 def fair_share(free: Decimal, others: int) -> Decimal:
@@ -131,6 +135,7 @@ class _Lease:
     refilling: bool = False
     low: bool = False  # the pool said it is low: admit nothing until a check-in says not
     closing: bool = False
+    idle: float = 0.0  # seconds since it last admitted a request, as of the last check-in
 
     def admits(self, worst: Decimal, now: float) -> bool:
         return not (self.low or self.closing) and now < self.deadline and self.free >= worst
@@ -150,6 +155,7 @@ class CreditLeases:
         checkin_s: float | None = None,
         horizon_s: float = 2.0,
         blocks: int = 8,
+        idle_close_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
@@ -157,6 +163,7 @@ class CreditLeases:
         self.checkin_s = checkin_s if checkin_s is not None else min(1.0, ttl_s / 4)
         self._horizon_s = horizon_s
         self._blocks = blocks
+        self._idle_close_s = idle_close_s
         self._clock = clock
         # Taken by the event loop (admission) and the writer thread (settlement).
         self._lock = threading.Lock()
@@ -164,6 +171,8 @@ class CreditLeases:
         self._by_id: dict[str, _Lease] = {}
         self._refills: dict[Pool, asyncio.Future[None]] = {}
         self._ops: dict[Pool, asyncio.Lock] = {}
+        # Requests of each pool waiting in the slow path: a refill is sized for them all.
+        self._waiting: dict[Pool, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._last_checkin = clock()
@@ -219,25 +228,27 @@ class CreditLeases:
         return taken, fallback
 
     async def _take_one(self, pool: Pool, worst: Decimal) -> str | None:
-        for attempt in range(3):
-            taken = self.take((pool,), worst)
-            if taken is not None:
-                return taken[0]
-            with self._lock:
-                lease = self._leases.get(pool)
-                if lease is not None and (lease.low or lease.closing):
-                    return None
-                if lease is not None:
-                    lease.unit = max(lease.unit, worst)
-            if attempt == 2:
-                break
-            await self._refill(pool, worst)
-            with self._lock:
-                lease = self._leases.get(pool)
-                if lease is None or lease.low:
-                    return None
-        # Refills gave too little for this request: its own lease's rest goes back to
-        # the pool first, so that the per-request hold can use every cent.
+        self._waiting[pool] = self._waiting.get(pool, 0) + 1
+        try:
+            for _ in range(_MAX_REFILLS):
+                taken = self.take((pool,), worst)
+                if taken is not None:
+                    return taken[0]
+                with self._lock:
+                    lease = self._leases.get(pool)
+                    if lease is not None and lease.low:
+                        return None
+                    if lease is not None:
+                        lease.unit = max(lease.unit, worst)
+                await self._refill(pool, worst)
+                with self._lock:
+                    lease = self._leases.get(pool)
+                    if lease is None or lease.low:
+                        return None  # the pool cannot spare a block: hold per request
+        finally:
+            self._waiting[pool] -= 1
+        # Refills keep giving too little for this request: its own lease's rest goes
+        # back to the pool first, so that the per-request hold can use every cent.
         await self._hand_back_free(pool)
         return None
 
@@ -313,12 +324,16 @@ class CreditLeases:
                 return
             unit = max(worst or _ZERO, lease.unit if lease else _ZERO)
             minimum = EXACT.multiply(unit, self._blocks)
+            # Enough for every request now waiting (twice over: more are coming), so a
+            # burst on a cold or dry lease is served by one refill, not one per block.
+            burst = EXACT.multiply(unit, 2 * (self._waiting.get(pool, 0) + 1))
             if lease is None:
-                want = minimum
+                want = max(minimum, burst)
             else:
-                # Between check-ins a lease that runs dry doubles, so a burst needs few
-                # refills; a renewal asking for nothing still extends the expiry.
-                target = max(minimum, EXACT.multiply(lease.target, 2))
+                # Between check-ins a lease that runs dry doubles, so steady growth needs
+                # few refills; a renewal asking for nothing still extends the expiry.
+                inflight = EXACT.multiply(unit, lease.inflight)
+                target = max(minimum, EXACT.multiply(lease.target, 2), burst + inflight)
                 want = max(EXACT.subtract(target, max(lease.free, _ZERO)), _ZERO)
                 target = EXACT.add(max(lease.free, _ZERO), want)
         sent = self._clock()
@@ -431,7 +446,8 @@ class CreditLeases:
             async with self._op(lease.pool):
                 with self._lock:
                     admitted, lease.admitted = lease.admitted, _ZERO
-                    if admitted == 0 and lease.inflight == 0:
+                    lease.idle = lease.idle + elapsed if admitted == 0 else 0.0
+                    if lease.idle >= self._idle_close_s and lease.inflight == 0:
                         lease.closing = True  # nothing more is admitted against it
                 if lease.closing:
                     self._forget(lease)
@@ -445,8 +461,10 @@ class CreditLeases:
         target = max(minimum, (rate * Decimal(repr(self._horizon_s))).quantize(lease.unit))
         with self._lock:
             free = lease.free
-            if lease.low or admitted == 0:
+            if lease.low:
                 change = EXACT.minus(max(free, _ZERO))  # hand back all that is not promised
+            elif admitted == 0:  # idle: keep one minimum block for the next request
+                change = min(EXACT.subtract(minimum, max(free, _ZERO)), _ZERO)
             elif free < target:
                 change = EXACT.subtract(target, free)
             elif free > EXACT.multiply(target, 2):

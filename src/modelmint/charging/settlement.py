@@ -118,8 +118,9 @@ class Charger:
 
     def __init__(self, leases: CreditLeases | None = None) -> None:
         self._plans: dict[PlanRef, Plan] = {}  # plan versions never change once published
-        # (plan, model, endpoint) -> its linear rates, or None if they are not all linear
-        self._linear: dict[tuple[PlanRef, str, str], LinearRates | None] = {}
+        # (plan code, version, model, endpoint) -> its linear rates, or None if they are
+        # not all linear
+        self._linear: dict[tuple[Any, ...], LinearRates | None] = {}
         self.leases = leases
         self._sql: dict[bool, SettlementSql] = {}
 
@@ -175,7 +176,7 @@ class Charger:
         plan = self.plan(event)
         if isinstance(plan, PrepaidPlan) and event.wallet_lease is None:
             return None
-        key = (plan.ref, event.model, event.endpoint)
+        key = (event.plan_code, event.plan_version, event.model, event.endpoint)
         if key not in self._linear:
             try:
                 metrics = billed_quantities(plan, event.model, measured(event.endpoint, 0, 0, 0))
@@ -221,8 +222,9 @@ class QuickSettlement:
         self._charger = charger
         self._billed = billed
         self.charges: dict[str, Decimal] = {}
-        # (organisation, period start, key) -> [quantity, included, amount, charges]
-        added: dict[tuple[str, datetime, UsageKey], list[Any]] = {}
+        # (organisation, period start, plan, model, metric) -> [quantity, included,
+        # amount, charges]: what the batch adds to each usage total
+        added: dict[tuple[str, datetime, PlanRef, str, Metric], list[Any]] = {}
         pending: dict[str, Decimal] = {}
         periods: dict[tuple[int, int], datetime] = {}
         for event in billed:
@@ -236,28 +238,30 @@ class QuickSettlement:
                 used = measured(
                     event.endpoint, event.input_tokens, event.output_tokens, event.engine_ms
                 )
-                for metric in line.units:
+                org, included = event.organization_id, line.included
+                for metric, unit in line.units.items():
                     quantity = used[metric]
-                    part = line.amount(metric, quantity)
-                    slot = (event.organization_id, start, UsageKey(line.plan, line.model, metric))
+                    slot = (org, start, line.plan, line.model, metric)
                     sums = added.get(slot)
                     if sums is None:
                         sums = added[slot] = [0, 0, _ZERO, 0]
                     sums[0] = plus(sums[0], quantity)
-                    if metric in line.included:
-                        sums[1] = plus(sums[1], quantity)
-                    sums[2] = EXACT.add(sums[2], part)
                     sums[3] += 1
-                    amount = EXACT.add(amount, part)
+                    if metric in included:
+                        sums[1] = plus(sums[1], quantity)
+                    elif unit:
+                        part = EXACT.multiply(unit, quantity)
+                        sums[2] = EXACT.add(sums[2], part)
+                        amount = EXACT.add(amount, part)
             self.charges[event.id] = amount
             if event.wallet_lease is not None and amount > 0:
                 lease = event.wallet_lease
                 pending[lease] = EXACT.add(pending.get(lease, _ZERO), amount)
         self._leases = set(pending)
-        totals = [
-            (org, start, key, ChargedTotal(UsageTotal(key, q, included), total, count))
-            for (org, start, key), (q, included, total, count) in added.items()
-        ]
+        totals = []
+        for (org, start, plan, model, metric), (q, inside, total, count) in added.items():
+            key = UsageKey(plan, model, metric)
+            totals.append((org, start, key, ChargedTotal(UsageTotal(key, q, inside), total, count)))
         organizations = sorted({e.organization_id for e in billed})
         self.statements = sql.quick(totals, sorted(pending.items()), organizations, utcnow())
 

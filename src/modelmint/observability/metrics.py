@@ -9,11 +9,13 @@ __all__ = [
     "BILLING_ALERTS",
     "BILLING_REFUSALS",
     "BILLING_SHORTFALLS",
+    "CREDIT_LEASE_ADMISSIONS",
     "HTTP_REQUESTS",
     "MODEL_LATENCY",
     "MODEL_REQUESTS",
     "RATE_LIMIT_FALLBACKS",
     "TOKENS",
+    "USAGE_BATCHES",
 ]
 
 HTTP_REQUESTS = Counter(
@@ -50,6 +52,18 @@ BILLING_REFUSALS = Counter(
 )
 BILLING_ALERTS = Counter(
     "modelmint_billing_alerts_total", "Billing alerts raised, by kind", ["kind"]
+)
+USAGE_BATCHES = Counter(
+    "modelmint_usage_batches_total",
+    "Usage batches committed by the metering writer, by how they were written: one_trip "
+    "(no reads), two_trips (settled after reading), retried (a one-trip bet was lost)",
+    ["way"],
+)
+CREDIT_LEASE_ADMISSIONS = Counter(
+    "modelmint_credit_lease_admissions_total",
+    "Paid admissions by where their worst case was set aside: lease (in memory), or hold "
+    "(a per-request database hold: the pool is too small to lease from, or none yet)",
+    ["source"],
 )
 BILLING_SHORTFALLS = Counter(
     "modelmint_billing_shortfalls_total",

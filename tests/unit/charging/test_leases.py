@@ -154,17 +154,27 @@ async def test_a_check_in_sizes_a_lease_to_the_spend_rate() -> None:
     assert store.leased(WALLET) == D("0.48") + 24 * WORST
 
 
-async def test_an_idle_lease_is_handed_back_at_the_next_check_in() -> None:
+async def test_an_idle_lease_shrinks_to_one_block_and_is_handed_back_later() -> None:
+    clock = Clock()
     store = MemoryLeaseStore(free={WALLET: D("100")})
-    leases = book(store)
-    taken, _ = await leases.take_or_fall_back([WALLET], WORST)
-    leases.settled([taken[WALLET]], WORST, WORST)
-    store.consume(taken[WALLET], WORST)
-    await leases.checkin()  # it admitted one request since the start: kept
-    assert leases.snapshot()
-    await leases.checkin()  # nothing since: closed, its rest back in the pool
+    leases = CreditLeases(store, ttl_s=30, checkin_s=1, idle_close_s=3, clock=clock)
+    for _ in range(20):  # a busy second: the lease grows to two seconds of that rate
+        taken, _ = await leases.take_or_fall_back([WALLET], WORST)
+        leases.settled([taken[WALLET]], WORST, WORST)
+        store.consume(taken[WALLET], WORST)
+    clock.now += 1
+    await leases.checkin()
+    assert leases.snapshot()[WALLET][1] == 40 * WORST
+    clock.now += 1
+    await leases.checkin()  # idle since: it keeps one minimum block for the next request
+    assert leases.snapshot()[WALLET][1] == 8 * WORST
+    clock.now += 1
+    await leases.checkin()
+    assert leases.snapshot()  # two idle seconds: still kept
+    clock.now += 1
+    await leases.checkin()  # three: closed, its rest back in the pool
     assert leases.snapshot() == {}
-    assert store.leases == {} and store.free[WALLET] == D("100") - WORST
+    assert store.leases == {} and store.free[WALLET] == D("100") - 20 * WORST
 
 
 async def test_a_low_pool_makes_holders_hand_back_what_they_have_not_spent() -> None:
