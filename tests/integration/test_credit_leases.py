@@ -72,7 +72,8 @@ def wallet_sums(database: Database, org: str) -> tuple[Decimal, Decimal, Decimal
 
 @pytest.fixture
 def store(database: Database) -> DatabaseLeaseStore:
-    return DatabaseLeaseStore(database, holder="test-process", ttl_s=30)
+    # Every renewal posts pending consumption, so the tests can watch it reach the ledger.
+    return DatabaseLeaseStore(database, holder="test-process", ttl_s=30, capture_every_s=0)
 
 
 def test_leases_take_fair_shares_and_hand_everything_back(

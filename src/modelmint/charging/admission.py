@@ -56,8 +56,8 @@ from modelmint.storage.db import Database, utcnow
 __all__ = ["NO_HOLD", "Hold", "SpendGuard"]
 
 log = logging.getLogger(__name__)
-LEASED = CREDIT_LEASE_ADMISSIONS.labels("lease")
 HELD = CREDIT_LEASE_ADMISSIONS.labels("hold")
+WAITED = CREDIT_LEASE_ADMISSIONS.labels("waited")  # for a lease to open or refill
 
 Bound = Callable[[], Mapping[Metric, Quantity]]
 
@@ -135,6 +135,29 @@ class _Pricing:
         return total
 
 
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """What admission decides once per profile, key, model and bound quantities (the
+    hot path then only computes the worst case and takes it from the leases)."""
+
+    profile: BillingProfile  # the route is valid while the cache serves this profile
+    pricing: _Pricing
+    plain: Hold  # the hold of a request that sets nothing aside
+    pools: tuple[Pool, ...]  # where the worst case is set aside: the wallet first
+    budgets: Mapping[str, Budget]
+    period: Period
+
+    def leased(self, taken: Sequence[str], worst: Decimal) -> Hold:
+        """The hold of a request whose worst case was taken from the leases ``taken``
+        (one per pool)."""
+        wallet, spend = _by_kind(self.pools, taken)
+        plain = self.plain
+        return Hold(
+            plain.plan, plain.currency, organization_id=plain.organization_id,
+            wallet_lease=wallet, spend_leases=spend, lease_worst=worst,
+        )  # fmt: skip
+
+
 class SpendGuard:
     def __init__(
         self,
@@ -150,6 +173,7 @@ class SpendGuard:
         self.leases = leases
         self._writer_ok = writer_ok
         self._prices: dict[tuple[PlanRef, str, tuple[Metric, ...]], _Pricing] = {}
+        self._routes: dict[tuple[str, str, str, tuple[Metric, ...]], _Route] = {}
 
     def _pricing(self, plan: Plan, model: str, requested: Mapping[Metric, Quantity]) -> _Pricing:
         """What ``plan`` bills of a request to ``model`` (cached: plan versions never
@@ -174,6 +198,29 @@ class SpendGuard:
             )
         return pricing
 
+    def _route(
+        self,
+        profile: BillingProfile,
+        plan: Plan,
+        api_key_id: str,
+        model: str,
+        requested: Mapping[Metric, Quantity],
+    ) -> _Route:
+        key = (profile.organization_id, api_key_id, model, tuple(requested))
+        route = self._routes.get(key)
+        if route is not None and route.profile is profile:
+            return route
+        pricing = self._pricing(plan, model, requested)
+        budgets = profile.hard_budgets(api_key_id)
+        period = profile.period or Period.containing(utcnow())
+        plain = Hold(plan.ref, plan.currency, organization_id=profile.organization_id)
+        pools = _pools(profile, plan, period, budgets)
+        route = _Route(profile, pricing, plain, tuple(pools), budgets, period)
+        if len(self._routes) >= _MAX_PRICINGS:
+            self._routes.clear()
+        self._routes[key] = route
+        return route
+
     def _load(self, organization_id: str) -> BillingProfile:
         with self._database.session() as session:
             return load_profile(session, organization_id, utcnow())
@@ -195,34 +242,27 @@ class SpendGuard:
         if plan is None:
             return NO_HOLD
         requested = bound()
-        pricing = self._pricing(plan, model, requested)
         if isinstance(plan, FreeTierPlan):
+            pricing = self._pricing(plan, model, requested)
             billed = {metric: requested[metric] for metric in pricing.metrics}
             return self._admit_free(profile, plan, billed)
-        budgets = profile.hard_budgets(api_key_id)
-        if not isinstance(plan, PrepaidPlan) and not budgets:
-            return Hold(plan.ref, plan.currency, organization_id=organization_id)
-        worst = pricing.worst(plan, model, requested)
+        route = self._route(profile, plan, api_key_id, model, requested)
+        if not route.pools:  # nothing to set aside: usage is billed after the period
+            return route.plain
+        worst = route.pricing.worst(plan, model, requested)
         if worst == 0:
-            return Hold(plan.ref, plan.currency, organization_id=organization_id)
-        period = profile.period or Period.containing(utcnow())
-        pools = _pools(profile, plan, period, budgets)
-        ref = plan.ref
+            return route.plain
         if self.leases is not None and self._writer_ok():
-            taken = self.leases.take(pools, worst)
+            taken = self.leases.take(route.pools, worst)
             if taken is not None:  # the common case: no I/O at all
-                LEASED.inc()
-                wallet, spend = _by_kind(pools, taken)
-                return Hold(
-                    ref, plan.currency, organization_id=organization_id,
-                    wallet_lease=wallet, spend_leases=spend, lease_worst=worst,
-                )  # fmt: skip
-        base = Hold(ref, plan.currency, organization_id=organization_id)
+                return route.leased(taken, worst)
+        base, pools = route.plain, route.pools
+        period, budgets = route.period, route.budgets
         if self.leases is None or not self._writer_ok():
             HELD.inc()
             return await self._hold(base, pools, api_key_id, request_id, worst, period, budgets)
         leased, fallback = await self.leases.take_or_fall_back(pools, worst)
-        (HELD if fallback else LEASED).inc()
+        (HELD if fallback else WAITED).inc()
         base = _leased(base, leased, worst)
         try:
             return await self._hold(base, fallback, api_key_id, request_id, worst, period, budgets)

@@ -17,6 +17,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -58,10 +59,18 @@ class _PoolRow:
 
 
 class DatabaseLeaseStore:
-    def __init__(self, database: Database, *, holder: str, ttl_s: float) -> None:
+    """``capture_every_s``: a renewal posts a lease's pending consumption to the ledger
+    at most this often (closing and sweeping always do). Posting goes through the
+    wallet's grants and alerts, about ten statements; renewals come every second."""
+
+    def __init__(
+        self, database: Database, *, holder: str, ttl_s: float, capture_every_s: float = 5.0
+    ) -> None:
         self._database = database
         self.holder = holder[:120]
         self._ttl = timedelta(seconds=ttl_s)
+        self._capture_every_s = capture_every_s
+        self._captured: dict[str, float] = {}  # lease id -> when this process last posted it
 
     # -- the LeaseStore protocol ------------------------------------------------------------
 
@@ -104,10 +113,12 @@ class DatabaseLeaseStore:
                 .with_for_update()
             )
             if lease is None:
+                self._captured.pop(lease_id, None)
                 raise LeaseLost(lease_id)
             if row is None:  # wallets are never deleted: only a broken row gets here
                 raise LeaseLost(lease_id)
-            self._capture(session, pool, row, lease, now)
+            if self._capture_due(lease_id):
+                self._capture(session, pool, row, lease, now)
             share = self._share(session, pool, row, lease_id)
             low = row.low or share < minimum
             if change > 0:
@@ -250,11 +261,20 @@ class DatabaseLeaseStore:
         expires = now + self._ttl
         return expires if row.ends is None else min(expires, row.ends)
 
+    def _capture_due(self, lease_id: str) -> bool:
+        now = time.monotonic()
+        last = self._captured.setdefault(lease_id, now)  # opened or first seen: not yet
+        if now - last < self._capture_every_s:
+            return False
+        self._captured[lease_id] = now
+        return True
+
     def _finish(
         self, session: Session, pool: Pool, row: _PoolRow, lease: BillingCreditLease, now: datetime
     ) -> None:
         """Post what ``lease`` consumed, hand back the rest (its pool ``row`` is locked)
         and close it."""
+        self._captured.pop(lease.id, None)
         self._capture(session, pool, row, lease, now)
         self._set_leased(session, pool, row, max(EXACT.subtract(row.leased, lease.amount), _ZERO))
         lease.amount = _ZERO

@@ -264,14 +264,16 @@ class CreditLeases:
 
     # -- settlement (the metering writer's thread) -------------------------------------------
 
-    def settled(self, lease_ids: Sequence[str], worst: Decimal, charge: Decimal) -> None:
-        """A request's usage committed: it cost ``charge`` of the ``worst`` it took."""
+    def settled(self, requests: Sequence[tuple[Sequence[str], Decimal, Decimal]]) -> None:
+        """A batch's usage committed: each request, admitted against its lease ids with
+        its worst case, cost its charge: ``(lease_ids, worst, charge)`` each."""
         with self._lock:
-            for lease_id in lease_ids:
-                lease = self._by_id.get(lease_id)
-                if lease is not None:
-                    lease.inflight -= 1
-                    lease.free = EXACT.add(lease.free, EXACT.subtract(worst, charge))
+            for lease_ids, worst, charge in requests:
+                for lease_id in lease_ids:
+                    lease = self._by_id.get(lease_id)
+                    if lease is not None:
+                        lease.inflight -= 1
+                        lease.free = EXACT.add(lease.free, EXACT.subtract(worst, charge))
 
     def lost(self, lease_ids: Sequence[str]) -> None:
         """A request's usage could not be committed. Whether a commit that failed took

@@ -81,7 +81,11 @@ from modelmint.charging.settlement_sql import (
     WalletRow,
 )
 from modelmint.metering.events import UsageEvent
-from modelmint.observability.metrics import BILLING_ALERTS, BILLING_SHORTFALLS
+from modelmint.observability.metrics import (
+    BILLING_ALERTS,
+    BILLING_SHORTFALLS,
+    CREDIT_LEASE_ADMISSIONS,
+)
 from modelmint.storage.batch import BatchSql, Rows, Statement
 from modelmint.storage.db import utcnow
 
@@ -95,6 +99,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+# Counted per batch when settled, not per request at admission: the hot path stays bare.
+LEASED = CREDIT_LEASE_ADMISSIONS.labels("lease")
 _ZERO = Decimal(0)
 
 
@@ -192,10 +198,15 @@ class Charger:
         """A batch committed: leases learn what the requests admitted against them cost."""
         if self.leases is None:
             return
-        for event in events:
-            # An event stored before (a retried write) was settled by its first write.
-            if event.leases and event.id in fresh:
-                self.leases.settled(event.leases, event.lease_worst, charges.get(event.id, _ZERO))
+        # An event stored before (a retried write) was settled by its first write.
+        requests = [
+            (event.leases, event.lease_worst, charges.get(event.id, _ZERO))
+            for event in events
+            if event.leases and event.id in fresh
+        ]
+        if requests:
+            self.leases.settled(requests)
+            LEASED.inc(len(requests))
 
     def lost(self, events: Sequence[UsageEvent]) -> None:
         """The events could not be stored: their requests were answered 503."""

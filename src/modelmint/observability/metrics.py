@@ -61,8 +61,10 @@ USAGE_BATCHES = Counter(
 )
 CREDIT_LEASE_ADMISSIONS = Counter(
     "modelmint_credit_lease_admissions_total",
-    "Paid admissions by where their worst case was set aside: lease (in memory), or hold "
-    "(a per-request database hold: the pool is too small to lease from, or none yet)",
+    "Paid requests by where their worst case was set aside: hold (a per-request database "
+    "hold, counted at admission: the pool is too small to lease from, or the writer is "
+    "failing), waited (for this process's lease to open or refill, counted at admission), "
+    "or lease (in memory, waited or not; counted when the request's usage is settled)",
     ["source"],
 )
 BILLING_SHORTFALLS = Counter(

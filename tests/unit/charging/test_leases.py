@@ -61,7 +61,7 @@ async def test_a_settled_request_gives_back_its_worst_case_less_its_charge() -> 
     store = MemoryLeaseStore(free={WALLET: D("100")})
     leases = book(store)
     taken, _ = await leases.take_or_fall_back([WALLET], WORST)
-    leases.settled([taken[WALLET]], WORST, D("0.004"))
+    leases.settled([([taken[WALLET]], WORST, D("0.004"))])
     _, free, inflight = leases.snapshot()[WALLET]
     assert (free, inflight) == (8 * WORST - D("0.004"), 0)
     # A request whose usage could not be stored keeps its worst case spent.
@@ -160,7 +160,7 @@ async def test_an_idle_lease_shrinks_to_one_block_and_is_handed_back_later() -> 
     leases = CreditLeases(store, ttl_s=30, checkin_s=1, idle_close_s=3, clock=clock)
     for _ in range(20):  # a busy second: the lease grows to two seconds of that rate
         taken, _ = await leases.take_or_fall_back([WALLET], WORST)
-        leases.settled([taken[WALLET]], WORST, WORST)
+        leases.settled([([taken[WALLET]], WORST, WORST)])
         store.consume(taken[WALLET], WORST)
     clock.now += 1
     await leases.checkin()
