@@ -421,10 +421,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", 10)))
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=float(os.environ.get("BENCH_SECONDS", 15)),
+        help="seconds of load per point and target (split into the rounds)",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
-        "--rounds", type=int, default=3, help="turns of the gateways measured side by side"
+        "--rounds",
+        type=int,
+        default=5,
+        help="turns of the gateways measured side by side; each keeps its best (this "
+        "machine's throughput wanders by 10-20 %% from one few-second window to the next)",
     )
     parser.add_argument(
         "--only",

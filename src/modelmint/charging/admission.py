@@ -146,11 +146,17 @@ class _Route:
     pools: tuple[Pool, ...]  # where the worst case is set aside: the wallet first
     budgets: Mapping[str, Budget]
     period: Period
+    wallet_only: bool  # the one pool is the wallet (prepaid, no hard budget)
 
     def leased(self, taken: Sequence[str], worst: Decimal) -> Hold:
         """The hold of a request whose worst case was taken from the leases ``taken``
         (one per pool)."""
-        wallet, spend = _by_kind(self.pools, taken)
+        wallet: str | None
+        spend: tuple[str, ...]
+        if self.wallet_only:
+            wallet, spend = taken[0], ()
+        else:
+            wallet, spend = _by_kind(self.pools, taken)
         plain = self.plain
         return Hold(
             plain.plan, plain.currency, organization_id=plain.organization_id,
@@ -215,7 +221,8 @@ class SpendGuard:
         period = profile.period or Period.containing(utcnow())
         plain = Hold(plan.ref, plan.currency, organization_id=profile.organization_id)
         pools = _pools(profile, plan, period, budgets)
-        route = _Route(profile, pricing, plain, tuple(pools), budgets, period)
+        wallet_only = len(pools) == 1 and pools[0].kind == "wallet"
+        route = _Route(profile, pricing, plain, tuple(pools), budgets, period, wallet_only)
         if len(self._routes) >= _MAX_PRICINGS:
             self._routes.clear()
         self._routes[key] = route

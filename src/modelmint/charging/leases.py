@@ -190,19 +190,20 @@ class CreditLeases:
                 if lease is None or not lease.admits(worst, now):
                     return None
                 chosen.append(lease)
-            due = [lease for lease in chosen if self._take(lease, worst)]
-        for lease in due:
-            self._spawn(self._refill(lease.pool))
-        return tuple(lease.id for lease in chosen)
+            due = [lease.pool for lease in chosen if self._take(lease, worst)]
+        for pool in due:
+            self._spawn(self._refill(pool))
+        return tuple([lease.id for lease in chosen])
 
     def _take(self, lease: _Lease, worst: Decimal) -> bool:
         """Take ``worst`` (under the lock); whether a background refill is now due."""
         lease.free = EXACT.subtract(lease.free, worst)
         lease.inflight += 1
         lease.admitted = EXACT.add(lease.admitted, worst)
-        lease.unit = max(lease.unit, worst)
-        low_water = EXACT.divide(lease.target, 2)
-        if lease.free < low_water and not lease.refilling:
+        if worst > lease.unit:
+            lease.unit = worst
+        # Below half its target (inexact product: only a threshold).
+        if lease.free * 2 < lease.target and not lease.refilling:
             lease.refilling = True
             return True
         return False
