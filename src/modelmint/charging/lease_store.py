@@ -107,11 +107,7 @@ class DatabaseLeaseStore:
         with self._database.session() as session:
             now = utcnow()
             row = self._lock(session, pool, now)
-            lease = session.scalar(
-                select(BillingCreditLease)
-                .where(BillingCreditLease.id == lease_id, BillingCreditLease.closed_at.is_(None))
-                .with_for_update()
-            )
+            lease = _lock_open(session, lease_id)
             if lease is None:
                 self._captured.pop(lease_id, None)
                 raise LeaseLost(lease_id)
@@ -137,11 +133,7 @@ class DatabaseLeaseStore:
         with self._database.session() as session:
             now = utcnow()
             row = self._lock(session, pool, now)
-            lease = session.scalar(
-                select(BillingCreditLease)
-                .where(BillingCreditLease.id == lease_id, BillingCreditLease.closed_at.is_(None))
-                .with_for_update()
-            )
+            lease = _lock_open(session, lease_id)
             if lease is not None and row is not None:
                 self._finish(session, pool, row, lease, now)
 
@@ -333,6 +325,15 @@ _POOL_COLUMNS = (
     BillingCreditLease.api_key_id,
     BillingCreditLease.period_start,
 )
+
+
+def _lock_open(session: Session, lease_id: str) -> BillingCreditLease | None:
+    """The lease's row, locked, if it is still open."""
+    return session.scalar(
+        select(BillingCreditLease)
+        .where(BillingCreditLease.id == lease_id, BillingCreditLease.closed_at.is_(None))
+        .with_for_update()
+    )
 
 
 def _pool(
