@@ -186,8 +186,9 @@ def served(responses: list[httpx.Response], reason: str = "prepaid credit") -> i
 
 
 def assert_books_balance(cluster: Cluster, credit: Decimal) -> int:
-    """The wallet's ledger, its running sums and the usage rows agree to the last unit;
-    returns how many requests were metered (all of them charged)."""
+    """The wallet's ledger, its running sums and the usage rows agree to the last unit,
+    counting what open leases consumed but have not yet posted to the ledger (their
+    ``pending``); returns how many requests were metered (all of them charged)."""
     with cluster.database.session() as session:
         repo = BillingRepository(session)
         wallet = session.scalar(
@@ -200,14 +201,20 @@ def assert_books_balance(cluster: Cluster, credit: Decimal) -> int:
             select(UsageRecord.charge).where(UsageRecord.organization_id == cluster.org)
         ).all()
         assert all(c is not None and c > 0 for c in charges)
-        assert credit - balance == sum((c for c in charges if c is not None), D(0))
+        open_pending = session.scalars(
+            select(BillingCreditLease.pending).where(
+                BillingCreditLease.wallet_id == wallet.id, BillingCreditLease.closed_at.is_(None)
+            )
+        ).all()
+        pending = sum(open_pending, D(0))
+        assert credit - balance + pending == sum((c for c in charges if c is not None), D(0))
         assert wallet.consumed_total == credit - balance
     return len(charges)
 
 
 def wait_for_no_holds_or_leases(database: Database, org: str, timeout: float = 30.0) -> None:
-    """Idle leases are handed back at their holder's next check-in (about a second), or
-    swept after their expiry if the holder died: poll until none is open."""
+    """Idle leases are handed back by their holder after ten idle seconds, or swept
+    after their expiry if the holder died: poll until none is open."""
     deadline = time.monotonic() + timeout
     while True:
         with database.session() as session:

@@ -136,14 +136,21 @@ async def _ensure_customer(admin: _Admin, customer: DemoCustomer, start: datetim
     return str(created["key"])
 
 
+# Error codes with which a server refuses to date a request in the past.
+_DATING_REFUSED = ("demo_time_travel_disabled", "invalid_admin_token")
+
+
 async def _send(
     http: aiohttp.ClientSession,
     base_url: str,
     request: DemoRequest,
     key: str,
     admin_token: str | None,
-) -> tuple[int, bool]:
-    """POST one request; returns its status (0: no answer) and whether it was backdated."""
+) -> tuple[int, bool | None]:
+    """POST one request; returns its status (0: no answer) and whether it was dated in
+    the past: True (the answer names its date), False (the server refused to date it:
+    time travel off, or a wrong admin token) or None (the answer cannot tell: a refusal
+    before the model ran, a bad request)."""
     headers = {"Authorization": f"Bearer {key}"}
     if admin_token is not None:
         headers[DEMO_TIME_HEADER] = request.at.isoformat()
@@ -152,12 +159,16 @@ async def _send(
         async with http.post(
             base_url + request.path, json=request.body, headers=headers
         ) as response:
-            await response.read()
-            return response.status, DEMO_TIME_HEADER.lower() in {
-                h.lower() for h in response.headers
-            }
+            body = await response.read()
+            if DEMO_TIME_HEADER.lower() in {h.lower() for h in response.headers}:
+                return response.status, True
+            return response.status, (False if _refused_dating(body) else None)
     except (aiohttp.ClientError, TimeoutError):
-        return 0, False
+        return 0, None
+
+
+def _refused_dating(body: bytes) -> bool:
+    return any(code.encode() in body for code in _DATING_REFUSED)
 
 
 async def _replay(
@@ -169,19 +180,25 @@ async def _replay(
 ) -> tuple[Counter[int], bool]:
     base = settings.base_url.rstrip("/")
     statuses: Counter[int] = Counter()
-    if not planned:
-        return statuses, False
-    # The first request tells whether the server honours time travel.
-    status, backdated = await _send(
-        http, base, planned[0], keys[planned[0].customer], settings.admin_token
-    )
-    if status == 0:
-        raise ServiceUnavailable(f"no answer from {base}; is `modelmint up` running there?")
-    statuses[status] += 1
-    progress(1)
-    token = settings.admin_token if backdated else None
+    # The first answers tell whether the server honours time travel: one that names
+    # its date, or one that refuses to date it (then it is sent again, dated now).
+    # Answers that cannot tell (a free tier's 402, a bad request) leave it open.
+    token: str | None = settings.admin_token
+    backdated = False
+    rest = list(planned)
+    while rest and token is not None and not backdated:
+        request = rest.pop(0)
+        status, dated = await _send(http, base, request, keys[request.customer], token)
+        if status == 0:
+            raise ServiceUnavailable(f"no answer from {base}; is `modelmint up` running there?")
+        if dated is False:
+            token = None
+            status, _ = await _send(http, base, request, keys[request.customer], None)
+        backdated = dated is True
+        statuses[status] += 1
+        progress(1)
     queue: asyncio.Queue[DemoRequest] = asyncio.Queue()
-    for request in planned[1:]:
+    for request in rest:
         queue.put_nowait(request)
 
     async def worker() -> None:

@@ -24,8 +24,9 @@ which is sized for all of them, instead of each starting another.
 
 Expiry. Every ``checkin_s`` the process renews each lease: it extends the lease's
 expiry to ``ttl_s`` ahead, posts what was consumed through it to the wallet's ledger,
-resizes it to the measured spend rate (an idle lease keeps one minimum block, and is
-handed back after ``idle_close_s``), and learns whether the pool went low. It admits
+resizes it to the measured spend rate (a lease idle for ``idle_shrink_s`` keeps only
+one minimum block, and is handed back after ``idle_close_s``: a pause between bursts
+does not make the next burst wait for refills), and learns whether the pool went low. It admits
 against a lease only within half its ttl after the last successful renewal, so a
 process cut off from the database stops admitting long before its lease can expire.
 A process killed with SIGKILL renews nothing: once ``expires_at`` passes, any
@@ -155,6 +156,7 @@ class CreditLeases:
         checkin_s: float | None = None,
         horizon_s: float = 2.0,
         blocks: int = 8,
+        idle_shrink_s: float = 5.0,
         idle_close_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -163,6 +165,7 @@ class CreditLeases:
         self.checkin_s = checkin_s if checkin_s is not None else min(1.0, ttl_s / 4)
         self._horizon_s = horizon_s
         self._blocks = blocks
+        self._idle_shrink_s = idle_shrink_s
         self._idle_close_s = idle_close_s
         self._clock = clock
         # Taken by the event loop (admission) and the writer thread (settlement).
@@ -466,6 +469,8 @@ class CreditLeases:
             free = lease.free
             if lease.low:
                 change = EXACT.minus(max(free, _ZERO))  # hand back all that is not promised
+            elif admitted == 0 and lease.idle < self._idle_shrink_s:
+                change, target = _ZERO, lease.target  # a pause: keep it as it is
             elif admitted == 0:  # idle: keep one minimum block for the next request
                 change = min(EXACT.subtract(minimum, max(free, _ZERO)), _ZERO)
             elif free < target:

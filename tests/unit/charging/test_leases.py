@@ -157,22 +157,28 @@ async def test_a_check_in_sizes_a_lease_to_the_spend_rate() -> None:
 async def test_an_idle_lease_shrinks_to_one_block_and_is_handed_back_later() -> None:
     clock = Clock()
     store = MemoryLeaseStore(free={WALLET: D("100")})
-    leases = CreditLeases(store, ttl_s=30, checkin_s=1, idle_close_s=3, clock=clock)
+    leases = CreditLeases(
+        store, ttl_s=30, checkin_s=1, idle_shrink_s=2, idle_close_s=4, clock=clock
+    )
     for _ in range(20):  # a busy second: the lease grows to two seconds of that rate
         taken, _ = await leases.take_or_fall_back([WALLET], WORST)
         leases.settled([([taken[WALLET]], WORST, WORST)])
         store.consume(taken[WALLET], WORST)
+    await leases.drain()  # the refills those takes started
     clock.now += 1
     await leases.checkin()
     assert leases.snapshot()[WALLET][1] == 40 * WORST
     clock.now += 1
-    await leases.checkin()  # idle since: it keeps one minimum block for the next request
+    await leases.checkin()  # one idle second: a pause, the lease stays as it is
+    assert leases.snapshot()[WALLET][1] == 40 * WORST
+    clock.now += 1
+    await leases.checkin()  # two: it keeps one minimum block for the next request
     assert leases.snapshot()[WALLET][1] == 8 * WORST
     clock.now += 1
     await leases.checkin()
-    assert leases.snapshot()  # two idle seconds: still kept
+    assert leases.snapshot()  # three idle seconds: still kept
     clock.now += 1
-    await leases.checkin()  # three: closed, its rest back in the pool
+    await leases.checkin()  # four: closed, its rest back in the pool
     assert leases.snapshot() == {}
     assert store.leases == {} and store.free[WALLET] == D("100") - 20 * WORST
 
