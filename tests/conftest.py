@@ -127,3 +127,15 @@ def redis_url() -> str:
             pytest.fail(f"Redis is required in CI and unreachable: {exc}")
         pytest.skip(f"Redis unreachable: {exc}")
     return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def localstripe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """One localstripe process for the session (tests make their own customers)."""
+    from tests.support.localstripe import LocalStripe
+
+    server = LocalStripe(tmp_path_factory.mktemp("localstripe"))
+    try:
+        yield server
+    finally:
+        server.stop()

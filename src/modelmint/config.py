@@ -93,6 +93,21 @@ class Settings(BaseSettings):
     # where real customers are billed.
     demo_time_travel: bool = False
 
+    # Payment collection (``modelmint.payments``). Payments are on when the environment
+    # variable named by ``stripe_secret_key_env`` holds a key; the secrets themselves are
+    # read from the environment when needed and never stored or logged.
+    stripe_secret_key_env: str = "STRIPE_SECRET_KEY"
+    stripe_webhook_secret_env: str = "STRIPE_WEBHOOK_SECRET"
+    stripe_publishable_key_env: str = "STRIPE_PUBLISHABLE_KEY"
+    # Another Stripe API address: localstripe on a machine without Stripe, or in tests.
+    stripe_api_base: str | None = None
+    # How old a webhook's signed timestamp may be before it is refused (replay guard).
+    stripe_webhook_tolerance_s: int = Field(default=300, ge=1)
+    # Dunning: retry a failed invoice payment this many days after the first failure,
+    # and refuse the organisation's requests (402) this many days after it.
+    payment_retry_days: str = "1,3,7"
+    payment_grace_days: float = Field(default=10.0, ge=0)
+
     @field_validator("log_level")
     @classmethod
     def _upper(cls, value: str) -> str:

@@ -96,6 +96,12 @@ class InsufficientQuota(ModelMintError):
     exit_code = 4
 
 
+class PaymentRequired(InsufficientQuota):
+    """The organisation's invoice payment is overdue past its grace period (dunning)."""
+
+    code = "payment_required"
+
+
 class PermissionDenied(ModelMintError):
     status_code = 403
     error_type = "permission_error"

@@ -39,7 +39,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # How the CLI subprocess learns whether its identity may use the operations it fuzzes.
 ACCESS_ENV = "MODELMINT_FUZZ_ACCESS"
 AUTH_ENV = "MODELMINT_FUZZ_AUTHORIZATION"
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# The payment provider's webhook carries no bearer token: its signature authenticates it
+# (tests/e2e/test_payments_e2e.py holds that a bad one is refused).
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/webhooks/stripe"})
 # The OpenAI error body's fields and the JSON types each may take.
 ERROR_FIELDS = {
     "message": (str,),

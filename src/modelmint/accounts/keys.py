@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from modelmint.errors import Conflict, InvalidRequest, NotFound
 from modelmint.storage.db import new_id, utcnow
-from modelmint.storage.tables import ApiKey, Organization
+from modelmint.storage.tables import ApiKey, Organization, PaymentAccount
 
 __all__ = [
     "MAX_LIMIT",
@@ -52,6 +52,9 @@ class KeyInfo:
     org_rpm_limit: int | None = None
     org_tpm_limit: int | None = None
     org_max_concurrent: int | None = None
+    # Dunning (``modelmint.payments``): the organisation's invoice is overdue past its
+    # grace period, so its keys answer 402 payment_required until it is paid.
+    payment_blocked: bool = False
 
     def allows(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -60,7 +63,9 @@ class KeyInfo:
         return not self.revoked and (self.expires_at is None or now < self.expires_at)
 
     @classmethod
-    def of(cls, row: ApiKey, org: Organization | None = None) -> KeyInfo:
+    def of(
+        cls, row: ApiKey, org: Organization | None = None, *, payment_blocked: bool = False
+    ) -> KeyInfo:
         return cls(
             id=row.id,
             organization_id=row.organization_id,
@@ -74,6 +79,7 @@ class KeyInfo:
             org_rpm_limit=org.rpm_limit if org else None,
             org_tpm_limit=org.tpm_limit if org else None,
             org_max_concurrent=org.max_concurrent if org else None,
+            payment_blocked=payment_blocked,
         )
 
 
@@ -143,15 +149,16 @@ def lookup_key(session: Session, secret: str) -> KeyInfo | None:
 def lookup_key_by_hash(session: Session, digest: str) -> KeyInfo | None:
     """The key with this secret hash, with its organisation's limits, in one query."""
     found = session.execute(
-        select(ApiKey, Organization)
+        select(ApiKey, Organization, PaymentAccount.blocked_at)
         .join(Organization, ApiKey.organization_id == Organization.id)
+        .outerjoin(PaymentAccount, PaymentAccount.organization_id == Organization.id)
         .where(ApiKey.key_hash == digest)
     ).first()
     # The lookup is by hash, so timing reveals nothing of the secret; compare anyway to
     # make the equality explicit and constant-time.
     if found is None or not secrets.compare_digest(found[0].key_hash, digest):
         return None
-    return KeyInfo.of(found[0], found[1])
+    return KeyInfo.of(found[0], found[1], payment_blocked=found[2] is not None)
 
 
 def list_keys(session: Session, organization: Organization | None = None) -> list[ApiKey]:

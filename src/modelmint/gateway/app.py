@@ -17,7 +17,7 @@ from modelmint.gateway.fastpath import ModelRoutes, openapi_paths
 from modelmint.gateway.middleware import GatewayMiddleware
 from modelmint.gateway.platform import Platform
 from modelmint.gateway.responses import OrjsonResponse
-from modelmint.gateway.routes import admin, billing, health, openai
+from modelmint.gateway.routes import admin, billing, health, openai, payments
 from modelmint.gateway.routes import feedback as feedback_routes
 
 __all__ = ["create_app"]
@@ -51,6 +51,8 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     app.include_router(openai.router)
     app.include_router(admin.router)
     app.include_router(billing.router)
+    app.include_router(payments.router)
+    app.include_router(payments.admin)
     app.include_router(health.router)
     app.include_router(feedback_routes.router)
     mount_dashboard(app)

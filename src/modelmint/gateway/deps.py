@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from modelmint.accounts.keys import KeyInfo
-from modelmint.errors import AuthenticationError, RateLimited
+from modelmint.errors import AuthenticationError, PaymentRequired, RateLimited
 from modelmint.gateway.platform import Platform
 from modelmint.observability.metrics import AUTH_FAILURES
 from modelmint.storage.db import utcnow
@@ -94,6 +94,11 @@ async def authenticate(
         raise AuthenticationError("this API key has been revoked", code="revoked_api_key")
     if not key.usable_at(utcnow()):
         raise AuthenticationError("this API key has expired", code="expired_api_key")
+    if key.payment_blocked:
+        raise PaymentRequired(
+            "this organisation's invoice payment is overdue: update the payment method "
+            "in the customer portal or contact the provider of this API"
+        )
     return key
 
 

@@ -27,6 +27,8 @@ from modelmint.gateway.key_cache import KeyCache
 from modelmint.limits import LocalRateLimiter, RateLimiter
 from modelmint.limits.redis_limiter import RedisRateLimiter
 from modelmint.metering import UsageWriter
+from modelmint.payments.collection import Payments
+from modelmint.payments.configured import configured_payments
 from modelmint.registry.catalog import load_routes, routes_version
 from modelmint.serving.factory import build_backend
 from modelmint.serving.router import Router
@@ -47,6 +49,8 @@ class Platform:
     keys: KeyCache
     inference: InferenceService
     leases: CreditLeases
+    # Collection through a payment provider; None when no provider key is configured.
+    payments: Payments | None = None
     # Failed API-key and admin-token attempts per client address (see gateway.deps).
     auth_throttle: LoginThrottle = field(
         default_factory=lambda: LoginThrottle(max_failures=20, window_s=60.0)
@@ -104,10 +108,12 @@ class Platform:
                 default_max_tokens=settings.default_max_tokens,
                 timeout_s=settings.upstream_timeout_s,
             ),
+            payments=configured_payments(settings, database),
         )
 
     _sweeper: asyncio.Task[None] | None = None
     _lease_sweeper: asyncio.Task[None] | None = None
+    _dunning: asyncio.Task[None] | None = None
     alerts: AlertDispatcher | None = None
     samples: SampleRecorder | None = None
 
@@ -126,6 +132,8 @@ class Platform:
         self.samples = SampleRecorder(self.database, refresh_s=self.settings.cache_ttl_s)
         self.samples.start()
         self.inference.samples = self.samples
+        if self.payments is not None:
+            self._dunning = asyncio.create_task(self._run_dunning(self.payments), name="dunning")
 
     async def _sweep_reservations(self) -> None:
         """Release wallet reservations whose request died with its process."""
@@ -149,13 +157,23 @@ class Platform:
             except Exception:
                 log.exception("sweeping expired credit leases failed; retrying later")
 
+    async def _run_dunning(self, payments: Payments) -> None:
+        """Retry failed invoice payments when due and block what is overdue, every minute.
+        Several processes may run it: each attempt is claimed under the payment's lock."""
+        while True:
+            await asyncio.sleep(60.0)
+            try:
+                await asyncio.to_thread(payments.run_dunning)
+            except Exception:
+                log.exception("dunning failed; retrying in a minute")
+
     async def close(self) -> None:
         if self.samples is not None:
             self.inference.samples = None
             await asyncio.to_thread(self.samples.close)
         if self.alerts is not None:
             await self.alerts.close()
-        for sweeper in (self._sweeper, self._lease_sweeper):
+        for sweeper in (self._sweeper, self._lease_sweeper, self._dunning):
             if sweeper is not None:
                 sweeper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

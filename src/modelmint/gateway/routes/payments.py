@@ -1,0 +1,143 @@
+"""Payments over HTTP: the provider's webhook, and the admin API under /admin/payments.
+
+Thin adapters around ``payments.collection.Payments``. Provider calls block (the
+official SDK is synchronous), so each runs on a worker thread. With payments off (no
+provider key configured) every route answers 404 ``payments_disabled`` saying how to
+turn them on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from modelmint.errors import InvalidRequest, NotFound
+from modelmint.gateway.deps import AdminDep, PlatformDep
+from modelmint.gateway.platform import Platform
+from modelmint.gateway.routes.billing import DecimalString
+from modelmint.payments.collection import Payments
+
+router = APIRouter(tags=["payments"])
+admin = APIRouter(prefix="/admin/payments", tags=["payments"], dependencies=[AdminDep])
+
+log = logging.getLogger(__name__)
+
+# Stripe sends events of up to a few kB; anything far larger is not one.
+_MAX_EVENT_BYTES = 512 * 1024
+
+
+def _payments(platform: Platform) -> Payments:
+    if platform.payments is None:
+        raise NotFound(
+            "payments are not configured: set STRIPE_SECRET_KEY (and STRIPE_WEBHOOK_SECRET "
+            "for webhooks) in the gateway's environment",
+            code="payments_disabled",
+        )
+    return platform.payments
+
+
+@router.post("/webhooks/stripe")
+async def stripe_webhook(request: Request, platform: PlatformDep) -> dict[str, Any]:
+    """Apply one Stripe event. A signature that does not verify is a 400 and changes
+    nothing; an event seen before is acknowledged and skipped."""
+    payments = _payments(platform)
+    payload = await request.body()
+    if len(payload) > _MAX_EVENT_BYTES:
+        raise InvalidRequest("not a Stripe event: the body is too large", code="invalid_event")
+    event = payments.provider.event(payload, request.headers.get("stripe-signature"))
+    outcome = await asyncio.to_thread(payments.apply_event, event)
+    log.info("stripe event %s (%s): %s", event.id, event.type, outcome)
+    return {"received": True, "id": event.id, "outcome": outcome}
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MethodSave(_Body):
+    setup_intent: str | None = Field(default=None, max_length=100)
+    payment_method: str | None = Field(default=None, max_length=100)
+
+
+class TopUp(_Body):
+    amount: DecimalString
+    currency: str = Field(min_length=3, max_length=3)
+
+
+@admin.get("")
+async def list_payments(
+    platform: PlatformDep,
+    org: str | None = Query(default=None),
+    status: str | None = Query(default=None),
+) -> list[dict[str, Any]]:
+    payments = _payments(platform)
+    return await asyncio.to_thread(lambda: payments.payments(org=org, status=status))
+
+
+@admin.get("/organizations/{org}")
+async def account(org: str, platform: PlatformDep) -> dict[str, Any]:
+    payments = _payments(platform)
+    return await asyncio.to_thread(payments.account, org)
+
+
+@admin.post("/organizations/{org}/customer")
+async def ensure_customer(org: str, platform: PlatformDep) -> dict[str, Any]:
+    payments = _payments(platform)
+    await asyncio.to_thread(payments.ensure_customer, org)
+    return await asyncio.to_thread(payments.account, org)
+
+
+@admin.post("/organizations/{org}/setup-intents", status_code=201)
+async def start_setup(org: str, platform: PlatformDep) -> dict[str, Any]:
+    payments = _payments(platform)
+    return await asyncio.to_thread(payments.start_setup, org)
+
+
+@admin.put("/organizations/{org}/payment-method")
+async def save_method(org: str, body: MethodSave, platform: PlatformDep) -> dict[str, Any]:
+    payments = _payments(platform)
+    return await asyncio.to_thread(
+        lambda: payments.save_method(
+            org, setup_intent=body.setup_intent, payment_method=body.payment_method
+        )
+    )
+
+
+@admin.post("/organizations/{org}/top-ups", status_code=201)
+async def top_up(org: str, body: TopUp, platform: PlatformDep) -> dict[str, Any]:
+    payments = _payments(platform)
+    return await asyncio.to_thread(payments.top_up, org, body.amount, body.currency)
+
+
+@admin.post("/organizations/{org}/unblock")
+async def unblock(org: str, platform: PlatformDep) -> dict[str, Any]:
+    payments = _payments(platform)
+    return await asyncio.to_thread(payments.unblock, org)
+
+
+@admin.post("/invoices/{invoice_id}/collect")
+async def collect_invoice(invoice_id: str, platform: PlatformDep) -> dict[str, Any]:
+    payments = _payments(platform)
+    return await asyncio.to_thread(payments.collect_invoice, invoice_id)
+
+
+@admin.post("/dunning/run")
+async def run_dunning(platform: PlatformDep) -> dict[str, Any]:
+    payments = _payments(platform)
+    return await asyncio.to_thread(payments.run_dunning)
+
+
+@admin.get("/{payment_id}")
+async def show_payment(payment_id: str, platform: PlatformDep) -> dict[str, Any]:
+    payments = _payments(platform)
+    return await asyncio.to_thread(payments.payment, payment_id)
+
+
+@admin.post("/{payment_id}/retry")
+async def retry_payment(payment_id: str, platform: PlatformDep) -> dict[str, Any]:
+    payments = _payments(platform)
+    return await asyncio.to_thread(payments.retry, payment_id)

@@ -1,0 +1,612 @@
+"""Taking the money: invoices and top-ups charged to a saved method, outcomes applied once.
+
+One ``Payment`` row per sum to collect. An attempt is three steps, so that no database
+transaction waits on the provider and a crash between them loses nothing:
+
+1. a transaction marks the payment ``processing`` and counts the attempt;
+2. the provider is called with the idempotency key ``<payment id>-<attempt>``, so a
+   repeated call cannot take the money twice;
+3. a transaction applies the answer (``_apply``).
+
+The provider's webhook events go through the same ``_apply``, matched to the payment
+by the id every intent carries in its metadata. ``_apply`` is what makes the effects
+exactly-once, whatever the order and number of deliveries: ``succeeded`` is final (a
+later failure of the same intent is ignored, a repeated success does nothing), and the
+effect of success (the invoice marked paid, the top-up's credit granted with the
+payment id as its reference) happens only on the move into ``succeeded``, under the
+payment row's lock. Events already seen are skipped by their id (``payment_events``).
+
+A failed invoice payment is retried on the dunning schedule (``run_dunning``), raises
+a ``payment`` alert at each failure, and blocks the organisation's keys once the grace
+period has passed; success anywhere lifts the block.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from modelmint import accounts
+from modelmint.billing.errors import InvalidMoney
+from modelmint.billing.invoices import InvoiceStatus
+from modelmint.billing.money import Money
+from modelmint.billing.repository import BillingRepository
+from modelmint.billing.serialization import Json
+from modelmint.charging import operations
+from modelmint.errors import Conflict, InvalidRequest, NotFound
+from modelmint.payments.dunning import DunningSchedule
+from modelmint.payments.provider import (
+    PAYMENT_METADATA_KEY,
+    Charge,
+    ChargeStatus,
+    PaymentProvider,
+    ProviderEvent,
+    SetupStart,
+)
+from modelmint.storage.db import Database, new_id, utcnow
+from modelmint.storage.tables import (
+    BillingAlert,
+    BillingInvoice,
+    Organization,
+    Payment,
+    PaymentAccount,
+    PaymentEvent,
+)
+
+__all__ = ["INVOICE", "TOP_UP", "Payments"]
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+INVOICE = "invoice"
+TOP_UP = "top_up"
+AUTO_TOP_UP = "auto_top_up"
+
+PENDING = "pending"
+PROCESSING = "processing"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+REQUIRES_ACTION = "requires_action"
+REFUNDED = "refunded"
+# A payment in one of these may still take money: never start a second attempt beside it.
+IN_FLIGHT = frozenset({PENDING, PROCESSING})
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    payment_id: str
+    attempt: int
+    customer_id: str
+    method_id: str
+    amount_minor: int
+    currency: str
+    description: str
+
+
+class Payments:
+    """Collection through one provider, on one database. Thread-safe; holds no state."""
+
+    def __init__(
+        self,
+        database: Database,
+        provider: PaymentProvider,
+        *,
+        schedule: DunningSchedule | None = None,
+        clock: Clock = utcnow,
+    ) -> None:
+        self._db = database
+        self.provider = provider
+        self.schedule = schedule or DunningSchedule()
+        self._clock = clock
+
+    # -- customers and saved methods -------------------------------------------------------
+
+    def ensure_customer(self, org: str) -> str:
+        """The organisation's customer id at the provider, created on first use."""
+        with self._db.session() as session:
+            organization = accounts.get_org(session, org)
+            account = self._open_account(session, organization.id)
+            if account.customer_id:
+                return account.customer_id
+            org_id, name = organization.id, organization.name
+        # The key is the organisation's: two processes racing here get the same customer.
+        customer_id = self.provider.create_customer(
+            name=name, metadata={"modelmint_org": org_id}, idempotency_key=f"customer-{org_id}"
+        )
+        with self._db.session() as session:
+            account = self._open_account(session, org_id, lock=True)
+            if not account.customer_id:
+                account.customer_id = customer_id
+                account.updated_at = self._clock()
+            return account.customer_id
+
+    def start_setup(self, org: str) -> Json:
+        """Begin saving a card: the portal confirms the SetupIntent with Stripe.js."""
+        customer_id = self.ensure_customer(org)
+        start: SetupStart = self.provider.start_setup(
+            customer_id, idempotency_key=f"setup-{customer_id}-{new_id('s')}"
+        )
+        return {
+            "setup_intent": start.setup_intent_id,
+            "client_secret": start.client_secret,
+            "publishable_key": self.provider.publishable_key,
+        }
+
+    def save_method(
+        self, org: str, *, setup_intent: str | None = None, payment_method: str | None = None
+    ) -> Json:
+        """Make a confirmed SetupIntent's method (or a given method) the one charged."""
+        if (setup_intent is None) == (payment_method is None):
+            raise InvalidRequest("name either a confirmed setup intent or a payment method")
+        customer_id = self.ensure_customer(org)
+        if setup_intent is not None:
+            saved = self.provider.finish_setup(customer_id, setup_intent)
+        else:
+            assert payment_method is not None
+            saved = self.provider.attach_method(
+                customer_id, payment_method, idempotency_key=f"attach-{payment_method}"
+            )
+        with self._db.session() as session:
+            organization = accounts.get_org(session, org)
+            account = self._open_account(session, organization.id, lock=True)
+            account.payment_method_id = saved.payment_method_id
+            account.method_label = saved.label
+            account.updated_at = self._clock()
+            return _account_json(organization, account)
+
+    def account(self, org: str) -> Json:
+        with self._db.session() as session:
+            organization = accounts.get_org(session, org)
+            account = _find_account(session, organization.id)
+            result = _account_json(organization, account)
+            result["payments"] = [
+                _payment_json(p) for p in _payments(session, organization_id=organization.id)
+            ]
+            return result
+
+    def unblock(self, org: str) -> Json:
+        """Lift a dunning block by hand: the keys work again at once (within the cache)."""
+        with self._db.session() as session:
+            organization = accounts.get_org(session, org)
+            account = _find_account(session, organization.id, lock=True)
+            if account is not None:
+                account.blocked_at = None
+                account.updated_at = self._clock()
+            return _account_json(organization, account)
+
+    # -- collecting ------------------------------------------------------------------------
+
+    def collect_invoice(self, invoice_id: str) -> Json:
+        """Charge a finalised invoice's total to the saved method, off session."""
+        with self._db.session() as session:
+            invoice = BillingRepository(session).load_invoice(invoice_id)
+            if invoice.status is not InvoiceStatus.FINALIZED:
+                raise Conflict(
+                    f"invoice {invoice_id} is {invoice.status.value}: only a finalized "
+                    "invoice is collected"
+                )
+            total = invoice.total
+            payment = session.scalar(
+                select(Payment)
+                .where(Payment.invoice_id == invoice_id, Payment.kind == INVOICE)
+                .with_for_update()
+            )
+            if payment is None:
+                payment = self._new_payment(
+                    session, invoice.organization_id, INVOICE, total, invoice_id=invoice_id
+                )
+            payment_id = payment.id
+        if total.is_zero:
+            return self._settle_free(payment_id)
+        return self._attempt(payment_id)
+
+    def top_up(self, org: str, amount: str, currency: str) -> Json:
+        """Buy prepaid credit now with the saved method; credited when the payment succeeds."""
+        value = _positive_money(amount, currency)
+        with self._db.session() as session:
+            organization = accounts.get_org(session, org)
+            account = _find_account(session, organization.id)
+            if account is None or not account.payment_method_id:
+                raise InvalidRequest(
+                    f"{organization.name} has no saved payment method: save one first "
+                    "(the portal's payment page, or `modelmint payments save-method`)",
+                    param="organization",
+                )
+            payment_id = self._new_payment(session, organization.id, TOP_UP, value).id
+        return self._attempt(payment_id)
+
+    def retry(self, payment_id: str) -> Json:
+        """Try a failed payment again now (the operator's or the customer's choice)."""
+        return self._attempt(payment_id)
+
+    def run_dunning(self) -> Json:
+        """Retry the failed invoice payments that are due, and block the organisations whose
+        grace period has passed. Run it periodically (the gateway does, every minute)."""
+        now = self._clock()
+        with self._db.session() as session:
+            due = list(
+                session.scalars(
+                    select(Payment.id).where(
+                        Payment.status == FAILED,
+                        Payment.kind == INVOICE,
+                        Payment.next_attempt_at <= now,
+                    )
+                )
+            )
+        retried = [self._attempt(payment_id, due_only=True) for payment_id in due]
+        blocked = []
+        with self._db.session() as session:
+            overdue = session.execute(
+                select(Payment.organization_id, Payment.first_failed_at).where(
+                    Payment.kind == INVOICE, Payment.status.in_((FAILED, REQUIRES_ACTION))
+                )
+            ).all()
+            for org_id, first_failed_at in overdue:
+                if first_failed_at is None or self.schedule.blocks_at(first_failed_at) > now:
+                    continue
+                account = self._open_account(session, org_id, lock=True)
+                if account.blocked_at is None:
+                    account.blocked_at = now
+                    account.updated_at = now
+                    blocked.append(org_id)
+                    log.warning("organisation %s blocked: invoice payment overdue", org_id)
+        return {"retried": retried, "blocked": blocked}
+
+    def _new_payment(
+        self,
+        session: Session,
+        organization_id: str,
+        kind: str,
+        amount: Money,
+        *,
+        invoice_id: str | None = None,
+    ) -> Payment:
+        now = self._clock()
+        payment = Payment(
+            id=new_id("pay"),
+            organization_id=organization_id,
+            kind=kind,
+            invoice_id=invoice_id,
+            amount_minor=amount.to_minor_units(),
+            currency=amount.currency,
+            status=PENDING,
+            attempts=0,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(payment)
+        session.flush()
+        return payment
+
+    def _attempt(self, payment_id: str, *, due_only: bool = False) -> Json:
+        attempt = self._begin_attempt(payment_id, due_only=due_only)
+        if attempt is None:  # already paid, in flight, or no longer due
+            return self.payment(payment_id)
+        metadata = {PAYMENT_METADATA_KEY: attempt.payment_id}
+        try:
+            charge = self.provider.charge(
+                customer_id=attempt.customer_id,
+                payment_method_id=attempt.method_id,
+                amount_minor=attempt.amount_minor,
+                currency=attempt.currency,
+                description=attempt.description,
+                metadata=metadata,
+                idempotency_key=f"{attempt.payment_id}-{attempt.attempt}",
+            )
+        except Exception:
+            # The provider's answer is unknown: leave the payment processing. Its webhook,
+            # or a retry with the same key, settles it without charging twice.
+            log.exception("payment %s: the provider call failed", payment_id)
+            raise
+        with self._db.session() as session:
+            payment = _locked_payment(session, payment_id)
+            self._apply(session, payment, charge, intent_id=charge.intent_id)
+            return _payment_json(payment)
+
+    def _begin_attempt(self, payment_id: str, *, due_only: bool) -> _Attempt | None:
+        now = self._clock()
+        with self._db.session() as session:
+            payment = _locked_payment(session, payment_id)
+            if payment.status in (SUCCEEDED, REFUNDED, PROCESSING):
+                return None
+            if due_only and (payment.next_attempt_at is None or payment.next_attempt_at > now):
+                return None
+            account = _find_account(session, payment.organization_id)
+            if account is None or not account.customer_id or not account.payment_method_id:
+                payment.attempts += 1
+                payment.status = FAILED
+                payment.failure = "no saved payment method"
+                payment.updated_at = now
+                self._failed(session, payment, now)
+                return None
+            payment.status = PROCESSING
+            payment.attempts += 1
+            payment.updated_at = now
+            money = Money.from_minor_units(payment.amount_minor, payment.currency)
+            what = f"invoice {payment.invoice_id}" if payment.invoice_id else "prepaid credit"
+            return _Attempt(
+                payment_id=payment.id,
+                attempt=payment.attempts,
+                customer_id=account.customer_id,
+                method_id=account.payment_method_id,
+                amount_minor=payment.amount_minor,
+                currency=payment.currency,
+                description=f"ModelMint {what}, {money}",
+            )
+
+    def _settle_free(self, payment_id: str) -> Json:
+        with self._db.session() as session:
+            payment = _locked_payment(session, payment_id)
+            self._apply(session, payment, Charge(ChargeStatus.SUCCEEDED, None), intent_id=None)
+            return _payment_json(payment)
+
+    # -- the provider's events ---------------------------------------------------------------
+
+    def apply_event(self, event: ProviderEvent) -> str:
+        """Apply a verified event once; returns what became of it (for logs and tests)."""
+        try:
+            return self._apply_event(event)
+        except IntegrityError:
+            # Two deliveries of one event raced: the second insert of its id failed and
+            # its whole transaction, effect included, rolled back.
+            return "duplicate"
+
+    def _apply_event(self, event: ProviderEvent) -> str:
+        with self._db.session() as session:
+            # The event's id is claimed first: a delivery seen before fails here (and so
+            # does the later of two racing ones, once the first commits). On SQLite the
+            # insert also takes the write lock before anything is read.
+            record = PaymentEvent(
+                id=event.id, type=event.type, outcome="received", received_at=self._clock()
+            )
+            session.add(record)
+            session.flush()
+            payment = None
+            if event.status is not None and event.payment_id:
+                payment = session.get(Payment, event.payment_id, with_for_update=True)
+            if payment is None or event.status is None:
+                record.outcome = "ignored"
+                return record.outcome
+            charge = Charge(event.status, event.intent_id, event.failure)
+            record.payment_id = payment.id
+            record.outcome = self._apply(session, payment, charge, intent_id=event.intent_id)
+            return record.outcome
+
+    # -- one outcome, applied once ------------------------------------------------------------
+
+    def _apply(
+        self, session: Session, payment: Payment, charge: Charge, *, intent_id: str | None
+    ) -> str:
+        """Move ``payment`` by ``charge``; returns "applied" or why it was not."""
+        now = self._clock()
+        if payment.status in (SUCCEEDED, REFUNDED):
+            return "already_final"
+        stale = intent_id is not None and payment.intent_id not in (None, intent_id)
+        if stale and charge.status is not ChargeStatus.SUCCEEDED:
+            # An earlier attempt's news: the current attempt decides. (Money taken by an
+            # earlier intent is never ignored, so a success always applies.)
+            return "stale"
+        if intent_id is not None:
+            payment.intent_id = intent_id
+        payment.updated_at = now
+        if charge.status is ChargeStatus.SUCCEEDED:
+            payment.status = SUCCEEDED
+            payment.succeeded_at = now
+            payment.failure = None
+            payment.next_attempt_at = None
+            self._succeeded(session, payment, now)
+        elif charge.status is ChargeStatus.PROCESSING:
+            payment.status = PROCESSING
+        elif charge.status is ChargeStatus.REQUIRES_ACTION:
+            payment.status = REQUIRES_ACTION
+            payment.failure = charge.failure
+            self._failed(session, payment, now)
+        else:
+            payment.status = FAILED
+            payment.failure = charge.failure or "declined"
+            self._failed(session, payment, now)
+        return "applied"
+
+    def _succeeded(self, session: Session, payment: Payment, now: datetime) -> None:
+        if payment.kind == INVOICE and payment.invoice_id is not None:
+            row = session.get(BillingInvoice, payment.invoice_id)
+            if row is not None and row.status == InvoiceStatus.FINALIZED.value:
+                operations.pay_invoice(session, payment.invoice_id, now)
+        elif payment.kind in (TOP_UP, AUTO_TOP_UP):
+            money = Money.from_minor_units(payment.amount_minor, payment.currency)
+            operations.grant_credit(
+                session,
+                payment.organization_id,
+                f"{money.amount:f}",
+                payment.currency,
+                kind="paid",
+                reference=payment.id,
+            )
+        account = _find_account(session, payment.organization_id, lock=True)
+        if account is not None and account.blocked_at is not None:
+            still_overdue = session.scalar(
+                select(Payment.id).where(
+                    Payment.organization_id == payment.organization_id,
+                    Payment.kind == INVOICE,
+                    Payment.status.in_((FAILED, REQUIRES_ACTION)),
+                    Payment.id != payment.id,
+                )
+            )
+            if still_overdue is None:
+                account.blocked_at = None
+                account.updated_at = now
+
+    def _failed(self, session: Session, payment: Payment, now: datetime) -> None:
+        if payment.first_failed_at is None:
+            payment.first_failed_at = now
+        if payment.kind == INVOICE:
+            payment.next_attempt_at = self.schedule.next_attempt(
+                payment.first_failed_at, payment.attempts
+            )
+        _raise_alert(session, payment, now)
+
+    def payment(self, payment_id: str) -> Json:
+        """The payment, with the provider's events applied to it, oldest first."""
+        with self._db.session() as session:
+            payment = session.get(Payment, payment_id)
+            if payment is None:
+                raise NotFound(f"no payment {payment_id!r}", param="payment")
+            events = session.scalars(
+                select(PaymentEvent)
+                .where(PaymentEvent.payment_id == payment_id)
+                .order_by(PaymentEvent.received_at, PaymentEvent.id)
+            )
+            return {
+                **_payment_json(payment),
+                "events": [
+                    {
+                        "id": e.id,
+                        "type": e.type,
+                        "outcome": e.outcome,
+                        "received_at": _iso(e.received_at),
+                    }
+                    for e in events
+                ],
+            }
+
+    def payments(self, *, org: str | None = None, status: str | None = None) -> list[Json]:
+        with self._db.session() as session:
+            organization_id = accounts.get_org(session, org).id if org else None
+            return [
+                _payment_json(p)
+                for p in _payments(session, organization_id=organization_id, status=status)
+            ]
+
+    def _open_account(
+        self, session: Session, organization_id: str, *, lock: bool = False
+    ) -> PaymentAccount:
+        """The organisation's payment account, made if it has none."""
+        account = _find_account(session, organization_id, lock=lock)
+        if account is None:
+            now = self._clock()
+            account = PaymentAccount(
+                organization_id=organization_id,
+                provider=self.provider.name,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(account)
+            session.flush()
+        return account
+
+
+def _find_account(
+    session: Session, organization_id: str, *, lock: bool = False
+) -> PaymentAccount | None:
+    return session.get(PaymentAccount, organization_id, with_for_update=lock or None)
+
+
+def _locked_payment(session: Session, payment_id: str) -> Payment:
+    payment = session.get(Payment, payment_id, with_for_update=True)
+    if payment is None:
+        raise NotFound(f"no payment {payment_id!r}", param="payment")
+    return payment
+
+
+def _payments(
+    session: Session, *, organization_id: str | None = None, status: str | None = None
+) -> list[Payment]:
+    query = select(Payment).order_by(Payment.created_at, Payment.id)
+    if organization_id is not None:
+        query = query.where(Payment.organization_id == organization_id)
+    if status is not None:
+        query = query.where(Payment.status == status)
+    return list(session.scalars(query))
+
+
+def _positive_money(amount: str, currency: str) -> Money:
+    value = Money(
+        operations.decimal_string(amount, "amount", InvalidMoney),
+        operations.currency_code(currency),
+    )
+    if value.is_negative or value.is_zero or not value.is_quantized:
+        raise InvalidMoney(
+            f"a top-up must be a positive amount in whole minor units, got {value}",
+            param="amount",
+        )
+    return value
+
+
+def _raise_alert(session: Session, payment: Payment, now: datetime) -> None:
+    """A ``payment`` alert per failed attempt, delivered like the billing alerts."""
+    alert_id = f"payment:{payment.id}:{payment.attempts}"
+    if session.get(BillingAlert, alert_id) is not None:
+        return
+    money = Money.from_minor_units(payment.amount_minor, payment.currency)
+    session.add(
+        BillingAlert(
+            id=alert_id,
+            organization_id=payment.organization_id,
+            api_key_id="",
+            kind="payment",
+            subject=payment.id,
+            period_start=payment.first_failed_at or now,
+            threshold=payment.attempts,
+            payload={
+                "id": alert_id,
+                "type": "payment.failed",
+                "organization_id": payment.organization_id,
+                "payment_id": payment.id,
+                "invoice_id": payment.invoice_id,
+                "amount": f"{money.amount:f}",
+                "currency": payment.currency,
+                "attempt": payment.attempts,
+                "failure": payment.failure,
+                "next_attempt_at": _iso(payment.next_attempt_at),
+                "raised_at": now.isoformat(),
+            },
+            status="pending",
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+        )
+    )
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _payment_json(payment: Payment) -> Json:
+    money = Money.from_minor_units(payment.amount_minor, payment.currency)
+    return {
+        "id": payment.id,
+        "organization_id": payment.organization_id,
+        "kind": payment.kind,
+        "invoice_id": payment.invoice_id,
+        "amount": f"{money.amount:f}",
+        "amount_minor": payment.amount_minor,
+        "currency": payment.currency,
+        "status": payment.status,
+        "attempts": payment.attempts,
+        "intent_id": payment.intent_id,
+        "failure": payment.failure,
+        "next_attempt_at": _iso(payment.next_attempt_at),
+        "first_failed_at": _iso(payment.first_failed_at),
+        "succeeded_at": _iso(payment.succeeded_at),
+        "created_at": _iso(payment.created_at),
+    }
+
+
+def _account_json(organization: Organization, account: PaymentAccount | None) -> Json:
+    return {
+        "organization_id": organization.id,
+        "organization": organization.name,
+        "provider": account.provider if account else None,
+        "customer_id": account.customer_id if account else None,
+        "payment_method": account.payment_method_id if account else None,
+        "payment_method_label": account.method_label if account else None,
+        "blocked_at": _iso(account.blocked_at) if account else None,
+    }
