@@ -17,7 +17,7 @@ from modelmint.gateway.fastpath import ModelRoutes, openapi_paths
 from modelmint.gateway.middleware import GatewayMiddleware
 from modelmint.gateway.platform import Platform
 from modelmint.gateway.responses import OrjsonResponse
-from modelmint.gateway.routes import admin, billing, health, openai, payments
+from modelmint.gateway.routes import admin, billing, health, openai, payments, self_service
 from modelmint.gateway.routes import feedback as feedback_routes
 
 __all__ = ["create_app"]
@@ -49,6 +49,7 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(openai.router)
+    app.include_router(self_service.router)
     app.include_router(admin.router)
     app.include_router(billing.router)
     app.include_router(payments.router)

@@ -73,8 +73,16 @@ def _failed(platform: Platform, client: str | None) -> None:
         platform.auth_throttle.failed(client)
 
 
+# A customer whose payment is overdue may still read its own account, to see why.
+SELF_SERVICE_PATHS = frozenset({"/v1/usage", "/v1/balance"})
+
+
 async def authenticate(
-    platform: Platform, authorization: str | None, client: str | None = None
+    platform: Platform,
+    authorization: str | None,
+    client: str | None = None,
+    *,
+    allow_blocked: bool = False,
 ) -> KeyInfo:
     """The API key of a request, or the 401 that says why there is none.
 
@@ -94,7 +102,7 @@ async def authenticate(
         raise AuthenticationError("this API key has been revoked", code="revoked_api_key")
     if not key.usable_at(utcnow()):
         raise AuthenticationError("this API key has expired", code="expired_api_key")
-    if key.payment_blocked:
+    if key.payment_blocked and not allow_blocked:
         raise PaymentRequired(
             "this organisation's invoice payment is overdue: update the payment method "
             "in the customer portal or contact the provider of this API"
@@ -107,7 +115,12 @@ def _client(request: Request) -> str | None:
 
 
 async def _current_key(request: Request, platform: PlatformDep) -> KeyInfo:
-    key = await authenticate(platform, request.headers.get("authorization"), _client(request))
+    key = await authenticate(
+        platform,
+        request.headers.get("authorization"),
+        _client(request),
+        allow_blocked=request.url.path in SELF_SERVICE_PATHS,
+    )
     request.state.organization_id = key.organization_id
     return key
 
