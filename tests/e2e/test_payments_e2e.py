@@ -118,6 +118,17 @@ def test_a_customer_saves_a_card_and_the_month_is_collected_and_confirmed(
     charged = localstripe.client.v1.payment_intents.retrieve(payment["intent_id"])
     assert (charged.amount, charged.status) == (total_minor, "succeeded")
 
+    rule = ("--org", "acme", "--below", "5.00", "--amount", "20.00")
+    assert cli_json(server.env, "payments", "auto-top-up", *rule)["auto_top_up"] == {
+        "below": "5.00",
+        "amount": "20.00",
+        "currency": "USD",
+    }
+    half = cli(server.env, "payments", "auto-top-up", "--org", "acme", "--below", "1", check=False)
+    assert half.returncode == 2 and "--below and --amount" in half.stderr
+    off = cli_json(server.env, "payments", "auto-top-up", "--org", "acme", "--off")
+    assert off["auto_top_up"] is None
+
 
 def test_a_declined_month_blocks_the_keys_until_a_payment_succeeds(
     server: Server, localstripe: LocalStripe, tmp_path: Path

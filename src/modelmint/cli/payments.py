@@ -176,6 +176,35 @@ def top_up(
     _show_payment(result, as_json)
 
 
+@payments.command("auto-top-up")
+def auto_top_up(
+    org: Org,
+    below: Annotated[
+        str | None, typer.Option(help="Top up when credit falls below this, e.g. 5.00.")
+    ] = None,
+    amount: Annotated[str | None, typer.Option(help="Credit to buy each time.")] = None,
+    currency: Annotated[str, typer.Option(help="Currency code.")] = "USD",
+    off: Annotated[bool, typer.Option("--off", help="Turn auto top-up off.")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Charge the saved card automatically when prepaid credit runs low."""
+    if off != (below is None and amount is None) or (not off and None in (below, amount)):
+        raise InvalidRequest("give --below and --amount, or --off")
+    with _desk() as desk:
+        result = desk.set_auto_top_up(org, below=below, amount=amount, currency=currency)
+
+    def say(account: dict[str, Any]) -> str:
+        rule = account["auto_top_up"]
+        if rule is None:
+            return f"{account['organization']}: auto top-up is off"
+        return (
+            f"{account['organization']}: buy {rule['amount']} {rule['currency']} whenever "
+            f"credit falls below {rule['below']}"
+        )
+
+    _show(result, as_json, say)
+
+
 @payments.command("retry")
 def retry(
     payment_id: Annotated[str, typer.Argument(help="A failed payment (pay_...).")],

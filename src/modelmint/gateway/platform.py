@@ -113,7 +113,7 @@ class Platform:
 
     _sweeper: asyncio.Task[None] | None = None
     _lease_sweeper: asyncio.Task[None] | None = None
-    _dunning: asyncio.Task[None] | None = None
+    _payments_task: asyncio.Task[None] | None = None
     alerts: AlertDispatcher | None = None
     samples: SampleRecorder | None = None
 
@@ -133,7 +133,9 @@ class Platform:
         self.samples.start()
         self.inference.samples = self.samples
         if self.payments is not None:
-            self._dunning = asyncio.create_task(self._run_dunning(self.payments), name="dunning")
+            self._payments_task = asyncio.create_task(
+                self._run_payments(self.payments), name="payments"
+            )
 
     async def _sweep_reservations(self) -> None:
         """Release wallet reservations whose request died with its process."""
@@ -157,15 +159,20 @@ class Platform:
             except Exception:
                 log.exception("sweeping expired credit leases failed; retrying later")
 
-    async def _run_dunning(self, payments: Payments) -> None:
-        """Retry failed invoice payments when due and block what is overdue, every minute.
-        Several processes may run it: each attempt is claimed under the payment's lock."""
+    async def _run_payments(self, payments: Payments) -> None:
+        """Auto top-ups every few seconds; dunning (retries due, blocks overdue) every
+        minute. Several processes may run this: each payment is claimed under a lock."""
+        last_dunning = 0.0
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(60.0)
+            await asyncio.sleep(5.0)
             try:
-                await asyncio.to_thread(payments.run_dunning)
+                await asyncio.to_thread(payments.run_auto_top_ups)
+                if loop.time() - last_dunning >= 60.0:
+                    last_dunning = loop.time()
+                    await asyncio.to_thread(payments.run_dunning)
             except Exception:
-                log.exception("dunning failed; retrying in a minute")
+                log.exception("collecting payments failed; retrying shortly")
 
     async def close(self) -> None:
         if self.samples is not None:
@@ -173,7 +180,7 @@ class Platform:
             await asyncio.to_thread(self.samples.close)
         if self.alerts is not None:
             await self.alerts.close()
-        for sweeper in (self._sweeper, self._lease_sweeper, self._dunning):
+        for sweeper in (self._sweeper, self._lease_sweeper, self._payments_task):
             if sweeper is not None:
                 sweeper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -26,9 +26,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from decimal import Decimal
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -75,8 +76,8 @@ SUCCEEDED = "succeeded"
 FAILED = "failed"
 REQUIRES_ACTION = "requires_action"
 REFUNDED = "refunded"
-# A payment in one of these may still take money: never start a second attempt beside it.
-IN_FLIGHT = frozenset({PENDING, PROCESSING})
+# After a declined auto top-up, how long before the next one may be tried.
+AUTO_TOP_UP_COOLDOWN = timedelta(hours=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +259,89 @@ class Payments:
                     blocked.append(org_id)
                     log.warning("organisation %s blocked: invoice payment overdue", org_id)
         return {"retried": retried, "blocked": blocked}
+
+    # -- auto top-up -------------------------------------------------------------------------
+
+    def set_auto_top_up(
+        self, org: str, *, below: str | None, amount: str | None, currency: str = "USD"
+    ) -> Json:
+        """Top the prepaid credit up by ``amount`` whenever it falls below ``below``; both
+        None turns it off. Needs a saved payment method to ever fire."""
+        if (below is None) != (amount is None):
+            raise InvalidRequest("give both the threshold and the amount, or neither")
+        threshold = top_up = None
+        if below is not None and amount is not None:
+            threshold = Money(
+                operations.decimal_string(below, "below", InvalidMoney),
+                operations.currency_code(currency),
+            )
+            if threshold.is_negative:
+                raise InvalidMoney("the threshold cannot be negative", param="below")
+            top_up = _positive_money(amount, currency)
+        with self._db.session() as session:
+            organization = accounts.get_org(session, org)
+            account = self._open_account(session, organization.id, lock=True)
+            account.auto_top_up_below = None if threshold is None else threshold.amount
+            account.auto_top_up_amount = None if top_up is None else top_up.amount
+            account.auto_top_up_currency = None if top_up is None else top_up.currency
+            account.updated_at = self._clock()
+            return _account_json(organization, account)
+
+    def run_auto_top_ups(self) -> list[Json]:
+        """Charge every organisation whose credit is below its threshold, at most one
+        auto top-up in flight each. Run it periodically (the gateway does, every few
+        seconds); several processes may run it at once."""
+        with self._db.session() as session:
+            candidates = list(
+                session.scalars(
+                    select(PaymentAccount.organization_id).where(
+                        PaymentAccount.auto_top_up_below.is_not(None),
+                        PaymentAccount.payment_method_id.is_not(None),
+                    )
+                )
+            )
+        fired = []
+        for organization_id in candidates:
+            payment_id = self._claim_auto_top_up(organization_id)
+            if payment_id is not None:
+                fired.append(self._attempt(payment_id))
+        return fired
+
+    def _claim_auto_top_up(self, organization_id: str) -> str | None:
+        """The new auto top-up payment, if the credit is low and none is in flight."""
+        now = self._clock()
+        with self._db.session() as session:
+            # The account row is written first: on PostgreSQL that locks it, on SQLite it
+            # takes the write lock, so two processes never both see "none in flight".
+            session.execute(
+                update(PaymentAccount)
+                .where(PaymentAccount.organization_id == organization_id)
+                .values(updated_at=now)
+            )
+            account = _find_account(session, organization_id)
+            if account is None or account.auto_top_up_below is None:
+                return None
+            currency = account.auto_top_up_currency or "USD"
+            if _credit_balance(session, organization_id, currency) >= account.auto_top_up_below:
+                return None
+            recent = session.scalar(
+                select(Payment.id).where(
+                    Payment.organization_id == organization_id,
+                    Payment.kind == AUTO_TOP_UP,
+                    or_(
+                        Payment.status.in_((PENDING, PROCESSING, REQUIRES_ACTION)),
+                        # A declined card is not charged again and again: wait a while.
+                        and_(
+                            Payment.status == FAILED,
+                            Payment.updated_at > now - AUTO_TOP_UP_COOLDOWN,
+                        ),
+                    ),
+                )
+            )
+            if recent is not None or account.auto_top_up_amount is None:
+                return None
+            amount = Money(account.auto_top_up_amount, currency)
+            return self._new_payment(session, organization_id, AUTO_TOP_UP, amount).id
 
     def _new_payment(
         self,
@@ -508,6 +592,13 @@ def _find_account(
     return session.get(PaymentAccount, organization_id, with_for_update=lock or None)
 
 
+def _credit_balance(session: Session, organization_id: str, currency: str) -> Decimal:
+    """What is left of the prepaid credit, consumption not yet posted included."""
+    if currency not in operations.wallet_currencies(session, organization_id):
+        return Decimal(0)
+    return Decimal(operations.wallet_balance(session, organization_id, currency)["balance"])
+
+
 def _locked_payment(session: Session, payment_id: str) -> Payment:
     payment = session.get(Payment, payment_id, with_for_update=True)
     if payment is None:
@@ -609,4 +700,15 @@ def _account_json(organization: Organization, account: PaymentAccount | None) ->
         "payment_method": account.payment_method_id if account else None,
         "payment_method_label": account.method_label if account else None,
         "blocked_at": _iso(account.blocked_at) if account else None,
+        "auto_top_up": (
+            {
+                "below": f"{account.auto_top_up_below:f}",
+                "amount": f"{account.auto_top_up_amount:f}",
+                "currency": account.auto_top_up_currency,
+            }
+            if account is not None
+            and account.auto_top_up_below is not None
+            and account.auto_top_up_amount is not None
+            else None
+        ),
     }

@@ -68,6 +68,12 @@ class TopUp(_Body):
     currency: str = Field(min_length=3, max_length=3)
 
 
+class AutoTopUp(_Body):
+    below: DecimalString | None = Field(description="top up when credit falls below this")
+    amount: DecimalString | None = Field(description="how much to buy each time")
+    currency: str = Field(default="USD", min_length=3, max_length=3)
+
+
 @admin.get("")
 async def list_payments(
     platform: PlatformDep,
@@ -111,6 +117,17 @@ async def save_method(org: str, body: MethodSave, platform: PlatformDep) -> dict
 async def top_up(org: str, body: TopUp, platform: PlatformDep) -> dict[str, Any]:
     payments = _payments(platform)
     return await asyncio.to_thread(payments.top_up, org, body.amount, body.currency)
+
+
+@admin.put("/organizations/{org}/auto-top-up")
+async def set_auto_top_up(org: str, body: AutoTopUp, platform: PlatformDep) -> dict[str, Any]:
+    """Both ``below`` and ``amount`` null turns auto top-up off."""
+    payments = _payments(platform)
+    return await asyncio.to_thread(
+        lambda: payments.set_auto_top_up(
+            org, below=body.below, amount=body.amount, currency=body.currency
+        )
+    )
 
 
 @admin.post("/organizations/{org}/unblock")
