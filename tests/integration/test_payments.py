@@ -16,11 +16,12 @@ from sqlalchemy import select
 
 from modelmint import accounts
 from modelmint.accounts.keys import hash_secret, lookup_key_by_hash
+from modelmint.billing.invoices import InvoiceStatus
 from modelmint.billing.periods import Period
 from modelmint.billing.repository import BillingRepository
 from modelmint.charging import operations
 from modelmint.charging.closing import close_period
-from modelmint.errors import InvalidRequest
+from modelmint.errors import Conflict, InvalidRequest
 from modelmint.payments.collection import Payments
 from modelmint.payments.dunning import DunningSchedule
 from modelmint.payments.provider import InvalidSignature
@@ -264,3 +265,42 @@ def test_an_event_that_does_not_verify_is_refused(
     with database.session() as session:
         assert session.scalars(select(PaymentEvent)).first() is None
         assert session.scalars(select(Payment)).first() is None
+
+
+def test_a_paid_invoice_is_refunded_in_full_and_voided_once(
+    database: Database, payments: Payments, localstripe: LocalStripe
+) -> None:
+    _, invoice_id = closed_month(database, "acme")
+    with pytest.raises(Conflict, match="only a paid invoice"):
+        payments.refund_invoice(invoice_id)
+    payments.save_method("acme", payment_method=localstripe.card(GOOD_CARD))
+    paid = payments.collect_invoice(invoice_id)
+
+    refunded = payments.refund_invoice(invoice_id)
+
+    assert (refunded["status"], refunded["id"]) == ("refunded", paid["id"])
+    refund = localstripe.client.v1.refunds.retrieve(refunded["refund_id"])
+    assert (refund.amount, refund.payment_intent, refund.status) == (
+        3000,
+        paid["intent_id"],
+        "succeeded",
+    )
+    with database.session() as session:
+        invoice = BillingRepository(session).load_invoice(invoice_id)
+    assert invoice.status.value == "void" and invoice.stamp(InvoiceStatus.PAID) is not None
+    assert invoice.total.to_minor_units() == 3000  # the bill itself is unchanged
+    with pytest.raises(Conflict, match="only a paid invoice"):
+        payments.refund_invoice(invoice_id)
+    assert payments.invoice_payment(invoice_id)["status"] == "refunded"  # type: ignore[index]
+
+
+def test_an_invoice_paid_by_hand_is_not_refunded_through_the_provider(
+    database: Database, payments: Payments
+) -> None:
+    _, invoice_id = closed_month(database, "acme")
+    with database.session() as session:
+        operations.pay_invoice(session, invoice_id)
+    with pytest.raises(Conflict, match="marked paid by hand"):
+        payments.refund_invoice(invoice_id)
+    assert invoice_status(database, invoice_id) == "paid"
+    assert payments.invoice_payment(invoice_id) is None

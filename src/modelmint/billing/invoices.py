@@ -14,7 +14,8 @@ always adds up. A usage line also keeps ``exact_amount``, the unrounded sum it w
 rounded from, and ``rounding_difference`` reports how far the rounded usage lines
 are from the exact charges (less than half a minor unit per line).
 
-Life cycle: ``draft -> finalized -> paid``, and ``draft | finalized -> void``.
+Life cycle: ``draft -> finalized -> paid``, ``draft | finalized -> void``, and
+``paid -> void`` only through a full refund (``void_refunded``).
 Anything else (finalizing twice, paying a draft or a void invoice, voiding a paid
 one) raises ``InvalidInvoiceTransition``. Only a draft takes new lines; after that
 the invoice is immutable (``InvoiceImmutable``) and its totals can never change,
@@ -266,8 +267,19 @@ class Invoice:
         self._move(InvoiceStatus.PAID, at)
 
     def void(self, at: datetime) -> None:
-        """Cancel the invoice; a paid invoice is refunded by a credit, never voided."""
+        """Cancel the invoice; a paid invoice is refunded first (``void_refunded``)."""
         self._move(InvoiceStatus.VOID, at)
+
+    def void_refunded(self, at: datetime) -> None:
+        """Cancel a paid invoice whose payment was refunded in full: the refund is its
+        credit note (``payments.collection.Payments.refund_invoice``). Its totals stay
+        as they were billed; ``paid_at`` and ``void_at`` both remain on record."""
+        if self._status is not InvoiceStatus.PAID:
+            raise InvalidInvoiceTransition(
+                f"invoice {self.id} is {self._status.value}; only a paid invoice is refunded"
+            )
+        self._stamps[InvoiceStatus.VOID] = utc(at, "void time")
+        self._status = InvoiceStatus.VOID
 
     # -- export -----------------------------------------------------------------------------
 

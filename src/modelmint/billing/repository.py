@@ -99,7 +99,7 @@ __all__ = ["BillingRepository"]
 # Stored status -> the statuses a later save may record (the domain checks each step).
 _LATER_STATES: dict[str, frozenset[str]] = {
     "finalized": frozenset({"finalized", "paid", "void"}),
-    "paid": frozenset({"paid"}),
+    "paid": frozenset({"paid", "void"}),  # void: refunded in full
     "void": frozenset({"void"}),
 }
 
@@ -1178,7 +1178,9 @@ class BillingRepository:
             invoice.finalize(row.finalized_at)
         if row.paid_at is not None:
             invoice.mark_paid(row.paid_at)
-        if row.voided_at is not None:
+        if row.voided_at is not None and row.paid_at is not None:
+            invoice.void_refunded(row.voided_at)
+        elif row.voided_at is not None:
             invoice.void(row.voided_at)
         stored = (row.subtotal, row.discount, row.tax, row.total)
         computed = tuple(m.amount for m in (invoice.subtotal, invoice.discount, invoice.tax))

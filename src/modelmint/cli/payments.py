@@ -163,6 +163,17 @@ def collect(
     _show_payment(result, as_json)
 
 
+@payments.command("refund")
+def refund(
+    invoice_id: Annotated[str, typer.Argument(help="A paid invoice.")],
+    as_json: AsJson = False,
+) -> None:
+    """Refund a paid invoice's payment in full and void the invoice."""
+    with _desk() as desk:
+        result = desk.refund_invoice(invoice_id)
+    _show(result, as_json, lambda r: f"{invoice_id} refunded ({r['refund_id']}) and void")
+
+
 @payments.command("top-up")
 def top_up(
     org: Org,

@@ -260,6 +260,55 @@ class Payments:
                     log.warning("organisation %s blocked: invoice payment overdue", org_id)
         return {"retried": retried, "blocked": blocked}
 
+    # -- refunds -----------------------------------------------------------------------------
+
+    def refund_invoice(self, invoice_id: str) -> Json:
+        """Refund a paid invoice's payment in full and void the invoice; the refund is its
+        credit note. Repeating it after a crash refunds nothing twice (same key)."""
+        with self._db.session() as session:
+            invoice = BillingRepository(session).load_invoice(invoice_id)
+            if invoice.status is not InvoiceStatus.PAID:
+                raise Conflict(
+                    f"invoice {invoice_id} is {invoice.status.value}: only a paid invoice is "
+                    "refunded (void an unpaid one with `modelmint invoices void`)"
+                )
+            payment = session.scalar(
+                select(Payment).where(
+                    Payment.invoice_id == invoice_id,
+                    Payment.kind == INVOICE,
+                    Payment.status == SUCCEEDED,
+                )
+            )
+            if payment is None or payment.intent_id is None:
+                raise Conflict(
+                    f"invoice {invoice_id} was not paid through the payment provider (it was "
+                    "marked paid by hand): refund it where it was paid"
+                )
+            payment_id, intent_id, amount = payment.id, payment.intent_id, payment.amount_minor
+        refund_id = self.provider.refund(
+            intent_id, amount_minor=amount, idempotency_key=f"refund-{payment_id}"
+        )
+        now = self._clock()
+        with self._db.session() as session:
+            payment = _locked_payment(session, payment_id)
+            repo = BillingRepository(session)
+            invoice = repo.load_invoice(invoice_id)
+            if invoice.status is InvoiceStatus.PAID:
+                invoice.void_refunded(now)
+                repo.save_invoice(invoice)
+            payment.status = REFUNDED
+            payment.refund_id = refund_id
+            payment.updated_at = now
+            return _payment_json(payment)
+
+    def invoice_payment(self, invoice_id: str) -> Json | None:
+        """How the invoice's collection stands (None: never collected through a provider)."""
+        with self._db.session() as session:
+            payment = session.scalar(
+                select(Payment).where(Payment.invoice_id == invoice_id, Payment.kind == INVOICE)
+            )
+            return None if payment is None else _payment_json(payment)
+
     # -- auto top-up -------------------------------------------------------------------------
 
     def set_auto_top_up(
@@ -684,6 +733,8 @@ def _payment_json(payment: Payment) -> Json:
         "attempts": payment.attempts,
         "intent_id": payment.intent_id,
         "failure": payment.failure,
+        # A refund is the credit note of a refunded invoice.
+        "refund_id": payment.refund_id,
         "next_attempt_at": _iso(payment.next_attempt_at),
         "first_failed_at": _iso(payment.first_failed_at),
         "succeeded_at": _iso(payment.succeeded_at),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -95,6 +95,8 @@ def test_the_happy_life_cycle() -> None:
         (["finalize", "mark_paid"], "void"),  # voiding a paid invoice
         ([], "mark_paid"),  # paying a draft
         (["void"], "finalize"),
+        (["finalize"], "void_refunded"),  # refunding what was never paid
+        (["finalize", "mark_paid", "void_refunded"], "void_refunded"),  # twice
     ],
 )
 def test_illegal_transitions_are_refused(steps: list[str], illegal: str) -> None:
@@ -106,6 +108,17 @@ def test_illegal_transitions_are_refused(steps: list[str], illegal: str) -> None
         getattr(bill, illegal)(WHEN)
     assert caught.value.status_code == 409
     assert bill.status is status
+
+
+def test_a_refunded_paid_invoice_is_void_with_both_stamps_and_its_totals() -> None:
+    bill = invoice("10")
+    bill.finalize(WHEN)
+    bill.mark_paid(WHEN)
+    later = WHEN + timedelta(days=3)
+    bill.void_refunded(later)
+    assert bill.status is InvoiceStatus.VOID
+    assert (bill.stamp(InvoiceStatus.PAID), bill.stamp(InvoiceStatus.VOID)) == (WHEN, later)
+    assert bill.total == usd("10.00")
 
 
 def test_a_finalized_invoice_is_immutable() -> None:

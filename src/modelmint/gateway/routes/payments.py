@@ -142,6 +142,13 @@ async def collect_invoice(invoice_id: str, platform: PlatformDep) -> dict[str, A
     return await asyncio.to_thread(payments.collect_invoice, invoice_id)
 
 
+@admin.post("/invoices/{invoice_id}/refund")
+async def refund_invoice(invoice_id: str, platform: PlatformDep) -> dict[str, Any]:
+    """Refund a paid invoice in full and void it."""
+    payments = _payments(platform)
+    return await asyncio.to_thread(payments.refund_invoice, invoice_id)
+
+
 @admin.post("/dunning/run")
 async def run_dunning(platform: PlatformDep) -> dict[str, Any]:
     payments = _payments(platform)
