@@ -76,6 +76,9 @@ SUCCEEDED = "succeeded"
 FAILED = "failed"
 REQUIRES_ACTION = "requires_action"
 REFUNDED = "refunded"
+# An attempt still "processing" this long after it began lost its process mid-call (the
+# provider answers in seconds): it is sent again under the same idempotency key.
+STALE_ATTEMPT = timedelta(minutes=10)
 # After a declined auto top-up, how long before the next one may be tried.
 AUTO_TOP_UP_COOLDOWN = timedelta(hours=1)
 
@@ -228,10 +231,18 @@ class Payments:
         return self._attempt(payment_id)
 
     def run_dunning(self) -> Json:
-        """Retry the failed invoice payments that are due, and block the organisations whose
-        grace period has passed. Run it periodically (the gateway does, every minute)."""
+        """Resume attempts whose process died mid-call, retry the failed invoice payments
+        that are due, and block the organisations whose grace period has passed. Run it
+        periodically (the gateway does, every minute)."""
         now = self._clock()
         with self._db.session() as session:
+            stale = list(
+                session.scalars(
+                    select(Payment.id).where(
+                        Payment.status == PROCESSING, Payment.updated_at <= now - STALE_ATTEMPT
+                    )
+                )
+            )
             due = list(
                 session.scalars(
                     select(Payment.id).where(
@@ -241,7 +252,8 @@ class Payments:
                     )
                 )
             )
-        retried = [self._attempt(payment_id, due_only=True) for payment_id in due]
+        retried = [self._attempt(payment_id, resume=True) for payment_id in stale]
+        retried += [self._attempt(payment_id, due_only=True) for payment_id in due]
         blocked = []
         with self._db.session() as session:
             overdue = session.execute(
@@ -418,8 +430,8 @@ class Payments:
         session.flush()
         return payment
 
-    def _attempt(self, payment_id: str, *, due_only: bool = False) -> Json:
-        attempt = self._begin_attempt(payment_id, due_only=due_only)
+    def _attempt(self, payment_id: str, *, due_only: bool = False, resume: bool = False) -> Json:
+        attempt = self._begin_attempt(payment_id, due_only=due_only, resume=resume)
         if attempt is None:  # already paid, in flight, or no longer due
             return self.payment(payment_id)
         metadata = {PAYMENT_METADATA_KEY: attempt.payment_id}
@@ -440,14 +452,22 @@ class Payments:
             raise
         with self._db.session() as session:
             payment = _locked_payment(session, payment_id)
-            self._apply(session, payment, charge, intent_id=charge.intent_id)
+            self._apply(session, payment, charge, intent_id=charge.intent_id, current=True)
             return _payment_json(payment)
 
-    def _begin_attempt(self, payment_id: str, *, due_only: bool) -> _Attempt | None:
+    def _begin_attempt(
+        self, payment_id: str, *, due_only: bool, resume: bool = False
+    ) -> _Attempt | None:
+        """Claim the next attempt, or (``resume``) the same attempt again: one whose
+        process died before it recorded the provider's answer. Resuming sends the same
+        idempotency key, so the provider answers with the first call's outcome."""
         now = self._clock()
         with self._db.session() as session:
             payment = _locked_payment(session, payment_id)
-            if payment.status in (SUCCEEDED, REFUNDED, PROCESSING):
+            if resume:
+                if payment.status != PROCESSING or payment.updated_at > now - STALE_ATTEMPT:
+                    return None
+            elif payment.status in (SUCCEEDED, REFUNDED, PROCESSING):
                 return None
             if due_only and (payment.next_attempt_at is None or payment.next_attempt_at > now):
                 return None
@@ -460,7 +480,8 @@ class Payments:
                 self._failed(session, payment, now)
                 return None
             payment.status = PROCESSING
-            payment.attempts += 1
+            if not resume:
+                payment.attempts += 1
             payment.updated_at = now
             money = Money.from_minor_units(payment.amount_minor, payment.currency)
             what = f"invoice {payment.invoice_id}" if payment.invoice_id else "prepaid credit"
@@ -477,7 +498,8 @@ class Payments:
     def _settle_free(self, payment_id: str) -> Json:
         with self._db.session() as session:
             payment = _locked_payment(session, payment_id)
-            self._apply(session, payment, Charge(ChargeStatus.SUCCEEDED, None), intent_id=None)
+            charge = Charge(ChargeStatus.SUCCEEDED, None)
+            self._apply(session, payment, charge, intent_id=None, current=True)
             return _payment_json(payment)
 
     # -- the provider's events ---------------------------------------------------------------
@@ -515,13 +537,23 @@ class Payments:
     # -- one outcome, applied once ------------------------------------------------------------
 
     def _apply(
-        self, session: Session, payment: Payment, charge: Charge, *, intent_id: str | None
+        self,
+        session: Session,
+        payment: Payment,
+        charge: Charge,
+        *,
+        intent_id: str | None,
+        current: bool = False,
     ) -> str:
-        """Move ``payment`` by ``charge``; returns "applied" or why it was not."""
+        """Move ``payment`` by ``charge``; returns "applied" or why it was not.
+
+        ``current``: the answer to the attempt just made, which replaces the payment's
+        intent; an event about another intent than the payment's is an earlier attempt's.
+        """
         now = self._clock()
         if payment.status in (SUCCEEDED, REFUNDED):
             return "already_final"
-        stale = intent_id is not None and payment.intent_id not in (None, intent_id)
+        stale = not current and intent_id is not None and payment.intent_id not in (None, intent_id)
         if stale and charge.status is not ChargeStatus.SUCCEEDED:
             # An earlier attempt's news: the current attempt decides. (Money taken by an
             # earlier intent is never ignored, so a success always applies.)
