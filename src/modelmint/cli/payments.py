@@ -100,7 +100,7 @@ def list_payments(
 ) -> None:
     """Payments, oldest first."""
     with _desk() as desk:
-        rows = desk.payments(org=org, status=state)
+        rows = desk.payments(org=org, state=state)
     if as_json:
         typer.echo(orjson.dumps(rows).decode())
         return

@@ -24,7 +24,6 @@ period has passed; success anywhere lifts the block.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -34,27 +33,24 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from modelmint import accounts
-from modelmint.billing.errors import InvalidMoney
 from modelmint.billing.invoices import InvoiceStatus
 from modelmint.billing.money import Money
 from modelmint.billing.repository import BillingRepository
 from modelmint.billing.serialization import Json
 from modelmint.charging import operations
 from modelmint.errors import Conflict, InvalidRequest, NotFound
-from modelmint.payments.dunning import DunningSchedule
+from modelmint.payments import status
+from modelmint.payments.customers import PaymentCustomers, find_account, positive_money
 from modelmint.payments.provider import (
     PAYMENT_METADATA_KEY,
     Charge,
     ChargeStatus,
-    PaymentProvider,
     ProviderEvent,
-    SetupStart,
 )
-from modelmint.storage.db import Database, new_id, utcnow
+from modelmint.storage.db import new_id
 from modelmint.storage.tables import (
     BillingAlert,
     BillingInvoice,
-    Organization,
     Payment,
     PaymentAccount,
     PaymentEvent,
@@ -64,7 +60,6 @@ __all__ = ["INVOICE", "TOP_UP", "Payments"]
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
 
 INVOICE = "invoice"
 TOP_UP = "top_up"
@@ -94,96 +89,10 @@ class _Attempt:
     description: str
 
 
-class Payments:
-    """Collection through one provider, on one database. Thread-safe; holds no state."""
+class Payments(PaymentCustomers):
+    """Collection through one provider, on one database. Thread-safe; holds no state.
 
-    def __init__(
-        self,
-        database: Database,
-        provider: PaymentProvider,
-        *,
-        schedule: DunningSchedule | None = None,
-        clock: Clock = utcnow,
-    ) -> None:
-        self._db = database
-        self.provider = provider
-        self.schedule = schedule or DunningSchedule()
-        self._clock = clock
-
-    # -- customers and saved methods -------------------------------------------------------
-
-    def ensure_customer(self, org: str) -> str:
-        """The organisation's customer id at the provider, created on first use."""
-        with self._db.session() as session:
-            organization = accounts.get_org(session, org)
-            account = self._open_account(session, organization.id)
-            if account.customer_id:
-                return account.customer_id
-            org_id, name = organization.id, organization.name
-        # The key is the organisation's: two processes racing here get the same customer.
-        customer_id = self.provider.create_customer(
-            name=name, metadata={"modelmint_org": org_id}, idempotency_key=f"customer-{org_id}"
-        )
-        with self._db.session() as session:
-            account = self._open_account(session, org_id, lock=True)
-            if not account.customer_id:
-                account.customer_id = customer_id
-                account.updated_at = self._clock()
-            return account.customer_id
-
-    def start_setup(self, org: str) -> Json:
-        """Begin saving a card: the portal confirms the SetupIntent with Stripe.js."""
-        customer_id = self.ensure_customer(org)
-        start: SetupStart = self.provider.start_setup(
-            customer_id, idempotency_key=f"setup-{customer_id}-{new_id('s')}"
-        )
-        return {
-            "setup_intent": start.setup_intent_id,
-            "client_secret": start.client_secret,
-            "publishable_key": self.provider.publishable_key,
-        }
-
-    def save_method(
-        self, org: str, *, setup_intent: str | None = None, payment_method: str | None = None
-    ) -> Json:
-        """Make a confirmed SetupIntent's method (or a given method) the one charged."""
-        if (setup_intent is None) == (payment_method is None):
-            raise InvalidRequest("name either a confirmed setup intent or a payment method")
-        customer_id = self.ensure_customer(org)
-        if setup_intent is not None:
-            saved = self.provider.finish_setup(customer_id, setup_intent)
-        else:
-            assert payment_method is not None
-            saved = self.provider.attach_method(
-                customer_id, payment_method, idempotency_key=f"attach-{payment_method}"
-            )
-        with self._db.session() as session:
-            organization = accounts.get_org(session, org)
-            account = self._open_account(session, organization.id, lock=True)
-            account.payment_method_id = saved.payment_method_id
-            account.method_label = saved.label
-            account.updated_at = self._clock()
-            return _account_json(organization, account)
-
-    def account(self, org: str) -> Json:
-        with self._db.session() as session:
-            organization = accounts.get_org(session, org)
-            account = _find_account(session, organization.id)
-            result = _account_json(organization, account)
-            result["payments"] = [
-                _payment_json(p) for p in _payments(session, organization_id=organization.id)
-            ]
-            return result
-
-    def unblock(self, org: str) -> Json:
-        """Lift a dunning block by hand: the keys work again at once (within the cache)."""
-        with self._db.session() as session:
-            organization = accounts.get_org(session, org)
-            account = _find_account(session, organization.id, lock=True)
-            if account is not None:
-                account.blocked_at = None
-                account.updated_at = self._clock()
-            return _account_json(organization, account)
+    The customers and their saved methods are the base class's (``customers``)."""
 
     # -- collecting ------------------------------------------------------------------------
 
@@ -213,10 +122,10 @@ class Payments:
 
     def top_up(self, org: str, amount: str, currency: str) -> Json:
         """Buy prepaid credit now with the saved method; credited when the payment succeeds."""
-        value = _positive_money(amount, currency)
+        value = positive_money(amount, currency)
         with self._db.session() as session:
             organization = accounts.get_org(session, org)
-            account = _find_account(session, organization.id)
+            account = find_account(session, organization.id)
             if account is None or not account.payment_method_id:
                 raise InvalidRequest(
                     f"{organization.name} has no saved payment method: save one first "
@@ -311,42 +220,13 @@ class Payments:
             payment.status = REFUNDED
             payment.refund_id = refund_id
             payment.updated_at = now
-            return _payment_json(payment)
+            return status.payment_json(payment)
 
     def invoice_payment(self, invoice_id: str) -> Json | None:
-        """How the invoice's collection stands (None: never collected through a provider)."""
         with self._db.session() as session:
-            payment = session.scalar(
-                select(Payment).where(Payment.invoice_id == invoice_id, Payment.kind == INVOICE)
-            )
-            return None if payment is None else _payment_json(payment)
+            return status.invoice_payments(session, [invoice_id]).get(invoice_id)
 
     # -- auto top-up -------------------------------------------------------------------------
-
-    def set_auto_top_up(
-        self, org: str, *, below: str | None, amount: str | None, currency: str = "USD"
-    ) -> Json:
-        """Top the prepaid credit up by ``amount`` whenever it falls below ``below``; both
-        None turns it off. Needs a saved payment method to ever fire."""
-        if (below is None) != (amount is None):
-            raise InvalidRequest("give both the threshold and the amount, or neither")
-        threshold = top_up = None
-        if below is not None and amount is not None:
-            threshold = Money(
-                operations.decimal_string(below, "below", InvalidMoney),
-                operations.currency_code(currency),
-            )
-            if threshold.is_negative:
-                raise InvalidMoney("the threshold cannot be negative", param="below")
-            top_up = _positive_money(amount, currency)
-        with self._db.session() as session:
-            organization = accounts.get_org(session, org)
-            account = self._open_account(session, organization.id, lock=True)
-            account.auto_top_up_below = None if threshold is None else threshold.amount
-            account.auto_top_up_amount = None if top_up is None else top_up.amount
-            account.auto_top_up_currency = None if top_up is None else top_up.currency
-            account.updated_at = self._clock()
-            return _account_json(organization, account)
 
     def run_auto_top_ups(self) -> list[Json]:
         """Charge every organisation whose credit is below its threshold, at most one
@@ -379,7 +259,7 @@ class Payments:
                 .where(PaymentAccount.organization_id == organization_id)
                 .values(updated_at=now)
             )
-            account = _find_account(session, organization_id)
+            account = find_account(session, organization_id)
             if account is None or account.auto_top_up_below is None:
                 return None
             currency = account.auto_top_up_currency or "USD"
@@ -453,7 +333,7 @@ class Payments:
         with self._db.session() as session:
             payment = _locked_payment(session, payment_id)
             self._apply(session, payment, charge, intent_id=charge.intent_id, current=True)
-            return _payment_json(payment)
+            return status.payment_json(payment)
 
     def _begin_attempt(
         self, payment_id: str, *, due_only: bool, resume: bool = False
@@ -471,7 +351,7 @@ class Payments:
                 return None
             if due_only and (payment.next_attempt_at is None or payment.next_attempt_at > now):
                 return None
-            account = _find_account(session, payment.organization_id)
+            account = find_account(session, payment.organization_id)
             if account is None or not account.customer_id or not account.payment_method_id:
                 payment.attempts += 1
                 payment.status = FAILED
@@ -500,7 +380,7 @@ class Payments:
             payment = _locked_payment(session, payment_id)
             charge = Charge(ChargeStatus.SUCCEEDED, None)
             self._apply(session, payment, charge, intent_id=None, current=True)
-            return _payment_json(payment)
+            return status.payment_json(payment)
 
     # -- the provider's events ---------------------------------------------------------------
 
@@ -594,7 +474,7 @@ class Payments:
                 kind="paid",
                 reference=payment.id,
             )
-        account = _find_account(session, payment.organization_id, lock=True)
+        account = find_account(session, payment.organization_id, lock=True)
         if account is not None and account.blocked_at is not None:
             still_overdue = session.scalar(
                 select(Payment.id).where(
@@ -618,59 +498,12 @@ class Payments:
         _raise_alert(session, payment, now)
 
     def payment(self, payment_id: str) -> Json:
-        """The payment, with the provider's events applied to it, oldest first."""
         with self._db.session() as session:
-            payment = session.get(Payment, payment_id)
-            if payment is None:
-                raise NotFound(f"no payment {payment_id!r}", param="payment")
-            events = session.scalars(
-                select(PaymentEvent)
-                .where(PaymentEvent.payment_id == payment_id)
-                .order_by(PaymentEvent.received_at, PaymentEvent.id)
-            )
-            return {
-                **_payment_json(payment),
-                "events": [
-                    {
-                        "id": e.id,
-                        "type": e.type,
-                        "outcome": e.outcome,
-                        "received_at": _iso(e.received_at),
-                    }
-                    for e in events
-                ],
-            }
+            return status.payment(session, payment_id)
 
-    def payments(self, *, org: str | None = None, status: str | None = None) -> list[Json]:
+    def payments(self, *, org: str | None = None, state: str | None = None) -> list[Json]:
         with self._db.session() as session:
-            organization_id = accounts.get_org(session, org).id if org else None
-            return [
-                _payment_json(p)
-                for p in _payments(session, organization_id=organization_id, status=status)
-            ]
-
-    def _open_account(
-        self, session: Session, organization_id: str, *, lock: bool = False
-    ) -> PaymentAccount:
-        """The organisation's payment account, made if it has none."""
-        account = _find_account(session, organization_id, lock=lock)
-        if account is None:
-            now = self._clock()
-            account = PaymentAccount(
-                organization_id=organization_id,
-                provider=self.provider.name,
-                created_at=now,
-                updated_at=now,
-            )
-            session.add(account)
-            session.flush()
-        return account
-
-
-def _find_account(
-    session: Session, organization_id: str, *, lock: bool = False
-) -> PaymentAccount | None:
-    return session.get(PaymentAccount, organization_id, with_for_update=lock or None)
+            return status.payments(session, org=org, state=state)
 
 
 def _credit_balance(session: Session, organization_id: str, currency: str) -> Decimal:
@@ -685,30 +518,6 @@ def _locked_payment(session: Session, payment_id: str) -> Payment:
     if payment is None:
         raise NotFound(f"no payment {payment_id!r}", param="payment")
     return payment
-
-
-def _payments(
-    session: Session, *, organization_id: str | None = None, status: str | None = None
-) -> list[Payment]:
-    query = select(Payment).order_by(Payment.created_at, Payment.id)
-    if organization_id is not None:
-        query = query.where(Payment.organization_id == organization_id)
-    if status is not None:
-        query = query.where(Payment.status == status)
-    return list(session.scalars(query))
-
-
-def _positive_money(amount: str, currency: str) -> Money:
-    value = Money(
-        operations.decimal_string(amount, "amount", InvalidMoney),
-        operations.currency_code(currency),
-    )
-    if value.is_negative or value.is_zero or not value.is_quantized:
-        raise InvalidMoney(
-            f"a top-up must be a positive amount in whole minor units, got {value}",
-            param="amount",
-        )
-    return value
 
 
 def _raise_alert(session: Session, payment: Payment, now: datetime) -> None:
@@ -736,7 +545,7 @@ def _raise_alert(session: Session, payment: Payment, now: datetime) -> None:
                 "currency": payment.currency,
                 "attempt": payment.attempts,
                 "failure": payment.failure,
-                "next_attempt_at": _iso(payment.next_attempt_at),
+                "next_attempt_at": status.iso(payment.next_attempt_at),
                 "raised_at": now.isoformat(),
             },
             status="pending",
@@ -745,53 +554,3 @@ def _raise_alert(session: Session, payment: Payment, now: datetime) -> None:
             created_at=now,
         )
     )
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
-def _payment_json(payment: Payment) -> Json:
-    money = Money.from_minor_units(payment.amount_minor, payment.currency)
-    return {
-        "id": payment.id,
-        "organization_id": payment.organization_id,
-        "kind": payment.kind,
-        "invoice_id": payment.invoice_id,
-        "amount": f"{money.amount:f}",
-        "amount_minor": payment.amount_minor,
-        "currency": payment.currency,
-        "status": payment.status,
-        "attempts": payment.attempts,
-        "intent_id": payment.intent_id,
-        "failure": payment.failure,
-        # A refund is the credit note of a refunded invoice.
-        "refund_id": payment.refund_id,
-        "next_attempt_at": _iso(payment.next_attempt_at),
-        "first_failed_at": _iso(payment.first_failed_at),
-        "succeeded_at": _iso(payment.succeeded_at),
-        "created_at": _iso(payment.created_at),
-    }
-
-
-def _account_json(organization: Organization, account: PaymentAccount | None) -> Json:
-    return {
-        "organization_id": organization.id,
-        "organization": organization.name,
-        "provider": account.provider if account else None,
-        "customer_id": account.customer_id if account else None,
-        "payment_method": account.payment_method_id if account else None,
-        "payment_method_label": account.method_label if account else None,
-        "blocked_at": _iso(account.blocked_at) if account else None,
-        "auto_top_up": (
-            {
-                "below": f"{account.auto_top_up_below:f}",
-                "amount": f"{account.auto_top_up_amount:f}",
-                "currency": account.auto_top_up_currency,
-            }
-            if account is not None
-            and account.auto_top_up_below is not None
-            and account.auto_top_up_amount is not None
-            else None
-        ),
-    }

@@ -81,7 +81,7 @@ async def list_payments(
     status: str | None = Query(default=None),
 ) -> list[dict[str, Any]]:
     payments = _payments(platform)
-    return await asyncio.to_thread(lambda: payments.payments(org=org, status=status))
+    return await asyncio.to_thread(lambda: payments.payments(org=org, state=status))
 
 
 @admin.get("/organizations/{org}")
