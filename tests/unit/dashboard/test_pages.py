@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from modelmint import accounts
 from modelmint.billing.periods import Period
@@ -20,7 +20,7 @@ from modelmint.dashboard.pages.simulator import sample_prices
 from modelmint.gateway.app import create_app
 from modelmint.storage import Database
 from modelmint.storage.db import utcnow
-from modelmint.storage.tables import ApiKey
+from modelmint.storage.tables import ApiKey, Payment, PaymentAccount
 from tests.unit.dashboard.conftest import Dashboard, build_app
 
 PAGES = (
@@ -165,6 +165,59 @@ def test_an_invoice_has_a_printable_view_and_a_csv(admin: tuple[Dashboard, str])
     csv = dashboard.client.get(f"/dashboard/invoices/{invoice_id}/csv")
     assert csv.headers["content-type"].startswith("text/csv")
     assert csv.text.splitlines()[0].startswith("kind,description,plan")
+
+
+def test_payment_state_is_shown_per_invoice_and_per_customer(
+    admin: tuple[Dashboard, str], seeded: Database
+) -> None:
+    dashboard, _ = admin
+    listing = dashboard.client.get("/dashboard/invoices?organization=demo-subscription").text
+    [invoice_id] = set(_invoice_ids(listing))
+    now = utcnow()
+    with seeded.session() as session:
+        org = accounts.get_org(session, "demo-subscription")
+        session.add(
+            PaymentAccount(
+                organization_id=org.id,
+                provider="stripe",
+                customer_id="cus_1",
+                payment_method_id="pm_1",
+                method_label="visa 0341",
+                blocked_at=now,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        session.add(
+            Payment(
+                id="pay_dashboard",
+                organization_id=org.id,
+                kind="invoice",
+                invoice_id=invoice_id,
+                amount_minor=2000,
+                currency="USD",
+                status="failed",
+                attempts=2,
+                failure="Your card was declined.",
+                next_attempt_at=now,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    try:
+        listing = dashboard.client.get("/dashboard/invoices?organization=demo-subscription").text
+        invoice = dashboard.client.get(f"/dashboard/invoices/{invoice_id}").text
+        customers = dashboard.client.get("/dashboard/customers").text
+        customer = dashboard.client.get("/dashboard/customers/demo-subscription").text
+    finally:
+        with seeded.session() as session:
+            session.execute(delete(Payment).where(Payment.id == "pay_dashboard"))
+            session.execute(delete(PaymentAccount).where(PaymentAccount.customer_id == "cus_1"))
+    failed = 'badge-payment-failed" title="Your card was declined.">failed</span>'
+    assert failed in listing and "attempt 2" in listing
+    assert failed in invoice and failed in customer
+    assert "badge-blocked" in customers and "visa 0341" in customers
+    assert "BLOCKED since" in customer and "visa 0341" in customer
 
 
 def test_an_unknown_invoice_is_an_html_404(admin: tuple[Dashboard, str]) -> None:

@@ -17,7 +17,8 @@ from modelmint.dashboard.pages.reports import ReportQuery, WindowDep
 from modelmint.dashboard.rendering import BASE
 from modelmint.dashboard.routing import DashboardRoute, page
 from modelmint.gateway.deps import PlatformDep
-from modelmint.storage.tables import Organization
+from modelmint.payments import status as payment_status
+from modelmint.storage.tables import Organization, PaymentAccount
 
 __all__ = ["customer_detail", "customer_rows", "router"]
 
@@ -40,8 +41,15 @@ def _wallets(session: Session, org: Organization) -> list[Json]:
     ]
 
 
-def _summary(session: Session, org: Organization) -> dict[str, Any]:
+def _summary(
+    session: Session, org: Organization, payment_accounts: dict[str, PaymentAccount] | None = None
+) -> dict[str, Any]:
     keys = accounts.list_keys(session, org)
+    account = (
+        payment_accounts.get(org.id)
+        if payment_accounts is not None
+        else session.get(PaymentAccount, org.id)
+    )
     invoices = operations.list_invoices(session, org.id)
     open_invoices = [i for i in invoices if i["status"] == "finalized"]
     return {
@@ -53,6 +61,8 @@ def _summary(session: Session, org: Organization) -> dict[str, Any]:
         "active_keys": sum(1 for k in keys if k.revoked_at is None),
         "invoices": len(invoices),
         "unpaid": [(i["total"], i["currency"]) for i in open_invoices],
+        # Payment method, dunning block and auto top-up (all None without payments).
+        "payment": payment_status.account_json(org, account),
     }
 
 
@@ -61,8 +71,11 @@ def customer_rows(session: Session, query: ReportQuery) -> dict[str, Any]:
     usage, revenue and margin in the window (keyed by organisation id), and growth and
     churn by monthly cohort."""
     usage = breakdown(session, query.window.period, Dimension.ORGANIZATION, currency=query.currency)
+    payment_accounts = payment_status.accounts_by_organization(session)
     return {
-        "customers": [_summary(session, org) for org in accounts.list_orgs(session)],
+        "customers": [
+            _summary(session, org, payment_accounts) for org in accounts.list_orgs(session)
+        ],
         "usage": {row.key: row for row in usage.rows},
         "currency": usage.currency,
         "cohorts": cohorts(session, months=COHORT_MONTHS, currency=usage.currency),
@@ -98,6 +111,7 @@ def customer_detail(session: Session, organization: str, query: ReportQuery) -> 
         session, window, Dimension.DAY, currency=by_model.currency, organization=org.id
     )
     wallets = _wallets(session, org)
+    invoices = operations.list_invoices(session, org.id)
     ledgers = {
         w["currency"]: operations.wallet_ledger(session, org.id, w["currency"], _LEDGER_ENTRIES)
         for w in wallets
@@ -108,7 +122,10 @@ def customer_detail(session: Session, organization: str, query: ReportQuery) -> 
         "ledgers": ledgers,
         "subscriptions": operations.list_subscriptions(session, org.id),
         "keys": accounts.list_keys(session, org),
-        "invoice_rows": list(reversed(operations.list_invoices(session, org.id))),
+        "invoice_rows": list(reversed(invoices)),
+        "invoice_payments": payment_status.invoice_payments(
+            session, [row["id"] for row in invoices]
+        ),
         "budgets": budget_operations.list_budgets(session, org.id),
         "limits": {"rpm": org.rpm_limit, "tpm": org.tpm_limit, "concurrent": org.max_concurrent},
         "usage": by_model,

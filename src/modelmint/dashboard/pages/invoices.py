@@ -16,6 +16,7 @@ from modelmint.dashboard.auth import CheckedForm, CurrentSession
 from modelmint.dashboard.rendering import BASE
 from modelmint.dashboard.routing import DashboardRoute, page, redirect
 from modelmint.gateway.deps import PlatformDep
+from modelmint.payments import status as payment_status
 from modelmint.storage.db import utcnow
 
 __all__ = ["invoice_document", "invoice_list", "router"]
@@ -31,6 +32,8 @@ def invoice_list(
     rows = operations.list_invoices(session, organization, period, status)
     return {
         "invoices": list(reversed(rows)),
+        # How each invoice's collection stands, for those collected through the provider.
+        "payments": payment_status.invoice_payments(session, [row["id"] for row in rows]),
         "organizations": [org.name for org in accounts.list_orgs(session)],
     }
 
@@ -39,7 +42,8 @@ def invoice_document(session: Session, invoice_id: str) -> dict[str, Any]:
     """The invoice with its lines, and the organisation's name for the header."""
     invoice = operations.show_invoice(session, invoice_id)
     org = accounts.get_org(session, str(invoice["organization_id"]))
-    return {**invoice, "organization": org.name}
+    payment = payment_status.invoice_payments(session, [invoice_id]).get(invoice_id)
+    return {**invoice, "organization": org.name, "payment": payment}
 
 
 @router.get("/invoices")
