@@ -108,7 +108,7 @@ def list_payments(
     for row in rows:
         cells = (
             row["id"],
-            row["organization_id"],
+            row["organization"],
             row["invoice_id"] or row["kind"],
             f"{row['amount']} {row['currency']}",
             row["status"],

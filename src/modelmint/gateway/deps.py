@@ -104,8 +104,8 @@ async def authenticate(
         raise AuthenticationError("this API key has expired", code="expired_api_key")
     if key.payment_blocked and not allow_blocked:
         raise PaymentRequired(
-            "this organisation's invoice payment is overdue: update the payment method "
-            "in the customer portal or contact the provider of this API"
+            "this organisation's invoice payment is overdue: pay it or update the payment "
+            "method with the provider of this API (GET /v1/balance and /v1/usage still work)"
         )
     return key
 

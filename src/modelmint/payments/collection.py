@@ -129,7 +129,7 @@ class Payments(PaymentCustomers):
             if account is None or not account.payment_method_id:
                 raise InvalidRequest(
                     f"{organization.name} has no saved payment method: save one first "
-                    "(the portal's payment page, or `modelmint payments save-method`)",
+                    "(`modelmint payments save-method`, or the admin API's payment-method)",
                     param="organization",
                 )
             payment_id = self._new_payment(session, organization.id, TOP_UP, value).id

@@ -106,8 +106,13 @@ def payment(session: Session, payment_id: str) -> Json:
 
 
 def payments(session: Session, *, org: str | None = None, state: str | None = None) -> list[Json]:
+    """Payments, oldest first, each with its organisation's name."""
     organization_id = accounts.get_org(session, org).id if org else None
-    return [payment_json(p) for p in _rows(session, organization_id=organization_id, state=state)]
+    names = {o.id: o.name for o in accounts.list_orgs(session)}
+    return [
+        {**payment_json(p), "organization": names.get(p.organization_id)}
+        for p in _rows(session, organization_id=organization_id, state=state)
+    ]
 
 
 def invoice_payments(session: Session, invoice_ids: Sequence[str]) -> dict[str, Json]:
