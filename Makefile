@@ -25,13 +25,18 @@ $(STAMP): pyproject.toml Makefile scripts/llama-wheel.sh $(wildcard scripts/llam
 run: $(STAMP)
 	$(BIN)/modelmint up
 
+# Invoice PDFs set their text in DejaVu Sans (Debian's fonts-dejavu-core).
+FONT := /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
+
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy src
 	bash scripts/ensure-command.sh chromium
+	bash scripts/ensure-command.sh $(FONT) fonts-dejavu-core
 	$(BIN)/python -m pytest
 
 unit: $(STAMP)
+	bash scripts/ensure-command.sh $(FONT) fonts-dejavu-core
 	$(BIN)/python -m pytest tests/unit
 
 integration: $(STAMP)

@@ -5,15 +5,25 @@
 #                                               # drives Debian's Chromium, never its own)
 #   scripts/ensure-command.sh wrk               # the gateway benchmark's load generator
 #   scripts/ensure-command.sh COMMAND PACKAGE   # when the package is named otherwise
+#   scripts/ensure-command.sh /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf fonts-dejavu-core
+#                                               # a file, not a command: invoice PDFs' font
 #
-# A no-op when COMMAND is on PATH. Installing needs root (or passwordless sudo) and a
+# A no-op when COMMAND is on PATH (or, given as a path, exists). Installing needs root (or passwordless sudo) and a
 # reachable Debian mirror.
 set -euo pipefail
 
 command_name=${1:?usage: ensure-command.sh COMMAND [PACKAGE]}
 package=${2:-$command_name}
 
-if command -v "$command_name" >/dev/null 2>&1; then
+present() {
+    if [[ $command_name == */* ]]; then
+        [ -e "$command_name" ]
+    else
+        command -v "$command_name" >/dev/null 2>&1
+    fi
+}
+
+if present; then
     exit 0
 fi
 
@@ -33,7 +43,7 @@ if ! apt-cache show "$package" >/dev/null 2>&1; then
 fi
 "${as_root[@]}" apt-get install -y -q "$package"
 
-command -v "$command_name" >/dev/null 2>&1 || {
-    echo "$package was installed but $command_name is not on PATH" >&2
+present || {
+    echo "$package was installed but $command_name is still missing" >&2
     exit 1
 }

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pypdf import PdfReader
 
 from modelmint.billing import Period, draft_invoice
 from modelmint.billing.repository import BillingRepository
@@ -99,6 +100,14 @@ def test_invoices_are_shown_as_csv_paid_and_guarded(env: dict[str, str], tmp_pat
 
     csv = cli(env, "invoices", "show", "inv_cli", "--format", "csv").stdout.splitlines()
     assert csv[0].startswith("kind,description,") and csv[1].startswith("fixed_fee,pro@v1 fee")
+    no_file = cli(env, "invoices", "show", "inv_cli", "--format", "pdf", check=False)
+    assert no_file.returncode == 2 and "give --output FILE" in no_file.stderr
+    assert no_file.stdout == ""
+    pdf_path = tmp_path / "inv_cli.pdf"
+    cli(env, "invoices", "show", "inv_cli", "--format", "pdf", "--output", str(pdf_path))
+    pages = PdfReader(pdf_path).pages
+    text = " ".join(" ".join(page.extract_text() for page in pages).split())
+    assert "Organisation acme" in text and "Total 30.00 USD" in text
     [listed] = cli_json(env, "invoices", "list", "--org", "acme")
     assert (listed["id"], listed["status"], listed["total"]) == ("inv_cli", "finalized", "30.00")
     assert cli_json(env, "invoices", "pay", "inv_cli")["status"] == "paid"

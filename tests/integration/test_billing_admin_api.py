@@ -6,6 +6,7 @@ held by test_billing_operations.
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import SecretStr
+from pypdf import PdfReader
 
 from modelmint.billing import Period, draft_invoice
 from modelmint.billing.repository import BillingRepository
@@ -271,7 +273,48 @@ async def test_invoices_are_listed_exported_paid_and_guarded(
     assert [i["status"] for i in (await admin.get("/invoices")).json()] == ["paid", "void"]
     assert error_of(await admin.get("/invoices/inv_missing"), 404)["code"] == "not_found"
     assert error_of(await admin.get("/invoices?status=open"), 400)["param"] == "status"
-    assert error_of(await admin.get("/invoices/inv_a?format=pdf"), 400)["param"] == "query.format"
+    assert error_of(await admin.get("/invoices/inv_a?format=xml"), 400)["param"] == "query.format"
+    assert error_of(await admin.get("/invoices/inv_missing?format=pdf"), 404)["code"] == (
+        "not_found"
+    )
+
+
+async def test_an_invoice_is_served_as_a_pdf_with_its_json_figures(
+    admin: httpx.AsyncClient, acme: str
+) -> None:
+    coupon = {
+        "code": "HALF",
+        "discount": {"type": "percent_off", "percent": "50"},
+        "duration": {"kind": "once", "periods": None},
+    }
+    assert (await admin.post("/coupons", json=coupon)).status_code == 201
+    redeemed = await admin.post(
+        "/organizations/acme/coupons", json={"code": "HALF", "period": "2026-11"}
+    )
+    assert redeemed.status_code == 201, redeemed.text
+    taxed = await admin.put("/organizations/acme/tax", json={"name": "VAT", "percent": "19"})
+    assert taxed.status_code == 200, taxed.text
+    closed = await admin.post("/invoices/close", json={"period": "2026-11", "allow_open": True})
+    assert closed.status_code == 200, closed.text
+    [invoice_id] = [invoice["id"] for invoice in closed.json()]
+
+    data = (await admin.get(f"/invoices/{invoice_id}")).json()
+    response = await admin.get(f"/invoices/{invoice_id}", params={"format": "pdf"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/pdf"
+    assert response.headers["content-disposition"] == f'attachment; filename="{invoice_id}.pdf"'
+    reader = PdfReader(io.BytesIO(response.content))
+    text = " ".join(" ".join(page.extract_text() for page in reader.pages).split())
+    assert (data["subtotal"], data["discount"], data["tax"], data["total"]) == (
+        "20.00", "10.00", "1.90", "11.90",
+    )  # fmt: skip
+    assert "Organisation acme" in text
+    for line in data["lines"]:
+        assert f"{line['kind']} {line['description']} {line['amount']} USD" in text
+    assert "Subtotal 20.00 USD" in text
+    assert "Discount: coupon HALF (50% off) -10.00 USD" in text
+    assert "Tax: VAT 19% 1.90 USD" in text
+    assert "Total 11.90 USD" in text
 
 
 async def test_budgets_alert_webhooks_and_period_close_over_http(

@@ -22,6 +22,8 @@ Modules, one concept each:
     tax            tax rate on the discounted subtotal
     invoices       invoice lines, totals, states, JSON and CSV export
     invoicing      building a draft invoice from fees, usage and request charges
+    invoice_pdf    the invoice as a PDF (reportlab); not imported here, so the
+                   domain loads without it
     budgets        monthly spend caps (hard or soft) and the threshold rule of alerts
     errors         billing's branch of the ModelMintError tree
 """

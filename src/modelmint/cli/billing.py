@@ -424,6 +424,7 @@ def tax_set(
 class InvoiceFormat(StrEnum):
     JSON = "json"
     CSV = "csv"
+    PDF = "pdf"
 
 
 @invoices.command("list")
@@ -460,19 +461,35 @@ def invoices_list(
 @invoices.command("show")
 def invoices_show(
     invoice_id: Annotated[str, typer.Argument(help="Invoice id.")],
-    format: Annotated[InvoiceFormat, typer.Option(help="json, or csv for the lines.")] = (
-        InvoiceFormat.JSON
-    ),
+    format: Annotated[
+        InvoiceFormat, typer.Option(help="json, csv for the lines, or pdf (needs --output).")
+    ] = InvoiceFormat.JSON,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file, not stdout.")
+    ] = None,
 ) -> None:
-    """Print an invoice: the whole document as JSON, or its lines as CSV."""
+    """Print an invoice as JSON or its lines as CSV, or write it to a file (PDF too)."""
+    if format is InvoiceFormat.PDF and output is None:
+        # A PDF is binary: dumped on a terminal it is noise that can upset the terminal.
+        raise InvalidRequest("--format pdf writes a binary file: give --output FILE")
     with session_scope() as session:
-        if format is InvoiceFormat.CSV:
-            text: str = operations.invoice_csv(session, invoice_id)
+        if format is InvoiceFormat.PDF:
+            document: bytes = operations.invoice_pdf(session, invoice_id)
+        elif format is InvoiceFormat.CSV:
+            document = operations.invoice_csv(session, invoice_id).encode()
         else:
-            text = orjson.dumps(
+            document = orjson.dumps(
                 operations.show_invoice(session, invoice_id), option=orjson.OPT_INDENT_2
-            ).decode()
-    typer.echo(text, nl=not text.endswith("\n"))
+            )
+    if output is None:
+        text = document.decode()
+        typer.echo(text, nl=not text.endswith("\n"))
+        return
+    try:
+        output.write_bytes(document)
+    except OSError as exc:
+        raise InvalidRequest(f"cannot write {output}: {exc.strerror}") from None
+    _say(f"Invoice {invoice_id} written to {output} ({format.value}).")
 
 
 @invoices.command("pay")

@@ -162,6 +162,8 @@ def test_an_invoice_has_a_printable_view_and_a_csv(admin: tuple[Dashboard, str])
         r'id="invoice-total"><span class="amount" title="20\.00 USD">20\.00', page.text
     )
     assert "@media print" in dashboard.client.get("/dashboard/static/dashboard.css").text
+    pdf = dashboard.client.get(f"/dashboard/invoices/{invoice_id}/pdf")
+    assert pdf.headers["content-type"] == "application/pdf" and pdf.content.startswith(b"%PDF")
     csv = dashboard.client.get(f"/dashboard/invoices/{invoice_id}/csv")
     assert csv.headers["content-type"].startswith("text/csv")
     assert csv.text.splitlines()[0].startswith("kind,description,plan")

@@ -103,3 +103,13 @@ async def invoice_csv(platform: PlatformDep, invoice_id: str) -> Response:
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="{invoice_id}.csv"'},
     )
+
+
+@router.get("/invoices/{invoice_id}/pdf")
+async def invoice_pdf(platform: PlatformDep, invoice_id: str) -> Response:
+    pdf = await platform.in_session(lambda s: operations.invoice_pdf(s, invoice_id))
+    return Response(
+        pdf,
+        media_type="application/pdf",
+        headers={"Content-Disposition": f'attachment; filename="{invoice_id}.pdf"'},
+    )

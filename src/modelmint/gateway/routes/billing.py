@@ -299,9 +299,16 @@ async def list_invoices(
 async def show_invoice(
     invoice_id: str,
     platform: PlatformDep,
-    format: Literal["json", "csv"] = Query(default="json"),
+    format: Literal["json", "csv", "pdf"] = Query(default="json"),
 ) -> dict[str, Any] | Response:
-    """The invoice as JSON, or its lines as CSV with ``?format=csv``."""
+    """The invoice as JSON, its lines as CSV with ``?format=csv``, or a PDF with ``?format=pdf``."""
+    if format == "pdf":
+        pdf = await platform.in_session(lambda s: operations.invoice_pdf(s, invoice_id))
+        return Response(
+            pdf,
+            media_type="application/pdf",
+            headers={"Content-Disposition": f'attachment; filename="{invoice_id}.pdf"'},
+        )
     if format == "csv":
         text = await platform.in_session(lambda s: operations.invoice_csv(s, invoice_id))
         return Response(
