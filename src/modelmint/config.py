@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     stripe_api_base: str | None = None
     # How old a webhook's signed timestamp may be before it is refused (replay guard).
     stripe_webhook_tolerance_s: int = Field(default=300, ge=1)
+    # Where the customer portal loads Stripe.js from (localstripe serves a stand-in at
+    # <its address>/js.stripe.com/v3/).
+    stripe_js_url: str = "https://js.stripe.com/v3/"
     # Dunning: retry a failed invoice payment this many days after the first failure,
     # and refuse the organisation's requests (402) this many days after it.
     payment_retry_days: str = "1,3,7"

@@ -19,6 +19,7 @@ from modelmint.cli.context import console, err_console, open_database, session_s
 from modelmint.cli.demo import demo
 from modelmint.cli.feedback import compare_command, datasets, samples
 from modelmint.cli.payments import payments
+from modelmint.cli.portal import portal
 from modelmint.cli.reports import report
 from modelmint.cli.simulate import simulate_command
 from modelmint.cli.train import train_command
@@ -44,6 +45,7 @@ app.add_typer(billing.invoices, name="invoices")
 app.add_typer(billing.budgets, name="budgets")
 app.add_typer(billing.alerts, name="alerts")
 app.add_typer(payments, name="payments")
+app.add_typer(portal, name="portal")
 app.add_typer(report, name="report")
 app.command("simulate")(simulate_command)
 app.add_typer(demo, name="demo")

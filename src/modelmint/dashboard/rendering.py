@@ -19,7 +19,7 @@ from markupsafe import Markup
 
 from modelmint.dashboard.sessions import DashboardSession
 
-__all__ = ["BASE", "STATIC", "render", "templates"]
+__all__ = ["BASE", "FILTERS", "STATIC", "render", "templates"]
 
 BASE = "/dashboard"
 STATIC = "/dashboard/static"
@@ -108,6 +108,17 @@ def _nonzero(value: object) -> bool:
         return False
 
 
+# The filters every server-rendered page of ModelMint shares (the customer portal too).
+FILTERS = {
+    "when": _when,
+    "day": _day,
+    "number": _number,
+    "money": _money,
+    "percent": _percent,
+    "nonzero": _nonzero,
+}
+
+
 def _environment() -> Environment:
     env = Environment(
         loader=PackageLoader("modelmint.dashboard", "templates"),
@@ -116,9 +127,7 @@ def _environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(
-        when=_when, day=_day, number=_number, money=_money, percent=_percent, nonzero=_nonzero
-    )
+    env.filters.update(FILTERS)
     env.globals.update(base=BASE, static=STATIC, nav=NAV)
     return env
 

@@ -43,6 +43,12 @@ class DashboardSession:
     id: str
     expires_at: int
 
+    @property
+    def subject(self) -> str:
+        """What the session was issued for (``issue(subject)``), "" if nothing."""
+        subject, sep, _ = self.id.rpartition("~")
+        return subject if sep else ""
+
 
 def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
@@ -57,14 +63,15 @@ class SessionSigner:
         *,
         lifetime_s: float = DEFAULT_LIFETIME_S,
         clock: Callable[[], float] = time.time,
+        key_label: str = "modelmint dashboard session key",
     ) -> None:
         if not admin_token:
-            raise ValueError("an admin token is needed to sign dashboard sessions")
+            raise ValueError("an admin token is needed to sign sessions")
         # A derived key rather than the token itself: a signature reveals nothing usable
-        # against the admin API even if the HMAC were ever weakened.
-        self._key = hmac.new(
-            admin_token.encode(), b"modelmint dashboard session key", hashlib.sha256
-        ).digest()
+        # against the admin API even if the HMAC were ever weakened. The label keeps
+        # the dashboard's and the customer portal's sessions apart: neither's cookie
+        # verifies as the other's.
+        self._key = hmac.new(admin_token.encode(), key_label.encode(), hashlib.sha256).digest()
         self.lifetime_s = lifetime_s
         self._clock = clock
         self._revoked: dict[str, int] = {}
@@ -78,10 +85,15 @@ class SessionSigner:
 
     # -- sessions -------------------------------------------------------------------------
 
-    def issue(self) -> tuple[str, DashboardSession]:
-        """A new session and the cookie value that names it."""
+    def issue(self, subject: str = "") -> tuple[str, DashboardSession]:
+        """A new session and the cookie value that names it; ``subject`` (no dots, e.g.
+        the organisation a portal session speaks for) is signed into its id."""
+        if "." in subject or "~" in subject:
+            raise ValueError("a session subject cannot contain '.' or '~'")
+        token = secrets.token_urlsafe(24)
         session = DashboardSession(
-            secrets.token_urlsafe(24), self.now() + max(1, int(self.lifetime_s))
+            f"{subject}~{token}" if subject else token,
+            self.now() + max(1, int(self.lifetime_s)),
         )
         expires = str(session.expires_at)
         signature = self._sign("session", session.id, expires)

@@ -19,6 +19,7 @@ from modelmint.gateway.platform import Platform
 from modelmint.gateway.responses import OrjsonResponse
 from modelmint.gateway.routes import admin, billing, health, openai, payments, self_service
 from modelmint.gateway.routes import feedback as feedback_routes
+from modelmint.portal import mount_portal
 
 __all__ = ["create_app"]
 
@@ -54,9 +55,11 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     app.include_router(billing.router)
     app.include_router(payments.router)
     app.include_router(payments.admin)
+    app.include_router(payments.portal_admin)
     app.include_router(health.router)
     app.include_router(feedback_routes.router)
     mount_dashboard(app)
+    mount_portal(app)
     # Added last runs first: the gateway middleware wraps the model routes, which wrap
     # FastAPI's router.
     app.add_middleware(ModelRoutes)

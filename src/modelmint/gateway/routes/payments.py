@@ -1,4 +1,5 @@
-"""Payments over HTTP: the provider's webhook, and the admin API under /admin/payments.
+"""Payments over HTTP: the provider's webhook, the admin API under /admin/payments, and
+the portal's sign-in links under /admin/portal.
 
 Thin adapters around ``payments.collection.Payments``. Provider calls block (the
 official SDK is synchronous), so each runs on a worker thread. With payments off (no
@@ -20,9 +21,12 @@ from modelmint.gateway.deps import AdminDep, PlatformDep
 from modelmint.gateway.platform import Platform
 from modelmint.gateway.routes.billing import DecimalString
 from modelmint.payments.collection import Payments
+from modelmint.portal.links import create_link, parse_ttl
+from modelmint.storage.db import utcnow
 
 router = APIRouter(tags=["payments"])
 admin = APIRouter(prefix="/admin/payments", tags=["payments"], dependencies=[AdminDep])
+portal_admin = APIRouter(prefix="/admin/portal", tags=["portal"], dependencies=[AdminDep])
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,25 @@ class AutoTopUp(_Body):
     below: DecimalString | None = Field(description="top up when credit falls below this")
     amount: DecimalString | None = Field(description="how much to buy each time")
     currency: str = Field(default="USD", min_length=3, max_length=3)
+
+
+class PortalLinkCreate(_Body):
+    org: str = Field(min_length=1, max_length=200, description="organisation name or id")
+    ttl: str = Field(default="1h", max_length=20, description="90s, 30m, 1h, 2d")
+
+
+@portal_admin.post("/links", status_code=201)
+async def portal_link(
+    body: PortalLinkCreate, request: Request, platform: PlatformDep
+) -> dict[str, Any]:
+    """A single-use sign-in link to the organisation's customer portal."""
+    lifetime = parse_ttl(body.ttl)
+    issued = await platform.in_session(lambda s: create_link(s, body.org, lifetime, utcnow()))
+    return {
+        "organization": issued.organization,
+        "url": issued.url(str(request.base_url)),
+        "expires_at": issued.expires_at.isoformat(),
+    }
 
 
 @admin.get("")

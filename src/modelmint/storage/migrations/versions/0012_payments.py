@@ -1,4 +1,4 @@
-"""payments: payment_accounts, payments, payment_events
+"""payments: payment_accounts, payments, payment_events; portal_links
 
 Revision ID: 0012
 Revises: 0011
@@ -89,9 +89,29 @@ def upgrade() -> None:
         sa.Column("received_at", TIME, nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_payment_events")),
     )
+    op.create_table(
+        "portal_links",
+        sa.Column("id", sa.String(length=40), nullable=False),
+        sa.Column("organization_id", sa.String(length=40), nullable=False),
+        sa.Column("secret_digest", sa.String(length=64), nullable=False),
+        sa.Column("expires_at", TIME, nullable=False),
+        sa.Column("used_at", TIME, nullable=True),
+        sa.Column("created_at", TIME, nullable=False),
+        sa.ForeignKeyConstraint(
+            ["organization_id"],
+            ["organizations.id"],
+            name=op.f("fk_portal_links_organization_id_organizations"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_portal_links")),
+    )
+    with op.batch_alter_table("portal_links", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_portal_links_organization_id"), ["organization_id"], unique=False
+        )
 
 
 def downgrade() -> None:
+    op.drop_table("portal_links")
     op.drop_table("payment_events")
     op.drop_table("payments")
     op.drop_table("payment_accounts")

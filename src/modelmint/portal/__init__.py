@@ -1,0 +1,25 @@
+"""The customer portal at ``/portal``: a customer's own usage, credit, invoices, keys and
+payment method, behind a single-use sign-in link the operator hands out. Separate from
+the operator's dashboard: its sessions are signed under another key and scoped to one
+organisation."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+__all__ = ["mount_portal"]
+
+
+def mount_portal(app: FastAPI) -> None:
+    """Add the portal's pages and its one script to ``app``."""
+    # Imported here: the pages use the gateway's platform, which imports the gateway.
+    from starlette.staticfiles import StaticFiles
+
+    from modelmint.portal.pages import router
+    from modelmint.portal.rendering import STATIC
+
+    app.include_router(router)
+    app.mount(STATIC, StaticFiles(packages=[("modelmint.portal", "static")]), name="portal-static")
