@@ -30,6 +30,7 @@ from modelmint.portal.auth import (
     require_csrf,
     require_customer,
 )
+from modelmint.portal.charts import usage_charts
 from modelmint.portal.links import use_link
 from modelmint.portal.rendering import BASE, render
 from modelmint.portal.routing import PortalRoute, customer_page
@@ -129,14 +130,19 @@ def _overview(session: Session, customer: PortalCustomer) -> dict[str, Any]:
     organization = _organization(session, customer)
     now = utcnow()
     start = Period.containing(now).start
+    by_day = usage_report(session, organization.id, start, now, ("day",))
+    by_model = usage_report(session, organization.id, start, now, ("model",))
+    by_key = usage_report(session, organization.id, start, now, ("key",))
+    key_names = {k.id: k.name or k.prefix for k in accounts.list_keys(session, organization)}
     return {
         "organization": organization.name,
         "balance": balance(session, organization, None),
-        "by_day": usage_report(session, organization.id, start, now, ("day",)),
-        "by_model": usage_report(session, organization.id, start, now, ("model",)),
-        "by_key": usage_report(session, organization.id, start, now, ("key",)),
-        "key_names": {k.id: k.name or k.prefix for k in accounts.list_keys(session, organization)},
+        "by_day": by_day,
+        "by_model": by_model,
+        "by_key": by_key,
+        "key_names": key_names,
         "month": f"{start:%Y-%m}",
+        "charts": usage_charts(by_day, by_model, by_key, key_names),
     }
 
 

@@ -7,11 +7,13 @@ import io
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pypdf import PdfReader
+from sqlalchemy import delete
 
 from modelmint import accounts
 from modelmint.billing.periods import Period
@@ -26,6 +28,7 @@ from modelmint.portal import mount_portal
 from modelmint.portal.links import LinkRefused, create_link, parse_ttl, use_link
 from modelmint.storage import Database, migrate
 from modelmint.storage.db import utcnow
+from modelmint.storage.tables import UsageRecord
 from tests.support.localstripe import MONTHLY_PLAN
 from tests.unit.dashboard.conftest import ADMIN_TOKEN, Dashboard, form_token
 
@@ -186,3 +189,57 @@ def test_signing_out_ends_the_session(client: TestClient, database: Database) ->
     token = form_token(client.get("/portal").text)
     assert client.post("/portal/logout", data={"csrf_token": token}).status_code == 200
     assert client.get("/portal").status_code == 401
+
+
+def test_the_overview_charts_and_sums_the_months_usage_exactly(
+    client: TestClient, database: Database
+) -> None:
+    now = utcnow()
+    with database.session() as session:
+        org = accounts.get_org(session, "globex")
+        key = accounts.list_keys(session, org)[0]
+        for n, (model, status, charge) in enumerate(
+            [("chat", 200, "0.0000015"), ("chat", 200, "0.25"), ("embed", 429, None)]
+        ):
+            session.add(
+                UsageRecord(
+                    id=f"req_portal_{n}",
+                    created_at=now,
+                    organization_id=org.id,
+                    api_key_id=key.id,
+                    model=model,
+                    endpoint="chat.completions",
+                    status_code=status,
+                    input_tokens=10,
+                    output_tokens=5,
+                    latency_ms=3,
+                    charge=Decimal(charge) if charge else None,
+                    currency="USD" if charge else None,
+                )
+            )
+    try:
+        sign_in(client, link(database, "globex"))
+        page = client.get("/portal").text
+    finally:
+        with database.session() as session:
+            session.execute(delete(UsageRecord).where(UsageRecord.id.like("req_portal_%")))
+    for chart_id in ("chart-requests", "chart-spend", "chart-models", "chart-keys"):
+        assert f'id="{chart_id}"' in page
+    day_table = page[page.index('id="usage-by-day"') :]
+    assert 'title="0.2500015 USD"' in day_table  # the exact sum, to the last digit
+    assert "globex-main" in page and "acme" not in page
+
+
+def test_failed_sign_ins_are_throttled_per_address(client: TestClient, database: Database) -> None:
+    good = link(database, "acme")
+    page = client.get(f"/portal/login?token={good}")
+    nonce = form_token(page.text)
+    for n in range(5):
+        refused = client.post("/portal/login", data={"csrf_token": nonce, "token": f"pl_x.{n}"})
+        assert refused.status_code == 401
+    throttled = client.post("/portal/login", data={"csrf_token": nonce, "token": good})
+    assert throttled.status_code == 429 and "too many failed sign-ins" in throttled.text
+    # Refused while throttled: the right link was not spent and still works elsewhere.
+    other = TestClient(client.app, client=("10.0.0.9", 40000))
+    sign_in(other, good)
+    assert other.get("/portal").status_code == 200
