@@ -24,12 +24,20 @@ from modelmint.dashboard import mount_dashboard
 from modelmint.errors import InvalidRequest
 from modelmint.gateway.errors import install_error_handlers
 from modelmint.gateway.platform import Platform
+from modelmint.payments.collection import Payments
+from modelmint.payments.stripe_provider import StripeProvider
 from modelmint.portal import mount_portal
 from modelmint.portal.links import LinkRefused, create_link, parse_ttl, use_link
 from modelmint.storage import Database, migrate
 from modelmint.storage.db import utcnow
 from modelmint.storage.tables import UsageRecord
-from tests.support.localstripe import MONTHLY_PLAN
+from tests.support.localstripe import (
+    GOOD_CARD,
+    MONTHLY_PLAN,
+    SECRET_KEY,
+    WEBHOOK_SECRET,
+    LocalStripe,
+)
 from tests.unit.dashboard.conftest import ADMIN_TOKEN, Dashboard, form_token
 
 NOVEMBER = Period.month(2026, 11)
@@ -81,6 +89,8 @@ def sign_in(client: TestClient, token: str) -> TestClient:
         follow_redirects=False,
     )
     assert answer.status_code == 303, answer.text
+    cookie = answer.headers["set-cookie"].lower()
+    assert all(flag in cookie for flag in ("httponly", "samesite=strict", "path=/portal"))
     return client
 
 
@@ -243,3 +253,37 @@ def test_failed_sign_ins_are_throttled_per_address(client: TestClient, database:
     other = TestClient(client.app, client=("10.0.0.9", 40000))
     sign_in(other, good)
     assert other.get("/portal").status_code == 200
+
+
+def test_a_customer_buys_credit_and_sets_auto_top_up_from_the_payment_page(
+    client: TestClient, database: Database, localstripe: LocalStripe
+) -> None:
+    provider = StripeProvider(
+        SECRET_KEY, webhook_secret=WEBHOOK_SECRET, api_base=localstripe.api_base
+    )
+    payments = Payments(database, provider)
+    client.app.state.platform.payments = payments  # type: ignore[attr-defined]
+    payments.save_method("acme", payment_method=localstripe.card(GOOD_CARD))
+    sign_in(client, link(database, "acme"))
+    page = client.get("/portal/billing")
+    token = form_token(page.text)
+    assert 'id="payment-method">visa 4242<' in page.text
+
+    bought = client.post(
+        "/portal/billing/top-up", data={"csrf_token": token, "amount": "15.00", "currency": "USD"}
+    )
+    rule = client.post(
+        "/portal/billing/auto-top-up",
+        data={"csrf_token": token, "below": "5.00", "amount": "20.00", "currency": "USD"},
+    )
+
+    assert "Done: top-up-succeeded" in bought.text
+    with database.session() as session:
+        assert operations.wallet_balance(session, "acme", "USD")["balance"] == "15.00"
+    assert "Buy 20.00 USD whenever credit falls below 5.00" in rule.text
+    off = client.post("/portal/billing/auto-top-up", data={"csrf_token": token, "off": "on"})
+    assert 'id="auto-top-up">Off.' in off.text
+    refused = client.post("/portal/billing/top-up", data={"csrf_token": token, "amount": "1.001"})
+    assert refused.status_code == 400
+    add = client.get("/portal/billing?add=card")
+    assert 'data-client-secret="seti_' in add.text  # a SetupIntent for Stripe Elements
