@@ -8,6 +8,7 @@ for configuration.
 from __future__ import annotations
 
 import os
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -110,6 +111,14 @@ class Settings(BaseSettings):
     # and refuse the organisation's requests (402) this many days after it.
     payment_retry_days: str = "1,3,7"
     payment_grace_days: float = Field(default=10.0, ge=0)
+
+    # What an hour of the machine serving the bundled local models costs, in the currency
+    # the plans are priced in. `modelmint up` gives it to each bundled deployment that has
+    # no serving cost yet, so that requests carry a cost from the first run and margins
+    # are not a flattering 100 %. 0.10 is roughly an on-demand cloud VM of 2-4 vCPUs: set
+    # your machine's own price (0 for none). A rate already on a deployment is kept;
+    # change it with `modelmint models cost NAME --cost-per-hour ...`.
+    local_cost_per_hour: Decimal = Field(default=Decimal("0.10"), ge=0, allow_inf_nan=False)
 
     @field_validator("log_level")
     @classmethod

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -19,6 +20,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from modelmint.analytics.demo_traffic import customers, window_start
+from modelmint.config import Settings
 from tests.support.processes import Server, cli
 
 pytestmark = pytest.mark.slow
@@ -139,3 +141,37 @@ def test_traffic_is_dated_over_the_window_when_the_server_allows_it(run: DemoRun
     assert all(start <= moment <= run.started + timedelta(minutes=5) for moment in moments)
     assert len({moment.date() for moment in moments}) >= 3
     assert min(moments) < run.started - timedelta(days=2)
+
+
+def test_the_bundled_models_cost_the_local_hourly_rate_so_margins_are_real(run: DemoRun) -> None:
+    # The server ran with the default MODELMINT_LOCAL_COST_PER_HOUR: every request a model
+    # spent engine time on carries a serving cost, and no model shows a free 100 % margin.
+    default = Settings.model_fields["local_cost_per_hour"].default
+    assert default > 0
+    rates = query(run.server, "SELECT public_name, cost_per_hour FROM deployments")
+    assert {row["public_name"]: Decimal(row["cost_per_hour"]) for row in rates} == {
+        "smollm2-135m-instruct": default,
+        "all-minilm-l6-v2": default,
+    }
+    engine_rows = [row for row in run.rows if row["engine_ms"] > 0]
+    assert engine_rows
+    assert all(Decimal(row["cost"]) > 0 for row in engine_rows)
+    month = max(row["created_at"] for row in engine_rows)[:7]
+    report = orjson.loads(
+        cli(run.server.env, "report", "margins", "--by", "model", "--period", month,
+            "--format", "json").stdout
+    )  # fmt: skip
+    reported = {row["name"]: row for row in report["rows"]}
+    measured: dict[str, Decimal] = {}
+    for row in query(
+        run.server, f"SELECT model, cost FROM usage_records WHERE created_at LIKE '{month}%'"
+    ):
+        measured[row["model"]] = measured.get(row["model"], Decimal(0)) + Decimal(row["cost"] or 0)
+    assert any(cost > 0 for cost in measured.values())
+    for model, cost in measured.items():
+        shown = reported[model]
+        assert Decimal(shown["cost"]) == cost
+        assert Decimal(shown["margin"]) == Decimal(shown["revenue"]) - cost
+        if cost > 0 and shown["margin_pct"] is not None:
+            assert Decimal(str(shown["margin_pct"])) < 100
+    assert Decimal(report["total"]["cost"]) == sum(measured.values())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 from sqlalchemy import func, select
 
@@ -16,6 +18,8 @@ from modelmint.registry import (
     register_bundled_models,
     remove_public_name,
 )
+from modelmint.registry.catalog import ServingCosts
+from modelmint.registry.rollout import set_serving_costs
 from modelmint.storage import Database
 from modelmint.storage.tables import Deployment, ModelVersion, RegisteredModel
 
@@ -99,6 +103,49 @@ def test_retired_bundled_model_is_not_brought_back(database: Database) -> None:
     with database.session() as session:
         assert register_bundled_models(session) == []
         assert sorted(load_routes(session)) == ["smollm2-135m-instruct"]
+
+
+def test_bundled_deployments_are_created_with_the_local_hourly_cost(database: Database) -> None:
+    with database.session() as session:
+        register_bundled_models(session, Decimal("0.10"))
+    with database.session() as session:
+        routes = load_routes(session)
+    for bundled in BUNDLED_MODELS:
+        (spec,) = routes[bundled.name].deployments
+        assert spec.costs == ServingCosts(per_hour=Decimal("0.10"))
+
+
+def hourly_costs(database: Database) -> dict[tuple[str, str], Decimal | None]:
+    with database.session() as session:
+        rows = session.execute(
+            select(
+                Deployment.public_name, ModelVersion.artifact_uri, Deployment.cost_per_hour
+            ).join(ModelVersion, Deployment.model_version_id == ModelVersion.id)
+        )
+        return {(name, uri): cost for name, uri, cost in rows}
+
+
+def test_the_local_hourly_cost_fills_only_bundled_deployments_without_a_rate(
+    database: Database,
+) -> None:
+    chat, embedding = (b.name for b in BUNDLED_MODELS)
+    with database.session() as session:
+        register_bundled_models(session)  # an installation from before the setting
+        set_serving_costs(session, chat, ServingCosts(per_hour=Decimal(0)))
+        # Another version served beside the bundled one under the same name.
+        model = ensure_model(session, embedding, "embedding")
+        tuned = add_version(session, model, format="sentence-transformers", artifact_uri="/ft")
+        deploy(session, tuned, public_name=embedding, backend="sentence_transformer", weight=10)
+    with database.session() as session:
+        assert register_bundled_models(session, Decimal("0.10")) == []
+    with database.session() as session:
+        assert register_bundled_models(session, Decimal("0.30")) == []
+    uris = {b.name: b.artifact_uri for b in BUNDLED_MODELS}
+    assert hourly_costs(database) == {
+        (chat, uris[chat]): Decimal(0),  # the operator's rate, zero included, is kept
+        (embedding, uris[embedding]): Decimal("0.10"),  # set once, then kept
+        (embedding, "/ft"): None,  # not a bundled deployment
+    }
 
 
 def test_add_remote_model_stores_config_without_secrets(database: Database) -> None:

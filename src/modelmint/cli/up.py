@@ -34,12 +34,13 @@ class Seeded:
 
 
 def _seed(config: Settings) -> Seeded:
-    """Register bundled models, the demo organisation and the billing demo."""
+    """Register bundled models (costed at MODELMINT_LOCAL_COST_PER_HOUR), the demo
+    organisation and the billing demo."""
     database = open_database(config)
     try:
         with database.session() as session:
             if config.load_bundled_models:
-                registry.register_bundled_models(session)
+                registry.register_bundled_models(session, config.local_cost_per_hour)
             billing_keys = seed_demo_billing(session)["keys"]
             org = accounts.ensure_org(session, DEMO_ORG)
             existing = session.scalar(
@@ -112,6 +113,15 @@ def _banner(config: Settings, seeded: Seeded, admin: str | None) -> None:
         soft_wrap=True,
         highlight=False,
     )
+    if config.load_bundled_models:
+        # Margins are only as true as this rate: say which one they assume.
+        console.print(
+            f"Bundled models without a rate of yours cost {config.local_cost_per_hour} per "
+            "machine hour (MODELMINT_LOCAL_COST_PER_HOUR); set yours with: "
+            "modelmint models cost NAME --cost-per-hour ...",
+            soft_wrap=True,
+            highlight=False,
+        )
     console.print(
         f"\nServing on http://{config.host}:{config.port} (models load first; "
         f"GET /readyz says when). Ctrl-C stops."
