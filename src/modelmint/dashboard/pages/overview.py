@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from sqlalchemy.orm import Session
 
 from modelmint.analytics import Dimension, breakdown, overview
+from modelmint.analytics.costs import deployment_economics
+from modelmint.analytics.ratios import percent
+from modelmint.billing.exact import EXACT
+from modelmint.billing.periods import Period
 from modelmint.dashboard import charts
 from modelmint.dashboard.auth import CurrentSession
 from modelmint.dashboard.pages.reports import ReportQuery, WindowDep
@@ -15,10 +20,40 @@ from modelmint.dashboard.rendering import BASE
 from modelmint.dashboard.routing import DashboardRoute, page
 from modelmint.gateway.deps import PlatformDep
 
-__all__ = ["overview_data", "router"]
+__all__ = ["all_in_cost", "overview_data", "router"]
 
 router = APIRouter(prefix=BASE, route_class=DashboardRoute)
 TOP = 5
+
+
+def all_in_cost(
+    session: Session, window: Period, currency: str, measured: Decimal
+) -> Decimal | None:
+    """The window's serving cost with idle machine hours included: a deployment priced by
+    the hour costs its hours whether busy or not, so its share of the measured cost (engine
+    time x rate) is replaced by hours x rate. None when no deployment is priced by the hour."""
+    hourly = [
+        d
+        for d in deployment_economics(session, window, currency=currency)
+        if d.hardware_cost is not None
+    ]
+    if not hourly:
+        return None
+    total = measured
+    for deployment in hourly:
+        assert deployment.hardware_cost is not None
+        total = EXACT.add(EXACT.subtract(total, deployment.cost), deployment.hardware_cost)
+    return total
+
+
+def _all_in(
+    session: Session, window: Period, currency: str, revenue: Decimal, measured: Decimal
+) -> dict[str, Any] | None:
+    cost = all_in_cost(session, window, currency, measured)
+    if cost is None:
+        return None
+    margin = EXACT.subtract(revenue, cost)
+    return {"cost": cost, "margin": margin, "margin_pct": percent(margin, revenue)}
 
 
 def overview_data(session: Session, query: ReportQuery) -> dict[str, Any]:
@@ -52,6 +87,7 @@ def overview_data(session: Session, query: ReportQuery) -> dict[str, Any]:
     return {
         "currency": currency,
         "total": summary.total,
+        "all_in": _all_in(session, window, currency, summary.total.revenue, summary.total.cost),
         "recurring": summary.recurring,
         "charts": figures,
         "top_customers": customers.rows[:TOP],
