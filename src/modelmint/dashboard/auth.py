@@ -35,6 +35,7 @@ __all__ = [
     "dashboard_auth",
     "require_csrf",
     "require_session",
+    "set_cookie",
 ]
 
 SESSION_COOKIE = "mm_dashboard"
@@ -57,29 +58,40 @@ class DashboardAuth:
     throttle: LoginThrottle
 
     def set_session_cookie(self, request: Request, response: Response, value: str) -> None:
-        _set_cookie(request, response, SESSION_COOKIE, value, int(self.signer.lifetime_s))
+        set_cookie(request, response, SESSION_COOKIE, value, int(self.signer.lifetime_s))
 
     def set_login_cookie(self, request: Request, response: Response, value: str) -> None:
-        _set_cookie(request, response, LOGIN_COOKIE, value, int(LOGIN_FORM_LIFETIME_S))
+        set_cookie(request, response, LOGIN_COOKIE, value, int(LOGIN_FORM_LIFETIME_S))
 
 
-def clear_cookie(request: Request, response: Response, name: str) -> None:
-    """Tell the browser to drop a dashboard cookie (same attributes it was set with)."""
+def clear_cookie(
+    request: Request, response: Response, name: str, *, path: str = COOKIE_PATH
+) -> None:
+    """Tell the browser to drop a cookie (same attributes it was set with)."""
     response.delete_cookie(
         name,
-        path=COOKIE_PATH,
+        path=path,
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",
     )
 
 
-def _set_cookie(request: Request, response: Response, name: str, value: str, age: int) -> None:
+def set_cookie(
+    request: Request,
+    response: Response,
+    name: str,
+    value: str,
+    age: int,
+    *,
+    path: str = COOKIE_PATH,
+) -> None:
+    """A cookie scripts cannot read, sent only to ``path`` on this site."""
     response.set_cookie(
         name,
         value,
         max_age=age,
-        path=COOKIE_PATH,
+        path=path,
         httponly=True,
         samesite="strict",
         # Behind a TLS-terminating proxy the scheme comes from X-Forwarded-Proto, which

@@ -19,6 +19,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from modelmint.errors import RateLimited
+
 __all__ = ["LoginThrottle"]
 
 
@@ -58,6 +60,16 @@ class LoginThrottle:
         if failures is None or len(failures) < self.max_failures:
             return None
         return max(failures[0] + self.window_s - now, 0.001)
+
+    def refuse_if_blocked(self, address: str, what: str = "logins") -> None:
+        """Raise 429 (with Retry-After) while the address is blocked."""
+        wait = self.retry_after(address)
+        if wait is not None:
+            raise RateLimited(
+                f"too many failed {what} from {address}; try again in {max(1, round(wait))} s",
+                retry_after=wait,
+                code="login_throttled",
+            )
 
     def failed(self, address: str) -> None:
         now = self._clock()

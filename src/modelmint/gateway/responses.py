@@ -10,7 +10,16 @@ import orjson
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-__all__ = ["EventStream", "EventStreamResponse", "OrjsonResponse"]
+__all__ = ["EventStream", "EventStreamResponse", "OrjsonResponse", "attachment"]
+
+
+def attachment(body: bytes | str, media_type: str, filename: str) -> Response:
+    """A file to download (an invoice's PDF or CSV), named ``filename``."""
+    return Response(
+        body,
+        media_type=media_type,
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
 
 
 class OrjsonResponse(JSONResponse):

@@ -14,7 +14,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request, Response
 
-from modelmint.dashboard.auth import read_form, same_origin
+from modelmint.dashboard.auth import clear_cookie, read_form, same_origin, set_cookie
 from modelmint.dashboard.sessions import DashboardSession, SessionSigner
 from modelmint.dashboard.throttle import LoginThrottle
 from modelmint.errors import AuthenticationError, PermissionDenied, ServiceUnavailable
@@ -54,24 +54,11 @@ class PortalAuth:
     throttle: LoginThrottle
 
     def set_session_cookie(self, request: Request, response: Response, value: str) -> None:
-        response.set_cookie(
-            SESSION_COOKIE,
-            value,
-            max_age=int(self.signer.lifetime_s),
-            path=COOKIE_PATH,
-            httponly=True,
-            samesite="strict",
-            secure=request.url.scheme == "https",
-        )
+        age = int(self.signer.lifetime_s)
+        set_cookie(request, response, SESSION_COOKIE, value, age, path=COOKIE_PATH)
 
     def clear_session_cookie(self, request: Request, response: Response) -> None:
-        response.delete_cookie(
-            SESSION_COOKIE,
-            path=COOKIE_PATH,
-            httponly=True,
-            samesite="strict",
-            secure=request.url.scheme == "https",
-        )
+        clear_cookie(request, response, SESSION_COOKIE, path=COOKIE_PATH)
 
 
 def portal_auth(request: Request) -> PortalAuth:

@@ -16,10 +16,12 @@ from modelmint.billing.periods import Period
 from modelmint.charging import operations
 from modelmint.customer.balance import balance
 from modelmint.customer.usage import usage_report
-from modelmint.dashboard.auth import client_address, read_form
+from modelmint.dashboard.auth import clear_cookie, client_address, read_form, set_cookie
 from modelmint.dashboard.forms import Form
-from modelmint.errors import InvalidRequest, ModelMintError, NotFound, RateLimited
+from modelmint.dashboard.sessions import LOGIN_FORM_LIFETIME_S
+from modelmint.errors import InvalidRequest, ModelMintError, NotFound
 from modelmint.gateway.deps import PlatformDep
+from modelmint.gateway.responses import attachment
 from modelmint.payments import status as payment_status
 from modelmint.payments.collection import Payments
 from modelmint.portal.auth import (
@@ -67,15 +69,7 @@ async def sign_in_form(request: Request, token: str = Query(default="")) -> Resp
     response = render(
         request, "signin.html", {"title": "Sign in", "token": token}, csrf_token=form_token
     )
-    response.set_cookie(
-        LOGIN_COOKIE,
-        cookie,
-        max_age=15 * 60,
-        path=BASE,
-        httponly=True,
-        samesite="strict",
-        secure=request.url.scheme == "https",
-    )
+    set_cookie(request, response, LOGIN_COOKIE, cookie, int(LOGIN_FORM_LIFETIME_S), path=BASE)
     return response
 
 
@@ -83,13 +77,7 @@ async def sign_in_form(request: Request, token: str = Query(default="")) -> Resp
 async def sign_in(request: Request, platform: PlatformDep) -> Response:
     auth = portal_auth(request)
     address = client_address(request)
-    wait = auth.throttle.retry_after(address)
-    if wait is not None:
-        raise RateLimited(
-            f"too many failed sign-ins from {address}; try again in {max(1, round(wait))} s",
-            retry_after=wait,
-            code="login_throttled",
-        )
+    auth.throttle.refuse_if_blocked(address, "sign-ins")
     form = await read_form(request)
     if not auth.signer.login_nonce_valid(request.cookies.get(LOGIN_COOKIE), form.get("csrf_token")):
         raise SignInRequired("the sign-in page expired; open your link again")
@@ -103,7 +91,7 @@ async def sign_in(request: Request, platform: PlatformDep) -> Response:
     cookie, _ = auth.signer.issue(organization_id)
     response = _redirect(BASE)
     auth.set_session_cookie(request, response, cookie)
-    response.delete_cookie(LOGIN_COOKIE, path=BASE)
+    clear_cookie(request, response, LOGIN_COOKIE, path=BASE)
     return response
 
 
@@ -190,11 +178,7 @@ async def invoice_csv(
         return operations.invoice_csv(session, invoice_id)
 
     text = await platform.in_session(work)
-    return Response(
-        text,
-        media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="{invoice_id}.csv"'},
-    )
+    return attachment(text, "text/csv; charset=utf-8", f"{invoice_id}.csv")
 
 
 @signed_in.get("/invoices/{invoice_id}.pdf")
@@ -206,11 +190,7 @@ async def invoice_pdf(
         return operations.invoice_pdf(session, invoice_id)
 
     pdf = await platform.in_session(work)
-    return Response(
-        pdf,
-        media_type="application/pdf",
-        headers={"Content-Disposition": f'attachment; filename="{invoice_id}.pdf"'},
-    )
+    return attachment(pdf, "application/pdf", f"{invoice_id}.pdf")
 
 
 # -- API keys -------------------------------------------------------------------------------

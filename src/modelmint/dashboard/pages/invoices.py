@@ -16,6 +16,7 @@ from modelmint.dashboard.auth import CheckedForm, CurrentSession
 from modelmint.dashboard.rendering import BASE
 from modelmint.dashboard.routing import DashboardRoute, page, redirect
 from modelmint.gateway.deps import PlatformDep
+from modelmint.gateway.responses import attachment
 from modelmint.payments import status as payment_status
 from modelmint.storage.db import utcnow
 
@@ -98,18 +99,10 @@ async def invoice_page(
 @router.get("/invoices/{invoice_id}/csv")
 async def invoice_csv(platform: PlatformDep, invoice_id: str) -> Response:
     text = await platform.in_session(lambda s: operations.invoice_csv(s, invoice_id))
-    return Response(
-        text,
-        media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="{invoice_id}.csv"'},
-    )
+    return attachment(text, "text/csv; charset=utf-8", f"{invoice_id}.csv")
 
 
 @router.get("/invoices/{invoice_id}/pdf")
 async def invoice_pdf(platform: PlatformDep, invoice_id: str) -> Response:
     pdf = await platform.in_session(lambda s: operations.invoice_pdf(s, invoice_id))
-    return Response(
-        pdf,
-        media_type="application/pdf",
-        headers={"Content-Disposition": f'attachment; filename="{invoice_id}.pdf"'},
-    )
+    return attachment(pdf, "application/pdf", f"{invoice_id}.pdf")

@@ -20,7 +20,6 @@ from modelmint.dashboard.auth import (
 )
 from modelmint.dashboard.rendering import BASE, render
 from modelmint.dashboard.routing import DashboardRoute, redirect
-from modelmint.errors import RateLimited
 from modelmint.gateway.platform import Platform
 
 __all__ = ["public", "safe_next", "session_router"]
@@ -70,13 +69,7 @@ async def login(request: Request) -> Response:
     auth = dashboard_auth(request)
     address = client_address(request)
     # Checked before anything else: while blocked, even the right token is refused.
-    wait = auth.throttle.retry_after(address)
-    if wait is not None:
-        raise RateLimited(
-            f"too many failed logins from {address}; try again in {max(1, round(wait))} s",
-            retry_after=wait,
-            code="login_throttled",
-        )
+    auth.throttle.refuse_if_blocked(address)
     form = await read_form(request)
     target = safe_next(form.get("next"))
     if not auth.signer.login_nonce_valid(request.cookies.get(LOGIN_COOKIE), form.get(CSRF_FIELD)):

@@ -20,6 +20,7 @@ from modelmint.billing.periods import Period
 from modelmint.charging import budget_operations, operations
 from modelmint.charging.closing import close_period
 from modelmint.gateway.deps import AdminDep, PlatformDep
+from modelmint.gateway.responses import attachment
 from modelmint.storage.db import utcnow
 
 router = APIRouter(prefix="/admin/billing", tags=["billing"], dependencies=[AdminDep])
@@ -304,18 +305,10 @@ async def show_invoice(
     """The invoice as JSON, its lines as CSV with ``?format=csv``, or a PDF with ``?format=pdf``."""
     if format == "pdf":
         pdf = await platform.in_session(lambda s: operations.invoice_pdf(s, invoice_id))
-        return Response(
-            pdf,
-            media_type="application/pdf",
-            headers={"Content-Disposition": f'attachment; filename="{invoice_id}.pdf"'},
-        )
+        return attachment(pdf, "application/pdf", f"{invoice_id}.pdf")
     if format == "csv":
         text = await platform.in_session(lambda s: operations.invoice_csv(s, invoice_id))
-        return Response(
-            text,
-            media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": f'attachment; filename="{invoice_id}.csv"'},
-        )
+        return attachment(text, "text/csv; charset=utf-8", f"{invoice_id}.csv")
     return await platform.in_session(lambda s: operations.show_invoice(s, invoice_id))
 
 
