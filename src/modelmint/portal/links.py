@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -108,9 +109,15 @@ def parse_ttl(text: str) -> timedelta:
     unit = _UNITS.get(value[-1:])
     number = value[:-1] if unit is not None else value
     try:
-        amount = float(number)
+        seconds = float(number) * (unit or 1)
     except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds):
         raise InvalidRequest(
             f"a link lifetime is a number with s, m, h or d (e.g. 1h), not {text!r}", param="ttl"
-        ) from None
-    return timedelta(seconds=amount * (unit or 1))
+        )
+    if not 1 <= seconds <= MAX_TTL.total_seconds():
+        raise InvalidRequest(
+            f"a portal link lives between a second and {MAX_TTL.days} days", param="ttl"
+        )
+    return timedelta(seconds=seconds)
