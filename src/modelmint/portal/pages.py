@@ -4,6 +4,7 @@ URL (an invoice, a key) that belongs to another organisation is a 404, as if abs
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -17,7 +18,6 @@ from modelmint.charging import operations
 from modelmint.customer.balance import balance
 from modelmint.customer.usage import usage_report
 from modelmint.dashboard.auth import clear_cookie, client_address, read_form, set_cookie
-from modelmint.dashboard.forms import Form
 from modelmint.dashboard.sessions import LOGIN_FORM_LIFETIME_S
 from modelmint.errors import InvalidRequest, ModelMintError, NotFound
 from modelmint.gateway.deps import PlatformDep
@@ -169,28 +169,28 @@ async def invoices(request: Request, customer: CurrentCustomer, platform: Platfo
     return customer_page(request, customer, "invoices.html", {"active": "invoices", **data})
 
 
-@signed_in.get("/invoices/{invoice_id}.csv")
-async def invoice_csv(
-    customer: CurrentCustomer, platform: PlatformDep, invoice_id: str
+# Each download: how the invoice is rendered, and the type it is served as.
+_DOWNLOADS: dict[str, tuple[Callable[[Session, str], bytes | str], str]] = {
+    "csv": (operations.invoice_csv, "text/csv; charset=utf-8"),
+    "pdf": (operations.invoice_pdf, "application/pdf"),
+}
+
+
+@signed_in.get("/invoices/{invoice_id}.{kind}")
+async def invoice_download(
+    customer: CurrentCustomer, platform: PlatformDep, invoice_id: str, kind: str
 ) -> Response:
-    def work(session: Session) -> str:
+    """The signed-in organisation's invoice as CSV or PDF; anyone else's is a 404."""
+    if kind not in _DOWNLOADS:
+        raise NotFound(f"no download {kind!r}: choose csv or pdf")
+    render, media_type = _DOWNLOADS[kind]
+
+    def work(session: Session) -> bytes | str:
         _own_invoice(session, customer, invoice_id)
-        return operations.invoice_csv(session, invoice_id)
+        return render(session, invoice_id)
 
-    text = await platform.in_session(work)
-    return attachment(text, "text/csv; charset=utf-8", f"{invoice_id}.csv")
-
-
-@signed_in.get("/invoices/{invoice_id}.pdf")
-async def invoice_pdf(
-    customer: CurrentCustomer, platform: PlatformDep, invoice_id: str
-) -> Response:
-    def work(session: Session) -> bytes:
-        _own_invoice(session, customer, invoice_id)
-        return operations.invoice_pdf(session, invoice_id)
-
-    pdf = await platform.in_session(work)
-    return attachment(pdf, "application/pdf", f"{invoice_id}.pdf")
+    body = await platform.in_session(work)
+    return attachment(body, media_type, f"{invoice_id}.{kind}")
 
 
 # -- API keys -------------------------------------------------------------------------------
@@ -308,14 +308,10 @@ async def billing(request: Request, customer: CurrentCustomer, platform: Platfor
     return customer_page(request, customer, "billing.html", context)
 
 
-async def _billing_form(request: Request) -> Form:
-    return await read_form(request)
-
-
 @signed_in.post("/billing/payment-method")
 async def save_card(request: Request, customer: CurrentCustomer, platform: PlatformDep) -> Response:
     payments = _payments_of(platform)
-    form = await _billing_form(request)
+    form = await read_form(request)
     setup_intent = form.text("setup_intent")
     await asyncio.to_thread(
         lambda: payments.save_method(customer.organization_id, setup_intent=setup_intent)
@@ -326,7 +322,7 @@ async def save_card(request: Request, customer: CurrentCustomer, platform: Platf
 @signed_in.post("/billing/top-up")
 async def top_up(request: Request, customer: CurrentCustomer, platform: PlatformDep) -> Response:
     payments = _payments_of(platform)
-    form = await _billing_form(request)
+    form = await read_form(request)
     result = await asyncio.to_thread(
         payments.top_up, customer.organization_id, form.text("amount"), form.text("currency", "USD")
     )
@@ -338,7 +334,7 @@ async def auto_top_up(
     request: Request, customer: CurrentCustomer, platform: PlatformDep
 ) -> Response:
     payments = _payments_of(platform)
-    form = await _billing_form(request)
+    form = await read_form(request)
     off = form.text("off") == "on"
     below = None if off else form.text("below")
     amount = None if off else form.text("amount")

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,9 +30,16 @@ admin = APIRouter(prefix="/admin/payments", tags=["payments"], dependencies=[Adm
 portal_admin = APIRouter(prefix="/admin/portal", tags=["portal"], dependencies=[AdminDep])
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Stripe sends events of up to a few kB; anything far larger is not one.
 _MAX_EVENT_BYTES = 512 * 1024
+
+
+async def _run(platform: Platform, work: Callable[[Payments], T]) -> T:
+    """``work`` on the platform's payments, on a worker thread (the SDK blocks)."""
+    payments = _payments(platform)
+    return await asyncio.to_thread(work, payments)
 
 
 def _payments(platform: Platform) -> Payments:
@@ -103,88 +111,80 @@ async def list_payments(
     org: str | None = Query(default=None),
     status: str | None = Query(default=None),
 ) -> list[dict[str, Any]]:
-    payments = _payments(platform)
-    return await asyncio.to_thread(lambda: payments.payments(org=org, state=status))
+    return await _run(platform, lambda p: p.payments(org=org, state=status))
 
 
 @admin.get("/organizations/{org}")
 async def account(org: str, platform: PlatformDep) -> dict[str, Any]:
-    payments = _payments(platform)
-    return await asyncio.to_thread(payments.account, org)
+    return await _run(platform, lambda p: p.account(org))
 
 
 @admin.post("/organizations/{org}/customer")
 async def ensure_customer(org: str, platform: PlatformDep) -> dict[str, Any]:
-    payments = _payments(platform)
-    await asyncio.to_thread(payments.ensure_customer, org)
-    return await asyncio.to_thread(payments.account, org)
+    def work(payments: Payments) -> dict[str, Any]:
+        payments.ensure_customer(org)
+        return payments.account(org)
+
+    return await _run(platform, work)
 
 
 @admin.post("/organizations/{org}/setup-intents", status_code=201)
 async def start_setup(org: str, platform: PlatformDep) -> dict[str, Any]:
-    payments = _payments(platform)
-    return await asyncio.to_thread(payments.start_setup, org)
+    return await _run(platform, lambda p: p.start_setup(org))
 
 
 @admin.put("/organizations/{org}/payment-method")
 async def save_method(org: str, body: MethodSave, platform: PlatformDep) -> dict[str, Any]:
-    payments = _payments(platform)
-    return await asyncio.to_thread(
-        lambda: payments.save_method(
+    return await _run(
+        platform,
+        lambda p: p.save_method(
             org, setup_intent=body.setup_intent, payment_method=body.payment_method
-        )
+        ),
     )
 
 
 @admin.post("/organizations/{org}/top-ups", status_code=201)
 async def top_up(org: str, body: TopUp, platform: PlatformDep) -> dict[str, Any]:
-    payments = _payments(platform)
-    return await asyncio.to_thread(payments.top_up, org, body.amount, body.currency)
+    return await _run(platform, lambda p: p.top_up(org, body.amount, body.currency))
 
 
 @admin.put("/organizations/{org}/auto-top-up")
 async def set_auto_top_up(org: str, body: AutoTopUp, platform: PlatformDep) -> dict[str, Any]:
     """Both ``below`` and ``amount`` null turns auto top-up off."""
-    payments = _payments(platform)
-    return await asyncio.to_thread(
-        lambda: payments.set_auto_top_up(
+    return await _run(
+        platform,
+        lambda p: p.set_auto_top_up(
             org, below=body.below, amount=body.amount, currency=body.currency
-        )
+        ),
     )
 
 
 @admin.post("/organizations/{org}/unblock")
 async def unblock(org: str, platform: PlatformDep) -> dict[str, Any]:
-    payments = _payments(platform)
-    return await asyncio.to_thread(payments.unblock, org)
+    return await _run(platform, lambda p: p.unblock(org))
 
 
 @admin.post("/invoices/{invoice_id}/collect")
 async def collect_invoice(invoice_id: str, platform: PlatformDep) -> dict[str, Any]:
-    payments = _payments(platform)
-    return await asyncio.to_thread(payments.collect_invoice, invoice_id)
+    return await _run(platform, lambda p: p.collect_invoice(invoice_id))
 
 
 @admin.post("/invoices/{invoice_id}/refund")
 async def refund_invoice(invoice_id: str, platform: PlatformDep) -> dict[str, Any]:
     """Refund a paid invoice in full and void it."""
-    payments = _payments(platform)
-    return await asyncio.to_thread(payments.refund_invoice, invoice_id)
+    return await _run(platform, lambda p: p.refund_invoice(invoice_id))
 
 
 @admin.post("/dunning/run")
 async def run_dunning(platform: PlatformDep) -> dict[str, Any]:
-    payments = _payments(platform)
-    return await asyncio.to_thread(payments.run_dunning)
+    return await _run(platform, lambda p: p.run_dunning())
 
 
 @admin.get("/{payment_id}")
 async def show_payment(payment_id: str, platform: PlatformDep) -> dict[str, Any]:
-    payments = _payments(platform)
-    return await asyncio.to_thread(payments.payment, payment_id)
+    return await _run(platform, lambda p: p.payment(payment_id))
 
 
 @admin.post("/{payment_id}/retry")
 async def retry_payment(payment_id: str, platform: PlatformDep) -> dict[str, Any]:
-    payments = _payments(platform)
-    return await asyncio.to_thread(payments.retry, payment_id)
+    return await _run(platform, lambda p: p.retry(payment_id))
