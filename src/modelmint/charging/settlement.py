@@ -44,11 +44,12 @@ below zero, and the shortfall is logged and stays on the invoice as money owed.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -58,7 +59,7 @@ from modelmint.billing import Metric, Money, Plan, PlanRef, PrepaidPlan
 from modelmint.billing.budgets import DEFAULT_THRESHOLDS, alert_id, crossed
 from modelmint.billing.errors import PriceNotFound
 from modelmint.billing.exact import EXACT, Quantity, plus
-from modelmint.billing.periods import Period
+from modelmint.billing.periods import Period, utc
 from modelmint.billing.rating import (
     ChargedTotal,
     LinearRates,
@@ -237,14 +238,13 @@ class QuickSettlement:
         # amount, charges]: what the batch adds to each usage total
         added: dict[tuple[str, datetime, PlanRef, str, Metric], list[Any]] = {}
         pending: dict[str, Decimal] = {}
-        periods: dict[tuple[int, int], datetime] = {}
         for event in billed:
             amount = _ZERO
             if event.status_code < 400:  # a failed request owes nothing
                 moment = event.created_at
-                start = periods.get((moment.year, moment.month))
-                if start is None:
-                    start = periods[(moment.year, moment.month)] = Period.containing(moment).start
+                if moment.tzinfo is not UTC:
+                    moment = utc(moment)
+                start = _month_start(moment.year, moment.month)
                 line = rates[event.id]
                 used = measured(
                     event.endpoint, event.input_tokens, event.output_tokens, event.engine_ms
@@ -274,7 +274,14 @@ class QuickSettlement:
             key = UsageKey(plan, model, metric)
             totals.append((org, start, key, ChargedTotal(UsageTotal(key, q, inside), total, count)))
         organizations = sorted({e.organization_id for e in billed})
-        self.statements = sql.quick(totals, sorted(pending.items()), organizations, utcnow())
+        self._sql = sql
+        self._parts = (totals, sorted(pending.items()), organizations, utcnow())
+        self.statements = sql.quick(*self._parts) if sql.sqlite else []
+
+    def joined(self, insert: Statement) -> Statement | None:
+        """On PostgreSQL, the usage rows' ``insert`` and this batch's statements as one
+        (``SettlementSql.quick_with``); on SQLite None, ``statements`` go apart."""
+        return None if self._sql.sqlite else self._sql.quick_with(insert, *self._parts)
 
     def holds(self, results: Sequence[Rows]) -> bool:
         """Whether the bet held (``results``: the rows of ``statements``): no budgets to
@@ -573,6 +580,11 @@ def _through_lease(reads: BatchReads, event: UsageEvent, charge: Decimal) -> boo
         lease.consumed = EXACT.add(lease.consumed, charge)
         lease.changed = True
     return True
+
+
+@functools.lru_cache(maxsize=4)
+def _month_start(year: int, month: int) -> datetime:
+    return Period.month(year, month).start
 
 
 def _ref(event: UsageEvent) -> PlanRef:

@@ -14,6 +14,7 @@ below.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -133,6 +134,7 @@ class BatchReads:
 class SettlementSql:
     def __init__(self, sql: BatchSql) -> None:
         self._sql = sql
+        self.sqlite = sql.sqlite
         self._lock = "" if sql.sqlite else " FOR UPDATE"
 
     # -- reads ------------------------------------------------------------------------------
@@ -449,67 +451,13 @@ class SettlementSql:
         organizations: Sequence[str],
         now: datetime,
     ) -> list[Statement]:
-        """A quick batch's statements: add ``(organisation, period start, key, what to
-        add)`` to the usage totals, add each ``(lease, amount)`` to what the open wallet
-        lease has pending where it has room for it, and look for the organisations'
-        budgets. Their rows name each lease added to, and "#budget" if a budget exists.
-
-        On PostgreSQL it is all one statement (data-modifying CTEs): a statement costs
-        more here than the rows it writes.
-        """
+        """A quick batch's statements on SQLite: add ``(organisation, period start, key,
+        what to add)`` to the usage totals, add each ``(lease, amount)`` to what the open
+        wallet lease has pending where it has room for it, and look for the
+        organisations' budgets. Their rows name each lease added to, and "#budget" if a
+        budget exists. (On PostgreSQL see ``quick_with``.)"""
         sql = self._sql
-        rows = [
-            (
-                org,
-                sql.time(start),
-                key.plan.code,
-                key.plan.version,
-                key.model,
-                key.metric.value,
-                sql.decimal(Decimal(added.total.quantity)),
-                sql.decimal(Decimal(added.total.included)),
-                sql.decimal(added.amount),
-                added.charges,
-            )
-            for org, start, key, added in totals
-        ]
-        if sql.sqlite:
-            return self._quick_sqlite(rows, pending, organizations, now)
-        sets = ", ".join(
-            [f"{c} = t.{c} + excluded.{c}" for c in ("quantity", "included", "amount")]
-            + ["charges = t.charges + excluded.charges"]
-        )
-        columns = ", ".join(_TOTAL_KEY + _TOTAL_VALUES)
-        return [
-            Statement(
-                f"WITH added AS (INSERT INTO billing_usage_totals AS t ({columns}) "
-                f"SELECT {columns} FROM jsonb_populate_recordset("
-                "NULL::billing_usage_totals, %s::jsonb) "
-                f"ON CONFLICT ({', '.join(_TOTAL_KEY)}) DO UPDATE SET {sets}), "
-                "charged AS (UPDATE billing_credit_leases l SET pending = l.pending + x.pending, "
-                "consumed = l.consumed + x.pending, last_consumed_at = %s "
-                "FROM jsonb_populate_recordset(NULL::billing_credit_leases, %s::jsonb) AS x "
-                "WHERE l.id = x.id AND l.closed_at IS NULL AND l.amount - l.pending >= x.pending "
-                "RETURNING l.id) "
-                "SELECT id FROM charged UNION ALL (SELECT '#budget' FROM billing_budgets "
-                "WHERE organization_id = ANY(%s) LIMIT 1)",
-                (
-                    sql.records(_TOTAL_KEY + _TOTAL_VALUES, rows),
-                    now,
-                    sql.records(("id", "pending"), list(pending)),
-                    list(organizations),
-                ),
-            )
-        ]
-
-    def _quick_sqlite(
-        self,
-        rows: Rows,
-        pending: Sequence[tuple[str, Decimal]],
-        organizations: Sequence[str],
-        now: datetime,
-    ) -> list[Statement]:
-        sql = self._sql
+        rows = self._total_rows(totals)
         sets = ", ".join(
             [
                 f"{c} = mm_exact_add(billing_usage_totals.{c}, excluded.{c})"
@@ -538,6 +486,49 @@ class SettlementSql:
         )
         return statements
 
+    def quick_with(
+        self,
+        insert: Statement,
+        totals: Sequence[tuple[str, datetime, UsageKey, ChargedTotal]],
+        pending: Sequence[tuple[str, Decimal]],
+        organizations: Sequence[str],
+        now: datetime,
+    ) -> Statement:
+        """On PostgreSQL, what ``quick`` does and the usage rows' ``insert`` (``... RETURNING
+        id``) in one statement of data-modifying CTEs: a statement costs more here, on
+        both sides of the wire, than the rows it writes. Its rows are ("usage", id) for
+        each usage row inserted, ("lease", id) for each lease added to, and ("budget",
+        "#budget") if a budget exists."""
+        sql = self._sql
+        return Statement(
+            _quick_with_text(insert.sql),
+            (
+                *insert.params,
+                sql.records(_TOTAL_KEY + _TOTAL_VALUES, self._total_rows(totals)),
+                now,
+                sql.records(("id", "pending"), list(pending)),
+                orjson.dumps(list(organizations)).decode(),
+            ),
+        )
+
+    def _total_rows(self, totals: Sequence[tuple[str, datetime, UsageKey, ChargedTotal]]) -> Rows:
+        sql = self._sql
+        return [
+            (
+                org,
+                sql.time(start),
+                key.plan.code,
+                key.plan.version,
+                key.model,
+                key.metric.value,
+                sql.decimal(Decimal(added.total.quantity)),
+                sql.decimal(Decimal(added.total.included)),
+                sql.decimal(added.amount),
+                added.charges,
+            )
+            for org, start, key, added in totals
+        ]
+
     def alerts(self, rows: Sequence[dict[str, Any]]) -> Statement:
         """Raise alerts; an id raised before is skipped (returns the ids stored)."""
         sql = self._sql
@@ -563,6 +554,34 @@ class SettlementSql:
         return sql.insert(
             "billing_alerts", _ALERT_COLUMNS, values, "ON CONFLICT (id) DO NOTHING RETURNING id"
         )
+
+
+@functools.lru_cache(maxsize=4)
+def _quick_with_text(insert: str) -> str:
+    """``SettlementSql.quick_with``'s statement around the usage rows' ``insert`` (built
+    once: the writer sends it for every paid batch)."""
+    sets = ", ".join(
+        [f"{c} = t.{c} + excluded.{c}" for c in ("quantity", "included", "amount")]
+        + ["charges = t.charges + excluded.charges"]
+    )
+    columns = ", ".join(_TOTAL_KEY + _TOTAL_VALUES)
+    # Every parameter is text (JSON) or a time: psycopg adapts those for a fraction of
+    # what a Python list costs it.
+    return (
+        f"WITH inserted AS ({insert}), "
+        f"added AS (INSERT INTO billing_usage_totals AS t ({columns}) "
+        f"SELECT {columns} FROM jsonb_populate_recordset("
+        "NULL::billing_usage_totals, %s::jsonb) "
+        f"ON CONFLICT ({', '.join(_TOTAL_KEY)}) DO UPDATE SET {sets}), "
+        "charged AS (UPDATE billing_credit_leases l SET pending = l.pending + x.pending, "
+        "consumed = l.consumed + x.pending, last_consumed_at = %s "
+        "FROM jsonb_populate_recordset(NULL::billing_credit_leases, %s::jsonb) AS x "
+        "WHERE l.id = x.id AND l.closed_at IS NULL AND l.amount - l.pending >= x.pending "
+        "RETURNING l.id) "
+        "SELECT 'usage', id FROM inserted UNION ALL SELECT 'lease', id FROM charged "
+        "UNION ALL (SELECT 'budget', '#budget' FROM billing_budgets "
+        "WHERE organization_id IN (SELECT jsonb_array_elements_text(%s::jsonb)) LIMIT 1)"
+    )
 
 
 def _quantity(value: Decimal, metric: Metric) -> int | Decimal:

@@ -62,6 +62,12 @@ class QuickCharges(Protocol):
         """Whether the bet the statements made held (their rows)."""
         ...
 
+    def joined(self, insert: Statement) -> Statement | None:
+        """The usage rows' ``insert`` (``... RETURNING id``) and ``statements`` as one
+        statement, whose rows are ("usage", id) per row inserted and (anything else, value)
+        for the rows of ``statements``; None when they are sent apart."""
+        ...
+
     def committed(self, fresh: set[str], results: Sequence[Rows]) -> None: ...
 
 
@@ -246,11 +252,17 @@ class UsageStore:
         if len(ids) < len(events):
             return None, None  # a batch naming one event twice: only one of them is new
         charges = quick.charges if quick else {}
-        owned = list(quick.statements) if quick else []
-        statements = [self._insert_usage(events, charges), *owned, *self._sums(events, charges)]
-        results = run(raw, self._sqlite, statements)
-        inserted = {row[0] for row in results[0]}
-        written = results[1 : 1 + len(owned)]
+        insert = self._insert_usage(events, charges)
+        joined = quick.joined(insert) if quick else None
+        if joined is not None:
+            results = run(raw, self._sqlite, [joined, *self._sums(events, charges)])
+            inserted = {value for kind, value in results[0] if kind == "usage"}
+            written = [[(value,) for kind, value in results[0] if kind != "usage"]]
+        else:
+            owned = list(quick.statements) if quick else []
+            results = run(raw, self._sqlite, [insert, *owned, *self._sums(events, charges)])
+            inserted = {row[0] for row in results[0]}
+            written = results[1 : 1 + len(owned)]
         if inserted == ids and (quick is None or quick.holds(written)):
             if quick is None:
                 return events, None
