@@ -170,7 +170,7 @@ def modelmint(
     register(home, name, backend, config)
     cli = [sys.executable, "-m", "modelmint"]
     created = subprocess.run(
-        [*cli, "keys", "create", "--org", "bench", "--json"],
+        [*cli, "keys", "create", "--org", "bench", "--create-org", "--json"],
         env={**os.environ, **env},
         check=True,
         capture_output=True,

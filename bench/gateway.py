@@ -158,7 +158,7 @@ def modelmint(
         capture_output=True,
     )
     created = subprocess.run(
-        [*cli, "keys", "create", "--org", "bench", "--json"],
+        [*cli, "keys", "create", "--org", "bench", "--create-org", "--json"],
         env=run_env,
         check=True,
         capture_output=True,

@@ -87,7 +87,7 @@ def modelmint(workdir: Path, slots: int, threads: int) -> Iterator[Server]:
     }
     cli = [sys.executable, "-m", "modelmint"]
     created = subprocess.run(
-        [*cli, "keys", "create", "--org", "bench", "--json"],
+        [*cli, "keys", "create", "--org", "bench", "--create-org", "--json"],
         env={**os.environ, **env},
         check=True,
         capture_output=True,

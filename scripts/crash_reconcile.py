@@ -46,7 +46,7 @@ def prepare(server: Server, upstream: MockUpstreamProcess, workdir: Path) -> str
     """A remote model, a paying organisation with a funded wallet; returns its key."""
     env = server.env
     cli(env, "models", "add-remote", "mock", "--base-url", upstream.base_url)
-    key: str = cli_json(env, "keys", "create", "--org", "crash")["key"]
+    key: str = cli_json(env, "keys", "create", "--org", "crash", "--create-org")["key"]
     plan = workdir / "plan.json"
     plan.write_bytes(orjson.dumps(PREPAID_PLAN))
     cli(env, "plans", "publish", str(plan))

@@ -46,7 +46,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     server = Server(home=tmp_path_factory.mktemp("modelmint-home"))
     server.start()
     try:
-        created = cli_json(server.env, "keys", "create", "--org", "e2e-org", "--name", "main")
+        created = cli_json(
+            server.env, "keys", "create", "--org", "e2e-org", "--create-org", "--name", "main"
+        )
         yield LiveServer(server, created["key"], created["id"])
     finally:
         server.stop()

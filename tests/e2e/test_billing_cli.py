@@ -131,6 +131,11 @@ def test_invoices_are_shown_as_csv_paid_and_guarded(env: dict[str, str], tmp_pat
         (("budgets", "set", "--org", "acme", "--amount", "-1"), 2, "must be positive"),
         (("budgets", "set", "--org", "acme", "--amount", "ten"), 2, "not a decimal number"),
         (("budgets", "set", "--org", "acme", "--amount", "5", "--thresholds", "5O"), 2, "percents"),
+        (
+            ("budgets", "set", "--org", "acme", "--amount", "5", "--thresholds", "50,150"),
+            2,
+            "percents of the limit, 1 to 100; got 150",
+        ),
         (("budgets", "set", "--org", "acme", "--amount", "5", "--key", "key_x"), 4, "no API key"),
         (("budgets", "remove", "--org", "acme"), 4, "no such budget"),
         (("alerts", "webhook", "--org", "acme", "--url", "ftp://x"), 2, "http(s) URL"),
@@ -181,3 +186,50 @@ def test_budgets_and_alert_webhooks_from_the_command_line(acme_only: dict[str, s
     cli(acme_only, "budgets", "remove", "--org", "acme")
     assert cli_json(acme_only, "budgets", "list", "--org", "acme", "--json") == []
     assert cli_json(acme_only, "alerts", "list", "--json") == []
+
+
+def test_a_soft_budget_set_again_stays_soft_and_alerts_list_their_metric(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    cli(env, "orgs", "create", "acme")
+    cli(env, "budgets", "set", "--org", "acme", "--amount", "25.00", "--soft")
+    again = cli_json(env, "budgets", "set", "--org", "acme", "--amount", "40.00")
+    assert (again["limit"], again["hard"]) == ("40.00", False)
+    said = cli(env, "budgets", "set", "--org", "acme", "--amount", "40.00", "--hard").stdout
+    assert said.startswith("Hard budget of 40.00 USD")
+    database = Database(Settings(home=tmp_path).resolved_database_url)
+    migrate(database)
+    try:
+        with database.session() as session:
+            org_id = cli_json(env, "budgets", "list", "--org", "acme")[0]["organization_id"]
+            BillingRepository(session).raise_alert(
+                org_id, api_key_id="", kind="allowance", subject="output_tokens",
+                period=Period.month(2026, 11), threshold=80, payload={},
+            )  # fmt: skip
+    finally:
+        database.dispose()
+    header, row = (
+        [cell.strip() for cell in line.strip("┃│ ").replace("┃", "│").split("│")]
+        for line in cli(env, "alerts", "list").stdout.splitlines()[1:4:2]
+    )
+    assert dict(zip(header, row, strict=True)) | {"created": "-"} == {
+        "created": "-", "organisation": "acme", "kind": "allowance", "metric": "output_tokens",
+        "threshold": "80%", "status": "pending", "attempts": "0",
+    }  # fmt: skip
+
+
+def test_a_month_is_previewed_before_it_is_closed_for_good(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    cli(env, "plans", "publish", write(tmp_path, "pro.json", PLAN))
+    cli(env, "orgs", "create", "acme")
+    cli(env, "subscriptions", "subscribe", "--org", "acme", "--plan", "pro", "--at", "2026-11-01")
+    month = f"{datetime.now(UTC):%Y-%m}"  # still running: a preview needs no --allow-open
+    [draft] = cli_json(env, "invoices", "close", "--period", month, "--dry-run")
+    assert (draft["status"], draft["created"], draft["stored"]) == ("draft", True, False)
+    assert draft["total"] == "30.00"
+    shown = cli(env, "invoices", "close", "--period", month, "--dry-run").stdout
+    assert "would be created" in shown and "nothing was stored" in shown
+    assert cli_json(env, "invoices", "list") == []
+    [closed] = cli_json(env, "invoices", "close", "--period", month, "--allow-open")
+    assert (closed["id"], closed["status"], closed["stored"]) == (draft["id"], "finalized", True)

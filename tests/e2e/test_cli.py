@@ -24,6 +24,7 @@ def test_keys_create_list_revoke(env: dict[str, str]) -> None:
         "create",
         "--org",
         "acme",
+        "--create-org",
         "--models",
         "a,b",
         "--rpm",
@@ -43,7 +44,7 @@ def test_keys_create_list_revoke(env: dict[str, str]) -> None:
 
 
 def test_an_organisation_is_deleted_only_when_confirmed(env: dict[str, str]) -> None:
-    created = cli_json(env, "keys", "create", "--org", "leaving")
+    created = cli_json(env, "keys", "create", "--org", "leaving", "--create-org")
     unconfirmed = cli(env, "orgs", "delete", "leaving", check=False)  # no terminal: no "yes"
     assert unconfirmed.returncode == 1
     assert cli_json(env, "keys", "list")[0]["revoked_at"] is None
@@ -59,13 +60,49 @@ def test_an_organisation_is_deleted_only_when_confirmed(env: dict[str, str]) -> 
     assert refused.returncode != 0 and "was deleted" in refused.stderr
 
 
+def test_a_key_for_an_unknown_organisation_is_refused_unless_asked_to_create_it(
+    env: dict[str, str],
+) -> None:
+    refused = cli(env, "keys", "create", "--org", "nosuch", check=False)
+
+    assert refused.returncode == 4 and "no organisation" in refused.stderr
+    assert "--create-org" in refused.stderr
+    assert cli_json(env, "orgs", "list") == [] and cli_json(env, "keys", "list") == []
+    created = cli_json(env, "keys", "create", "--org", "nosuch", "--create-org")
+    assert created["organization"] == "nosuch"
+    [org] = cli_json(env, "orgs", "list")
+    assert org["id"] == created["organization_id"]
+    # Asked again, the organisation is reused, by name or by id.
+    again = cli_json(env, "keys", "create", "--org", org["id"], "--create-org")
+    assert again["organization_id"] == org["id"] and len(cli_json(env, "orgs", "list")) == 1
+
+
+def test_a_key_is_revoked_by_its_full_secret_which_is_never_printed(env: dict[str, str]) -> None:
+    created = cli_json(env, "keys", "create", "--org", "acme", "--create-org")
+    secret = created["key"]
+
+    revoked = cli(env, "keys", "revoke", secret)
+
+    assert created["id"] in revoked.stdout and secret not in revoked.stdout + revoked.stderr
+    assert cli_json(env, "keys", "list")[0]["revoked_at"] is not None
+    wrong = secret[:-4] + ("AAAA" if not secret.endswith("AAAA") else "BBBB")
+    missing = cli(env, "keys", "revoke", wrong, check=False)
+    assert missing.returncode == 4 and "no API key" in missing.stderr
+    assert wrong not in missing.stdout + missing.stderr
+    assert wrong[11:20] not in missing.stdout + missing.stderr
+
+
+NEW_KEY = ("keys", "create", "--org", "acme", "--create-org")
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
         (("keys", "revoke", "key_missing"), 4, "no API key"),
-        (("keys", "create", "--org", "acme", "--rpm", "0"), 2, "rpm must be a positive"),
-        (("keys", "create", "--org", "acme", "--expires", "soon"), 2, "is not a date"),
-        (("keys", "create", "--org", "acme", "--expires", "2001-01-01"), 2, "in the past"),
+        ((*NEW_KEY, "--rpm", "0"), 2, "rpm must be a positive"),
+        ((*NEW_KEY, "--expires", "soon"), 2, "is not a date"),
+        ((*NEW_KEY, "--expires", "2001-01-01"), 2, "in the past"),
+        (("keys", "create", "--org", "ghost"), 4, "no organisation"),
         (("keys", "list", "--org", "ghost"), 4, "no organisation"),
         (("models", "add-remote", "x", "--base-url", "ftp://h"), 2, "http(s) URL"),
         (("models", "remove", "ghost"), 4, "no deployed model"),

@@ -1,7 +1,9 @@
 """The feedback loop end to end, through a real server and the `modelmint` command line:
 serve a classifier, send traffic and feedback with corrections (the `openai` SDK as the
-client), build a dataset from it, train version 2 on it, canary it at 50%, and compare
-both versions on scores and margins computed from the real usage and feedback rows.
+client), build a dataset from it (named by the registered model, not the served name),
+train version 2 on the original data plus it, canary it at 50%, and compare both
+versions on scores and margins computed from the real usage and feedback rows, and on
+the same held-out rows.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ class Loop:
             body: dict[str, Any] = {"request_id": request_id, "score": predicted == truth}
             if predicted != truth:
                 body["corrected_label"] = truth
+                body["comment"] = f"this one is {truth}"
             assert self.post("/feedback", body).status_code == 200
             ids.append(request_id)
         return ids
@@ -95,7 +98,9 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
     server = Server(home=home, extra_env={"MODELMINT_LOAD_BUNDLED_MODELS": "false"})
     server.start()
     try:
-        created = cli_json(server.env, "keys", "create", "--org", "fb-org", "--name", "k")
+        created = cli_json(
+            server.env, "keys", "create", "--org", "fb-org", "--create-org", "--name", "k"
+        )
         client = OpenAI(api_key=created["key"], base_url=server.url + "/v1", max_retries=0)
         yield Loop(server, client, tmp_path_factory.mktemp("feedback-data"))
     finally:
@@ -153,8 +158,9 @@ def test_feedback_trains_a_canaried_version_that_compare_reports(loop: Loop) -> 
         ),
     )
 
+    # The registered name ("iris"), as the README does; the requests went to "iris-api".
     built = cli_json(
-        env, "datasets", "build", "--from-feedback", "iris-api", "--name", "iris-feedback",
+        env, "datasets", "build", "--from-feedback", "iris", "--name", "iris-feedback",
         "--target", "species",
     )  # fmt: skip
     assert built["ref"] == "dataset:iris-feedback@1" and built["format"] == "csv"
@@ -169,13 +175,21 @@ def test_feedback_trains_a_canaried_version_that_compare_reports(loop: Loop) -> 
 
     second = json.loads(
         cli(
-            env, "train", "tabular-classifier", "--data", "dataset:iris-feedback@1",
-            "--name", "iris", "-p", "target=species", "-p", "epochs=30", "--json",
+            env, "train", "tabular-classifier", "--data", str(loop.data / "iris.csv"),
+            "--add-data", "dataset:iris-feedback@1", "--name", "iris", "-p", "target=species",
+            "-p", "epochs=30", "--json",
         ).stdout.strip().splitlines()[-1]
     )  # fmt: skip
     assert second["version"] == 2
-    lineage = loop.rows("SELECT lineage FROM model_versions WHERE version = 2")[0]["lineage"]
-    assert json.loads(lineage)["dataset"] == "iris-feedback@1"
+    # Tested on version 1's test rows; the feedback only joined the training part.
+    sizes = second["report"]["split_sizes"]
+    assert sizes["test"] == first["report"]["split_sizes"]["test"]
+    lineage = json.loads(
+        loop.rows("SELECT lineage FROM model_versions WHERE version = 2")[0]["lineage"]
+    )
+    assert lineage["added_data"] == ["dataset:iris-feedback@1"]
+    assert sizes["added to train"] == lineage["added_rows"] > 0
+    assert lineage["added_rows"] + lineage["added_rows_left_out"] == built["rows"]
 
     cli(env, "deploy", "iris@1", "--as", "iris-api", "--canary", "2:50%", "--cost-per-hour", "0.40")
     canary_ids: list[str] = []
@@ -211,12 +225,19 @@ def test_feedback_trains_a_canaried_version_that_compare_reports(loop: Loop) -> 
         assert low <= shown["score"]["mean"] <= high
         revenue = sum((Decimal(r["charge"]) for r in money if r["charge"]), Decimal(0))
         cost = sum((Decimal(r["cost"]) for r in money if r["cost"]), Decimal(0))
-        assert shown["requests"] + shown["errors"] == len(money)
+        assert shown["requests"] + shown["errors"] + shown["client_errors"] == len(money)
         assert Decimal(shown["revenue"]) == revenue > 0
         assert Decimal(shown["margin"]) == revenue - cost
         per_1k = (revenue - cost) * 1000 / len(money)
         assert Decimal(shown["margin_per_1k"]) == per_1k.quantize(Decimal("0.000001"))
     assert by_version[2]["metrics"] and "dataset" not in by_version[2]["metrics"]
+    held = report["held_out"]
+    # Both versions answered version 1's test rows; version 2 never trained on them.
+    assert (held["rows"], held["left_out"]) == (sizes["test"], 0)
+    assert [v["version"] for v in held["versions"]] == [1, 2]
+    assert all(0 <= v["accuracy_ci95"][0] <= v["accuracy_ci95"][1] <= 1 for v in held["versions"])
+    assert all(v["score"]["ci95"][1] <= 1 for v in report["versions"])  # thumbs: 0-1
+    assert any(v["feedback"]["comments"] for v in report["versions"])
     assert report["recommendation"]["action"] in {"promote", "keep", "roll back"}
     assert "95% interval" in report["recommendation"]["rule"]
     shown_corrections = sum(
@@ -230,6 +251,7 @@ def test_feedback_trains_a_canaried_version_that_compare_reports(loop: Loop) -> 
     assert [d["ref"] for d in cli_json(env, "datasets", "list")] == ["dataset:iris-feedback@1"]
     table = cli(env, "compare", "iris", "--versions", "1,2").stdout
     assert "margin / 1k req" in table and "Recommendation:" in table and "Rule:" in table
+    assert "shared held-out" in table and "Held-out:" in table
     assert "Deleted 0 expired samples" in cli(env, "samples", "purge").stdout
     [card] = cli_json(env, "models", "show", "iris@1", "--card")
     assert "## Feedback" in card["card"]

@@ -141,9 +141,9 @@ def flatmap_path_parameters(ctx: Any, path_parameters: Any) -> st.SearchStrategy
 def start_server(home: Path, upstream: MockUpstreamProcess) -> tuple[Server, str]:
     server = Server(home=home, extra_env={"MODELMINT_LOAD_BUNDLED_MODELS": "false"})
     cli(server.env, "models", "add-remote", "mock", "--base-url", upstream.base_url)
-    key = cli_json(server.env, "keys", "create", "--org", "fuzz")["key"]
+    key = cli_json(server.env, "keys", "create", "--org", "fuzz", "--create-org")["key"]
     # The organisation the admin fuzzing may change or delete: not the one of the key.
-    cli(server.env, "keys", "create", "--org", "fuzz-admin")
+    cli(server.env, "keys", "create", "--org", "fuzz-admin", "--create-org")
     server.start(ready_timeout=60)
     return server, key
 

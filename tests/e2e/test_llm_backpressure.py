@@ -152,7 +152,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backpressure]:
     )
     server.start()
     try:
-        created = cli_json(server.env, "keys", "create", "--org", "bp-org", "--name", "main")
+        created = cli_json(
+            server.env, "keys", "create", "--org", "bp-org", "--create-org", "--name", "main"
+        )
         yield Backpressure(server, created["key"])
     finally:
         server.stop()

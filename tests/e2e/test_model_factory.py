@@ -89,7 +89,9 @@ def factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Factory]:
     server = Server(home=home, extra_env={"MODELMINT_LOAD_BUNDLED_MODELS": "false"})
     server.start()
     try:
-        created = cli_json(server.env, "keys", "create", "--org", "factory-org", "--name", "k")
+        created = cli_json(
+            server.env, "keys", "create", "--org", "factory-org", "--create-org", "--name", "k"
+        )
         client = OpenAI(api_key=created["key"], base_url=server.url + "/v1", max_retries=0)
         yield Factory(server, created["key"], client, tmp_path_factory.mktemp("factory-data"))
     finally:

@@ -39,7 +39,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, s
         "--api-key-env", "MOCK_UPSTREAM_KEY")  # fmt: skip
     dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens: connection refused
     cli(env, "models", "add-remote", "dead", "--base-url", dead, "--max-retries", "1")
-    key = cli_json(env, "keys", "create", "--org", "logs")["key"]
+    key = cli_json(env, "keys", "create", "--org", "logs", "--create-org")["key"]
     live.start(ready_timeout=60)
     try:
         yield live, key

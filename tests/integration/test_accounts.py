@@ -115,6 +115,41 @@ def test_revoke_by_id(database: Database) -> None:
     assert info is not None and info.revoked is True
 
 
+def test_revoke_by_full_secret(database: Database) -> None:
+    with database.session() as session:
+        org = create_org(session, "Acme")
+        row, secret = create_key(session, org)
+        _, other = create_key(session, org)
+        key_id = row.id
+    with database.session() as session:
+        assert revoke_key(session, secret).id == key_id
+    with database.session() as session:
+        info, untouched = lookup_key(session, secret), lookup_key(session, other)
+    assert info is not None and info.revoked is True
+    assert untouched is not None and untouched.revoked is False
+
+
+def test_revoke_by_an_unknown_secret_never_repeats_it(database: Database) -> None:
+    with database.session() as session:
+        _, secret = create_key(session, create_org(session, "Acme"))
+    wrong = secret[:11] + "x" * (len(secret) - 11)
+    with database.session() as session, pytest.raises(NotFound) as caught:
+        revoke_key(session, wrong)
+    assert caught.value.param == "key"
+    assert wrong not in caught.value.message and "xxxxxxxx" not in caught.value.message
+    with database.session() as session:
+        info = lookup_key(session, secret)
+    assert info is not None and info.revoked is False
+
+
+def test_revoke_by_a_secret_without_its_prefix_never_repeats_it(database: Database) -> None:
+    with database.session() as session:
+        _, secret = create_key(session, create_org(session, "Acme"))
+    with database.session() as session, pytest.raises(NotFound) as caught:
+        revoke_key(session, secret.removeprefix("mm-"))
+    assert secret[14:] not in caught.value.message
+
+
 def test_revoke_unknown_key_is_not_found(database: Database) -> None:
     with database.session() as session, pytest.raises(NotFound) as caught:
         revoke_key(session, "mm-nothere")
@@ -188,6 +223,14 @@ def test_org_lookup_by_name_or_id_and_ensure(database: Database) -> None:
         with pytest.raises(NotFound) as caught:
             get_org(session, "Nobody")
         assert caught.value.param == "organization"
+
+
+def test_ensure_org_finds_an_organisation_by_id_too(database: Database) -> None:
+    with database.session() as session:
+        org_id = create_org(session, "Acme").id
+    with database.session() as session:
+        assert ensure_org(session, org_id).id == org_id
+        assert [o.name for o in list_orgs(session)] == ["Acme"]
 
 
 def test_org_created_concurrently_is_a_conflict_not_a_crash(database: Database) -> None:

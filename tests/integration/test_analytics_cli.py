@@ -123,10 +123,13 @@ def test_mistakes_exit_with_a_message_not_a_traceback(
     bad_elasticity = cli(
         env, "simulate", "--prices", str(prices), "--elasticity", "lots", check=False
     )
+    # Positive: demand would grow with the price.
+    rising_demand = cli(env, "simulate", "--prices", str(prices), "--elasticity", "2", check=False)
     for result, words in (
         (bad_period, "not a month"),
         (missing, "cannot read"),
         (bad_elasticity, "not a number"),
+        (rising_demand, "between -10 and 0"),
     ):
         assert result.returncode == 2, result.stderr
         assert words in result.stderr and "Traceback" not in result.stderr

@@ -331,6 +331,12 @@ async def test_budgets_alert_webhooks_and_period_close_over_http(
     )
     assert as_number.status_code == 400
     assert as_number.json()["error"]["param"] == "amount"
+    past_the_limit = await admin.put(
+        "/organizations/acme/budget",
+        json={"amount": "50.00", "currency": "USD", "thresholds": [50, 150]},
+    )
+    assert past_the_limit.status_code == 400
+    assert past_the_limit.json()["error"]["param"] == "thresholds"
     assert [b["limit"] for b in (await admin.get("/organizations/acme/budgets")).json()] == [
         "50.00"
     ]

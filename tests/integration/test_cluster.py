@@ -51,7 +51,9 @@ def chat(client: httpx.Client | httpx.AsyncClient, server: Server, key: str) -> 
 
 
 def test_two_processes_enforce_one_requests_per_minute_limit(cluster: list[Server]) -> None:
-    key = cli_json(cluster[0].env, "keys", "create", "--org", "acme", "--rpm", "30")["key"]
+    key = cli_json(
+        cluster[0].env, "keys", "create", "--org", "acme", "--create-org", "--rpm", "30"
+    )["key"]
 
     async def fire() -> list[int]:
         async with httpx.AsyncClient(timeout=30) as client:
@@ -76,7 +78,7 @@ def test_two_processes_enforce_one_requests_per_minute_limit(cluster: list[Serve
 def test_a_key_revoked_through_one_process_is_refused_by_the_other_within_a_second(
     cluster: list[Server],
 ) -> None:
-    created = cli_json(cluster[0].env, "keys", "create", "--org", "acme")
+    created = cli_json(cluster[0].env, "keys", "create", "--org", "acme", "--create-org")
     with httpx.Client() as client:
         assert chat(client, cluster[1], created["key"]).status_code == 200  # type: ignore[attr-defined]
         revoked = client.post(
@@ -93,7 +95,7 @@ def test_a_key_revoked_through_one_process_is_refused_by_the_other_within_a_seco
 def test_a_model_added_from_the_cli_is_served_by_running_gateways_within_seconds(
     cluster: list[Server], upstream: MockUpstreamProcess
 ) -> None:
-    key = cli_json(cluster[0].env, "keys", "create", "--org", "acme")["key"]
+    key = cli_json(cluster[0].env, "keys", "create", "--org", "acme", "--create-org")["key"]
     cli(cluster[0].env, "models", "add-remote", "late", "--base-url", upstream.base_url)
     added = time.monotonic()
     with httpx.Client() as client:

@@ -61,7 +61,7 @@ def test_sigkill_under_load_loses_and_duplicates_no_usage(
 ) -> None:
     server = Server(home=tmp_path, extra_env={"MODELMINT_LOAD_BUNDLED_MODELS": "false"})
     cli(server.env, "models", "add-remote", "mock", "--base-url", upstream.base_url)
-    key = cli_json(server.env, "keys", "create", "--org", "crash")["key"]
+    key = cli_json(server.env, "keys", "create", "--org", "crash", "--create-org")["key"]
     server.start(ready_timeout=60)
     received = asyncio.run(drive(server, key, kill_after=300))
     # Restart on the same database: it opens cleanly after the crash and keeps serving.

@@ -4,7 +4,9 @@ organisation, and a dataset built from both is the file a training recipe reads.
 
 from __future__ import annotations
 
+import itertools
 import json
+import shlex
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from sqlalchemy import select
 
 from modelmint import accounts
 from modelmint.feedback.datasets import BuildOptions, build_from_feedback, resolve_dataset
+from modelmint.feedback.feedback import MAX_COMMENT_CHARS, feedback_summary
 from modelmint.feedback.samples import (
     CapturedSample,
     SampleRecorder,
@@ -22,6 +25,7 @@ from modelmint.feedback.samples import (
 )
 from modelmint.storage.db import utcnow
 from modelmint.storage.tables import Feedback, RequestSample
+from modelmint.training.cards import feedback_section
 from modelmint.training.chats import read_chats
 from modelmint.training.ratings import Columns, read_ratings
 from tests.integration.test_gateway_remote import (  # noqa: F401 - fixtures
@@ -129,6 +133,95 @@ async def test_feedback_is_stored_updated_and_limited_to_the_callers_organisatio
     )
     assert stranger.status_code == 404
     assert stranger.json()["error"]["param"] == "request_id"
+
+
+async def test_feedback_takes_the_response_id_the_sdk_returns(
+    gw: Gateway, mock: MockUpstream
+) -> None:
+    await gw.serve("fb-chat", mock)
+    chat = await gw.sdk.chat.completions.with_raw_response.create(
+        model="fb-chat", messages=[{"role": "user", "content": "hello"}]
+    )
+    completion = await gw.sdk.completions.with_raw_response.create(model="fb-chat", prompt="hello")
+    for raw, prefix in ((chat, "chatcmpl-"), (completion, "cmpl-")):
+        response_id = raw.parse().id
+        assert response_id.startswith(prefix)
+        rated = await gw.http.post("/v1/feedback", json={"request_id": response_id, "score": "up"})
+        assert rated.status_code == 200, rated.text
+        # Stored under the request's own id, the one usage records and samples use.
+        assert rated.json()["request_id"] == raw.headers["x-request-id"]
+    with gw.database.session() as session:
+        stored = {r.request_id for r in session.scalars(select(Feedback))}
+    assert stored == {chat.headers["x-request-id"], completion.headers["x-request-id"]}
+
+    unknown = await gw.http.post(
+        "/v1/feedback", json={"request_id": "chatcmpl-0000", "score": "up"}
+    )
+    assert unknown.status_code == 404
+    message = unknown.json()["error"]["message"]
+    assert "chatcmpl-" in message and "cmpl-" in message and "X-Request-ID" in message
+
+
+async def test_a_comment_is_stored_with_the_rating_and_shown_in_the_summary(
+    gw: Gateway, mock: MockUpstream
+) -> None:
+    await gw.serve("fb-chat", mock)
+    request_id = await _chat(gw, "hello")
+    comment = "Right answer, but far too formal for our users."
+    rated = await gw.http.post(
+        "/v1/feedback", json={"request_id": request_id, "score": 4, "comment": comment}
+    )
+    assert rated.status_code == 200, rated.text
+    assert rated.json()["comment"] == comment
+    too_long = await gw.http.post(
+        "/v1/feedback",
+        json={"request_id": request_id, "score": 4, "comment": "x" * (MAX_COMMENT_CHARS + 1)},
+    )
+    assert too_long.status_code == 400
+    assert too_long.json()["error"]["param"] == "comment"
+    with gw.database.session() as session:
+        row = session.get(Feedback, request_id)
+        assert row is not None and row.comment == comment  # the refused one changed nothing
+        summary = feedback_summary(session, row.model_version_id or "")
+    assert summary.comments == [comment]
+    assert comment in feedback_section(summary)
+
+
+def _readme_feedback_call() -> tuple[dict[str, str], str]:
+    """The headers and body of the README's ``curl ... /v1/feedback`` example, as curl
+    would send them (``-d`` without a Content-Type header sends a form)."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    start = readme.index("curl -s localhost:8000/v1/feedback")
+    lines = []
+    for line in readme[start:].splitlines():
+        lines.append(line.rstrip().removesuffix("\\"))
+        if not line.rstrip().endswith("\\"):
+            break
+    words = shlex.split(" ".join(lines))
+    headers: dict[str, str] = {"Content-Type": "application/x-www-form-urlencoded"}
+    body = ""
+    for flag, value in itertools.pairwise(words):
+        if flag == "-H":
+            name, _, text = value.partition(":")
+            headers[name.strip()] = text.strip()
+        elif flag in ("-d", "--data"):
+            body = value
+    return headers, body
+
+
+async def test_the_readme_feedback_example_works_as_written(
+    gw: Gateway, mock: MockUpstream
+) -> None:
+    await gw.serve("fb-chat", mock)
+    request_id = await _chat(gw, "hello")
+    headers, body = _readme_feedback_call()
+    headers["Authorization"] = gw.http.headers["Authorization"]  # the README's $KEY
+    given = json.loads(body)
+    given["request_id"] = request_id
+    response = await gw.http.post(
+        "/v1/feedback", content=json.dumps(given).encode(), headers=headers
+    )
+    assert response.status_code == 200, response.text
 
 
 @pytest.mark.parametrize(

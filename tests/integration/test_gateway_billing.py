@@ -5,6 +5,7 @@ The mock upstream reports 13 prompt and 9 completion tokens for every answer.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -28,6 +29,7 @@ from modelmint.billing.periods import Period
 from modelmint.billing.repository import BillingRepository
 from modelmint.storage.tables import BillingReservation
 from tests.integration.test_gateway_remote import (  # noqa: F401 - fixtures
+    ADMIN_TOKEN,
     MESSAGES,
     Gateway,
     gateway,
@@ -36,6 +38,7 @@ from tests.integration.test_gateway_remote import (  # noqa: F401 - fixtures
 from tests.support.mock_upstream import MockUpstream
 
 D = Decimal
+PLAIN_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 PRICES = PriceBook(
     "USD",
     {
@@ -84,7 +87,10 @@ async def test_a_prepaid_wallet_pays_until_it_cannot_cover_the_worst_case(
     assert len(upstream.requests) == 3  # refused before any model work
 
     rows = await gateway.usage_rows()
-    assert [r.charge for r in rows] == [CHARGE] * 3
+    assert sorted((r.status_code, r.charge) for r in rows if r.status_code == 200) == [
+        (200, CHARGE)
+    ] * 3
+    assert [r.charge for r in rows if r.status_code != 200] == [None]  # the refusal's record
     with gateway.database.session() as session:
         repo = BillingRepository(session)
         wallet = repo.load_wallet(gateway.org_id, "USD")
@@ -125,7 +131,9 @@ async def test_a_free_tier_refuses_what_its_allowance_cannot_take(
     assert refused.value.status_code == 402
     assert "free plan includes 30 output_tokens" in refused.value.message
     rows = await gateway.usage_rows()
-    assert [r.charge for r in rows] == [D(0)] * 3 and len(upstream.requests) == 3
+    assert [r.charge for r in rows if r.status_code == 200] == [D(0)] * 3
+    assert [r.charge for r in rows if r.status_code == 402] == [None]  # recorded, not charged
+    assert len(upstream.requests) == 3
 
 
 async def test_a_hard_key_budget_refuses_once_its_month_is_spent(
@@ -150,3 +158,46 @@ async def test_a_hard_key_budget_refuses_once_its_month_is_spent(
         period = Period.containing(datetime.now(UTC)).start
         spend = repo.lock_spend(gateway.org_id, [gateway.key_id], period, "USD")
     assert spend[gateway.key_id] == (2 * CHARGE, D(0))  # the refused hold was given back
+
+
+async def test_a_refusal_for_want_of_max_tokens_says_to_set_it(
+    gateway: Gateway,  # noqa: F811
+    upstream: MockUpstream,  # noqa: F811
+) -> None:
+    await gateway.serve("mock", upstream)
+    subscribe(gateway, PrepaidPlan("payg", 1, PRICES), credit="1.00")
+    # Without max_tokens the worst case is the default 4,096 output tokens: 41.01 > 1.00.
+    with pytest.raises(openai.APIStatusError) as refused:
+        await gateway.sdk.chat.completions.create(model="mock", messages=MESSAGES)
+    assert refused.value.status_code == 402
+    assert refused.value.body["code"] == "insufficient_quota"  # type: ignore[index]
+    message = refused.value.body["message"]  # type: ignore[index]
+    assert "max_tokens" in message and "4096" in message and "worst case" in message
+    # With max_tokens set too high the refusal is the plain one: the client chose it.
+    with pytest.raises(openai.APIStatusError) as too_high:
+        await gateway.sdk.chat.completions.create(model="mock", messages=MESSAGES, max_tokens=500)
+    assert too_high.value.status_code == 402
+    assert "max_tokens" not in too_high.value.body["message"]  # type: ignore[index]
+    await ask(gateway)  # max_tokens=10: the worst case fits
+    assert len(upstream.requests) == 1
+
+
+async def test_admin_usage_shows_money_as_plain_decimals(
+    gateway: Gateway,  # noqa: F811
+    upstream: MockUpstream,  # noqa: F811
+) -> None:
+    await gateway.serve("mock", upstream)
+    tiny = PriceBook("USD", {("*", Metric.OUTPUT_TOKENS): FlatRate(D("0.0000001"))})
+    subscribe(gateway, PrepaidPlan("payg", 1, tiny), credit="1")
+    await ask(gateway)
+    await gateway.usage_rows()
+
+    response = await gateway.http.get(
+        "/admin/usage", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+
+    assert response.status_code == 200, response.text
+    [row] = response.json()
+    # 9 output tokens at 0.0000001: in plain notation, never "9E-7"; likewise the cost.
+    assert PLAIN_DECIMAL.fullmatch(row["charge"]) and D(row["charge"]) == D("0.0000009")
+    assert row["cost"] is None or PLAIN_DECIMAL.fullmatch(row["cost"])

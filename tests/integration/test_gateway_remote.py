@@ -7,6 +7,7 @@ under test); the app runs on httpx's ASGI transport; usage lands in SQLite or Po
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -449,3 +450,82 @@ async def test_a_body_that_is_not_json_is_judged_only_after_the_caller_is(
     allowed = await send(ADMIN_TOKEN if path.startswith("/admin") else customer)
     assert allowed.status_code == 400
     assert allowed.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("max_tokens", ["20", True])
+async def test_max_tokens_that_is_not_an_integer_is_a_400_naming_it(
+    gateway: Gateway, upstream: MockUpstream, max_tokens: object
+) -> None:
+    await gateway.serve("mock", upstream)
+    response = await gateway.http.post(
+        "/v1/chat/completions",
+        json={"model": "mock", "messages": MESSAGES, "max_tokens": max_tokens},
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", "max_tokens")
+    assert "max_tokens" in error["message"]
+    assert upstream.requests == []
+
+
+# -- operations ----------------------------------------------------------------------------
+
+
+def http_requests(metrics: str, route: str, status: str) -> float:
+    """The value of ``modelmint_http_requests_total`` for one route and status."""
+    wanted = f'modelmint_http_requests_total{{route="{route}",status="{status}"}} '
+    for line in metrics.splitlines():
+        if line.startswith(wanted):
+            return float(line.removeprefix(wanted))
+    return 0.0
+
+
+async def test_metrics_label_requests_with_their_route_template(
+    gateway: Gateway, upstream: MockUpstream
+) -> None:
+    await gateway.serve("mock", upstream)
+    expected = [
+        ("/v1/chat/completions", "200"),
+        ("/v1/chat/completions", "400"),
+        ("/v1/chat/completions", "405"),
+        ("/v1/models", "200"),
+        ("/v1/models/{model:path}", "404"),
+        ("unmatched", "404"),
+    ]
+    before = (await gateway.http.get("/metrics")).text
+
+    await gateway.sdk.chat.completions.create(model="mock", messages=MESSAGES)
+    await gateway.http.post("/v1/chat/completions", json={"model": "mock"})
+    await gateway.http.get("/v1/chat/completions")
+    await gateway.http.get("/v1/models")
+    await gateway.http.get("/v1/models/no-such-model")
+    await gateway.http.get("/v1/no-such-route")
+
+    after = (await gateway.http.get("/metrics")).text
+    for route, status in expected:
+        grown = http_requests(after, route, status) - http_requests(before, route, status)
+        assert grown == 1, (route, status)
+
+
+async def test_the_admin_api_revokes_a_key_by_its_secret_and_never_logs_it(
+    gateway: Gateway, upstream: MockUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    await gateway.serve("mock", upstream)
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    secret = gateway.http.headers["authorization"].removeprefix("Bearer ")
+    wrong = secret[:11] + "x" * (len(secret) - 11)
+
+    with caplog.at_level(logging.INFO, logger="modelmint.access"):
+        missing = await gateway.http.post(f"/admin/keys/{wrong}/revoke", headers=admin)
+        revoked = await gateway.http.post(f"/admin/keys/{secret}/revoke", headers=admin)
+
+    assert missing.status_code == 404 and wrong not in missing.text
+    assert revoked.status_code == 200 and revoked.json()["id"] == gateway.key_id
+    assert secret not in revoked.text
+    assert [getattr(record, "path", None) for record in caplog.records] == [
+        f"/admin/keys/{wrong[:11]}.../revoke",
+        f"/admin/keys/{secret[:11]}.../revoke",
+    ]
+    assert all(secret[11:] not in str(record.__dict__) for record in caplog.records)
+    refused = await gateway.http.post("/v1/chat/completions", json={"model": "mock"})
+    assert refused.status_code == 401

@@ -197,9 +197,14 @@ def assert_books_balance(cluster: Cluster, credit: Decimal) -> int:
         assert wallet is not None
         balance = repo.audit_wallet(wallet.id).amount  # the ledger explains the running sums
         assert balance >= 0 and wallet.balance - wallet.held - wallet.leased >= 0
-        charges = session.scalars(
-            select(UsageRecord.charge).where(UsageRecord.organization_id == cluster.org)
+        metered = session.execute(
+            select(UsageRecord.status_code, UsageRecord.charge).where(
+                UsageRecord.organization_id == cluster.org
+            )
         ).all()
+        # Refusals are recorded too (a 402, never charged); every answer was charged.
+        assert all(c is None for status, c in metered if status == 402)
+        charges = [c for status, c in metered if status != 402]
         assert all(c is not None and c > 0 for c in charges)
         open_pending = session.scalars(
             select(BillingCreditLease.pending).where(
@@ -352,7 +357,11 @@ def test_a_hard_budget_shared_by_two_processes_is_never_exceeded(
     count = served(responses, "monthly budget")
     assert 0 < count < 200
     with cluster.database.session() as session:
-        charges = session.scalars(select(UsageRecord.charge)).all()
+        charges = session.scalars(
+            select(UsageRecord.charge).where(UsageRecord.status_code != 402)
+        ).all()
+        refused = session.scalars(select(UsageRecord.charge).where(UsageRecord.status_code == 402))
+        assert len([c for c in refused if c is None]) == 200 - count  # recorded, never charged
         spent = sum((c for c in charges if c is not None), D(0))
         spend = session.scalar(
             select(BillingSpend.amount).where(

@@ -7,6 +7,7 @@ stretching is needed to resist guessing, and the hot path can hash every request
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,12 +28,16 @@ __all__ = [
     "list_keys",
     "lookup_key",
     "lookup_key_by_hash",
+    "redact_secrets",
     "revoke_key",
 ]
 
 SECRET_PREFIX = "mm-"
 # How much of the secret is kept in clear to tell keys apart: "mm-" + 8 characters.
 SHOWN_CHARS = 11
+# A secret: its shown prefix, then the rest (base64url), which must never be logged.
+_SECRET = re.compile(r"(mm-[A-Za-z0-9_-]{8})[A-Za-z0-9_-]+")
+_ID_CHARS = len("key_") + 24  # a key id: storage.db.new_id, 12 random bytes in hex
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +99,11 @@ def check_limits(**limits: int | None) -> None:
             raise InvalidRequest(
                 f"{param} must be a positive integer up to {MAX_LIMIT}", param=param
             )
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with every API key secret in it cut down to its shown prefix."""
+    return _SECRET.sub(r"\1...", text) if SECRET_PREFIX in text else text
 
 
 def hash_secret(secret: str) -> str:
@@ -168,18 +178,39 @@ def list_keys(session: Session, organization: Organization | None = None) -> lis
     return list(session.scalars(query))
 
 
-def revoke_key(session: Session, id_or_prefix: str) -> ApiKey:
-    """Revoke by id (``key_...``) or by the shown prefix (``mm-Ab12Cd34``)."""
-    rows = list(
-        session.scalars(
-            select(ApiKey).where(or_(ApiKey.id == id_or_prefix, ApiKey.prefix == id_or_prefix))
-        )
-    )
-    if not rows:
-        raise NotFound(f"no API key {id_or_prefix!r}", param="key")
-    if len(rows) > 1:
-        raise InvalidRequest(f"prefix {id_or_prefix!r} matches several keys; use the key id")
-    row = rows[0]
+def revoke_key(session: Session, reference: str) -> ApiKey:
+    """Revoke by id (``key_...``), by the shown prefix (``mm-Ab12Cd34``) or by the
+    full secret, which is found by its hash and never repeated in an error."""
+    if _looks_like_secret(reference):
+        row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_secret(reference)))
+        if row is None:
+            # Even a wrong secret may be one character off a real one: not echoed.
+            raise NotFound(
+                f"no API key has the secret given (starting {reference[:SHOWN_CHARS]})",
+                param="key",
+            )
+    else:
+        row = _by_id_or_prefix(session, reference)
     if row.revoked_at is None:
         row.revoked_at = utcnow()
     return row
+
+
+def _looks_like_secret(reference: str) -> bool:
+    """More than the shown prefix of a secret: to be hashed, and never shown."""
+    return reference.startswith(SECRET_PREFIX) and len(reference) > SHOWN_CHARS
+
+
+def _by_id_or_prefix(session: Session, reference: str) -> ApiKey:
+    rows = list(
+        session.scalars(
+            select(ApiKey).where(or_(ApiKey.id == reference, ApiKey.prefix == reference))
+        )
+    )
+    if not rows:
+        # Longer than any id: perhaps a secret pasted without its "mm-"; not echoed whole.
+        shown = reference if len(reference) <= _ID_CHARS else reference[:SHOWN_CHARS] + "..."
+        raise NotFound(f"no API key {shown!r}", param="key")
+    if len(rows) > 1:
+        raise InvalidRequest(f"prefix {reference!r} matches several keys; use the key id")
+    return rows[0]

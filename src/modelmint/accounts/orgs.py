@@ -41,21 +41,30 @@ def create_org(session: Session, name: str) -> Organization:
     return org
 
 
-def ensure_org(session: Session, name: str) -> Organization:
-    """The organisation with this name, created if missing (used for demo seeding)."""
-    existing = session.scalar(select(Organization).where(Organization.name == name))
-    return existing if existing is not None else create_org(session, name)
+def ensure_org(session: Session, name_or_id: str) -> Organization:
+    """The organisation with this name or id, created (named so) if missing.
+
+    Only for callers that say they want an organisation created (demo seeding,
+    ``keys create --create-org``): everything else refuses an unknown name with
+    ``get_org``, so that a typo never becomes a customer with no plan.
+    """
+    existing = _find_org(session, name_or_id)
+    return existing if existing is not None else create_org(session, name_or_id)
 
 
 def get_org(session: Session, name_or_id: str) -> Organization:
-    org = session.scalar(
+    org = _find_org(session, name_or_id)
+    if org is None:
+        raise NotFound(f"no organisation named {name_or_id!r}", param="organization")
+    return org
+
+
+def _find_org(session: Session, name_or_id: str) -> Organization | None:
+    return session.scalar(
         select(Organization).where(
             or_(Organization.id == name_or_id, Organization.name == name_or_id)
         )
     )
-    if org is None:
-        raise NotFound(f"no organisation named {name_or_id!r}", param="organization")
-    return org
 
 
 def list_orgs(session: Session) -> list[Organization]:

@@ -12,14 +12,25 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
-from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Context, Decimal
+from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
 
 from modelmint.billing.exact import EXACT, Quantity, exact_sum, minus
 from modelmint.billing.metrics import Metric
 from modelmint.billing.plans import FreeTierPlan, Plan
 from modelmint.billing.rating import billed_quantities
+from modelmint.errors import InvalidRequest
 
-__all__ = ["MICROS", "Usage", "demand_factor", "fits", "price_usage", "scale", "share_pool"]
+__all__ = [
+    "MAX_ELASTICITY",
+    "MICROS",
+    "Usage",
+    "checked_elasticity",
+    "demand_factor",
+    "fits",
+    "price_usage",
+    "scale",
+    "share_pool",
+]
 
 _ZERO = Decimal(0)
 MICROS = 6
@@ -102,6 +113,35 @@ def fits(plan: Plan, usage: Usage) -> bool:
         if limit is not None and quantity > limit:
             return False
     return True
+
+
+# Steeper than this is not a demand model anyone means: at -10 a 1 % price rise loses
+# about a tenth of the demand.
+MAX_ELASTICITY = Decimal(10)
+
+
+def checked_elasticity(value: str | Decimal | None) -> Decimal | None:
+    """A price elasticity of demand as given by a user (text or a number), checked.
+
+    It is at most 0: demand falls (or holds) as the price rises. A positive value
+    would have demand grow with the price and the simulator report that raising
+    prices brings more usage, which no API customer does."""
+    if value is None:
+        return None
+    try:
+        number = Decimal(value.strip()) if isinstance(value, str) else Decimal(value)
+    except InvalidOperation:
+        raise InvalidRequest(
+            f"elasticity must be a number such as -0.3; {value!r} is not a number",
+            param="elasticity",
+        ) from None
+    if not number.is_finite() or not -MAX_ELASTICITY <= number <= 0:
+        raise InvalidRequest(
+            f"elasticity must be between -{MAX_ELASTICITY} and 0 (demand falls as the price "
+            f"rises), e.g. -0.3; got {value}",
+            param="elasticity",
+        )
+    return number
 
 
 def demand_factor(old: Decimal, new: Decimal, elasticity: Decimal | None) -> Decimal:

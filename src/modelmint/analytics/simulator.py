@@ -53,6 +53,7 @@ from modelmint.analytics.price_file import CandidatePrices, merge_books
 from modelmint.analytics.repricing import (
     MICROS,
     Usage,
+    checked_elasticity,
     demand_factor,
     fits,
     price_usage,
@@ -390,7 +391,9 @@ def simulate(
 ) -> Simulation:
     """Returns the ``Simulation`` of ``period``'s usage under ``candidate``: each
     organisation's actual and simulated revenue, cost and margin, and every plan option
-    priced for the observed usage. ``elasticity`` (e.g. ``Decimal("-0.3")``) models demand."""
+    priced for the observed usage. ``elasticity`` (e.g. ``Decimal("-0.3")``, within
+    -10..0) models demand."""
+    elasticity = checked_elasticity(elasticity)
     code = report_currency(session, currency or candidate.currency)
     repo = BillingRepository(session)
     codes = set(

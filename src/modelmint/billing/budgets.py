@@ -21,9 +21,13 @@ from modelmint.billing.errors import InvalidBudget
 from modelmint.billing.exact import EXACT
 from modelmint.billing.money import Money
 
-__all__ = ["DEFAULT_THRESHOLDS", "Budget", "alert_id", "crossed"]
+__all__ = ["DEFAULT_THRESHOLDS", "MAX_THRESHOLD", "Budget", "alert_id", "crossed"]
 
 DEFAULT_THRESHOLDS = (50, 80, 100)
+# The highest threshold a budget may be set with: past 100 % a hard budget has refused
+# already, and a soft one has raised its 100 % alert.
+MAX_THRESHOLD = 100
+# What a stored budget may hold: budgets set before MAX_THRESHOLD applied still load.
 _MAX_PERCENT = 1000
 
 

@@ -14,7 +14,7 @@ CLI exit code fit it, so the gateway and the CLI map them without knowing billin
     │   ├── InvalidPeriod                   naive datetimes, empty or inverted spans
     │   ├── InvalidCoupon                   percent outside (0, 100], non-positive amount
     │   ├── InvalidTaxRate                  percent outside [0, 100]
-    │   ├── InvalidBudget                   non-positive limit, thresholds outside 1..1000%
+    │   ├── InvalidBudget                   non-positive limit, thresholds outside 1..100%
     │   └── InvalidWalletOperation          non-positive grant, expiry before grant
     ├── InsufficientQuota              402
     │   ├── UsageCapExceeded                the free tier's hard cap refuses the request
@@ -36,6 +36,7 @@ clients recognise that code, and the message says which limit was hit.
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 
 from modelmint.errors import Conflict, InsufficientQuota, InvalidRequest, ModelMintError, NotFound
@@ -112,7 +113,28 @@ class InvalidWalletOperation(InvalidRequest):
 
 
 class BudgetExceeded(InsufficientQuota):
-    """A hard monthly budget cannot take the worst case of one more request."""
+    """A hard monthly budget cannot take the worst case of one more request.
+
+    What it names (the budget's ``scope``, "" for the organisation, else a key id; its
+    limit; what the month was charged; the month's start) lets the refusal raise the
+    budget's exhausted alert."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        scope: str = "",
+        limit: Decimal | None = None,
+        currency: str | None = None,
+        charged: Decimal | None = None,
+        period_start: datetime | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.scope = scope
+        self.limit = limit
+        self.currency = currency
+        self.charged = charged
+        self.period_start = period_start
 
 
 class UsageCapExceeded(InsufficientQuota):
@@ -131,10 +153,13 @@ class UsageCapExceeded(InsufficientQuota):
 class InsufficientCredit(InsufficientQuota):
     """The wallet's usable balance is below what the operation needs; nothing changed."""
 
-    def __init__(self, message: str, *, needed: Decimal, available: Decimal) -> None:
+    def __init__(
+        self, message: str, *, needed: Decimal, available: Decimal, currency: str | None = None
+    ) -> None:
         super().__init__(message)
         self.needed = needed
         self.available = available
+        self.currency = currency  # of the wallet, when known: its exhausted alert names it
 
 
 class PriceNotFound(NotFound):

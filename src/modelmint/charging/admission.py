@@ -46,6 +46,7 @@ from modelmint.billing.periods import Period
 from modelmint.billing.rating import LinearRates, billed_quantities, worst_case
 from modelmint.billing.rating import admit as admit_units
 from modelmint.caching import TtlCache
+from modelmint.charging.alerts import ExhaustedAlerts
 from modelmint.charging.leases import CreditLeases, Pool
 from modelmint.charging.profiles import BillingProfile, load_profile
 from modelmint.charging.reservations import hold_budget, release_budget, reserve
@@ -180,6 +181,7 @@ class SpendGuard:
         self._writer_ok = writer_ok
         self._prices: dict[tuple[PlanRef, str, tuple[Metric, ...]], _Pricing] = {}
         self._routes: dict[tuple[str, str, str, tuple[Metric, ...]], _Route] = {}
+        self.exhausted = ExhaustedAlerts(database)
 
     def _pricing(self, plan: Plan, model: str, requested: Mapping[Metric, Quantity]) -> _Pricing:
         """What ``plan`` bills of a request to ``model`` (cached: plan versions never
@@ -239,6 +241,8 @@ class SpendGuard:
             return await self._admit(organization_id, api_key_id, request_id, model, bound)
         except (InsufficientCredit, BudgetExceeded, UsageCapExceeded, PermissionDenied) as exc:
             BILLING_REFUSALS.labels(_REASONS[type(exc)]).inc()
+            if isinstance(exc, InsufficientCredit | BudgetExceeded):
+                await self.exhausted.refused(organization_id, exc)
             raise
 
     async def _admit(

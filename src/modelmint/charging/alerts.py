@@ -1,7 +1,9 @@
-"""Delivery of billing alerts to the organisations' webhooks.
+"""Billing alerts: the exhausted alert of a refusal, and delivery to the organisations' webhooks.
 
-The metering writer stores each alert in ``billing_alerts`` (status ``pending``,
-due at once); an ``AlertDispatcher`` POSTs its ``payload`` as JSON to the
+The metering writer stores each threshold alert in ``billing_alerts`` (status
+``pending``, due at once) as charges cross it; ``ExhaustedAlerts`` stores the 100 %
+alert of a hard budget or a wallet when admission refuses a request for it (see
+there). An ``AlertDispatcher`` POSTs each alert's ``payload`` as JSON to the
 organisation's ``alert_webhook_url`` and records the outcome on the row:
 
 * ``delivered``: the receiver answered 2xx (``delivered_at`` set);
@@ -44,10 +46,15 @@ import aiohttp
 import orjson
 from sqlalchemy import Result, select, update
 
+from modelmint.billing.errors import BudgetExceeded, InsufficientCredit
+from modelmint.billing.periods import Period
+from modelmint.billing.repository import BillingRepository
+from modelmint.charging.settlement import announce, threshold_alert
+from modelmint.errors import Conflict
 from modelmint.storage.db import Database, utcnow
-from modelmint.storage.tables import BillingAlert, Organization
+from modelmint.storage.tables import BillingAlert, BillingWallet, Organization
 
-__all__ = ["AlertDispatcher", "Clock"]
+__all__ = ["EXHAUSTED", "AlertDispatcher", "Clock", "ExhaustedAlerts"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +73,102 @@ BATCH = 50
 MAX_ERROR_CHARS = 300
 # On close, how long past timeout_s a pass may take to record what it sent.
 CLOSE_GRACE_S = 5.0
+
+
+# The threshold (percent) a refusal raises: the budget or the credit is used up for
+# this request's purpose, whatever share of it was charged.
+EXHAUSTED = 100
+# Scopes remembered as alerted, per process; past this many the memory starts afresh
+# (the database still raises each alert once).
+_MAX_REMEMBERED = 10_000
+
+# (organisation, key scope, kind, subject, month start): one exhausted alert each.
+_Target = tuple[str, str, str, str, datetime]
+
+
+class ExhaustedAlerts:
+    """Raises the 100 % alert of a hard budget or a prepaid wallet that refuses a request.
+
+    Admission refuses a request whose worst-case cost no longer fits, usually before
+    the charges reach 100 %, and then they never do: settlement, which raises
+    thresholds as charges cross them, would never raise the 100 % alert. A refusal
+    raises it instead: the same alert (same id) settlement would raise, so it is raised
+    once per scope and month however many refusals, processes or charges reach it.
+    Each process remembers what it raised: only its first refusal per scope and month
+    costs a database write.
+    """
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+        self._raised: set[_Target] = set()
+
+    async def refused(
+        self, organization_id: str, refusal: BudgetExceeded | InsufficientCredit
+    ) -> None:
+        """Raise the alert ``refusal`` calls for. Never raises: the request stays a 402
+        whatever happens here, and a failed write is retried at the next refusal."""
+        target = _target(organization_id, refusal)
+        if target is None or target in self._raised:
+            return
+        if len(self._raised) >= _MAX_REMEMBERED:
+            self._raised.clear()
+        self._raised.add(target)  # before the write: concurrent refusals write once
+        try:
+            await asyncio.to_thread(self._raise, target, refusal)
+        except Exception:
+            self._raised.discard(target)
+            log.exception("raising the exhausted alert of %s failed", organization_id)
+
+    def _raise(self, target: _Target, refusal: BudgetExceeded | InsufficientCredit) -> None:
+        organization_id, scope, kind, subject, start = target
+        period = Period.containing(start)
+        try:
+            with self._database.session() as session:
+                repo = BillingRepository(session)
+                if isinstance(refusal, BudgetExceeded):
+                    assert refusal.limit is not None and refusal.charged is not None
+                    limit, used = refusal.limit, refusal.charged
+                    details: dict[str, object] = {"currency": refusal.currency, "hard": True}
+                else:
+                    wallet = session.scalar(
+                        select(BillingWallet.id).where(
+                            BillingWallet.organization_id == organization_id,
+                            BillingWallet.currency == subject,
+                        )
+                    )
+                    if wallet is None:
+                        return  # no credit was ever granted: nothing ran out
+                    limit, used = repo.wallet_usage(wallet)
+                    details = {"currency": subject}
+                alert = threshold_alert(
+                    organization_id, scope, kind, subject, period, EXHAUSTED, utcnow(),
+                    used=used, limit=limit, reason="refused", **details,
+                )  # fmt: skip
+                raised = repo.raise_alert(
+                    organization_id,
+                    api_key_id=scope,
+                    kind=kind,
+                    subject=subject,
+                    period=period,
+                    threshold=EXHAUSTED,
+                    payload=alert["payload"],
+                )
+        except Conflict:
+            return  # another process raised it at the same moment
+        if raised is not None:
+            announce([alert], {raised})
+
+
+def _target(organization_id: str, refusal: BudgetExceeded | InsufficientCredit) -> _Target | None:
+    """The alert a refusal raises, or None if it does not say which budget or wallet."""
+    if isinstance(refusal, BudgetExceeded):
+        if refusal.limit is None or refusal.charged is None or refusal.period_start is None:
+            return None
+        return (organization_id, refusal.scope, "budget", "", refusal.period_start)
+    if refusal.currency is None:
+        return None
+    month = Period.containing(utcnow()).start
+    return (organization_id, "", "credit", refusal.currency, month)
 
 
 @dataclass(frozen=True, slots=True)

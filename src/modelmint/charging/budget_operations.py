@@ -14,12 +14,13 @@ from sqlalchemy.orm import Session
 
 from modelmint import accounts
 from modelmint.billing import Budget, Money
-from modelmint.billing.budgets import DEFAULT_THRESHOLDS
+from modelmint.billing.budgets import DEFAULT_THRESHOLDS, MAX_THRESHOLD
 from modelmint.billing.errors import CurrencyMismatch, InvalidBudget
 from modelmint.billing.periods import Period
 from modelmint.billing.repository import BillingRepository
 from modelmint.billing.serialization import Json
 from modelmint.charging.operations import currency_code, decimal_string, iso, org_fields
+from modelmint.charging.settlement import announce, threshold_alert
 from modelmint.errors import InvalidRequest, NotFound
 from modelmint.storage.db import utcnow
 from modelmint.storage.tables import ApiKey, BillingAlert, BillingSpend, Organization
@@ -50,15 +51,29 @@ def set_budget(
     amount: str,
     currency: str,
     *,
-    hard: bool = True,
+    hard: bool | None = None,
     thresholds: list[int] | None = None,
     key: str | None = None,
 ) -> Json:
-    """Set the monthly budget of the organisation, or of one of its keys (``key``)."""
+    """Set the monthly budget of the organisation, or of one of its keys (``key``).
+
+    ``hard`` and ``thresholds`` left None keep what the budget had (a new budget is
+    hard, alerting at 50, 80 and 100 %): changing the limit changes nothing else.
+    Thresholds the month's spend has already reached under the new limit are raised
+    at once (each alert still once per month), as settlement would have raised them."""
     organization = accounts.get_org(session, org)
     scope = _key_scope(session, organization, key)
     limit = Money(decimal_string(amount, "amount", InvalidBudget), currency_code(currency))
-    budget = Budget(limit, hard, tuple(thresholds) if thresholds else DEFAULT_THRESHOLDS)
+    repo = BillingRepository(session)
+    before = repo.budgets(organization.id).get(scope)
+    if hard is None:
+        hard = before.hard if before is not None else True
+    if thresholds:
+        _check_percents(thresholds)
+        levels = tuple(thresholds)
+    else:
+        levels = before.thresholds if before is not None else DEFAULT_THRESHOLDS
+    budget = Budget(limit, hard, levels)
     plan_currency = _plan_currency(session, organization)
     if plan_currency is not None and plan_currency != limit.currency:
         raise CurrencyMismatch(
@@ -66,8 +81,46 @@ def set_budget(
             f"{limit.currency} would never apply",
             param="currency",
         )
-    BillingRepository(session).set_budget(organization.id, scope, budget)
-    return _budget(organization, scope, budget, _spend(session, organization.id, scope))
+    repo.set_budget(organization.id, scope, budget)
+    spend = _spend(session, organization.id, scope)
+    raised = _raise_reached(repo, organization.id, scope, budget, spend[0])
+    return {**_budget(organization, scope, budget, spend), "alerts_raised": raised}
+
+
+def _check_percents(thresholds: list[int]) -> None:
+    over = [t for t in thresholds if isinstance(t, int) and t > MAX_THRESHOLD]
+    if over:
+        raise InvalidBudget(
+            f"alert thresholds are percents of the limit, 1 to {MAX_THRESHOLD}; got "
+            f"{', '.join(map(str, over))}",
+            param="thresholds",
+        )
+
+
+def _raise_reached(
+    repo: BillingRepository, organization_id: str, scope: str, budget: Budget, spent: Decimal
+) -> list[int]:
+    """Raise the thresholds ``spent`` has reached; the percents raised now."""
+    period = Period.containing(utcnow())
+    raised = []
+    for percent in budget.crossed(Decimal(0), spent):
+        alert = threshold_alert(
+            organization_id, scope, "budget", "", period, percent, utcnow(), used=spent,
+            limit=budget.limit.amount, currency=budget.limit.currency, hard=budget.hard,
+        )  # fmt: skip
+        identifier = repo.raise_alert(
+            organization_id,
+            api_key_id=scope,
+            kind="budget",
+            subject="",
+            period=period,
+            threshold=percent,
+            payload=alert["payload"],
+        )
+        if identifier is not None:
+            announce([alert], {identifier})
+            raised.append(percent)
+    return raised
 
 
 def remove_budget(session: Session, org: str, key: str | None = None) -> None:
@@ -151,6 +204,8 @@ def _alert(alert: BillingAlert, organization: str) -> Json:
         "organization": organization,
         "api_key_id": alert.api_key_id or None,
         "kind": alert.kind,
+        # What an allowance alert counts (budget and credit alerts count money).
+        "metric": alert.subject if alert.kind == "allowance" else None,
         "threshold": alert.threshold,
         "period": f"{alert.period_start:%Y-%m}",
         "status": alert.status,

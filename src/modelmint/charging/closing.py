@@ -16,7 +16,9 @@ only exceed what its wallet paid if it exceeded its worst-case reservation; the
 writer logs that as an error, and it is settled by hand, not on this invoice.)
 
 A period still running is refused unless ``allow_open`` (usage after the close
-would be left out of the invoice).
+would be left out of the invoice). ``dry_run`` drafts the invoices a close would
+create and stores nothing, for a month still running too: closing is final, so it
+can be previewed first.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ __all__ = ["ClosedInvoice", "close_period", "invoice_id"]
 class ClosedInvoice:
     invoice: Invoice
     created: bool  # False: it already existed; nothing was changed
+    stored: bool = True  # False: a dry run's draft, never saved
 
 
 def invoice_id(organization_id: str, period: Period) -> str:
@@ -57,9 +60,11 @@ def close_period(
     organization: str | None = None,
     now: datetime,
     allow_open: bool = False,
+    dry_run: bool = False,
 ) -> list[ClosedInvoice]:
-    """Invoice every organisation with a subscription in ``period`` (or just one)."""
-    if period.end > now and not allow_open:
+    """Invoice every organisation with a subscription in ``period`` (or just one);
+    with ``dry_run``, only draft what would be invoiced."""
+    if period.end > now and not allow_open and not dry_run:
         raise InvalidPeriod(
             f"{period} has not ended; closing it now would leave later usage off the "
             "invoice (allow_open / --allow-open to close it anyway)"
@@ -70,7 +75,8 @@ def close_period(
         else:
             organization_ids = _subscribed(session, period)
     return [
-        _close_one(database, organization_id, period, now) for organization_id in organization_ids
+        _close_one(database, organization_id, period, now, dry_run)
+        for organization_id in organization_ids
     ]
 
 
@@ -85,7 +91,7 @@ def _subscribed(session: Session, period: Period) -> list[str]:
 
 
 def _close_one(
-    database: Database, organization_id: str, period: Period, now: datetime
+    database: Database, organization_id: str, period: Period, now: datetime, dry_run: bool
 ) -> ClosedInvoice:
     identifier = invoice_id(organization_id, period)
     with database.session() as session:
@@ -106,6 +112,8 @@ def _close_one(
         prepaid = [s.plan for s in timeline.in_period(period) if isinstance(s.plan, PrepaidPlan)]
         if prepaid:
             _credit_prepaid_usage(invoice, {p.ref for p in prepaid})
+        if dry_run:
+            return ClosedInvoice(invoice, created=True, stored=False)
         invoice.finalize(now)
         repo.save_invoice(invoice)
         return ClosedInvoice(invoice, created=True)

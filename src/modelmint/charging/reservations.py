@@ -68,6 +68,7 @@ def reserve(
                 f"this organisation has no {currency} prepaid credit; top up its wallet",
                 needed=amount,
                 available=Decimal(0),
+                currency=currency,
             ) from None
         at = wallet_instant(wallet.last_at)
         wallet.expire(at)
@@ -81,6 +82,7 @@ def reserve(
                 f"{amount:f} {wallet.currency}, {max(available, Decimal(0)):f} is available",
                 needed=amount,
                 available=available,
+                currency=wallet.currency,
             )
         return held
 
@@ -123,7 +125,12 @@ def hold_budget(
                 raise BudgetExceeded(
                     f"{whose} monthly budget of {budget.limit} is reached: {amount:f} charged "
                     f"and {taken:f} held for requests in flight this month; this request "
-                    f"may cost up to {worst:f}"
+                    f"may cost up to {worst:f}",
+                    scope=scope,
+                    limit=budget.limit.amount,
+                    currency=currency,
+                    charged=amount,
+                    period_start=period.start,
                 )
             scopes.append(scope)
         _shift_held(repo, organization_id, scopes, period, spend, worst)

@@ -20,7 +20,7 @@ from rich.text import Text
 
 from modelmint.billing.periods import Period
 from modelmint.charging import budget_operations, operations
-from modelmint.charging.closing import close_period
+from modelmint.charging.closing import ClosedInvoice, close_period
 from modelmint.cli.context import console, open_database, session_scope
 from modelmint.errors import InvalidRequest
 from modelmint.storage.db import utcnow
@@ -527,19 +527,35 @@ def invoices_close(
     period: Annotated[str, typer.Option(help="The month to close, YYYY-MM.")],
     org: Annotated[str | None, typer.Option("--org", help="Only this organisation.")] = None,
     allow_open: Annotated[
-        bool, typer.Option("--allow-open", help="Close a month that has not ended yet.")
+        bool,
+        typer.Option(
+            "--allow-open",
+            help="Close a month that has not ended yet: final, later usage is left off "
+            "(preview it with --dry-run first).",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Show the invoices a close would create and store nothing "
+            "(a month still running too).",
+        ),
     ] = False,
     as_json: AsJson = False,
 ) -> None:
-    """Draft and finalise the invoices of a month; running it again changes nothing."""
+    """Draft and finalise the invoices of a month; running it again changes nothing.
+
+    Closing is final: a finalised invoice is never redrafted. Preview with --dry-run."""
     database = open_database()
     try:
         closed = close_period(
-            database, Period.parse(period), organization=org, now=utcnow(), allow_open=allow_open
-        )
+            database, Period.parse(period), organization=org, now=utcnow(),
+            allow_open=allow_open, dry_run=dry_run,
+        )  # fmt: skip
     finally:
         database.dispose()
-    rows = [{**c.invoice.to_dict(), "created": c.created} for c in closed]
+    rows = [{**c.invoice.to_dict(), "created": c.created, "stored": c.stored} for c in closed]
     if as_json:
         _emit(rows)
         return
@@ -547,16 +563,24 @@ def invoices_close(
         _say(f"No organisation had a subscription in {period}; no invoice to close.")
         return
     table = Table("id", "organisation", "status", "total", "")
-    for row in rows:
+    for c, row in zip(closed, rows, strict=True):
         _add_row(
             table,
             row["id"],
             row["organization_id"],
             row["status"],
             f"{row['total']} {row['currency']}",
-            "created" if row["created"] else "already closed",
+            _close_outcome(c),
         )
     console.print(table)
+    if dry_run:
+        _say("Dry run: nothing was stored. Run again without --dry-run to close the month.")
+
+
+def _close_outcome(closed: ClosedInvoice) -> str:
+    if not closed.created:
+        return "already closed"
+    return "created" if closed.stored else "would be created"
 
 
 # -- budgets and alerts -------------------------------------------------------------------
@@ -567,26 +591,41 @@ def budgets_set(
     org: Org,
     amount: Annotated[str, typer.Option(help="Monthly limit, e.g. 100.00.")],
     currency: Annotated[str, typer.Option(help="Currency code.")] = "USD",
-    soft: Annotated[bool, typer.Option("--soft", help="Alert only; never refuse.")] = False,
+    hard: Annotated[
+        bool | None,
+        typer.Option(
+            "--hard/--soft",
+            help="Hard: refuse requests (402) past the limit; soft: alert only. "
+            "Default: the budget's current kind (hard for a new budget).",
+        ),
+    ] = None,
     thresholds: Annotated[
-        str | None, typer.Option(help="Alert at these percents, e.g. 50,80,100.")
+        str | None,
+        typer.Option(
+            help="Alert at these percents of the limit (1-100), e.g. 50,80,100. "
+            "Default: the budget's current ones (50,80,100 for a new budget)."
+        ),
     ] = None,
     key: Annotated[str | None, typer.Option(help="A key id: that key's own budget.")] = None,
     as_json: AsJson = False,
 ) -> None:
-    """Set the monthly budget of an organisation (or of one of its keys)."""
+    """Set the monthly budget of an organisation (or of one of its keys).
+
+    Thresholds this month's spend has already reached alert at once."""
     percents = _percents(thresholds)
     with session_scope() as session:
         budget = budget_operations.set_budget(
-            session, org, amount, currency, hard=not soft, thresholds=percents, key=key
+            session, org, amount, currency, hard=hard, thresholds=percents, key=key
         )
     if as_json:
         _emit(budget)
         return
     kind = "hard" if budget["hard"] else "soft"
+    raised = budget["alerts_raised"]
     _say(
         f"{kind.capitalize()} budget of {budget['limit']} {budget['currency']} a month for "
         f"{key or budget['organization']}; {budget['spent']} spent this month."
+        + (f" Alerts raised at {', '.join(f'{p}%' for p in raised)}." if raised else "")
     )
 
 
@@ -664,13 +703,14 @@ def alerts_list(
     if as_json:
         _emit(rows)
         return
-    table = Table("created", "organisation", "kind", "threshold", "status", "attempts")
+    table = Table("created", "organisation", "kind", "metric", "threshold", "status", "attempts")
     for r in rows:
         _add_row(
             table,
             r["created_at"],
             r["api_key_id"] or r["organization"],
             r["kind"],
+            r["metric"],
             f"{r['threshold']}%",
             r["status"],
             r["attempts"],

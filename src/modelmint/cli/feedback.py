@@ -20,6 +20,7 @@ from modelmint.feedback.feedback import feedback_summary
 from modelmint.storage.db import utcnow
 from modelmint.storage.tables import FeedbackDataset
 from modelmint.training.cards import FeedbackSummary
+from modelmint.training.holdout import HeldOut
 
 __all__ = ["compare_command", "datasets", "samples"]
 
@@ -64,7 +65,11 @@ def _since(text: str | None) -> datetime | None:
 @datasets.command("build")
 def datasets_build(
     from_feedback: Annotated[
-        str, typer.Option("--from-feedback", help="Public model name whose feedback to use.")
+        str,
+        typer.Option(
+            "--from-feedback",
+            help="Model whose feedback to use: its public (served) name or its registered name.",
+        ),
     ],
     name: Annotated[str | None, typer.Option(help="Dataset name (default: the model's).")] = None,
     min_score: Annotated[
@@ -145,6 +150,7 @@ def _version_json(r: VersionReport) -> dict[str, Any]:
         "metrics": r.metrics,
         "requests": r.requests,
         "errors": r.errors,
+        "client_errors": r.client_errors,
         "error_rate": _decimal(r.error_rate),
         "avg_latency_ms": _decimal(r.avg_latency_ms),
         "currency": r.currency,
@@ -157,11 +163,33 @@ def _version_json(r: VersionReport) -> dict[str, Any]:
     }
 
 
+def _held_out_json(held: HeldOut | None, note: str | None) -> dict[str, Any] | None:
+    if held is None:
+        return None if note is None else {"note": note}
+    return {
+        "source": held.source,
+        "rows": held.rows,
+        "left_out": held.left_out,
+        "unchecked_versions": list(held.unchecked),
+        "versions": [
+            {
+                "version": s.version,
+                "accuracy": s.accuracy,
+                "accuracy_ci95": [s.accuracy_low, s.accuracy_high],
+                "f1_macro": s.f1_macro,
+                "roc_auc": s.roc_auc,
+            }
+            for s in held.scores
+        ],
+    }
+
+
 def _comparison_json(c: Comparison) -> dict[str, Any]:
     return {
         "model": c.model,
         "period": {"start": c.period.start.isoformat(), "end": c.period.end.isoformat()},
         "versions": [_version_json(r) for r in c.versions],
+        "held_out": _held_out_json(c.held_out, c.held_out_note),
         "recommendation": {
             "action": c.recommendation.action,
             "rule": c.recommendation.rule,
@@ -183,13 +211,20 @@ def _print_comparison(data: dict[str, Any]) -> None:
         return f"{s['mean']:.3f}{ci} (n={s['count']})"
 
     table.add_row("feedback score (95% CI)", *[score(v) for v in versions])
+    held = data["held_out"]
+    if held is not None and "rows" in held:
+        _held_out_rows(table, held)
     metric_names = sorted({m for v in versions for m in v["metrics"]})[:8]
     for metric in metric_names:
-        table.add_row(metric, *[_metric(v["metrics"].get(metric)) for v in versions])
+        table.add_row(
+            f"{metric} (own test split)", *[_metric(v["metrics"].get(metric)) for v in versions]
+        )
     for field, label in (
         ("requests", "requests"),
         ("avg_latency_ms", "latency ms (mean)"),
-        ("error_rate", "error rate"),
+        ("errors", "model errors (5xx)"),
+        ("client_errors", "client errors (4xx)"),
+        ("error_rate", "error rate (model)"),
         ("revenue_per_1k", "revenue / 1k req"),
         ("cost_per_1k", "cost / 1k req"),
         ("margin_per_1k", "margin / 1k req"),
@@ -199,10 +234,44 @@ def _print_comparison(data: dict[str, Any]) -> None:
         "top correction",
         *[_top_correction(v["feedback"]["corrections"]) for v in versions],
     )
+    table.add_row("latest comment", *[_latest_comment(v["feedback"]["comments"]) for v in versions])
     console.print(table)
+    if held is not None:
+        console.print(_held_out_line(held), highlight=False)
     rec = data["recommendation"]
     console.print(f"Recommendation: [bold]{rec['action']}[/] ({rec['reason']})")
     console.print(f"Rule: {rec['rule']}", highlight=False)
+
+
+def _held_out_rows(table: Table, held: dict[str, Any]) -> None:
+    def accuracy(v: dict[str, Any]) -> str:
+        low, high = v["accuracy_ci95"]
+        ci = f" [{low:.3f}, {high:.3f}]" if low is not None else ""
+        return f"{v['accuracy']:.3f}{ci}"
+
+    scores = held["versions"]
+    table.add_row(f"accuracy, shared held-out (n={held['rows']})", *[accuracy(v) for v in scores])
+    table.add_row("F1 macro, shared held-out", *[_metric(v["f1_macro"]) for v in scores])
+    table.add_row("ROC-AUC, shared held-out", *[_metric(v["roc_auc"]) for v in scores])
+
+
+def _held_out_line(held: dict[str, Any]) -> str:
+    if "rows" not in held:
+        return f"Held-out: {held['note']}."
+    line = f"Held-out: {held['rows']} rows, {held['source']}"
+    if held["left_out"]:
+        line += f"; {held['left_out']} left out because a compared version learned from them"
+    if held["unchecked_versions"]:
+        shown = ", ".join(f"v{v}" for v in held["unchecked_versions"])
+        line += f"; could not check what {shown} learned from (its data is gone or changed)"
+    return line + "."
+
+
+def _latest_comment(comments: list[str]) -> str:
+    if not comments:
+        return "-"
+    text = " ".join(comments[0].split())
+    return text if len(text) <= 40 else text[:39] + "…"
 
 
 def _summary_json(summary: FeedbackSummary) -> dict[str, Any]:
@@ -216,6 +285,7 @@ def _summary_json(summary: FeedbackSummary) -> dict[str, Any]:
             for p in summary.trend
         ],
         "corrections": [{"correction": text, "times": n} for text, n in summary.corrections],
+        "comments": list(summary.comments),
     }
 
 
@@ -233,16 +303,29 @@ def _metric(value: float | None) -> str:
 def compare_command(
     model: Annotated[str, typer.Argument(help="Registered model name.")],
     versions: Annotated[str, typer.Option(help="Comma-separated versions, e.g. 3,4.")],
+    held_out: Annotated[
+        bool,
+        typer.Option(
+            help="Measure every classifier version on the same held-out rows (the oldest "
+            "version's test split, less any row a compared version learned from)."
+        ),
+    ] = True,
+    eval_data: Annotated[
+        str | None,
+        typer.Option(help="Labelled rows (file or dataset:NAME@V) to measure every version on."),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Compare versions on feedback, offline metrics, latency, errors and money, and
-    recommend promote / keep / roll back."""
+    """Compare versions on feedback, shared held-out rows, offline metrics, latency,
+    errors and money, and recommend promote / keep / roll back."""
     try:
         numbers = [int(v) for v in versions.split(",") if v.strip()]
     except ValueError:
         raise InvalidRequest(f"--versions {versions!r}: give numbers such as 3,4") from None
     with session_scope() as session:
-        comparison = compare_versions(session, model, numbers)
+        comparison = compare_versions(
+            session, model, numbers, held_out=held_out, eval_data=eval_data
+        )
         data = _comparison_json(comparison)
         for shown, report in zip(data["versions"], comparison.versions, strict=True):
             shown["feedback"] = _summary_json(feedback_summary(session, report.version_id))

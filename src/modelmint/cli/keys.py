@@ -8,10 +8,12 @@ from typing import Annotated, Any
 import orjson
 import typer
 from rich.table import Table
+from sqlalchemy.orm import Session
 
 from modelmint import accounts
 from modelmint.cli.context import console, session_scope
-from modelmint.errors import InvalidRequest
+from modelmint.errors import InvalidRequest, NotFound
+from modelmint.storage.tables import Organization
 
 app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 
@@ -30,9 +32,19 @@ def _parse_expiry(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def _existing_org(session: Session, org: str) -> Organization:
+    try:
+        return accounts.get_org(session, org)
+    except NotFound as exc:
+        raise NotFound(
+            f"{exc.message}; create it first (modelmint orgs create) or pass --create-org",
+            param=exc.param,
+        ) from None
+
+
 @app.command("create")
 def create(
-    org: Annotated[str, typer.Option(help="Organisation name or id; created if missing.")],
+    org: Annotated[str, typer.Option(help="Organisation name or id; it must exist.")],
     name: Annotated[str, typer.Option(help="A label for the key.")] = "",
     models: Annotated[
         str | None,
@@ -42,13 +54,18 @@ def create(
     rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
     tpm: Annotated[int | None, typer.Option(help="Tokens per minute.")] = None,
     concurrent: Annotated[int | None, typer.Option(help="Requests in progress at once.")] = None,
+    create_org: Annotated[
+        bool, typer.Option("--create-org", help="Create the organisation if it does not exist.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Create an API key. The secret is printed once and cannot be shown again."""
     expires_at = _parse_expiry(expires)
     model_list = models.split(",") if models is not None else None
     with session_scope() as session:
-        organization = accounts.ensure_org(session, org)
+        organization = (
+            accounts.ensure_org(session, org) if create_org else _existing_org(session, org)
+        )
         row, secret = accounts.create_key(
             session,
             organization,
@@ -74,7 +91,9 @@ def create(
     if as_json:
         typer.echo(orjson.dumps(info).decode())
         return
-    console.print(f"Created key [bold]{info['id']}[/] for organisation [bold]{org}[/].")
+    console.print(
+        f"Created key [bold]{info['id']}[/] for organisation [bold]{info['organization']}[/]."
+    )
     console.print("Store this secret now; it will not be shown again:")
     console.print(f"  [bold green]{secret}[/]", soft_wrap=True)
 
@@ -126,7 +145,9 @@ def list_(
 
 @app.command("revoke")
 def revoke(
-    key: Annotated[str, typer.Argument(help="Key id (key_...) or its shown prefix.")],
+    key: Annotated[
+        str, typer.Argument(help="Key id (key_...), its shown prefix (mm-...) or its secret.")
+    ],
 ) -> None:
     """Revoke a key; every gateway process refuses it within a second."""
     with session_scope() as session:

@@ -154,5 +154,6 @@ def main() -> None:
     try:
         app()
     except ModelMintError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        # soft_wrap: one line, however narrow the terminal (or 80 columns off one).
+        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)

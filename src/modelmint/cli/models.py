@@ -17,7 +17,7 @@ from rich.table import Table
 from modelmint import registry
 from modelmint.cli.context import console, session_scope
 from modelmint.errors import InvalidRequest
-from modelmint.registry import rollout, versions
+from modelmint.registry import deployment_status, rollout, versions
 from modelmint.registry.catalog import ServingCosts
 
 app = typer.Typer(help="List, add and remove served models.", no_args_is_help=True)
@@ -25,27 +25,31 @@ app = typer.Typer(help="List, add and remove served models.", no_args_is_help=Tr
 
 @app.command("list")
 def list_(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Public model names and the deployments behind them."""
+    """Public model names, the deployments behind them, and whether each one serves
+    (serving, starting, or failed with the reason)."""
     with session_scope() as session:
-        routes = registry.load_routes(session)
+        statuses = deployment_status.deployment_statuses(session)
     rows: list[dict[str, Any]] = [
         {
-            "name": name,
-            "task": route.task,
+            "name": d.public_name,
+            "task": d.task,
             "model": d.model_name,
             "version": d.version,
             "backend": d.backend,
-            "target": d.artifact_uri,
+            "target": d.target,
             "weight": d.weight,
             "fallback": d.fallback,
+            "status": d.status,
+            "error": d.error,
         }
-        for name, route in sorted(routes.items())
-        for d in route.deployments
+        for d in statuses
     ]
     if as_json:
         typer.echo(orjson.dumps(rows).decode())
         return
-    table = Table("name", "task", "model@version", "backend", "target", "weight", "fallback")
+    table = Table(
+        "name", "task", "model@version", "backend", "target", "weight", "fallback", "status"
+    )
     for r in rows:
         table.add_row(
             r["name"],
@@ -55,6 +59,7 @@ def list_(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
             r["target"],
             str(r["weight"]),
             r["fallback"] or "-",
+            f"failed: {r['error']}" if r["status"] == "failed" else r["status"],
         )
     console.print(table)
 
@@ -312,4 +317,9 @@ def deploy_command(
             config=config,
         )
     split = ", ".join(f"{m}@{v} {w}%" for m, v, w in result.versions)
-    console.print(f"[bold]{result.public_name}[/] now serves {split}.")
+    # Gateways start it within a second or so; if it cannot start, they keep what
+    # served the name before. Only `models list` can say which happened.
+    console.print(
+        f"[bold]{result.public_name}[/] deployed: {split}. Running gateways switch to it once "
+        "it starts; `modelmint models list` shows whether it serves."
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,9 +13,9 @@ import typer
 
 from modelmint import analytics
 from modelmint.analytics import OrgSimulation, PlanOption, Simulation
+from modelmint.analytics.repricing import checked_elasticity
 from modelmint.cli.context import console, session_scope
 from modelmint.cli.reports import Column, OutputFormat, emit, parse_period
-from modelmint.errors import InvalidRequest
 
 __all__ = ["simulate_command"]
 
@@ -40,18 +40,6 @@ _OPTIONS: list[Column[PlanOption]] = [
     Column("margin_pct", lambda p: p.margin_pct),
     Column("cheapest_for", lambda p: p.cheapest_for),
 ]
-
-
-def _elasticity(text: str | None) -> Decimal | None:
-    if text is None:
-        return None
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise InvalidRequest(f"--elasticity {text!r} is not a number", param="elasticity") from None
-    if not value.is_finite() or abs(value) > 10:
-        raise InvalidRequest("--elasticity must be a number between -10 and 10", param="elasticity")
-    return value
 
 
 def _total(result: Simulation) -> OrgSimulation:
@@ -107,7 +95,10 @@ def simulate_command(
     ] = None,
     elasticity: Annotated[
         str | None,
-        typer.Option(help="Constant price elasticity of demand, e.g. -0.3 (default: none)."),
+        typer.Option(
+            help="Constant price elasticity of demand, from -10 to 0 (demand falls as the "
+            "price rises), e.g. -0.3 (default: none)."
+        ),
     ] = None,
     currency: Annotated[str | None, typer.Option(help="Default: the plans' currency.")] = None,
     output: Annotated[
@@ -121,7 +112,7 @@ def simulate_command(
     """
     candidate = analytics.load_candidate(prices)
     chosen = parse_period(period)
-    demand = _elasticity(elasticity)
+    demand = checked_elasticity(elasticity)
     with session_scope() as session:
         result = analytics.simulate(
             session, candidate, chosen, elasticity=demand, currency=currency

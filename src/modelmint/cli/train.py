@@ -1,4 +1,5 @@
-"""`modelmint train RECIPE --data PATH`: train, evaluate, export and register a version."""
+"""`modelmint train RECIPE --data PATH [--add-data SOURCE]`: train, evaluate, export and
+register a version."""
 
 from __future__ import annotations
 
@@ -41,6 +42,14 @@ def train_command(
         str,
         typer.Option(help="CSV/JSONL file, image folder, sklearn:digits or dataset:NAME@VERSION."),
     ],
+    add_data: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--add-data",
+            help="More training rows, e.g. dataset:NAME@VERSION built from feedback: they join "
+            "the training part only, so the test rows stay those of --data (repeatable).",
+        ),
+    ] = None,
     param: Annotated[
         list[str] | None, typer.Option("--param", "-p", help="Hyperparameter KEY=VALUE.")
     ] = None,
@@ -86,10 +95,16 @@ def train_command(
         onnx=onnx,
         parent=from_version,
         register=register,
+        add_data=tuple(add_data or ()),
     )
     # Under torchrun only rank 0 talks: it alone evaluates, exports and registers.
     main_rank = os.environ.get("RANK", "0") == "0"
-    database = open_database(config) if main_rank and (register or from_version) else None
+    needs_registry = any(s.startswith("dataset:") for s in (data, *(add_data or ())))
+    database = (
+        open_database(config)
+        if main_rank and (register or from_version or needs_registry)
+        else None
+    )
     try:
         with Progress(
             TextColumn("{task.description}"),
@@ -130,6 +145,12 @@ def train_command(
         if isinstance(value, int | float) and not isinstance(value, bool):
             table.add_row(key, f"{value:.4f}")
     console.print(table)
+    if add_data:
+        sizes = result.report.split_sizes
+        console.print(
+            f"Trained on {sizes['train']} rows, {sizes.get('added to train', 0)} of them added "
+            f"from {', '.join(add_data)}; tested on the {sizes['test']} test rows of {data}."
+        )
     if result.version is not None:
         console.print(
             f"Registered [bold]{result.name}@{result.version}[/] in {result.artifact_dir}. "

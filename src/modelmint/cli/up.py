@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shutil
+import socket
 import sys
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -17,6 +19,7 @@ from modelmint.charging.demo import seed_demo_billing
 from modelmint.cli.context import console, open_database
 from modelmint.cli.context import settings as load_settings
 from modelmint.config import Settings
+from modelmint.errors import Conflict, InvalidRequest
 from modelmint.observability.logs import configure_logging
 from modelmint.storage.tables import ApiKey
 
@@ -129,6 +132,33 @@ def _banner(config: Settings, seeded: Seeded, admin: str | None) -> None:
     console.rule()
 
 
+def _check_port(host: str, port: int) -> None:
+    """Refuse to start, before anything is loaded, on an address we cannot listen on.
+
+    Models take a while to load; finding out only after that (and after the banner has
+    said "Serving on ...") that another process holds the port wastes the wait and hides
+    the reason in a log line. Something could still take the port in the instant between
+    this check and the server's bind; the server then fails as before.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As the server will bind: a port left in TIME_WAIT by a server that just
+        # stopped is free, one another process listens on is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise Conflict(
+                    f"port {port} on {host} is already in use (another modelmint up?); "
+                    "stop it or choose another port with --port or MODELMINT_PORT",
+                    param="port",
+                ) from None
+            raise InvalidRequest(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}", param="host"
+            ) from None
+
+
 def _prepare_metrics_dir(config: Settings) -> None:
     """Worker processes share Prometheus metrics through files in one fresh folder."""
     folder = config.home / "prometheus"
@@ -160,6 +190,7 @@ def up(
         # Workers read their settings from the environment: hand them the same token.
         os.environ["MODELMINT_ADMIN_TOKEN"] = generated_admin
     config = load_settings()
+    _check_port(config.host, config.port)
     configure_logging(config.log_level, json_lines=config.log_json and not sys.stderr.isatty())
     seeded = _seed(config)
     if workers > 1:

@@ -23,12 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session
 
 from modelmint.errors import NotFound
 from modelmint.storage.db import Database
-from modelmint.storage.tables import Feedback, FeedbackDataset, RequestSample
+from modelmint.storage.tables import (
+    Feedback,
+    FeedbackDataset,
+    ModelVersion,
+    RegisteredModel,
+    RequestSample,
+)
 from modelmint.training.recipe import DataError
 from modelmint.training.splits import data_hash
 
@@ -49,7 +55,9 @@ _GOOD = {"thumbs": 1.0, "stars": 4.0, "numeric": 0.0}
 
 @dataclass(frozen=True, slots=True)
 class BuildOptions:
-    model: str  # the public model name the requests were sent to
+    # The public name the requests were sent to, or the registered model's name (then
+    # the feedback on every one of its versions, whatever name served them).
+    model: str
     name: str | None = None  # dataset name; default: the model's
     min_score: float | None = None
     since: datetime | None = None
@@ -79,11 +87,23 @@ def _keeps(feedback: Feedback, min_score: float | None) -> bool:
     )
 
 
+def _about(model: str) -> ColumnElement[bool]:
+    """Feedback on ``model``: served under that public name, or answered by a version of
+    the registered model of that name (the two names differ once it is deployed ``--as``
+    another)."""
+    versions = (
+        select(ModelVersion.id)
+        .join(RegisteredModel, RegisteredModel.id == ModelVersion.model_id)
+        .where(RegisteredModel.name == model)
+    )
+    return or_(Feedback.model == model, Feedback.model_version_id.in_(versions))
+
+
 def _pairs(session: Session, options: BuildOptions) -> Iterator[tuple[Feedback, RequestSample]]:
     query = (
         select(Feedback, RequestSample)
         .join(RequestSample, RequestSample.request_id == Feedback.request_id)
-        .where(Feedback.model == options.model)
+        .where(_about(options.model))
         .order_by(Feedback.updated_at, Feedback.request_id)
     )
     if options.since is not None:
@@ -196,10 +216,7 @@ def build_from_feedback(session: Session, home: Path, options: BuildOptions) -> 
     """Write the next version of a dataset from a model's feedback and record it."""
     rows = rows_from_feedback(session, options)
     if not rows:
-        raise DataError(
-            f"no rated, captured requests of {options.model!r} qualify: enable sample capture "
-            "(modelmint samples config) and send feedback first"
-        )
+        raise DataError(_why_empty(session, options))
     name = options.name or options.model
     version = (
         session.scalar(
@@ -232,6 +249,41 @@ def build_from_feedback(session: Session, home: Path, options: BuildOptions) -> 
     session.add(dataset)
     session.flush()
     return dataset
+
+
+def _why_empty(session: Session, options: BuildOptions) -> str:
+    """Why no row qualified, as the one thing to do next."""
+    model = options.model
+    rated = select(Feedback.request_id).where(_about(model))
+    if options.since is not None:
+        rated = rated.where(Feedback.updated_at >= options.since)
+    ratings = session.scalar(select(func.count()).select_from(rated.subquery())) or 0
+    if ratings == 0:
+        served = sorted(
+            set(
+                session.scalars(
+                    select(Feedback.model).distinct().order_by(Feedback.model).limit(20)
+                )
+            )
+        )
+        known = f"; feedback exists for: {', '.join(served)}" if served else ""
+        return (
+            f"no feedback on {model!r} (a public model name or a registered model name)"
+            f"{known}. Send feedback (POST /v1/feedback) first"
+        )
+    captured = session.scalar(
+        select(func.count()).select_from(RequestSample).where(RequestSample.request_id.in_(rated))
+    )
+    if not captured:
+        return (
+            f"{ratings} rated requests of {model!r}, but none was captured: enable sample "
+            "capture (modelmint samples config) before the requests are served"
+        )
+    return (
+        f"{ratings} rated requests of {model!r} ({captured} captured), but none qualifies: "
+        "a row needs a correction or a good rating (thumbs up, 4+ stars, a positive number, "
+        "or at least --min-score)"
+    )
 
 
 def list_datasets(session: Session, name: str | None = None) -> list[FeedbackDataset]:

@@ -1,9 +1,12 @@
 """Customers' ratings of served requests, and the summaries a model card shows.
 
-A rating names a request id from ``usage_records``; only the organisation that made
-the request may rate it, and rating it again replaces the earlier rating. Every kind
-of score is also kept as one number (thumbs: 1 up, 0 down; stars: 1-5; numeric: as
-given) so versions can be compared on a mean; categorical scores keep only a label.
+A rating names a request: the ``req_...`` id of ``usage_records`` (the X-Request-ID
+header), or the ``id`` of the response body the SDKs return (``chatcmpl-...``,
+``cmpl-...``), which is that request id under another prefix. Only the organisation
+that made the request may rate it, and rating it again replaces the earlier rating.
+Every kind of score is also kept as one number (thumbs: 1 up, 0 down; stars: 1-5;
+numeric: as given) so versions can be compared on a mean; categorical scores keep
+only a label. A rating may carry a short free-text comment.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ from modelmint.storage.tables import Feedback, UsageRecord
 from modelmint.training.cards import FeedbackSummary, ScorePoint
 
 __all__ = [
+    "MAX_COMMENT_CHARS",
     "SCORE_KINDS",
     "FeedbackGiven",
     "ScoreKind",
     "feedback_summary",
     "normalise_score",
     "record_feedback",
+    "request_id_of",
 ]
 
 ScoreKind = Literal["thumbs", "stars", "numeric", "categorical"]
@@ -37,6 +42,18 @@ _THUMBS = {"up": 1.0, "down": 0.0, "true": 1.0, "false": 0.0}
 # Trends show the most recent periods; older ones add little to a card.
 _TREND_DAYS = 14
 _TOP_CORRECTIONS = 10
+_RECENT_COMMENTS = 10
+# A comment says why in a sentence or a paragraph; a longer text belongs elsewhere.
+MAX_COMMENT_CHARS = 2000
+# The gateway names a chat or completion answer ``chatcmpl-`` / ``cmpl-`` followed by the
+# request id without its ``req_`` (gateway.envelope): swapping the prefix back finds the
+# request with no lookup table to keep, so the request path stays as it is.
+_RESPONSE_ID_PREFIXES = ("chatcmpl-", "cmpl-")
+_REQUEST_ID_PREFIX = "req_"
+_ACCEPTED_IDS = (
+    "the response's id (chatcmpl-... or cmpl-... for chat and completions, req_... for "
+    "classifications and recommendations) or its X-Request-ID header (req_...)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +66,27 @@ class FeedbackGiven:
     name: str = "score"
     corrected_output: str | None = None
     corrected_label: str | None = None
+    comment: str | None = None
+
+
+def request_id_of(given: str) -> str:
+    """The request id a response id stands for (``chatcmpl-X`` and ``cmpl-X`` -> ``req_X``);
+    any other id is returned as it is."""
+    for prefix in _RESPONSE_ID_PREFIXES:
+        if given.startswith(prefix) and len(given) > len(prefix):
+            return _REQUEST_ID_PREFIX + given.removeprefix(prefix)
+    return given
+
+
+def _comment(text: str | None) -> str | None:
+    if text is None or not text.strip():
+        return None
+    if len(text) > MAX_COMMENT_CHARS:
+        raise InvalidRequest(
+            f"a comment is at most {MAX_COMMENT_CHARS} characters, not {len(text)}",
+            param="comment",
+        )
+    return text.strip()
 
 
 def _infer_kind(score: bool | int | float | str) -> ScoreKind:
@@ -96,14 +134,19 @@ def record_feedback(
 ) -> Feedback:
     """Store (or replace) the rating of one of ``organization_id``'s requests."""
     kind, number, label = normalise_score(given.score, given.kind)
-    usage = session.get(UsageRecord, given.request_id)
+    comment = _comment(given.comment)
+    request_id = request_id_of(given.request_id)
+    usage = session.get(UsageRecord, request_id)
     # Another organisation's request is reported exactly like a missing one.
     if usage is None or usage.organization_id != organization_id:
-        raise NotFound(f"no request {given.request_id!r} of yours was found", param="request_id")
+        raise NotFound(
+            f"no request {given.request_id!r} of yours was found; give {_ACCEPTED_IDS}",
+            param="request_id",
+        )
     now = utcnow()
-    row = session.get(Feedback, given.request_id)
+    row = session.get(Feedback, request_id)
     if row is None:
-        row = Feedback(request_id=given.request_id, created_at=now)
+        row = Feedback(request_id=request_id, created_at=now)
         session.add(row)
     row.organization_id = organization_id
     row.api_key_id = api_key_id
@@ -115,6 +158,7 @@ def record_feedback(
     row.label = label
     row.corrected_output = given.corrected_output
     row.corrected_label = given.corrected_label
+    row.comment = comment
     row.updated_at = now
     session.flush()
     return row
@@ -143,12 +187,16 @@ def feedback_summary(
         if r.corrected_label or r.corrected_output
     )
     kinds = {r.score_kind for r in rows}
+    commented = sorted(
+        (r for r in rows if r.comment), key=lambda r: (r.updated_at, r.request_id), reverse=True
+    )
     return FeedbackSummary(
         volume=len(rows),
         mean_score=sum(scores) / len(scores) if scores else None,
         trend=trend,
         corrections=corrections.most_common(_TOP_CORRECTIONS),
         scale=_scale(kinds),
+        comments=[r.comment for r in commented[:_RECENT_COMMENTS] if r.comment],
     )
 
 

@@ -12,6 +12,7 @@ from fastapi.openapi.utils import get_openapi
 from modelmint import __version__
 from modelmint.config import Settings
 from modelmint.dashboard import mount_dashboard
+from modelmint.gateway.api_docs import mount_api_docs
 from modelmint.gateway.errors import install_error_handlers
 from modelmint.gateway.fastpath import ModelRoutes, openapi_paths
 from modelmint.gateway.middleware import GatewayMiddleware
@@ -47,8 +48,12 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
         # A JSON body without a Content-Type header is read as JSON, as OpenAI's API does.
         strict_content_type=False,
+        # FastAPI's docs pages load their scripts from CDNs; ours are served locally.
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
+    mount_api_docs(app)
     app.include_router(openai.router)
     app.include_router(self_service.router)
     app.include_router(admin.router)

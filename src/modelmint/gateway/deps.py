@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from modelmint.accounts.keys import KeyInfo
-from modelmint.errors import AuthenticationError, PaymentRequired, RateLimited
+from modelmint.errors import AuthenticationError, ModelMintError, PaymentRequired, RateLimited
 from modelmint.gateway.platform import Platform
 from modelmint.observability.metrics import AUTH_FAILURES
 from modelmint.storage.db import utcnow
@@ -88,6 +88,18 @@ async def authenticate(
 
     ``client`` is the peer address; wrong keys from it are counted and, past the
     allowance, refused with a 429 (never a forwarded header: a client could forge it)."""
+    key = await known_key(platform, authorization, client)
+    refusal = refusal_of(key, allow_blocked=allow_blocked)
+    if refusal is not None:
+        raise refusal
+    return key
+
+
+async def known_key(
+    platform: Platform, authorization: str | None, client: str | None = None
+) -> KeyInfo:
+    """The key an ``Authorization`` header names, usable or not (see ``refusal_of``);
+    the 401 if there is none (or the throttle's 429)."""
     secret = bearer_token(authorization)
     if secret is None:
         raise AuthenticationError(
@@ -98,16 +110,21 @@ async def authenticate(
     if key is None:
         _failed(platform, client)
         raise AuthenticationError("incorrect API key provided")
+    return key
+
+
+def refusal_of(key: KeyInfo, *, allow_blocked: bool = False) -> ModelMintError | None:
+    """Why ``key`` may not be used now, or None."""
     if key.revoked:
-        raise AuthenticationError("this API key has been revoked", code="revoked_api_key")
+        return AuthenticationError("this API key has been revoked", code="revoked_api_key")
     if not key.usable_at(utcnow()):
-        raise AuthenticationError("this API key has expired", code="expired_api_key")
+        return AuthenticationError("this API key has expired", code="expired_api_key")
     if key.payment_blocked and not allow_blocked:
-        raise PaymentRequired(
+        return PaymentRequired(
             "this organisation's invoice payment is overdue: pay it or update the payment "
             "method with the provider of this API (GET /v1/balance and /v1/usage still work)"
         )
-    return key
+    return None
 
 
 def _client(request: Request) -> str | None:

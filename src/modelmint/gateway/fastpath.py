@@ -13,14 +13,16 @@ OpenAPI document still describes them (``openapi_paths``).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelmint.errors import InvalidRequest, MethodNotAllowed, ModelMintError
 from modelmint.gateway import demo_clock
-from modelmint.gateway.deps import authenticate
+from modelmint.gateway.deps import known_key, refusal_of
 from modelmint.gateway.errors import error_response, invalid_request, unexpected_error
 from modelmint.gateway.inference import Answer, InferenceService
 from modelmint.gateway.middleware import header
@@ -34,7 +36,7 @@ from modelmint.gateway.protocol import (
 )
 from modelmint.gateway.responses import EventStreamResponse, OrjsonResponse
 
-__all__ = ["ModelRoutes", "openapi_paths"]
+__all__ = ["ModelRoute", "ModelRoutes", "openapi_paths"]
 
 Handler = Callable[[InferenceService, Any, str, Any], Awaitable[Answer]]
 
@@ -59,12 +61,53 @@ async def _recommend(service: InferenceService, key: Any, request_id: str, body:
     return await service.recommend(key, request_id, body)
 
 
-ROUTES: dict[str, tuple[type[BaseModel], Handler, str]] = {
-    "/v1/chat/completions": (ChatCompletionRequest, _chat, "Create a chat completion"),
-    "/v1/completions": (CompletionRequest, _completion, "Create a text completion"),
-    "/v1/embeddings": (EmbeddingRequest, _embeddings, "Create embeddings"),
-    "/v1/classifications": (ClassificationRequest, _classify, "Classify inputs"),
-    "/v1/recommendations": (RecommendationRequest, _recommend, "Recommend items to a user"),
+@dataclass(frozen=True, slots=True)
+class ModelRoute:
+    """One model route. Like the route a router matched, it is put in the scope as
+    ``scope["route"]``, so the HTTP metrics label the request with its ``path``."""
+
+    path: str
+    body: type[BaseModel]
+    handler: Handler
+    summary: str
+    endpoint: str  # as usage records name it
+
+
+ROUTES: dict[str, ModelRoute] = {
+    route.path: route
+    for route in (
+        ModelRoute(
+            "/v1/chat/completions",
+            ChatCompletionRequest,
+            _chat,
+            "Create a chat completion",
+            "chat.completions",
+        ),
+        ModelRoute(
+            "/v1/completions",
+            CompletionRequest,
+            _completion,
+            "Create a text completion",
+            "completions",
+        ),
+        ModelRoute(
+            "/v1/embeddings", EmbeddingRequest, _embeddings, "Create embeddings", "embeddings"
+        ),
+        ModelRoute(
+            "/v1/classifications",
+            ClassificationRequest,
+            _classify,
+            "Classify inputs",
+            "classifications",
+        ),
+        ModelRoute(
+            "/v1/recommendations",
+            RecommendationRequest,
+            _recommend,
+            "Recommend items to a user",
+            "recommendations",
+        ),
+    )
 }
 
 
@@ -79,12 +122,13 @@ class ModelRoutes:
         if route is None:
             await self.app(scope, receive, send)
             return
+        scope["route"] = route
         if scope["method"] != "POST":
             error = MethodNotAllowed(f"{scope['method']} is not allowed here; use POST")
             await error_response(error, {"Allow": "POST"})(scope, receive, send)
             return
         try:
-            response = await self._answer(scope, receive, *route)
+            response = await self._answer(scope, receive, route)
         except ModelMintError as exc:
             response = error_response(exc)
         except Exception as exc:
@@ -92,17 +136,27 @@ class ModelRoutes:
         await response(scope, receive, send)
 
     async def _answer(
-        self, scope: Scope, receive: Receive, model: type[BaseModel], handler: Handler, _: str
+        self, scope: Scope, receive: Receive, route: ModelRoute
     ) -> OrjsonResponse | EventStreamResponse:
         platform: Platform = scope["app"].state.platform
         state = scope["state"]
         peer = scope.get("client")
         client = str(peer[0]) if peer else None
-        key = await authenticate(platform, header(scope, b"authorization"), client)
+        key = await known_key(platform, header(scope, b"authorization"), client)
         state["organization_id"] = key.organization_id
         raw = await _read_body(receive)
+        refusal = refusal_of(key)
+        # A known key: its organisation sees the refusal, unless the key was revoked
+        # (as every key of an erased organisation is: nothing more is kept of it).
+        if refusal is not None and not key.revoked:
+            model = _model_named(raw)
+            platform.inference.refused(
+                key, state["request_id"], model, route.endpoint, refusal.status_code
+            )
+        if refusal is not None:
+            raise refusal
         try:
-            body: Any = model.model_validate_json(raw)
+            body: Any = route.body.model_validate_json(raw)
         except ValidationError as exc:
             raise invalid_request(exc.errors(include_url=False)) from None
         state["model"] = body.model
@@ -115,12 +169,22 @@ class ModelRoutes:
         if at is not None:
             # This request's own task: the value ends with it.
             demo_clock.usage_time.set(at)
-        answer = await handler(platform.inference, key, state["request_id"], body)
+        answer = await route.handler(platform.inference, key, state["request_id"], body)
         if at is not None:
             answer.headers[demo_clock.DEMO_TIME_HEADER] = at.isoformat()
         if answer.stream is not None:
             return EventStreamResponse(answer.stream, answer.headers)
         return OrjsonResponse(answer.body, headers=answer.headers)
+
+
+def _model_named(raw: bytes) -> str:
+    """The ``model`` a request body names, if it names one ("" otherwise)."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return ""
+    model = body.get("model") if isinstance(body, dict) else None
+    return model[:200] if isinstance(model, str) else ""
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -138,14 +202,15 @@ def openapi_paths() -> tuple[dict[str, Any], dict[str, Any]]:
     """OpenAPI path items and component schemas for the model routes."""
     paths: dict[str, Any] = {}
     schemas: dict[str, Any] = {}
-    for path, (model, _, summary) in ROUTES.items():
+    for path, route in ROUTES.items():
+        model = route.body
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
         paths[path] = {
             "post": {
                 "tags": ["openai"],
-                "summary": summary,
+                "summary": route.summary,
                 "operationId": path.strip("/").replace("/", "_"),
                 "security": [{"APIKey": []}],
                 "requestBody": {

@@ -21,6 +21,8 @@ from decimal import Decimal
 from typing import Any, TypeVar, cast
 
 from modelmint.accounts.keys import KeyInfo
+from modelmint.billing import Metric
+from modelmint.billing.errors import BudgetExceeded, InsufficientCredit, UsageCapExceeded
 from modelmint.charging.admission import NO_HOLD, Bound, Hold, SpendGuard
 from modelmint.charging.quantities import (
     bound_embedding,
@@ -30,6 +32,7 @@ from modelmint.charging.quantities import (
 )
 from modelmint.errors import (
     BackendError,
+    InsufficientQuota,
     InvalidRequest,
     ModelMintError,
     ModelNotFound,
@@ -128,16 +131,40 @@ class InferenceService:
                 param="model",
                 code="model_not_supported",
             )
-        permit = await self.limiter.admit(key, request_id)
+        try:
+            permit = await self.limiter.admit(key, request_id)
+        except ModelMintError as refusal:
+            self.refused(key, request_id, model, endpoint, refusal.status_code)
+            raise
         hold = NO_HOLD
         if self.spend is not None:
             try:
                 hold = await self.spend.admit(key.organization_id, key.id, request_id, model, bound)
-            except BaseException:
+            except BaseException as exc:
                 self.limiter.release(permit, 0)  # refused before any model work
+                if isinstance(exc, ModelMintError):
+                    self.refused(key, request_id, model, endpoint, exc.status_code)
                 raise
         self.in_flight += 1
         return route, _Call(key, request_id, model, endpoint, permit, time.perf_counter(), hold)
+
+    def refused(
+        self, key: KeyInfo, request_id: str, model: str, endpoint: str, status: int
+    ) -> None:
+        """Record a request of ``key`` refused before any model work (no charge, no
+        tokens), without waiting: the refusal is the answer, its record a courtesy."""
+        self.writer.submit(
+            UsageEvent(
+                id=request_id,
+                created_at=usage_time.get() or utcnow(),
+                organization_id=key.organization_id,
+                api_key_id=key.id,
+                model=model,
+                endpoint=endpoint,
+                status_code=status,
+                refused=True,
+            )
+        )
 
     async def _with_fallback(
         self, route: RouteSpec, call: _Call, run: Callable[[Target], Awaitable[T]]
@@ -304,16 +331,21 @@ class InferenceService:
         body: ChatCompletionRequest | CompletionRequest,
         endpoint: str,
     ) -> Answer:
-        route, call = await self._admit(
-            key,
-            request_id,
-            model,
-            "chat",
-            endpoint,
-            lambda: bound_text(
-                request, default_max_tokens=self._default_max_tokens, timeout_s=self._timeout_s
-            ),
-        )
+        try:
+            route, call = await self._admit(
+                key,
+                request_id,
+                model,
+                "chat",
+                endpoint,
+                lambda: bound_text(
+                    request, default_max_tokens=self._default_max_tokens, timeout_s=self._timeout_s
+                ),
+            )
+        except (InsufficientCredit, BudgetExceeded, UsageCapExceeded) as refused:
+            if request.sampling.max_tokens is None:
+                _suggest_max_tokens(refused, self._default_max_tokens)
+            raise
         envelope = Envelope(request_id, model, request.kind)
         if body.stream:
             stream = await self._guard(
@@ -524,3 +556,17 @@ def _embed_backend(target: Target) -> EmbeddingBackend:
 
 def _predict_backend(target: Target) -> PredictionBackend:
     return cast(PredictionBackend, target.backend)
+
+
+def _suggest_max_tokens(refused: InsufficientQuota, default_max_tokens: int) -> None:
+    """Add to a 402 why a request without ``max_tokens`` cost so much at admission: its
+    worst case assumed the default output length, which a small balance cannot cover."""
+    if isinstance(refused, UsageCapExceeded) and refused.metric != Metric.OUTPUT_TOKENS.value:
+        return  # the cap is on something max_tokens does not bound
+    refused.message = (
+        f"{refused.message.rstrip('.')}. The request sets no max_tokens, so its worst case "
+        f"of {default_max_tokens} output tokens was reserved: set max_tokens to what the "
+        "answer needs."
+    )
+    refused.args = (refused.message,)
+    refused.param = refused.param or "max_tokens"

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from modelmint.accounts.keys import redact_secrets
 from modelmint.errors import HeadersTooLarge, ModelMintError, PayloadTooLarge
 from modelmint.observability.logs import request_id_var
 from modelmint.observability.metrics import HTTP_REQUESTS
@@ -120,7 +121,8 @@ class GatewayMiddleware:
         HTTP_REQUESTS.labels(label, str(status)).inc()
         extra: dict[str, Any] = {
             "method": scope["method"],
-            "path": scope["path"],
+            # A key may be revoked by its secret: /admin/keys/{secret}/revoke.
+            "path": redact_secrets(scope["path"]),
             "status": status,
             "latency_ms": round((time.perf_counter() - started) * 1000, 2),
         }

@@ -30,6 +30,7 @@ from modelmint.metering import UsageWriter
 from modelmint.payments.collection import Payments
 from modelmint.payments.configured import configured_payments
 from modelmint.registry.catalog import load_routes, routes_version
+from modelmint.registry.deployment_status import record_start_failure, record_started
 from modelmint.serving.factory import build_backend
 from modelmint.serving.router import Router
 from modelmint.storage.db import Database
@@ -72,11 +73,21 @@ class Platform:
             with database.session() as session:
                 return lookup_key_by_hash(session, digest)
 
+        def started(deployment_id: str) -> None:
+            with database.session() as session:
+                record_started(session, deployment_id)
+
+        def failed(deployment_id: str, error: str) -> bool:
+            with database.session() as session:
+                return record_start_failure(session, deployment_id, error)
+
         router = Router(
             routes,  # type: ignore[arg-type]
             lambda spec: build_backend(spec, settings),
             refresh_s=settings.cache_ttl_s,
             version=version,
+            started=started,
+            failed=failed,
         )
         ttl = settings.credit_lease_ttl_s
         leases = CreditLeases(

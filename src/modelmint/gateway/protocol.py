@@ -37,11 +37,13 @@ class _TextRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1, max_length=200)
-    max_tokens: int | None = Field(default=None, ge=1, le=_INT32)
+    # Integer parameters are strict here and below: a JSON integer, as OpenAI's API takes
+    # them, never "20" or true, which pydantic would otherwise turn into numbers.
+    max_tokens: int | None = Field(default=None, ge=1, le=_INT32, strict=True)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     stop: str | list[str] | None = None
-    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1, strict=True)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
 
@@ -90,7 +92,7 @@ class ChatMessage(TypedDict, total=False):
 
 class ChatCompletionRequest(_TextRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=_INT32)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=_INT32, strict=True)
 
     @property
     def effective_max_tokens(self) -> int | None:
@@ -103,7 +105,8 @@ class ChatCompletionRequest(_TextRequest):
 
 class CompletionRequest(_TextRequest):
     prompt: str | list[str]
-    max_tokens: int | None = Field(default=16, ge=1, le=_INT32)  # OpenAI's documented default
+    # OpenAI's documented default.
+    max_tokens: int | None = Field(default=16, ge=1, le=_INT32, strict=True)
 
     @field_validator("prompt")
     @classmethod
@@ -123,7 +126,7 @@ class EmbeddingRequest(BaseModel):
     model: str = Field(min_length=1, max_length=200)
     input: str | list[str]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, ge=1, le=_INT32)
+    dimensions: int | None = Field(default=None, ge=1, le=_INT32, strict=True)
     user: str | None = None
 
     @field_validator("input")
@@ -175,5 +178,5 @@ class RecommendationRequest(BaseModel):
 
     model: str = Field(min_length=1, max_length=200)
     user: str = Field(min_length=1, max_length=200)
-    k: int = Field(default=10, ge=1, le=100)
+    k: int = Field(default=10, ge=1, le=100, strict=True)
     exclude: list[str] = Field(default_factory=list, max_length=10_000)

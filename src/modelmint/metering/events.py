@@ -47,6 +47,10 @@ class UsageEvent:
     lease_worst: Decimal = Decimal(0)
     # What serving it cost: the deployment's rates applied to the measured use.
     cost: Decimal | None = None
+    # Refused before any model work (a 401, 402, 403 or 429 of a known key): stored so
+    # that the organisation and the operator can see it, but neither usage nor an error
+    # of the model, so the rollups leave it out.
+    refused: bool = False
 
     @property
     def leases(self) -> tuple[str, ...]:

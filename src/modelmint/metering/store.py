@@ -308,7 +308,9 @@ class UsageStore:
 
     def _sums(self, fresh: list[UsageEvent], charges: dict[str, Decimal]) -> list[Statement]:
         """The upserts adding the fresh events to the hourly rollups and, charged, to
-        the analytics rollups."""
+        the analytics rollups. Refused requests are in neither: they used nothing."""
+        if any(event.refused for event in fresh):
+            fresh = [event for event in fresh if not event.refused]
         return [self._upsert_rollups(rollup_rows(fresh)), *self._economics_upserts(fresh, charges)]
 
     def _economics_upserts(

@@ -53,6 +53,8 @@ class DeploymentSpec:
     weight: int = 100
     fallback: str | None = None
     costs: ServingCosts | None = None
+    # Why a gateway could not start it; such a deployment is reported, never retried.
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +311,7 @@ def load_routes(session: Session) -> dict[str, RouteSpec]:
                 weight=dep.weight,
                 fallback=dep.fallback,
                 costs=_costs(dep),
+                error=dep.error if dep.failed_at is not None else None,
             )
         )
         created.setdefault(dep.public_name, int(dep.created_at.timestamp()))

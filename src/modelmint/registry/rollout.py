@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from modelmint.errors import Conflict, InvalidRequest, NotFound
 from modelmint.registry.catalog import ServingCosts, check_name, deploy, set_costs
+from modelmint.registry.deployment_settings import check_settings
 from modelmint.registry.versions import VersionRef, parse_ref, resolve
 from modelmint.storage.db import utcnow
 from modelmint.storage.tables import Deployment, ModelVersion, RegisteredModel
@@ -106,6 +107,11 @@ def deploy_version(
         if canary_version.id == version.id:
             raise InvalidRequest("the canary is the version already deployed", param="canary")
         chosen.append((canary_model, canary_version, canary.percent))
+    backends = [backend_for(m, v) for m, v, _ in chosen]
+    # Every setting is checked before anything is retired: a deployment the gateway
+    # could not start must never take the place of one it can.
+    for backend in backends:
+        check_settings(backend, config or {})
     current = list(
         session.scalars(
             select(Deployment).where(
@@ -117,16 +123,18 @@ def deploy_version(
     for old in current:
         old.active = False
         old.updated_at = utcnow()
-    for chosen_model, chosen_version, weight in chosen:
-        deploy(
+    for (_, chosen_version, weight), backend in zip(chosen, backends, strict=True):
+        deployment = deploy(
             session,
             chosen_version,
             public_name=public_name,
-            backend=backend_for(chosen_model, chosen_version),
+            backend=backend,
             config=dict(config or {}),
             weight=weight,
             costs=costs,
         )
+        # What comes back if this rollout fails to start (see record_start_failure).
+        deployment.replaces = [old.id for old in current]
     session.flush()
     return Rollout(
         public_name,

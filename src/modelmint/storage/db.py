@@ -9,11 +9,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["Database", "new_id", "utcnow"]
+from modelmint.errors import InvalidRequest, ServiceUnavailable
+
+__all__ = ["Database", "DatabaseUnavailable", "new_id", "utcnow"]
+
+_SUPPORTED = "sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/NAME"
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """The database did not let us in: down, unreachable, unknown, or refusing the login."""
+
+    code = "database_unavailable"
+    # Like an unreachable payment provider: a service ModelMint depends on, not the input.
+    exit_code = 6
 
 
 def utcnow() -> datetime:
@@ -49,16 +62,29 @@ class Database:
     def __init__(self, url: str, *, echo: bool = False, sqlite_synchronous: str = "FULL") -> None:
         if sqlite_synchronous not in SYNCHRONOUS:
             raise ValueError(f"sqlite_synchronous must be one of {SYNCHRONOUS}")
-        self.url = make_url(url)
+        self.url = _supported_url(url)
         kwargs: dict[str, Any] = {"echo": echo, "future": True}
         if self.is_sqlite:
             database = self.url.database
             if database and database != ":memory:":
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    Path(database).parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise DatabaseUnavailable(
+                        f"cannot create the folder of the database {self.shown_url}: "
+                        f"{exc.strerror or exc}"
+                    ) from None
             kwargs["connect_args"] = {"check_same_thread": False}
         else:
             kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
-        self.engine: Engine = create_engine(self.url, **kwargs)
+        try:
+            self.engine: Engine = create_engine(self.url, **kwargs)
+        except (NoSuchModuleError, ImportError) as exc:
+            raise InvalidRequest(
+                f"the database driver of {self.shown_url} is not installed ({exc}); "
+                f"use {_SUPPORTED}",
+                param="database_url",
+            ) from None
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas(sqlite_synchronous))
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -66,6 +92,22 @@ class Database:
     @property
     def is_sqlite(self) -> bool:
         return self.url.get_backend_name() == "sqlite"
+
+    @property
+    def shown_url(self) -> str:
+        """The URL as messages and logs may show it: without its password."""
+        return self.url.render_as_string(hide_password=True)
+
+    def connect(self) -> Connection:
+        """A connection, or ``DatabaseUnavailable`` saying in one line why there is none."""
+        try:
+            return self.engine.connect()
+        except DBAPIError as exc:
+            lines = str(exc.orig).strip().splitlines()
+            reason = lines[0] if lines else type(exc.orig).__name__
+            raise DatabaseUnavailable(
+                f"cannot connect to the database {self.shown_url}: {reason}"
+            ) from None
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -75,3 +117,27 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _supported_url(url: str) -> URL:
+    """``url`` parsed, if it names a database ModelMint runs on (its migrations and SQL
+    are written for SQLite and PostgreSQL only)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        # Not echoed: a malformed URL may still hold a password.
+        raise InvalidRequest(
+            f"the database URL is malformed; use {_SUPPORTED}", param="database_url"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend in ("postgresql", "postgres") and "+" not in parsed.drivername:
+        # A bare postgresql:// means psycopg2 to SQLAlchemy; psycopg 3 is what we install.
+        return parsed.set(drivername="postgresql+psycopg")
+    if backend not in ("sqlite", "postgresql"):
+        shown = parsed.render_as_string(hide_password=True)
+        raise InvalidRequest(
+            f"unsupported database URL {shown!r}: ModelMint runs on SQLite or PostgreSQL; "
+            f"use {_SUPPORTED}",
+            param="database_url",
+        )
+    return parsed

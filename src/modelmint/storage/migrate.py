@@ -26,7 +26,7 @@ def alembic_config(url: str) -> Config:
 
 def migrate(database: Database) -> None:
     """Bring the schema to the newest revision; safe when several processes start at once."""
-    with database.engine.begin() as connection:
+    with database.connect() as connection, connection.begin():
         if not database.is_sqlite:
             # Serialise concurrent starts of gateway replicas on one PostgreSQL.
             connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})

@@ -207,6 +207,13 @@ class Deployment(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Bumped on every change, so gateways notice a new weight or cost within a second.
     updated_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # The deployments this one's rollout retired: active again if it cannot start.
+    replaces: Mapped[list[str]] = mapped_column(default=list)
+    # When a gateway first had its backend running; NULL: not started yet.
+    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # When a gateway failed to start it, and why: such a deployment is not tried again.
+    failed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class UsageRecord(Base):
@@ -813,6 +820,8 @@ class Feedback(Base):
     label: Mapped[str | None] = mapped_column(String(200), nullable=True)
     corrected_output: Mapped[str | None] = mapped_column(Text, nullable=True)
     corrected_label: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # The rater's own words (bounded by ``feedback.MAX_COMMENT_CHARS``).
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -49,6 +49,7 @@ class FeedbackSummary:
     # The most frequent corrected outputs or labels and how often each was given.
     corrections: Sequence[tuple[str, int]] = ()
     scale: str = ""  # e.g. "1-5" or "thumbs (1 = up)"
+    comments: Sequence[str] = ()  # the raters' latest comments, newest first
 
 
 def model_card(
@@ -281,4 +282,13 @@ def _feedback(feedback: FeedbackSummary) -> str:
     if feedback.corrections:
         rows = [[text, count] for text, count in feedback.corrections]
         parts += ["Most common corrections:", markdown_table(["Correction", "Times"], rows)]
+    if feedback.comments:
+        rows = [[_one_line(text)] for text in feedback.comments]
+        parts += ["Latest comments:", markdown_table(["Comment"], rows)]
     return "\n\n".join(parts)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """A comment as one table cell: line breaks would end the Markdown row."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"

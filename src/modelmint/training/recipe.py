@@ -176,6 +176,29 @@ class Recipe(ABC, Generic[D]):
         """One class label per example when splits should be stratified, else None."""
         return None
 
+    def labelled_inputs(self, data: D) -> list[tuple[Any, str]]:
+        """Each example as the input a client sends the served model, with its true label.
+
+        What adding rows from another source and comparing versions on shared held-out
+        rows need: two rows are the same example when their inputs are equal. Recipes
+        whose examples are not single labelled inputs (chats, interactions) keep this
+        refusal."""
+        raise DataError(
+            f"{self.name} has no labelled inputs: it cannot add rows from another source "
+            "(--add-data) or be measured on shared held-out rows"
+        )
+
+    def load_rows(self, source: str) -> D:
+        """Read labelled rows that are not a whole training set (rows to add to one, rows
+        to measure versions on): checked as ``load_data`` checks them, except that one
+        class is enough (feedback may correct every answer towards the same label)."""
+        return self.load_data(source)
+
+    def concat(self, first: D, more: D) -> D:
+        """``first`` followed by ``more``, as one dataset: how ``--add-data`` rows join the
+        training part. ``more`` must have ``first``'s features and no class it lacks."""
+        raise DataError(f"{self.name} cannot add rows from another source (--add-data)")
+
     def split(self, data: D) -> Splits[D]:
         """A deterministic train/validation/test split, driven by ``self.seed``."""
         from modelmint.training.splits import split_indices
@@ -200,6 +223,21 @@ class Recipe(ABC, Generic[D]):
     ) -> Self:
         """Learn from ``train``; ``val`` drives early stopping or model selection.
         With ``checkpoint_dir``, save state after every epoch and resume from it."""
+
+    def refit(
+        self,
+        train: D,
+        val: D | None = None,
+        *,
+        progress: Progress = silent,
+        checkpoint_dir: Path | None = None,
+    ) -> Self:
+        """After ``fit(train, val)`` chose epochs (or more) on ``val``: learn again from
+        ``train`` and ``val`` together with those choices, so that no labelled row but
+        the test ones is left unused. ``modelmint train`` calls it after ``fit``. The
+        default keeps the fitted model: a recipe overrides it where its choices can
+        be replayed."""
+        return self
 
     @abstractmethod
     def evaluate(self, data: D) -> dict[str, Any]:

@@ -1,12 +1,18 @@
 """One training run, from a data source to a registered, documented model version.
 
-    load + check data -> split -> [tune] -> fit (checkpointed) -> evaluate on test
+    load + check data -> split -> [add rows to train] -> [tune] -> fit (checkpointed)
+    -> refit on train + val (recipes that can) -> evaluate on test
     -> [cross-validate] -> [compress] -> export -> [ONNX + parity] -> report + card
     -> register version N under var/artifacts/NAME/vN
 
 Every stage reports progress through one callback (the CLI draws Rich bars from it)
 and its time lands in the report. Under ``torchrun`` every rank fits its shard, and
 only rank 0 evaluates, exports and registers.
+
+Rows from ``add_data`` sources (e.g. a dataset built from feedback) join only the
+training part: the validation and test parts are those of ``data`` alone, the same rows
+a version trained on ``data`` with the same seed was tested on, so the two versions'
+metrics compare like with like.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from modelmint.registry.versions import (
     TrainedVersion,
     VersionRef,
@@ -36,9 +44,9 @@ from modelmint.training import distributed
 from modelmint.training.catalog import recipe_class
 from modelmint.training.recipe import DataError, Export, Progress, Recipe, Splits, silent
 from modelmint.training.reports import RunReport
-from modelmint.training.splits import data_hash
+from modelmint.training.splits import input_key, source_hash
 
-__all__ = ["DataResolver", "TrainRequest", "TrainResult", "train"]
+__all__ = ["DataResolver", "TrainRequest", "TrainResult", "add_training_rows", "train"]
 
 # Turns a ``dataset:NAME@VERSION`` source into a file path (the datasets of the feedback
 # loop); other sources pass through unchanged.
@@ -71,6 +79,8 @@ class TrainRequest:
     keep_compressed: bool = False  # export the compressed network instead of the original
     onnx: bool = False  # also export ONNX, with a parity check against torch
     parent: str | None = None  # NAME@VERSION to continue from (transfer learning)
+    # Sources whose rows join the training part only (e.g. dataset:NAME@V of feedback).
+    add_data: tuple[str, ...] = ()
     register: bool = True
     intended_use: str | None = None
     limitations: str = ""
@@ -107,10 +117,10 @@ def train(
         params["init_from"] = str(parent_dir)
         lineage["parent"] = str(parent_ref)
     if request.data.startswith("dataset:"):
-        if resolve_data is None:
-            raise DataError(f"cannot resolve {request.data!r}: no dataset registry was given")
         lineage["dataset"] = request.data.removeprefix("dataset:")
-    source = resolve_data(request.data) if resolve_data is not None else request.data
+    if request.add_data:
+        lineage["added_data"] = list(request.add_data)
+    source, *added_sources = (_resolved(s, resolve_data) for s in (request.data, *request.add_data))
     if distributed.world_size() > 1 and (request.cv or request.tune):
         raise DataError("--cv and --tune run in one process; drop them under torchrun")
 
@@ -120,9 +130,15 @@ def train(
     with _timed(timings, "load"):
         progress("load", 0, 1, {})
         data = recipe.load_data(source)
-        fingerprint = _fingerprint(source)
+        fingerprint = source_hash([source, *added_sources])
         progress("load", 1, 1, {"rows": float(recipe.rows(data))})
     splits: Splits[Any] = recipe.split(data)
+    added = 0
+    if added_sources:
+        with _timed(timings, "add_data"):
+            splits, added, repeated = add_training_rows(recipe, splits, added_sources)
+        lineage["added_rows"] = added
+        lineage["added_rows_left_out"] = repeated
     tuning: dict[str, Any] | None = None
     if request.tune:
         with _timed(timings, "tune"):
@@ -131,6 +147,8 @@ def train(
     checkpoints = home / "checkpoints" / name / _digest(recipe.get_params(), fingerprint)
     with _timed(timings, "fit"):
         recipe.fit(splits.train, splits.val, progress=progress, checkpoint_dir=checkpoints)
+        # What validation chose is kept; the rows it was chosen on are learnt from too.
+        recipe.refit(splits.train, splits.val, progress=progress, checkpoint_dir=checkpoints)
     if not distributed.is_main():
         distributed.barrier()
         return TrainResult(name, None, None, RunReport.empty(cls.name), distributed.world_size())
@@ -158,12 +176,13 @@ def train(
             started_at=started_at,
             finished_at=datetime.now(UTC),
             params=recipe.get_params(),
-            data_source=request.data,
+            data_source=" + ".join((request.data, *request.add_data)),
             data_hash=fingerprint,
             split_sizes={
                 "train": recipe.rows(splits.train),
                 "val": recipe.rows(splits.val),
                 "test": recipe.rows(splits.test),
+                **({"added to train": added} if request.add_data else {}),
             },
             metrics=metrics,
             cv=cv,
@@ -206,9 +225,36 @@ def _parent(text: str, database: Database | None) -> tuple[VersionRef, Path]:
     return exact, directory
 
 
-def _fingerprint(source: str) -> str:
-    path = Path(source)
-    return data_hash([path]) if path.exists() else data_hash([source])
+def _resolved(source: str, resolve_data: DataResolver | None) -> str:
+    if not source.startswith("dataset:"):
+        return source
+    if resolve_data is None:
+        raise DataError(f"cannot resolve {source!r}: no dataset registry was given")
+    return resolve_data(source)
+
+
+def add_training_rows(
+    recipe: Recipe[Any], splits: Splits[Any], sources: list[str]
+) -> tuple[Splits[Any], int, int]:
+    """``splits`` with the rows of ``sources`` added to its training part; returns the
+    splits, the rows added, and the rows left out because their input is one of the
+    validation or test inputs (training on them would grade the model on what it saw)."""
+    held_out = {
+        input_key(x) for part in (splits.val, splits.test) for x, _ in recipe.labelled_inputs(part)
+    }
+    train, added, repeated = splits.train, 0, 0
+    for source in sources:
+        more = recipe.load_rows(source)
+        keep = [
+            i
+            for i, (x, _) in enumerate(recipe.labelled_inputs(more))
+            if input_key(x) not in held_out
+        ]
+        repeated += recipe.rows(more) - len(keep)
+        if keep:
+            train = recipe.concat(train, recipe.subset(more, np.asarray(keep, dtype=np.int64)))
+            added += len(keep)
+    return Splits(train, splits.val, splits.test), added, repeated
 
 
 def _digest(params: dict[str, Any], fingerprint: str) -> str:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import orjson
 from numpy.typing import NDArray
 
 from modelmint.training.recipe import DataError
 
-__all__ = ["data_hash", "split_indices"]
+__all__ = ["data_hash", "input_key", "source_hash", "split_indices"]
 
 IndexArray = NDArray[np.int64]
 
@@ -71,3 +73,14 @@ def data_hash(sources: Iterable[Path | bytes | str]) -> str:
         else:
             digest.update(source.read_bytes())
     return "sha256:" + digest.hexdigest()
+
+
+def source_hash(sources: Sequence[str]) -> str:
+    """The ``data_hash`` of training sources: a file or folder by its bytes, a named
+    bundled set (``sklearn:digits``) by its name."""
+    return data_hash([Path(s) if Path(s).exists() else s for s in sources])
+
+
+def input_key(value: Any) -> bytes:
+    """One served input as canonical bytes: equal inputs match whatever their keys' order."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)

@@ -25,7 +25,14 @@ from numpy.typing import NDArray
 from modelmint.serving.predictors.tabular import TabularPreprocessing
 from modelmint.training.recipe import DataError
 
-__all__ = ["MISSING_TOKENS", "Table", "fit_preprocessing", "read_table", "sort_labels"]
+__all__ = [
+    "MISSING_TOKENS",
+    "Table",
+    "concat_tables",
+    "fit_preprocessing",
+    "read_table",
+    "sort_labels",
+]
 
 # Cell spellings that mean "no value" in CSVs exported by spreadsheets, R and pandas.
 MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none", "?"})
@@ -80,6 +87,21 @@ class Table:
         categorical[:, j] = categorical[order, j]
         return replace(self, categorical=categorical)
 
+    def inputs(self) -> list[dict[str, Any]]:
+        """Each row's features as a client sends them to the served model (a missing
+        value as null)."""
+        rows = []
+        for numbers, categories in zip(
+            self.numeric.tolist(), self.categorical.tolist(), strict=True
+        ):
+            values: dict[str, Any] = {
+                name: None if math.isnan(value) else value
+                for name, value in zip(self.numeric_columns, numbers, strict=True)
+            }
+            values.update(zip(self.categorical_columns, categories, strict=True))
+            rows.append({name: values[name] for name in self.feature_order})
+        return rows
+
     def summary(self) -> dict[str, Any]:
         """What loading found, for reports and model cards (JSON-serialisable)."""
         counts = np.bincount(self.y, minlength=len(self.labels))
@@ -94,6 +116,51 @@ class Table:
             "duplicates_dropped": self.duplicates_dropped,
             "missing_values": dict(self.missing),
         }
+
+
+def concat_tables(first: Table, more: Table) -> Table:
+    """``more``'s rows after ``first``'s, in ``first``'s column order and class indices.
+
+    The two must have the same feature columns (in any order, each numeric or categorical
+    in both) and ``more`` no class that ``first`` lacks: the held-out parts of ``first``
+    were cut with ``first``'s classes, and a model cannot be tested on a class it never
+    had a test row of."""
+    if set(more.feature_order) != set(first.feature_order):
+        missing = [c for c in first.feature_order if c not in more.feature_order]
+        extra = [c for c in more.feature_order if c not in first.feature_order]
+        raise DataError(
+            f"{more.source}: its feature columns differ from {first.source}'s "
+            f"(missing: {', '.join(missing) or '-'}; extra: {', '.join(extra) or '-'})"
+        )
+    if set(more.categorical_columns) != set(first.categorical_columns):
+        raise DataError(
+            f"{more.source}: categorical columns {', '.join(more.categorical_columns) or '-'} "
+            f"differ from {first.source}'s ({', '.join(first.categorical_columns) or '-'})"
+        )
+    unknown = sorted(set(more.labels) - set(first.labels))
+    if unknown:
+        raise DataError(
+            f"{more.source}: classes {', '.join(unknown)} are not among {first.source}'s "
+            f"({', '.join(first.labels)})"
+        )
+    if (first.groups is None) != (more.groups is None):
+        raise DataError(f"{more.source}: give both sources the group column or neither")
+    numeric = more.numeric[:, [more.numeric_columns.index(c) for c in first.numeric_columns]]
+    categorical = more.categorical[
+        :, [more.categorical_columns.index(c) for c in first.categorical_columns]
+    ]
+    index = {label: i for i, label in enumerate(first.labels)}
+    y = np.asarray([index[more.labels[v]] for v in more.y.tolist()], dtype=np.int64)
+    groups = None
+    if first.groups is not None and more.groups is not None:
+        groups = np.concatenate([first.groups, more.groups])
+    return replace(
+        first,
+        numeric=np.concatenate([first.numeric, numeric]),
+        categorical=np.concatenate([first.categorical, categorical]),
+        y=np.concatenate([first.y, y]),
+        groups=groups,
+    )
 
 
 def sort_labels(values: set[str]) -> tuple[str, ...]:
@@ -212,7 +279,9 @@ def _categorical_column(raw: _Raw, name: str) -> tuple[list[str | None], int]:
     return values, sum(v is None for v in values)
 
 
-def _target(raw: _Raw, path: Path, target: str) -> tuple[NDArray[np.int64], tuple[str, ...]]:
+def _target(
+    raw: _Raw, path: Path, target: str, min_classes: int
+) -> tuple[NDArray[np.int64], tuple[str, ...]]:
     j = raw.header.index(target)
     names: list[str] = []
     for i, row in enumerate(raw.rows):
@@ -220,7 +289,7 @@ def _target(raw: _Raw, path: Path, target: str) -> tuple[NDArray[np.int64], tupl
             raise DataError(f"{path}, line {raw.lines[i]}: target {target!r} has no value")
         names.append(row[j].strip())
     labels = sort_labels(set(names))
-    if len(labels) < 2:
+    if len(labels) < min_classes:
         raise DataError(
             f"{path}: target {target!r} has a single class ({labels[0]!r}); "
             "a classifier needs at least two"
@@ -235,9 +304,11 @@ def read_table(
     target: str,
     categorical: Sequence[str] = (),
     group: str | None = None,
+    min_classes: int = 2,
 ) -> Table:
     """Load and check ``path``. Every column but the target and the group column is a
-    feature: numeric unless named in ``categorical``."""
+    feature: numeric unless named in ``categorical``. A classifier's training data needs
+    two classes; rows added to it (``min_classes=1``) may all hold one."""
     raw = _read_rows(path)
     _require(path, raw.header, [target], "target")
     _require(path, raw.header, list(categorical), "categorical")
@@ -258,7 +329,7 @@ def read_table(
     empty = [name for name in features if missing[name] == len(raw.rows)]
     if empty:
         raise DataError(f"{path}: column(s) {', '.join(empty)} have no values at all")
-    y, labels = _target(raw, path, target)
+    y, labels = _target(raw, path, target, min_classes)
     groups = None
     if group is not None:
         g = raw.header.index(group)

@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modelmint.analytics.repricing import demand_factor, fits, price_usage, scale, share_pool
+from modelmint.analytics.repricing import (
+    checked_elasticity,
+    demand_factor,
+    fits,
+    price_usage,
+    scale,
+    share_pool,
+)
 from modelmint.billing import (
     FlatRate,
     FreeTierPlan,
@@ -18,6 +25,7 @@ from modelmint.billing import (
     PriceNotFound,
     SubscriptionPlan,
 )
+from modelmint.errors import InvalidRequest
 
 D = Decimal
 
@@ -81,3 +89,16 @@ def test_demand_moves_against_the_price() -> None:
     assert demand_factor(D(1), D(4), None) == 1
     assert scale(1001, D("0.5")) == 500  # half-even
     assert scale(D("1.0000015"), D(1)) == D("1.000002")
+
+
+@pytest.mark.parametrize("text", ["-0.3", "0", "-10", " -1.5 "])
+def test_an_elasticity_is_zero_or_negative(text: str) -> None:
+    assert checked_elasticity(text) == D(text.strip())
+
+
+@pytest.mark.parametrize("value", ["2", "0.1", "-10.5", "NaN", "-Infinity", D(1)])
+def test_an_elasticity_that_would_grow_demand_with_the_price_is_refused(
+    value: str | Decimal,
+) -> None:
+    with pytest.raises(InvalidRequest, match=r"between -10 and 0 \(demand falls"):
+        checked_elasticity(value)

@@ -20,6 +20,7 @@ from modelmint.feedback.datasets import (
     resolve_dataset,
 )
 from modelmint.feedback.feedback import FeedbackGiven, feedback_summary, record_feedback
+from modelmint.registry.versions import TrainedVersion, register_trained
 from modelmint.storage import Database
 from modelmint.storage.db import utcnow
 from modelmint.storage.tables import Feedback, Organization, RequestSample, UsageRecord
@@ -27,19 +28,31 @@ from modelmint.training.recipe import DataError
 
 
 def _served(
-    session: Session, org_id: str, request_id: str, features: dict[str, float], label: str
+    session: Session,
+    org_id: str,
+    request_id: str,
+    features: dict[str, float],
+    label: str,
+    *,
+    model: str = "clf",
+    version_id: str = "ver-1",
+    captured: bool = True,
 ) -> None:
     now = utcnow()
     session.add(
         UsageRecord(
             id=request_id, created_at=now, organization_id=org_id, api_key_id="k",
-            model="clf", model_version_id="ver-1", endpoint="classifications", status_code=200,
+            model=model, model_version_id=version_id, endpoint="classifications",
+            status_code=200,
         )
     )  # fmt: skip
+    if not captured:
+        session.flush()
+        return
     session.add(
         RequestSample(
-            request_id=request_id, organization_id=org_id, api_key_id="k", model="clf",
-            model_version_id="ver-1", endpoint="classifications",
+            request_id=request_id, organization_id=org_id, api_key_id="k", model=model,
+            model_version_id=version_id, endpoint="classifications",
             request_text=orjson.dumps([features]).decode(),
             response_text=orjson.dumps([{"label": label, "scores": {label: 0.9}}]).decode(),
             redactions={}, created_at=now, expires_at=now + timedelta(days=1),
@@ -81,6 +94,49 @@ def test_a_csv_dataset_takes_corrections_and_good_answers_once(
     assert strict.request_ids == ["r1", "r3"]  # 5 stars, and the correction
     assert summary.volume == 4 and summary.mean_score == pytest.approx(3.0)
     assert summary.corrections == [("no", 1)] and summary.scale == "1-5"
+
+
+def _registered(session: Session, name: str) -> str:
+    trained = TrainedVersion(
+        name=name, task="classification", recipe="tabular-classifier", format="torch",
+        artifact_uri=f"/artifacts/{name}", params={}, metrics={}, data_hash="sha256:x",
+        lineage={"data": f"{name}.csv"},
+    )  # fmt: skip
+    return register_trained(session, trained).id
+
+
+def test_a_dataset_is_built_from_the_registered_name_as_from_the_served_one(
+    sqlite_database: Database, tmp_path: Path
+) -> None:
+    """The README builds from the registered name (``cancer``); the requests were sent
+    to the name it is deployed as (``cancer-api``). Both name the same feedback."""
+    with sqlite_database.session() as session:
+        org = accounts.ensure_org(session, "acme").id
+        version_id = _registered(session, "cancer")
+        for i, label in enumerate(["benign", "malignant"]):
+            _served(
+                session, org, f"r{i}", {"a": float(i)}, label,
+                model="cancer-api", version_id=version_id,
+            )  # fmt: skip
+            _rate(session, org, f"r{i}", score=True)
+        by_registered = build_from_feedback(session, tmp_path, BuildOptions(model="cancer"))
+        by_served = build_from_feedback(session, tmp_path, BuildOptions(model="cancer-api"))
+    assert by_registered.request_ids == by_served.request_ids == ["r0", "r1"]
+    assert by_registered.data_hash == by_served.data_hash
+
+
+def test_an_empty_build_says_what_is_missing(sqlite_database: Database, tmp_path: Path) -> None:
+    with sqlite_database.session() as session:
+        org = accounts.ensure_org(session, "acme").id
+        _served(session, org, "r1", {"a": 1.0}, "yes", model="risk-api", captured=False)
+        _rate(session, org, "r1", score=True)
+        with pytest.raises(DataError) as unknown:
+            build_from_feedback(session, tmp_path, BuildOptions(model="nobody"))
+        with pytest.raises(DataError) as uncaptured:
+            build_from_feedback(session, tmp_path, BuildOptions(model="risk-api"))
+    assert "risk-api" in unknown.value.message  # the names that do have feedback
+    assert "1 rated requests" in uncaptured.value.message
+    assert "capture" in uncaptured.value.message
 
 
 def test_feedback_on_another_organisations_request_is_not_found(

@@ -7,7 +7,7 @@ import statistics
 import pytest
 
 from modelmint.errors import InvalidRequest
-from modelmint.feedback.compare import score_stats
+from modelmint.feedback.compare import scale_of, score_stats
 from modelmint.feedback.feedback import normalise_score
 
 
@@ -56,3 +56,27 @@ def test_the_interval_is_the_normal_approximation_around_the_mean() -> None:
 def test_one_rating_has_a_mean_but_no_interval() -> None:
     assert score_stats([4.0]).mean == 4.0 and score_stats([4.0]).low is None
     assert score_stats([]).mean is None
+
+
+@pytest.mark.parametrize(
+    ("kinds", "scores", "bounds"),
+    [
+        ({"thumbs"}, [1.0] * 19 + [0.0], (0.0, 1.0)),
+        ({"stars"}, [5.0] * 19 + [1.0], (1.0, 5.0)),
+        ({"stars"}, [1.0] * 19 + [5.0], (1.0, 5.0)),
+    ],
+)
+def test_the_interval_stays_within_the_scale_of_the_scores(
+    kinds: set[str], scores: list[float], bounds: tuple[float, float]
+) -> None:
+    stats = score_stats(scores, scale_of(kinds))
+    assert stats.low is not None and stats.high is not None
+    assert bounds[0] <= stats.low <= stats.high <= bounds[1]
+    assert bounds[0] in (stats.low, stats.high) or bounds[1] in (stats.low, stats.high)
+
+
+def test_numeric_scores_have_no_scale_to_clip_to() -> None:
+    assert scale_of({"numeric"}) is None and scale_of({"thumbs", "numeric"}) is None
+    assert scale_of({"thumbs", "stars"}) == (0.0, 5.0)
+    stats = score_stats([10.0, 12.0, 11.0], scale_of({"numeric"}))
+    assert stats.high == pytest.approx(11.0 + 1.96 / 3**0.5)  # past the highest score

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from modelmint.gateway.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
+    RecommendationRequest,
 )
 from modelmint.serving.types import SamplingParams
 
@@ -144,3 +146,33 @@ def test_embedding_validation_rules(fields: dict[str, Any], location: tuple[Any,
 def test_embedding_extra_fields_are_kept() -> None:
     request = EmbeddingRequest.model_validate({"model": "e", "input": "x", "truncate": "END"})
     assert request.model_extra == {"truncate": "END"}
+
+
+@pytest.mark.parametrize("value", ['"20"', "true", "20.5"])
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens", "seed"])
+def test_token_counts_and_seeds_must_be_json_integers(field: str, value: str) -> None:
+    body = f'{{"model": "m", "messages": {orjson.dumps(USER).decode()}, "{field}": {value}}}'
+    with pytest.raises(ValidationError) as caught:
+        ChatCompletionRequest.model_validate_json(body)
+    assert error_locations(caught) == [(field,)]
+
+
+@pytest.mark.parametrize(
+    ("model", "body", "field"),
+    [
+        (CompletionRequest, '{"model": "m", "prompt": "x", "max_tokens": "20"}', "max_tokens"),
+        (EmbeddingRequest, '{"model": "e", "input": "x", "dimensions": "8"}', "dimensions"),
+        (RecommendationRequest, '{"model": "r", "user": "u", "k": "5"}', "k"),
+    ],
+)
+def test_integer_parameters_of_other_endpoints_refuse_strings_and_booleans(
+    model: type[BaseModel], body: str, field: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        model.model_validate_json(body)
+    assert error_locations(caught) == [(field,)]
+
+
+def test_json_integers_are_still_accepted() -> None:
+    body = '{"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20}'
+    assert ChatCompletionRequest.model_validate_json(body).max_tokens == 20

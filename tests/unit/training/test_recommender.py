@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -288,6 +289,115 @@ def test_recommendations_leave_out_rated_and_excluded_items(ratings_file: Path) 
     assert [e["item"] for e in again[:4]] == [e["item"] for e in first[1:]]
     everything = recipe.recommend(user, k=100)
     assert len(everything) == len(recipe.items_) - len(rated)
+
+
+# -- ids and pairs --------------------------------------------------------------------
+
+
+def test_predict_refuses_users_and_items_of_unequal_length(ratings_file: Path) -> None:
+    recipe, train, _ = fitted(ratings_file)
+    user, items = str(train.users[0]), train.items[:3].tolist()
+    with pytest.raises(ValueError, match="got 1 users and 3 items"):
+        recipe.predict([user], items)
+    with pytest.raises(ValueError, match="sequence of ids"):
+        recipe.predict(user, items[:1])  # type: ignore[arg-type]
+
+
+def test_numeric_ids_are_the_ids_the_file_spells(tmp_path: Path) -> None:
+    rows = [[u, i, 1 + (u * i) % 5] for u in range(190, 200) for i in range(1, 9)]
+    recipe = Recommender(**FAST).fit(
+        Recommender(**FAST).load_data(
+            str(write_csv(tmp_path / "r.csv", ["user", "item", "rating"], rows))
+        )
+    )
+    by_text = recipe.predict(["196", "197"], ["3", "5"])
+    # Floats, as pandas reads an id column with a gap in it, and ints: the same users.
+    assert recipe.predict([196.0, np.float64(197.0)], [3, np.int64(5)]).tolist() == by_text.tolist()
+    assert recipe.predict(np.array([196.0, 197.0]), np.array([3, 5])).tolist() == by_text.tolist()
+    assert recipe.recommend(196.0, k=3) == recipe.recommend("196", k=3)
+    stranger = recipe.predict(["a-new-user"], ["3"])
+    assert recipe.predict(["196"], ["3"]) != stranger  # 196 is known, not cold-start
+    with pytest.raises(ValueError, match="not an id"):
+        recipe.predict([float("nan")], ["3"])
+    # A file that spells its ids "196.0" keeps that spelling.
+    spelled = [[f"{u}.0", i, r] for u, i, r in rows]
+    other = Recommender(**FAST).fit(
+        Recommender(**FAST).load_data(
+            str(write_csv(tmp_path / "f.csv", ["user", "item", "rating"], spelled))
+        )
+    )
+    assert other.recommend(196.0, k=3) == other.recommend("196.0", k=3)
+    assert other.predict([196.0], ["3"]).tolist() == other.predict(["196.0"], ["3"]).tolist()
+
+
+# -- refit on training + validation rows ------------------------------------------------
+
+
+def with_newcomers(path: Path, newcomers: int = 40) -> Path:
+    """``structured_ratings`` plus users with one rating each: some land only in the
+    validation rows of a split."""
+    structured_ratings(path)
+    with path.open("a", newline="") as handle:
+        csv.writer(handle).writerows([[f"new{n}", f"i{n % 40}", 4] for n in range(newcomers)])
+    return path
+
+
+def only_in(part: Ratings, *others: Ratings) -> list[str]:
+    elsewhere = {str(u) for other in others for u in other.users.tolist()}
+    return sorted({str(u) for u in part.users.tolist()} - elsewhere)
+
+
+def test_refit_learns_the_validation_rows_for_the_epochs_validation_chose(
+    tmp_path: Path,
+) -> None:
+    path = with_newcomers(tmp_path / "ratings.csv")
+    recipe = Recommender(**FAST, patience=2)
+    splits = recipe.split(recipe.load_data(str(path)))
+    newcomers = only_in(splits.val, splits.train, splits.test)
+    assert newcomers  # the data is made so that some users are only validated on
+    recipe.fit(splits.train, splits.val)
+    chosen, history = recipe.best_epoch_, recipe.history_
+    assert newcomers[0] not in recipe.users_.tolist()
+    seen: list[tuple[str, int, int]] = []
+    recipe.refit(
+        splits.train, splits.val, progress=lambda stage, d, t, m: seen.append((stage, d, t))
+    )
+    assert newcomers[0] in recipe.users_.tolist()
+    assert seen == [("refit", e, chosen) for e in range(1, chosen + 1)]
+    assert recipe.history_ == history  # the validated run's, for the report
+    report = recipe.evaluate(splits.test)
+    assert (report["epochs_trained"], report["best_epoch"]) == (chosen, chosen)
+    assert report["refit_rows"] == len(splits.train) + len(splits.val)
+    assert recipe.recommend(newcomers[0], k=3)  # known: its rated item is left out
+    assert recipe.refit(splits.train, None) is recipe  # nothing to add: unchanged
+
+
+@pytest.mark.parametrize("tune", [0, 2])
+def test_modelmint_train_refits_on_the_validation_rows(tmp_path: Path, tune: int) -> None:
+    from modelmint.serving.predictors import load_predictor
+    from modelmint.training.runs import TrainRequest, train
+
+    path = with_newcomers(tmp_path / "ratings.csv")
+    params = {**FAST, "patience": 2}
+    result = train(
+        TrainRequest("recommender", str(path), params=params, register=False, tune=tune),
+        home=tmp_path / "home",
+        database=None,
+    )
+    assert result.artifact_dir is not None
+    recipe = Recommender(**result.report.params)
+    splits = recipe.split(recipe.load_data(str(path)))
+    newcomer = only_in(splits.val, splits.train, splits.test)[0]
+    predictor = load_predictor(result.artifact_dir)
+    [answer] = predictor.predict([predictor.validate({"user": newcomer, "k": 3})])
+    assert answer["cold_start"] is False
+    metrics = result.report.metrics
+    # The epochs chosen on validation (with the tuned parameters) are the ones trained.
+    chosen = recipe.fit(splits.train, splits.val).best_epoch_
+    assert metrics["best_epoch"] == metrics["epochs_trained"] == chosen
+    assert metrics["refit_rows"] == len(splits.train) + len(splits.val)
+    config = json.loads((result.artifact_dir / "config.json").read_text())
+    assert (config["epochs_trained"], config["refit_rows"]) == (chosen, metrics["refit_rows"])
 
 
 # -- checkpoints, TorchBacked, distributed ----------------------------------------------

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from modelmint.training.recipe import DataError
-from modelmint.training.tables import fit_preprocessing, read_table, sort_labels
+from modelmint.training.tables import concat_tables, fit_preprocessing, read_table, sort_labels
 
 
 def write(tmp_path: Path, text: str, name: str = "data.csv") -> Path:
@@ -144,3 +144,38 @@ def test_preprocessing_statistics_come_from_the_training_rows_only(tmp_path: Pat
     assert x[3, 1:].tolist() == [1.0, 0.0]
     assert x[4, 1:].tolist() == [0.0, 0.0]
     assert x.dtype == np.float32
+
+
+def test_rows_read_back_as_the_inputs_a_client_sends(tmp_path: Path) -> None:
+    path = write(tmp_path, "age,plan,churned\n30,basic,no\n,pro,yes\n41,,no\n")
+    table = read_table(path, target="churned", categorical=["plan"])
+    assert table.inputs() == [
+        {"age": 30.0, "plan": "basic"},
+        {"age": None, "plan": "pro"},
+        {"age": 41.0, "plan": None},
+    ]
+
+
+def test_added_rows_take_the_first_tables_columns_and_class_numbers(tmp_path: Path) -> None:
+    first = read_table(write(tmp_path, "a,b,y\n1,2,no\n3,4,yes\n", "first.csv"), target="y")
+    # Columns in another order and a single class (feedback may correct every answer
+    # the same way): "yes" must keep first's number.
+    more = read_table(write(tmp_path, "b,y,a\n6,yes,5\n", "more.csv"), target="y", min_classes=1)
+
+    both = concat_tables(first, more)
+
+    assert both.inputs() == [{"a": 1.0, "b": 2.0}, {"a": 3.0, "b": 4.0}, {"a": 5.0, "b": 6.0}]
+    assert [both.labels[i] for i in both.y] == ["no", "yes", "yes"]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("a,c,y\n1,2,no\n", "missing: b; extra: c"), ("a,b,y\n1,2,maybe\n", "classes maybe")],
+)
+def test_added_rows_with_other_features_or_classes_are_refused(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    first = read_table(write(tmp_path, "a,b,y\n1,2,no\n3,4,yes\n", "first.csv"), target="y")
+    more = read_table(write(tmp_path, text, "more.csv"), target="y", min_classes=1)
+    with pytest.raises(DataError, match=problem):
+        concat_tables(first, more)

@@ -281,3 +281,29 @@ def test_bundled_sets_load_by_name() -> None:
     assert len(table) == 569 and table.labels == ("malignant", "benign")
     with pytest.raises(DataError, match="unknown bundled set"):
         TabularClassifier().load_data("sklearn:titanic")
+
+
+def test_added_rows_join_only_the_training_part(cancer_csv: Path, tmp_path: Path) -> None:
+    """``--add-data``: a feedback file (here of one class only) grows the training part;
+    validation and test stay the original data's, and a row repeating a test input is
+    left out rather than trained on."""
+    from modelmint.training.runs import add_training_rows
+
+    recipe = TabularClassifier(target="diagnosis")
+    splits = recipe.split(recipe.load_data(str(cancer_csv)))
+    (test_input, _), *_ = recipe.labelled_inputs(splits.test)
+    new_input = {name: value + 1000.0 for name, value in test_input.items()}
+    names = list(test_input)
+    feedback = write_csv(
+        tmp_path / "feedback.csv",
+        [*names, "diagnosis"],
+        [[row[n] for n in names] + ["malignant"] for row in (test_input, new_input)],
+    )
+
+    grown, added, left_out = add_training_rows(recipe, splits, [str(feedback)])
+
+    assert (added, left_out) == (1, 1)
+    assert len(grown.train) == len(splits.train) + 1
+    assert grown.val is splits.val and grown.test is splits.test
+    last_input, last_label = recipe.labelled_inputs(grown.train)[-1]
+    assert last_input == new_input and last_label == "malignant"

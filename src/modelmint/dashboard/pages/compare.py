@@ -126,11 +126,19 @@ def comparison_rows(comparison: Comparison) -> list[CompareRow]:
     ]
     for name in sorted({m for r in versions for m in r.metrics}):
         cells = tuple(_float(r.metrics.get(name), 4) for r in versions)
-        rows.append(CompareRow(f"metric-{name}", name, cells))
+        # Each version's registered metrics, measured on its own test split.
+        rows.append(CompareRow(f"metric-{name}", f"{name} (own test split)", cells))
     rows += [
         CompareRow("requests", "Requests", tuple(Cell(str(r.requests)) for r in versions)),
-        CompareRow("errors", "Errors", tuple(Cell(str(r.errors)) for r in versions)),
-        CompareRow("error_rate", "Error rate", tuple(_decimal(r.error_rate) for r in versions)),
+        CompareRow("errors", "Model errors (5xx)", tuple(Cell(str(r.errors)) for r in versions)),
+        CompareRow(
+            "client_errors",
+            "Client errors (4xx)",
+            tuple(Cell(str(r.client_errors)) for r in versions),
+        ),
+        CompareRow(
+            "error_rate", "Error rate (model)", tuple(_decimal(r.error_rate) for r in versions)
+        ),
         CompareRow(
             "latency", "Latency ms (mean)", tuple(_decimal(r.avg_latency_ms) for r in versions)
         ),

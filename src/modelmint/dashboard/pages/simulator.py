@@ -4,7 +4,6 @@ how a month's revenue and margin would have changed, and how the plan kinds comp
 from __future__ import annotations
 
 import tomllib
-from decimal import Decimal, InvalidOperation
 from functools import cache
 from importlib.resources import files
 from typing import Any
@@ -13,6 +12,7 @@ from fastapi import APIRouter, Request, Response
 from sqlalchemy.orm import Session
 
 from modelmint.analytics import Simulation, parse_candidate, simulate
+from modelmint.analytics.repricing import checked_elasticity
 from modelmint.billing.exact import EXACT
 from modelmint.billing.periods import Period
 from modelmint.dashboard import charts
@@ -27,9 +27,6 @@ from modelmint.storage.db import utcnow
 __all__ = ["SimulationRequest", "router", "run_simulation", "sample_prices"]
 
 router = APIRouter(prefix=BASE, route_class=DashboardRoute)
-# Elasticities beyond this are not a demand model anyone means (-10: a 1 % price rise
-# loses 10 % of demand).
-_MAX_ELASTICITY = Decimal(10)
 
 
 class SimulationRequest:
@@ -39,7 +36,7 @@ class SimulationRequest:
         self.text = form.get("prices", "")
         self.period = Period.parse(form.text("period") or f"{utcnow():%Y-%m}")
         self.currency = form.optional("currency")
-        self.elasticity = _elasticity(form.optional("elasticity"))
+        self.elasticity = checked_elasticity(form.optional("elasticity"))
         if not self.text.strip():
             raise InvalidRequest("paste a candidate price file (TOML)", param="prices")
         try:
@@ -48,23 +45,6 @@ class SimulationRequest:
             raise InvalidRequest(
                 f"the price file is not valid TOML: {exc}", param="prices"
             ) from None
-
-
-def _elasticity(value: str | None) -> Decimal | None:
-    if value is None:
-        return None
-    try:
-        number = Decimal(value)
-    except InvalidOperation:
-        raise InvalidRequest(
-            "elasticity must be a number such as -0.3", param="elasticity"
-        ) from None
-    if not number.is_finite() or abs(number) > _MAX_ELASTICITY:
-        raise InvalidRequest(
-            f"elasticity must be between -{_MAX_ELASTICITY} and {_MAX_ELASTICITY}",
-            param="elasticity",
-        )
-    return number
 
 
 def run_simulation(session: Session, wanted: SimulationRequest) -> Simulation:

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from modelmint import accounts, registry
 from modelmint.accounts.erasure import delete_organization as erase_organization
 from modelmint.accounts.keys import MAX_LIMIT
+from modelmint.billing.serialization import decimal_text
 from modelmint.gateway.deps import AdminDep, PlatformDep
 from modelmint.storage.tables import ApiKey, Organization, UsageRecord
 
@@ -254,9 +255,16 @@ async def list_usage(
         if organization:
             org: Organization = accounts.get_org(session, organization)
             query = query.where(UsageRecord.organization_id == org.id)
-        return [
-            {c.name: getattr(row, c.name) for c in UsageRecord.__table__.columns}
-            for row in session.scalars(query)
-        ]
+        return [_usage_json(row) for row in session.scalars(query)]
 
     return await platform.in_session(work)
+
+
+def _usage_json(row: UsageRecord) -> dict[str, Any]:
+    """A usage record with its money as plain decimal strings, like every billing route
+    (``"0.000000000000"``, never ``"0E-12"``)."""
+    fields = {c.name: getattr(row, c.name) for c in UsageRecord.__table__.columns}
+    for name in ("charge", "cost"):
+        if fields[name] is not None:
+            fields[name] = decimal_text(fields[name])
+    return fields

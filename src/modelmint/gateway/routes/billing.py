@@ -83,8 +83,16 @@ class InvoiceTransition(_Body):
 class BudgetSet(_Body):
     amount: DecimalString = Field(description="the monthly limit")
     currency: str = Field(min_length=3, max_length=3)
-    hard: bool = Field(default=True, description="refuse requests (402) instead of alerting")
-    thresholds: list[int] | None = Field(default=None, description="alert at these percents")
+    hard: bool | None = Field(
+        default=None,
+        description="refuse requests (402) instead of alerting; "
+        "default: the budget's current kind (hard for a new budget)",
+    )
+    thresholds: list[int] | None = Field(
+        default=None,
+        description="alert at these percents of the limit (1-100); "
+        "default: the budget's current ones (50, 80, 100 for a new budget)",
+    )
     key: str | None = Field(default=None, description="a key id: that key's own budget")
 
 

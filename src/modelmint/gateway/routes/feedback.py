@@ -1,5 +1,5 @@
-"""``POST /v1/feedback``: a caller rates one of its own requests; and the lifespan hook
-that starts sample capture beside the platform.
+"""``POST /v1/feedback``: a caller rates one of its own requests, named by the response's
+``id`` (``chatcmpl-...``, ``cmpl-...``, ``req_...``) or its X-Request-ID header.
 
 The route is a thin adapter around ``feedback.record_feedback``; its errors (404 for
 a request that is not the caller's, 400 for a bad score) leave in the OpenAI shape.
@@ -13,7 +13,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from modelmint.feedback.feedback import FeedbackGiven, record_feedback
+from modelmint.feedback.feedback import MAX_COMMENT_CHARS, FeedbackGiven, record_feedback
 from modelmint.gateway.deps import CurrentKey, PlatformDep
 
 __all__ = ["FeedbackCreate", "FeedbackPublic", "router"]
@@ -23,7 +23,8 @@ router = APIRouter(prefix="/v1", tags=["feedback"])
 
 class FeedbackCreate(BaseModel):
     """A rating: thumbs (true/false, "up"/"down"), stars (1-5), a named number, or a
-    category, with an optional corrected output or label."""
+    category, with an optional corrected output or label and an optional comment.
+    ``request_id`` is the response's ``id`` or its X-Request-ID header."""
 
     model_config = ConfigDict(extra="forbid")
     request_id: str = Field(min_length=1, max_length=64)
@@ -32,6 +33,7 @@ class FeedbackCreate(BaseModel):
     name: str = Field(default="score", min_length=1, max_length=60)
     corrected_output: str | None = Field(default=None, max_length=100_000)
     corrected_label: str | None = Field(default=None, min_length=1, max_length=200)
+    comment: str | None = Field(default=None, max_length=MAX_COMMENT_CHARS)
 
 
 class FeedbackPublic(BaseModel):
@@ -44,6 +46,7 @@ class FeedbackPublic(BaseModel):
     label: str | None
     corrected_output: str | None
     corrected_label: str | None
+    comment: str | None
 
 
 @router.post("/feedback", response_model=FeedbackPublic)
@@ -58,6 +61,7 @@ async def create_feedback(
         name=body.name,
         corrected_output=body.corrected_output,
         corrected_label=body.corrected_label,
+        comment=body.comment,
     )
 
     def store(session: Session) -> FeedbackPublic:
@@ -71,6 +75,7 @@ async def create_feedback(
             label=row.label,
             corrected_output=row.corrected_output,
             corrected_label=row.corrected_label,
+            comment=row.comment,
         )
 
     return await platform.in_session(store)

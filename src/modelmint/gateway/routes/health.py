@@ -20,9 +20,14 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(platform: PlatformDep) -> OrjsonResponse:
-    ready = platform.router.ready
-    body = {"status": "ready" if ready else "loading", "models": sorted(platform.router.routes)}
-    return OrjsonResponse(body, status_code=200 if ready else 503)
+    """200 once every routed model has a running deployment; 503 while they load, or
+    when a model's deployments all failed to start (``failed`` names them; the reasons
+    are in ``modelmint models list``)."""
+    router = platform.router
+    failed = router.unavailable()
+    status = "loading" if not router.ready else "degraded" if failed else "ready"
+    body = {"status": status, "models": router.serving(), "failed": failed}
+    return OrjsonResponse(body, status_code=200 if status == "ready" else 503)
 
 
 @router.get("/metrics")

@@ -11,8 +11,18 @@ every row is an interaction) learns the same model with BPR, a pairwise loss tha
 ranks each chosen item above a random unchosen one, and reports Recall@10/NDCG@10.
 
 Cold start: a user unseen in training is predicted ``global mean + item bias`` and
-gets the most popular items; an item unseen in training is predicted ``global mean
-+ user bias`` and is never recommended. The report counts those rows.
+gets the most popular items, scored by popularity (``Ranker``); an item unseen in
+training is predicted ``global mean + user bias`` and is never recommended. The
+report counts those rows.
+
+Validation, then refit: ``fit(train, val)`` stops early on the validation metric
+and keeps the best epoch; ``refit(train, val)`` (which ``modelmint train`` runs
+next) trains afresh on both for that many epochs, on the same learning-rate
+schedule, so the model served has learnt from every row but the test ones and a
+user met only in the validation rows is no longer cold-start. On data shaped like
+bench/recommender.py's the refit lowered test RMSE from 0.833 to 0.826 (the bench's
+seed) and from 0.878 to 0.874 with 20 ratings a user, where early stopping chose 3
+of 20 epochs; a cosine squeezed into those 3 epochs did worse (0.877).
 
 Each rating's L2 penalty is divided by the square root of its user's (and item's)
 number of ratings: between per-rating weight decay (as in Funk's SVD), which
@@ -27,7 +37,8 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Self, TypeVar
@@ -212,8 +223,15 @@ class Recommender(TorchBackedRecipe[Ratings]):
             )
 
     def _fit(
-        self, train: Ratings, val: Ratings | None, progress: Progress, checkpoint_dir: Path | None
+        self,
+        train: Ratings,
+        val: Ratings | None,
+        progress: Progress,
+        checkpoint_dir: Path | None,
+        *,
+        stop_at: int | None = None,
     ) -> Self:
+        """Learn from ``train``; ``stop_at`` ends the schedule of ``epochs`` epochs early."""
         distributed.init()
         self._learn_vocabulary(train)
         rows = self._encode(train)
@@ -223,22 +241,58 @@ class Recommender(TorchBackedRecipe[Ratings]):
         objective = self._objective(net)
         optimizer = torch.optim.Adam(net.parameters(), lr=self.learning_rate)
         model = distributed.wrap(objective)
+        params = self.get_params()
+        if stop_at is not None:  # a refit resumes only a refit that stops there too
+            params["refit_epochs"] = stop_at
         state = fit_epochs(
             Trainee(net, optimizer),
-            epochs=self._default("epochs"),
+            epochs=stop_at or self._default("epochs"),
             train_epoch=lambda epoch: {"loss": self._train_epoch(model, optimizer, rows, epoch)},
             validate=None if val is None else functools.partial(self._validate, net, val),
             patience=self.patience,
             progress=progress,
             checkpoint_dir=checkpoint_dir,
-            params=self.get_params(),
+            params=params,
         )
         self.model_ = net.eval()
         self.history_ = state.history
         self.epochs_trained_ = state.epoch
         self.best_epoch_ = state.best_epoch or state.epoch
+        self.refit_rows_ = 0
         self.sample_ = np.stack([rows.users[:8], rows.items[:8]])
         self._module = None
+        return self
+
+    def refit(
+        self,
+        train: Ratings,
+        val: Ratings | None = None,
+        *,
+        progress: Progress = silent,
+        checkpoint_dir: Path | None = None,
+    ) -> Self:
+        """Train afresh on ``train`` and ``val`` together for the epochs ``fit(train,
+        val)`` chose (``best_epoch_``), stopping there on the same learning-rate
+        schedule: the run validation picked, on every row but the test ones. Reports
+        its epochs as stage ``refit``; ``history_`` stays the validated run's."""
+        self.check_fitted()
+        if val is None or len(val) == 0:
+            return self
+        chosen, history = self.best_epoch_, self.history_
+        rows = _joined(train, val)
+
+        def renamed(stage: str, done: int, total: int, metrics: Mapping[str, float]) -> None:
+            progress("refit" if stage == "epoch" else stage, done, total, metrics)
+
+        with torch_threads(1):
+            self._fit(
+                rows,
+                None,
+                renamed,
+                None if checkpoint_dir is None else checkpoint_dir / "refit",
+                stop_at=chosen,
+            )
+        self.history_, self.best_epoch_, self.refit_rows_ = history, chosen, len(rows)
         return self
 
     def _check_params(self) -> None:
@@ -355,14 +409,25 @@ class Recommender(TorchBackedRecipe[Ratings]):
 
     def predict(
         self,
-        users: Sequence[str] | NDArray[np.str_],
-        items: Sequence[str] | NDArray[np.str_],
+        users: Sequence[object] | NDArray[Any],
+        items: Sequence[object] | NDArray[Any],
         *,
         clip: bool = True,
     ) -> FloatArray:
         """Predicted ratings (explicit) or scores (implicit) of (user, item) pairs,
-        with the cold-start fallbacks; clipped to the rating range in explicit mode."""
-        return self._predict(self.ranker(), users, items, clip=clip)
+        with the cold-start fallbacks; clipped to the rating range in explicit mode.
+
+        ``users[n]`` and ``items[n]`` make pair n: the two must be equally long
+        (ValueError otherwise). Ids are strings as in the training file; a number is
+        read as the id it spells there (``196`` or ``196.0``: "196")."""
+        user_ids = _ids(users, self.users_, "users")
+        item_ids = _ids(items, self.items_, "items")
+        if len(user_ids) != len(item_ids):
+            raise ValueError(
+                f"predict takes (user, item) pairs: got {len(user_ids)} users and "
+                f"{len(item_ids)} items"
+            )
+        return self._predict(self.ranker(), user_ids, item_ids, clip=clip)
 
     def _predict(
         self,
@@ -388,11 +453,13 @@ class Recommender(TorchBackedRecipe[Ratings]):
         return np.asarray(scores, dtype=np.float64)
 
     def recommend(
-        self, user: str, k: int = 10, exclude: Sequence[str] = ()
+        self, user: object, k: int = 10, exclude: Sequence[object] = ()
     ) -> list[dict[str, Any]]:
-        """The top ``k`` items for ``user``, as the exported predictor serves them."""
-        index = _lookup(self.users_, np.asarray([user], dtype=np.str_))
-        excluded = _lookup(self.items_, np.asarray(list(exclude), dtype=np.str_))
+        """The top ``k`` items for ``user``, as the exported predictor serves them
+        (ids read as ``predict`` reads them)."""
+        self.check_fitted()
+        index = _lookup(self.users_, _ids([user], self.users_, "user"))
+        excluded = _lookup(self.items_, _ids(list(exclude), self.items_, "exclude"))
         [(chosen, scores)] = self.ranker().top(index, k, [excluded[excluded >= 0]])
         return [
             {"item": str(self.items_[c]), "score": float(s)}
@@ -411,6 +478,7 @@ class Recommender(TorchBackedRecipe[Ratings]):
         report |= self._cold_start(data)
         report["epochs_trained"] = self.epochs_trained_
         report["best_epoch"] = self.best_epoch_
+        report["refit_rows"] = self.refit_rows_  # 0: learnt from the training rows alone
         return report
 
     def _ranking(self, ranker: Ranker, data: Ratings) -> dict[str, Any]:
@@ -458,10 +526,6 @@ class Recommender(TorchBackedRecipe[Ratings]):
         item_bias = _table(module, "item_bias")[:, 0]
         mean = float(torch.as_tensor(module.global_mean))
         explicit = self.mode == "explicit"
-        if explicit:
-            cold = mean + item_bias.astype(np.float64)
-        else:
-            cold = self.item_counts_ / max(len(self.users_), 1)
         return Ranker(
             user_factors=_table(module, "user_factors"),
             item_factors=_table(module, "item_factors"),
@@ -469,7 +533,6 @@ class Recommender(TorchBackedRecipe[Ratings]):
             item_bias=item_bias,
             global_mean=mean,
             item_counts=self.item_counts_,
-            cold_scores=cold.astype(np.float64),
             seen_indptr=self.seen_indptr_,
             seen_indices=self.seen_indices_,
             score_range=self.rating_range_ if explicit else (-math.inf, math.inf),
@@ -499,7 +562,6 @@ class Recommender(TorchBackedRecipe[Ratings]):
             global_mean=np.float64(ranker.global_mean),
             item_counts=ranker.item_counts,
             popular=ranker.popular(),
-            cold_scores=ranker.cold_scores,
             seen_indptr=ranker.seen_indptr,
             seen_indices=ranker.seen_indices,
             score_range=np.array(ranker.score_range, dtype=np.float64),
@@ -513,6 +575,10 @@ class Recommender(TorchBackedRecipe[Ratings]):
             "items": len(self.items_),
             "rating_range": list(self.rating_range_) if self.mode == "explicit" else None,
             "params": self.get_params(),
+            # What the params leave open: the epochs validation chose, and whether the
+            # model was refit on the training and validation rows for them.
+            "epochs_trained": self.epochs_trained_,
+            "refit_rows": self.refit_rows_,
         }
         (directory / "config.json").write_text(json.dumps(config, indent=2, default=list))
         exported = Export(
@@ -545,6 +611,57 @@ def _scale(value: str | Sequence[float] | None) -> tuple[float, float] | None:
     if not low < high:
         raise DataError(f"rating_scale must go from low to high; got {value!r}")
     return low, high
+
+
+def _joined(first: Ratings, second: Ratings) -> Ratings:
+    """The rows of ``first`` then ``second`` (parts of one split: no pair is in both)."""
+    return Ratings(
+        first.source,
+        np.concatenate([first.users, second.users]),
+        np.concatenate([first.items, second.items]),
+        np.concatenate([first.ratings, second.ratings]),
+        first.has_ratings and second.has_ratings,
+    )
+
+
+def _ids(values: object, vocabulary: NDArray[np.str_], what: str) -> NDArray[np.str_]:
+    """``values`` as the string ids training read from the file.
+
+    A number is the id it spells: ``196`` and ``196.0`` (a column of ids read as
+    floats, as pandas does when one is missing) are "196", or "196.0" if that is
+    the id training saw. Text is taken as it is: "007" and "7" are two ids."""
+    if isinstance(values, np.ndarray):
+        if values.ndim != 1:
+            shape = values.shape
+            raise ValueError(f"{what} must be a sequence of ids, not an array of shape {shape}")
+        if values.dtype.kind == "U":
+            return values
+        if values.dtype.kind in "iu":
+            return values.astype(np.str_)
+        listed: list[object] = values.tolist()
+    elif isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise ValueError(f"{what} must be a sequence of ids, not {values!r}")
+    else:
+        # Not through np.asarray, which would spell a float among strings "196.0".
+        listed = list(values)
+    return np.array([_id(value, vocabulary, what) for value in listed], dtype=np.str_)
+
+
+def _id(value: object, vocabulary: NDArray[np.str_], what: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{what}: an id is a string or a number, not {value!r}")
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{what}: {number} is not an id (a missing value?)")
+    if not number.is_integer():
+        return repr(number)
+    whole, written = str(int(number)), repr(number)
+    known = _lookup(vocabulary, np.array([whole, written], dtype=np.str_)) >= 0
+    return written if known[1] and not known[0] else whole
 
 
 def _lookup(vocabulary: NDArray[np.str_], ids: NDArray[np.str_]) -> IndexArray:

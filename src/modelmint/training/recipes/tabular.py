@@ -41,7 +41,7 @@ from modelmint.training.recipe import (
     SearchSpace,
     silent,
 )
-from modelmint.training.tables import Table, fit_preprocessing, read_table
+from modelmint.training.tables import Table, concat_tables, fit_preprocessing, read_table
 from modelmint.training.torch_backed import TorchBackedRecipe
 
 __all__ = ["TabularClassifier"]
@@ -179,6 +179,12 @@ class TabularClassifier(TorchBackedRecipe[Table]):
     # -- data ---------------------------------------------------------------------
 
     def load_data(self, source: str) -> Table:
+        return self._load(source, min_classes=2)
+
+    def load_rows(self, source: str) -> Table:
+        return self._load(source, min_classes=1)
+
+    def _load(self, source: str, *, min_classes: int) -> Table:
         if source.startswith("sklearn:"):
             return _bundled(source.removeprefix("sklearn:"))
         return read_table(
@@ -186,6 +192,7 @@ class TabularClassifier(TorchBackedRecipe[Table]):
             target=self.target,
             categorical=_names(self.categorical),
             group=self.group or None,
+            min_classes=min_classes,
         )
 
     def rows(self, data: Table) -> int:
@@ -196,6 +203,12 @@ class TabularClassifier(TorchBackedRecipe[Table]):
 
     def labels(self, data: Table) -> Sequence[object]:
         return [int(v) for v in data.y]
+
+    def labelled_inputs(self, data: Table) -> list[tuple[Any, str]]:
+        return list(zip(data.inputs(), [data.labels[i] for i in data.y.tolist()], strict=True))
+
+    def concat(self, first: Table, more: Table) -> Table:
+        return concat_tables(first, more)
 
     # -- training -----------------------------------------------------------------
 

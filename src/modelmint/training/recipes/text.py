@@ -62,6 +62,19 @@ class TextData:
     def take(self, indices: NDArray[np.int64]) -> TextData:
         return replace(self, texts=tuple(self.texts[i] for i in indices), y=self.y[indices])
 
+    def concat(self, more: TextData) -> TextData:
+        """``more``'s texts after these, in these class indices (``more`` may not bring a
+        class these lack: the held-out parts were cut with these classes)."""
+        unknown = sorted(set(more.labels) - set(self.labels))
+        if unknown:
+            raise DataError(
+                f"{more.source}: classes {', '.join(unknown)} are not among {self.source}'s "
+                f"({', '.join(self.labels)})"
+            )
+        index = {label: i for i, label in enumerate(self.labels)}
+        y = np.asarray([index[more.labels[v]] for v in more.y.tolist()], dtype=np.int64)
+        return replace(self, texts=self.texts + more.texts, y=np.concatenate([self.y, y]))
+
     def summary(self) -> dict[str, Any]:
         """What loading found, for reports and model cards (JSON-serialisable)."""
         counts = np.bincount(self.y, minlength=len(self.labels))
@@ -112,8 +125,11 @@ def _jsonl_records(path: Path, text: str, label: str) -> Iterator[tuple[int, str
             yield line, str(record[text] or ""), str(record[label] or "")
 
 
-def read_texts(path: Path, *, text_column: str = "text", label_column: str = "label") -> TextData:
-    """Load and check a CSV or JSONL (``.jsonl`` / ``.json``) of labelled texts."""
+def read_texts(
+    path: Path, *, text_column: str = "text", label_column: str = "label", min_classes: int = 2
+) -> TextData:
+    """Load and check a CSV or JSONL (``.jsonl`` / ``.json``) of labelled texts (two
+    classes at least, unless ``min_classes`` says fewer will do)."""
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     jsonl = path.suffix.lower() in (".jsonl", ".json")
@@ -140,7 +156,7 @@ def read_texts(path: Path, *, text_column: str = "text", label_column: str = "la
     if not texts:
         raise DataError(f"{path} holds no labelled texts")
     labels = sort_labels(set(names))
-    if len(labels) < 2:
+    if len(labels) < min_classes:
         raise DataError(f"{path}: every text has the label {labels[0]!r}; need two classes")
     index = {label: i for i, label in enumerate(labels)}
     y = np.asarray([index[n] for n in names], dtype=np.int64)
@@ -196,8 +212,17 @@ class TextClassifier(TorchBackedRecipe[TextData]):
     # -- data ---------------------------------------------------------------------
 
     def load_data(self, source: str) -> TextData:
+        return self._load(source, min_classes=2)
+
+    def load_rows(self, source: str) -> TextData:
+        return self._load(source, min_classes=1)
+
+    def _load(self, source: str, *, min_classes: int) -> TextData:
         data = read_texts(
-            Path(source), text_column=self.text_column, label_column=self.label_column
+            Path(source),
+            text_column=self.text_column,
+            label_column=self.label_column,
+            min_classes=min_classes,
         )
         if self.scrub_pii:
             from modelmint.training.pii import scrub_all
@@ -214,6 +239,12 @@ class TextClassifier(TorchBackedRecipe[TextData]):
 
     def labels(self, data: TextData) -> Sequence[object]:
         return [int(v) for v in data.y]
+
+    def labelled_inputs(self, data: TextData) -> list[tuple[Any, str]]:
+        return [(text, data.labels[i]) for text, i in zip(data.texts, data.y.tolist(), strict=True)]
+
+    def concat(self, first: TextData, more: TextData) -> TextData:
+        return first.concat(more)
 
     # -- training -----------------------------------------------------------------
 
