@@ -45,7 +45,7 @@ from modelmint.observability.metrics import (
     LLM_TOKENS,
 )
 from modelmint.serving.chat_template import ChatTemplate
-from modelmint.serving.llama_requests import collect, deltas, prompt_tokens
+from modelmint.serving.llama_requests import collect, deltas, output_grammar, prompt_tokens
 
 # The request-field refusals and the chunk shape are the old backend's, shared on purpose.
 from modelmint.serving.text_stream import StopMatcher
@@ -96,6 +96,7 @@ class _Job:
     max_tokens: int
     sampling: SamplingParams
     penalties: tuple[float, float]  # (frequency, presence)
+    grammar: str | None  # GBNF the answer must follow (response_format), or None
     queue: asyncio.Queue[tuple[str, Any]]
     loop: asyncio.AbstractEventLoop
     done: asyncio.Future[None]
@@ -279,6 +280,7 @@ class BatchedLlamaBackend:
                 float(extra.get("frequency_penalty") or 0.0),
                 float(extra.get("presence_penalty") or 0.0),
             ),
+            grammar=output_grammar(request),
             queue=asyncio.Queue(),
             loop=loop,
             done=loop.create_future(),
@@ -420,12 +422,18 @@ class BatchedLlamaBackend:
                         self._out.post(job, "end", "length")
                         self._out.post(job, "done")
                         continue
+                    try:
+                        sampler = _sampler_for(job, self._model.vocab)
+                    except BackendError as exc:
+                        self._out.post(job, "error", exc)
+                        self._out.post(job, "done")
+                        continue
                     job.seq, job.n_past = self._take_slot(
                         free, job.tokens, among=min(placing, len(free))
                     )
                     placing -= 1
                     job.charge.reused_tokens, job.charge.slot = job.n_past, job.seq
-                    job.sampler = _sampler_for(job)
+                    job.sampler = sampler
                     job.matcher = StopMatcher(job.sampling.stop)
                     live.append(job)
                 # In slot order: with a KV stream per slot, llama.cpp puts only sequences
@@ -645,8 +653,9 @@ def _put(batch: Any, n: int, token: int, pos: int, seq: int, logits: bool) -> in
     return n + 1
 
 
-def _sampler_for(job: _Job) -> Any:
-    """The request's own sampler chain: greedy at temperature 0, else top-p, temperature, seed."""
+def _sampler_for(job: _Job, vocab: Any) -> Any:
+    """The request's own sampler chain: its penalties, its grammar (only tokens that keep
+    the answer valid remain), then greedy at temperature 0, else top-p, temperature, seed."""
     sampling = job.sampling
     chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
     frequency, presence = job.penalties
@@ -654,6 +663,12 @@ def _sampler_for(job: _Job) -> Any:
         lc.llama_sampler_chain_add(
             chain, lc.llama_sampler_init_penalties(_PENALTY_LAST_N, 1.0, frequency, presence)
         )
+    if job.grammar is not None:
+        grammar = lc.llama_sampler_init_grammar(vocab, job.grammar.encode(), b"root")
+        if not grammar:
+            lc.llama_sampler_free(chain)
+            raise BackendError("the answer's grammar (response_format) could not be loaded")
+        lc.llama_sampler_chain_add(chain, grammar)
     if sampling.temperature <= 0.0:
         lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
     else:

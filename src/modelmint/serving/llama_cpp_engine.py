@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from llama_cpp import llama_vocab_is_eog as is_eog
+from llama_cpp.llama_grammar import LlamaGrammar
 
 from modelmint.errors import ServiceUnavailable
 from modelmint.serving.chat_template import ChatTemplate
-from modelmint.serving.llama_requests import collect, deltas, prompt_tokens
+from modelmint.serving.llama_requests import collect, deltas, output_grammar, prompt_tokens
 from modelmint.serving.text_stream import StopMatcher
 from modelmint.serving.types import Generation, StreamDelta, TextRequest, Usage
 
@@ -33,6 +34,7 @@ class _Job:
     tokens: list[int]
     max_tokens: int
     request: TextRequest
+    grammar: str | None  # GBNF the answer must follow (response_format), or None
     queue: asyncio.Queue[tuple[str, Any]]
     loop: asyncio.AbstractEventLoop
     cancelled: threading.Event
@@ -108,7 +110,8 @@ class LlamaCppBackend:
         tokens, max_tokens = self._prepare(request)
         usage.input_tokens = len(tokens)
         loop = asyncio.get_running_loop()
-        job = _Job(tokens, max_tokens, request, asyncio.Queue(), loop, threading.Event())
+        grammar = output_grammar(request)
+        job = _Job(tokens, max_tokens, request, grammar, asyncio.Queue(), loop, threading.Event())
         future = loop.run_in_executor(self._worker, self._run, job)
         try:
             async for delta in deltas(job.queue, request.kind == "chat", usage):
@@ -138,6 +141,9 @@ class LlamaCppBackend:
                 return
             tokens = llm.generate(
                 job.tokens,
+                grammar=None
+                if job.grammar is None
+                else LlamaGrammar.from_string(job.grammar, False),
                 temp=sampling.temperature,
                 top_p=sampling.top_p,
                 top_k=0,

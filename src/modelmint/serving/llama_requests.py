@@ -9,14 +9,17 @@ Engines post events ``("token", text)`` (one sampled token and the text it relea
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+
+import orjson
 
 from modelmint.errors import ContextLengthExceeded, InvalidRequest
 from modelmint.serving.chat_template import ChatTemplate
 from modelmint.serving.types import Generation, StreamDelta, TextRequest, Usage
 
-__all__ = ["UNSUPPORTED", "Event", "collect", "deltas", "prompt_tokens"]
+__all__ = ["UNSUPPORTED", "Event", "collect", "deltas", "output_grammar", "prompt_tokens"]
 
 # OpenAI request fields a local engine cannot honour; refusing them beats silently ignoring.
 UNSUPPORTED = (
@@ -38,9 +41,6 @@ def prompt_tokens(
             raise InvalidRequest(f"{name!r} is not supported by this model", param=name)
     if request.extra.get("n", 1) != 1:
         raise InvalidRequest("this model returns one choice per request (n=1)", param="n")
-    response_format = request.extra.get("response_format") or {}
-    if response_format.get("type", "text") != "text":
-        raise InvalidRequest("only text response_format is supported", param="response_format")
     if request.kind == "chat":
         if template is None:
             raise InvalidRequest("this model has no chat template; use /v1/completions")
@@ -58,6 +58,95 @@ def prompt_tokens(
             param="max_tokens" if room > 0 else "messages",
         )
     return tokens, max_tokens
+
+
+def output_grammar(request: TextRequest) -> str | None:
+    """The GBNF grammar the answer must follow (``response_format``), or None for free
+    text; the 400 naming ``response_format`` for one that cannot be honoured.
+
+    ``json_object`` is any JSON object; ``json_schema`` one valid under its schema,
+    converted to a grammar by llama.cpp's own converter (``llama_cpp.llama_grammar``).
+    Sampling under the grammar makes every token keep the answer a prefix of a valid
+    document, so an answer that ends by itself (``finish_reason: "stop"``) parses and
+    validates; one cut short by ``max_tokens`` is a prefix, as with OpenAI."""
+    response_format = request.extra.get("response_format")
+    if response_format is None:
+        return None
+    if not isinstance(response_format, dict):
+        raise InvalidRequest("response_format must be an object", param="response_format")
+    kind = response_format.get("type", "text")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return _schema_grammar('{"type": "object"}')
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise InvalidRequest(
+                "response_format json_schema needs json_schema.schema: a JSON Schema object",
+                param="response_format",
+            )
+        unenforced = sorted(_unenforced(schema))
+        if unenforced:
+            raise InvalidRequest(
+                f"response_format json_schema uses {', '.join(unenforced)}, which a local "
+                "model's grammar cannot enforce; leave it out or check the answer yourself",
+                param="response_format",
+            )
+        return _schema_grammar(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS).decode())
+    raise InvalidRequest(
+        f"response_format type {kind!r} is not one of text, json_object, json_schema",
+        param="response_format",
+    )
+
+
+# JSON Schema keywords llama.cpp's converter ignores: a schema using one would be
+# followed loosely, so an answer could break it. Refused rather than half kept.
+_UNENFORCED = frozenset(
+    {
+        "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+        "uniqueItems", "minProperties", "maxProperties", "patternProperties",
+        "propertyNames", "dependentRequired", "dependentSchemas", "not", "if", "then",
+        "else", "contains", "minContains", "maxContains",
+    }
+)  # fmt: skip
+# Where a schema holds further schemas: keyword -> how (one, a list, a name->schema map).
+_SUBSCHEMAS = {
+    "items": "one", "additionalProperties": "one", "prefixItems": "list", "anyOf": "list",
+    "oneOf": "list", "allOf": "list", "properties": "map", "$defs": "map", "definitions": "map",
+}  # fmt: skip
+
+
+def _unenforced(schema: Any) -> set[str]:
+    """The keywords of ``_UNENFORCED`` used anywhere in ``schema``."""
+    if not isinstance(schema, dict):
+        return set()
+    found = set(_UNENFORCED.intersection(schema))
+    for keyword, shape in _SUBSCHEMAS.items():
+        inner = schema.get(keyword)
+        if shape == "one":
+            found |= _unenforced(inner)
+        elif shape == "list" and isinstance(inner, list):
+            for item in inner:
+                found |= _unenforced(item)
+        elif shape == "map" and isinstance(inner, dict):
+            for item in inner.values():
+                found |= _unenforced(item)
+    return found
+
+
+@functools.lru_cache(maxsize=256)
+def _schema_grammar(schema: str) -> str:
+    # Imported here: llama_cpp loads its shared library on import.
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    try:
+        return str(json_schema_to_gbnf(schema))
+    except Exception as exc:  # the converter raises bare errors on what it cannot express
+        raise InvalidRequest(
+            f"response_format json_schema cannot be followed: {exc}", param="response_format"
+        ) from None
 
 
 async def deltas(
