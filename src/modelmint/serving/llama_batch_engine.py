@@ -28,7 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,14 @@ from modelmint.observability.metrics import (
     LLM_TOKENS,
 )
 from modelmint.serving.chat_template import ChatTemplate
-from modelmint.serving.llama_requests import collect, deltas, output_grammar, prompt_tokens
+from modelmint.serving.llama_requests import (
+    choice_count,
+    collect,
+    deltas,
+    merged,
+    output_grammar,
+    prompt_tokens,
+)
 
 # The request-field refusals and the chunk shape are the old backend's, shared on purpose.
 from modelmint.serving.text_stream import StopMatcher
@@ -269,27 +276,63 @@ class BatchedLlamaBackend:
     async def stream(
         self, request: TextRequest, usage: Usage, charge: EngineCharge | None = None
     ) -> AsyncIterator[StreamDelta]:
+        """The answer's deltas; with ``n`` > 1, one sequence per choice, decoded side by
+        side in as many slots, their deltas merged (each keeps its choice index) and
+        their tokens and engine time added up in ``usage``."""
         tokens, max_tokens = self._prepare(request)
+        count = choice_count(request, self._slots)
+        grammar = output_grammar(request)
+        charge = charge if charge is not None else EngineCharge()
+        seed = request.sampling.seed
+        jobs: list[_Job] = []
+        try:
+            for i in range(count):
+                # Each choice samples on its own seed, reproducibly when one is given.
+                sampling = request.sampling
+                if seed is not None and i > 0:
+                    sampling = replace(sampling, seed=seed + i)
+                jobs.append(self._job(request, tokens, max_tokens, grammar, charge, sampling))
+        except BaseException:
+            for job in jobs:  # queued already: let the engine drop them
+                job.cancelled.set()
+            raise
+        usage.input_tokens = len(tokens)  # the prompt is counted once, as by OpenAI
+        chat = request.kind == "chat"
+        # Every choice counts its tokens into ``usage`` and its steps into ``charge``.
+        async for delta in merged([self._follow(job, chat, usage) for job in jobs]):
+            yield delta
+
+    def _job(
+        self,
+        request: TextRequest,
+        tokens: list[int],
+        max_tokens: int,
+        grammar: str | None,
+        charge: EngineCharge,
+        sampling: SamplingParams,
+    ) -> _Job:
         loop = asyncio.get_running_loop()
         extra = request.extra
         job = _Job(
             tokens=tokens,
             max_tokens=max_tokens,
-            sampling=request.sampling,
+            sampling=sampling,
             penalties=(
                 float(extra.get("frequency_penalty") or 0.0),
                 float(extra.get("presence_penalty") or 0.0),
             ),
-            grammar=output_grammar(request),
+            grammar=grammar,
             queue=asyncio.Queue(),
             loop=loop,
             done=loop.create_future(),
-            charge=charge if charge is not None else EngineCharge(),
+            charge=charge,
         )
         self._submit(job)
-        usage.input_tokens = len(tokens)
+        return job
+
+    async def _follow(self, job: _Job, chat: bool, usage: Usage) -> AsyncIterator[StreamDelta]:
         try:
-            async for delta in deltas(job.queue, request.kind == "chat", usage):
+            async for delta in deltas(job.queue, chat, usage):
                 yield delta
         finally:
             # A consumer that went away frees its slot at the next step; waiting for that

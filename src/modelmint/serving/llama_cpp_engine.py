@@ -22,7 +22,13 @@ from llama_cpp.llama_grammar import LlamaGrammar
 
 from modelmint.errors import ServiceUnavailable
 from modelmint.serving.chat_template import ChatTemplate
-from modelmint.serving.llama_requests import collect, deltas, output_grammar, prompt_tokens
+from modelmint.serving.llama_requests import (
+    choice_count,
+    collect,
+    deltas,
+    output_grammar,
+    prompt_tokens,
+)
 from modelmint.serving.text_stream import StopMatcher
 from modelmint.serving.types import Generation, StreamDelta, TextRequest, Usage
 
@@ -108,6 +114,7 @@ class LlamaCppBackend:
 
     async def stream(self, request: TextRequest, usage: Usage) -> AsyncIterator[StreamDelta]:
         tokens, max_tokens = self._prepare(request)
+        choice_count(request, 1)  # one request at a time: one choice
         usage.input_tokens = len(tokens)
         loop = asyncio.get_running_loop()
         grammar = output_grammar(request)

@@ -19,7 +19,16 @@ from modelmint.errors import ContextLengthExceeded, InvalidRequest
 from modelmint.serving.chat_template import ChatTemplate
 from modelmint.serving.types import Generation, StreamDelta, TextRequest, Usage
 
-__all__ = ["UNSUPPORTED", "Event", "collect", "deltas", "output_grammar", "prompt_tokens"]
+__all__ = [
+    "UNSUPPORTED",
+    "Event",
+    "choice_count",
+    "collect",
+    "deltas",
+    "merged",
+    "output_grammar",
+    "prompt_tokens",
+]
 
 # OpenAI request fields a local engine cannot honour; refusing them beats silently ignoring.
 UNSUPPORTED = (
@@ -39,8 +48,6 @@ def prompt_tokens(
     for name in UNSUPPORTED:
         if request.extra.get(name) not in (None, False, [], {}):
             raise InvalidRequest(f"{name!r} is not supported by this model", param=name)
-    if request.extra.get("n", 1) != 1:
-        raise InvalidRequest("this model returns one choice per request (n=1)", param="n")
     if request.kind == "chat":
         if template is None:
             raise InvalidRequest("this model has no chat template; use /v1/completions")
@@ -58,6 +65,22 @@ def prompt_tokens(
             param="max_tokens" if room > 0 else "messages",
         )
     return tokens, max_tokens
+
+
+def choice_count(request: TextRequest, limit: int) -> int:
+    """How many choices (``n``) the request asks for, at most ``limit`` (the engine's
+    slots: the choices are decoded side by side), or the 400 naming ``n``."""
+    count = request.extra.get("n")
+    if count is None:
+        return 1
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise InvalidRequest("n must be a whole number of choices, at least 1", param="n")
+    if count > limit:
+        raise InvalidRequest(
+            f"this model decodes at most {limit} choices of one request at once (n <= {limit})",
+            param="n",
+        )
+    return count
 
 
 def output_grammar(request: TextRequest) -> str | None:
@@ -179,22 +202,66 @@ async def deltas(
 
 
 async def collect(pieces: AsyncIterator[StreamDelta], kind: str, usage: Usage) -> Generation:
-    """A whole answer from a stream of deltas."""
-    text: list[str] = []
-    finish: str | None = None
+    """A whole answer (one choice per index) from a stream of deltas."""
+    texts: dict[int, list[str]] = {}
+    finishes: dict[int, str | None] = {}
     async for delta in pieces:
-        choice = delta.choices[0]
-        part = choice["delta"].get("content") if "delta" in choice else choice.get("text")
-        text.append(part or "")
-        finish = choice.get("finish_reason") or finish
-    content = "".join(text)
-    answer: dict[str, Any]
-    if kind == "chat":
-        message = {"role": "assistant", "content": content}
-        answer = {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
-    else:
-        answer = {"index": 0, "text": content, "finish_reason": finish, "logprobs": None}
-    return Generation(choices=[answer], usage=usage)
+        for choice in delta.choices:
+            index = choice["index"]
+            part = choice["delta"].get("content") if "delta" in choice else choice.get("text")
+            texts.setdefault(index, []).append(part or "")
+            finishes[index] = choice.get("finish_reason") or finishes.get(index)
+    answers: list[dict[str, Any]] = []
+    for index in sorted(texts):
+        content, finish = "".join(texts[index]), finishes[index]
+        if kind == "chat":
+            message = {"role": "assistant", "content": content}
+            answers.append(
+                {"index": index, "message": message, "finish_reason": finish, "logprobs": None}
+            )
+        else:
+            answers.append(
+                {"index": index, "text": content, "finish_reason": finish, "logprobs": None}
+            )
+    return Generation(choices=answers, usage=usage)
+
+
+async def merged(streams: list[AsyncIterator[StreamDelta]]) -> AsyncIterator[StreamDelta]:
+    """The deltas of several choices' streams as they come, each stream's choices given
+    its position as their index. The first failure ends them all."""
+    if len(streams) == 1:
+        async for delta in streams[0]:
+            yield delta
+        return
+    out: asyncio.Queue[StreamDelta | BaseException | None] = asyncio.Queue()
+
+    async def pump(index: int, stream: AsyncIterator[StreamDelta]) -> None:
+        try:
+            async for delta in stream:
+                for choice in delta.choices:
+                    choice["index"] = index
+                out.put_nowait(delta)
+        except Exception as exc:
+            out.put_nowait(exc)
+        else:
+            out.put_nowait(None)
+
+    tasks = [asyncio.create_task(pump(i, stream)) for i, stream in enumerate(streams)]
+    try:
+        running = len(tasks)
+        while running:
+            item = await out.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        # Cancelled mid-stream, each choice's stream closes and frees its slot.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def piece(chat: bool, text: str, finish: str | None) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""``response_format`` on local models: which formats become a grammar, which are refused."""
+"""What local engines honour of a request: ``response_format`` as a grammar, ``n`` as choices."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from modelmint.errors import InvalidRequest
-from modelmint.serving.llama_requests import output_grammar
+from modelmint.serving.llama_requests import choice_count, output_grammar
 from modelmint.serving.types import SamplingParams, TextRequest
 
 
@@ -64,3 +64,17 @@ def test_what_cannot_be_followed_is_a_400_on_response_format(response_format: An
     with pytest.raises(InvalidRequest) as refused:
         output_grammar(request(response_format))
     assert refused.value.param == "response_format"
+
+
+@pytest.mark.parametrize(("n", "slots"), [(0, 8), (9, 8), (True, 8), ("2", 8), (2, 1)])
+def test_choices_beyond_the_slots_or_not_a_count_are_a_400_on_n(n: Any, slots: int) -> None:
+    asked = TextRequest(kind="chat", sampling=SamplingParams(), extra={"n": n})
+    with pytest.raises(InvalidRequest) as refused:
+        choice_count(asked, slots)
+    assert refused.value.param == "n"
+
+
+def test_choices_within_the_slots_are_counted() -> None:
+    assert choice_count(request(None), 8) == 1
+    asked = TextRequest(kind="chat", sampling=SamplingParams(), extra={"n": 8})
+    assert choice_count(asked, 8) == 8
