@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp as lc
+import numpy as np
 
 from modelmint.errors import BackendError, ServiceUnavailable, UpstreamTimeout
 from modelmint.observability.metrics import (
@@ -44,6 +45,7 @@ from modelmint.observability.metrics import (
     LLM_SLOTS_BUSY,
     LLM_TOKENS,
 )
+from modelmint.serving import logprobs
 from modelmint.serving.chat_template import ChatTemplate
 from modelmint.serving.llama_requests import (
     choice_count,
@@ -104,6 +106,7 @@ class _Job:
     sampling: SamplingParams
     penalties: tuple[float, float]  # (frequency, presence)
     grammar: str | None  # GBNF the answer must follow (response_format), or None
+    logprobs: int  # alternatives per token with the logprobs asked for; -1: none asked
     queue: asyncio.Queue[tuple[str, Any]]
     loop: asyncio.AbstractEventLoop
     done: asyncio.Future[None]
@@ -117,6 +120,7 @@ class _Job:
     produced: int = 0
     sampler: Any = None
     matcher: StopMatcher | None = None
+    entry: dict[str, Any] | None = None  # the logprobs of the token sampled last
     out_idx: int = -1  # index in the current batch whose logits belong to this job
     batch_tokens: int = 0  # tokens this job put into the current batch
 
@@ -206,6 +210,7 @@ class BatchedLlamaBackend:
         self._n_batch = n_batch
         self._flash_attn = flash_attn
         self._model: Any = None  # llama_cpp._internals.LlamaModel
+        self._n_vocab = 0
         self._template: ChatTemplate | None = None
         self._wake = threading.Condition()
         self._pending: deque[_Job] = deque()  # guarded by _wake
@@ -322,6 +327,7 @@ class BatchedLlamaBackend:
                 float(extra.get("presence_penalty") or 0.0),
             ),
             grammar=grammar,
+            logprobs=logprobs.wanted(request),
             queue=asyncio.Queue(),
             loop=loop,
             done=loop.create_future(),
@@ -409,6 +415,7 @@ class BatchedLlamaBackend:
         self._model = model = LlamaModel(
             path_model=str(self._path), params=model_params, verbose=False
         )
+        self._n_vocab = lc.llama_vocab_n_tokens(model.vocab)
         params = lc.llama_context_default_params()
         params.n_seq_max = self._slots
         params.n_ctx = self._slots * self._context_per_slot
@@ -636,7 +643,10 @@ class BatchedLlamaBackend:
         for job in live:
             job.n_past += job.batch_tokens
             if job.out_idx >= 0:
-                sampled.append((job, lc.llama_sampler_sample(job.sampler, ctx, job.out_idx)))
+                token = lc.llama_sampler_sample(job.sampler, ctx, job.out_idx)
+                if job.logprobs >= 0:  # read before the next decode overwrites the logits
+                    job.entry = self._logprobs(ctx, job, token)
+                sampled.append((job, token))
         # Charge before any stream can end, so a closed stream reads its final charge.
         step_ms = (time.perf_counter() - started) * 1000.0
         self._busy.inc(step_ms / 1000.0)
@@ -654,6 +664,16 @@ class BatchedLlamaBackend:
             else:
                 job.next_token = token
 
+    def _logprobs(self, ctx: Any, job: _Job, token: int) -> dict[str, Any]:
+        """The sampled token's logprobs entry, from the logits of its batch position."""
+        view = np.ctypeslib.as_array(
+            lc.llama_get_logits_ith(ctx, job.out_idx), shape=(self._n_vocab,)
+        )
+        return logprobs.entry(view, token, job.logprobs, self._piece)
+
+    def _piece(self, token: int) -> bytes:
+        return bytes(self._model.detokenize([token]))
+
     def _emit(self, job: _Job, token: int) -> bool:
         """Send one sampled token to its stream; True when the request is finished."""
         job.produced += 1
@@ -663,7 +683,9 @@ class BatchedLlamaBackend:
             self._out.post(job, "token", matcher.flush())
             self._out.post(job, "end", "stop")
             return True
-        self._out.post(job, "token", matcher.feed(self._model.detokenize([token])))
+        text = matcher.feed(self._model.detokenize([token]))
+        entry, job.entry = job.entry, None
+        self._out.post(job, "token", text if entry is None else (text, entry))
         if matcher.stopped:
             self._out.post(job, "end", "stop")
             return True

@@ -20,7 +20,8 @@ from typing import Any
 from llama_cpp import llama_vocab_is_eog as is_eog
 from llama_cpp.llama_grammar import LlamaGrammar
 
-from modelmint.errors import ServiceUnavailable
+from modelmint.errors import InvalidRequest, ServiceUnavailable
+from modelmint.serving import logprobs
 from modelmint.serving.chat_template import ChatTemplate
 from modelmint.serving.llama_requests import (
     choice_count,
@@ -115,6 +116,11 @@ class LlamaCppBackend:
     async def stream(self, request: TextRequest, usage: Usage) -> AsyncIterator[StreamDelta]:
         tokens, max_tokens = self._prepare(request)
         choice_count(request, 1)  # one request at a time: one choice
+        if logprobs.wanted(request) >= 0:
+            raise InvalidRequest(
+                "logprobs come with the batched engine; this deployment runs engine: single",
+                param="logprobs",
+            )
         usage.input_tokens = len(tokens)
         loop = asyncio.get_running_loop()
         grammar = output_grammar(request)

@@ -17,6 +17,7 @@ import orjson
 
 from modelmint.errors import ContextLengthExceeded, InvalidRequest
 from modelmint.serving.chat_template import ChatTemplate
+from modelmint.serving.logprobs import chunk, joined
 from modelmint.serving.types import Generation, StreamDelta, TextRequest, Usage
 
 __all__ = [
@@ -32,8 +33,7 @@ __all__ = [
 
 # OpenAI request fields a local engine cannot honour; refusing them beats silently ignoring.
 UNSUPPORTED = (
-    "tools", "functions", "tool_choice", "logprobs", "top_logprobs", "logit_bias", "echo",
-    "suffix", "best_of",
+    "tools", "functions", "tool_choice", "logit_bias", "echo", "suffix", "best_of",
 )  # fmt: skip
 
 Event = tuple[str, Any]
@@ -182,6 +182,7 @@ async def deltas(
     gets a real HTTP error status instead of a 200 stream that breaks.
     """
     role_sent = not chat
+    offset = 0  # characters sent so far (completions' text_offset)
     while True:
         kind, value = await events.get()
         if not role_sent and kind != "error":
@@ -192,8 +193,15 @@ async def deltas(
             )
         if kind in ("token", "text"):
             usage.output_tokens += kind == "token"
-            if value:
+            found = None
+            if isinstance(value, tuple):  # ("token", (text, its logprobs entry))
+                value, found = value
+            if found is not None:
+                logprobs = chunk(chat, [found], offset)
+                yield StreamDelta([piece(chat, value, None, logprobs)])
+            elif value:
                 yield StreamDelta([piece(chat, value, None)])
+            offset += len(value)
         elif kind == "end":
             yield StreamDelta([piece(chat, "", value)])
             return
@@ -205,24 +213,27 @@ async def collect(pieces: AsyncIterator[StreamDelta], kind: str, usage: Usage) -
     """A whole answer (one choice per index) from a stream of deltas."""
     texts: dict[int, list[str]] = {}
     finishes: dict[int, str | None] = {}
+    logprobs: dict[int, list[dict[str, Any]]] = {}
     async for delta in pieces:
         for choice in delta.choices:
             index = choice["index"]
             part = choice["delta"].get("content") if "delta" in choice else choice.get("text")
             texts.setdefault(index, []).append(part or "")
             finishes[index] = choice.get("finish_reason") or finishes.get(index)
+            if choice.get("logprobs"):
+                logprobs.setdefault(index, []).append(choice["logprobs"])
+    chat = kind == "chat"
     answers: list[dict[str, Any]] = []
     for index in sorted(texts):
         content, finish = "".join(texts[index]), finishes[index]
-        if kind == "chat":
-            message = {"role": "assistant", "content": content}
-            answers.append(
-                {"index": index, "message": message, "finish_reason": finish, "logprobs": None}
-            )
+        answer: dict[str, Any] = {"index": index}
+        if chat:
+            answer["message"] = {"role": "assistant", "content": content}
         else:
-            answers.append(
-                {"index": index, "text": content, "finish_reason": finish, "logprobs": None}
-            )
+            answer["text"] = content
+        answer["finish_reason"] = finish
+        answer["logprobs"] = joined(chat, logprobs.get(index, []))
+        answers.append(answer)
     return Generation(choices=answers, usage=usage)
 
 
@@ -264,8 +275,10 @@ async def merged(streams: list[AsyncIterator[StreamDelta]]) -> AsyncIterator[Str
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def piece(chat: bool, text: str, finish: str | None) -> dict[str, Any]:
+def piece(
+    chat: bool, text: str, finish: str | None, logprobs: dict[str, Any] | None = None
+) -> dict[str, Any]:
     if chat:
         delta = {"content": text} if text or finish is None else {}
-        return {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-    return {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+        return {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
+    return {"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs}
