@@ -54,6 +54,8 @@ bench-gateway: $(STAMP)
 	$(BIN)/python -m bench.gateway
 
 bench-llm: $(STAMP)
+	bash scripts/ensure-command.sh cmake
+	bash scripts/ensure-command.sh ninja ninja-build
 	$(BIN)/python -m bench.llm
 
 bench-embeddings: $(STAMP)

@@ -37,8 +37,14 @@ def process(
     """A child process, logging to ``log``, terminated (then killed) on exit."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
+        # stdin from /dev/null: llama-server reads its terminal and stops when it cannot.
         child = subprocess.Popen(
-            args, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
+            args,
+            env={**os.environ, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
         )
         try:
             yield child

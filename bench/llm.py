@@ -1,14 +1,22 @@
-"""Local LLM serving: ModelMint's batched engine vs llama-cpp-python's own OpenAI server.
+"""Local LLM serving: ModelMint's batched engine vs llama.cpp's own servers.
 
-    make bench-llm            (or: .venv/bin/python -m bench.llm)
+    make bench-llm            (or: .venv/bin/python -m bench.llm [--peers llama-server])
 
 One run on one machine serves the same GGUF file (the bundled SmolLM2-135M-Instruct)
-with ModelMint (`modelmint up`, continuous batching over `--slots` KV-cache slots)
-and with `python -m llama_cpp.server` (installed by the bench into its own venv,
-same threads and context per request). The same streamed, greedy chat requests
-(same prompts, same `max_tokens`) are sent to each at concurrency 1 and 8; the bench
-prints aggregate output tokens/s, p50/p99 time to first token, and ratio lines such
-as ``llm_c8_ratio_vs_llama_cpp_server: 2.31``. Each point is the best of ``--rounds`` runs.
+with ModelMint (`modelmint up`, continuous batching over 8 KV-cache slots, metering
+on) and with its peers:
+
+* ``llama-server``: llama.cpp's C++ server (continuous batching, prompt-prefix reuse),
+  built once per CPU from the same source archive, patches and flags as ModelMint's
+  own llama.cpp (``scripts/llama-server.sh``), with the same 8 slots of context;
+* ``llama-cpp-server``: ``python -m llama_cpp.server`` (one request at a time),
+  installed by the bench into its own venv.
+
+The same streamed, greedy chat requests (same prompts, same ``max_tokens``, same
+threads and context per request) go to each at concurrency 1 and 8, each on a
+connection of its own (llama-server drops idle keep-alive connections). The bench
+prints aggregate output tokens/s, p50/p99 time to first token, and lines such as
+``llm_c8_ratio_vs_llama_server: 0.94``. Each point is the best of ``--rounds`` runs.
 """
 
 from __future__ import annotations
@@ -54,7 +62,9 @@ PROMPTS = (
     "Why is the sky blue? Explain in detail.",
     "Tell me about the history of bicycles.",
 )
-CONTEXT = 2048  # per request, for both servers
+CONTEXT = 2048  # per request, for every server
+# Peers by name, and the label their lines carry.
+PEERS = {"llama-server": "llama_server", "llama-cpp-server": "llama_cpp_server"}
 
 
 @dataclass
@@ -97,6 +107,27 @@ def modelmint(workdir: Path, slots: int, threads: int) -> Iterator[Server]:
         base = f"http://127.0.0.1:{port}"
         wait_until_ready(base + "/readyz", child, timeout=300)
         yield Server("modelmint", base + "/v1", {"Authorization": f"Bearer {key}"}, MODEL)
+
+
+@contextlib.contextmanager
+def llama_server(workdir: Path, slots: int, threads: int) -> Iterator[Server]:
+    built = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "llama-server.sh"), sys.executable],
+        check=True,
+        stdout=subprocess.PIPE,
+    )
+    binary = built.stdout.decode().strip().splitlines()[-1]
+    port = free_port()
+    args = [
+        binary, "--model", str(resolve_artifact(GGUF)), "--alias", MODEL,
+        # The context is shared out among the slots: each gets CONTEXT, as ModelMint's.
+        "--ctx-size", str(CONTEXT * slots), "--parallel", str(slots),
+        "--threads", str(threads), "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    with process(args, env=OPENMP_ENV, log=workdir / "llama-server.log") as child:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_ready(base + "/health", child, timeout=300)
+        yield Server("llama-server", base + "/v1", {}, MODEL)
 
 
 @contextlib.contextmanager
@@ -159,7 +190,10 @@ async def measure(server: Server, concurrency: int, requests: int, max_tokens: i
     # barrier-synchronised threads). Both servers get the same client.
     gate = asyncio.Semaphore(concurrency)
     timeout = aiohttp.ClientTimeout(total=600)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    # A connection per request, for every server: llama-server closes idle keep-alive
+    # connections between rounds, and reusing one would fail the next request.
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         await one(session, server, "Say hello.", 8)  # warm caches and threads
 
         async def run(index: int) -> tuple[float, int]:
@@ -189,9 +223,18 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=16, help="per point at concurrency 8")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--rounds", type=int, default=3, help="runs of each point; best kept")
+    parser.add_argument(
+        "--peers",
+        default=",".join(PEERS),
+        help="comma-separated peers to measure (" + ", ".join(PEERS) + ")",
+    )
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    peers = [name.strip() for name in args.peers.split(",") if name.strip()]
+    unknown = sorted(set(peers) - set(PEERS))
+    if unknown or not peers:
+        parser.error(f"--peers takes some of {', '.join(PEERS)}")
     workdir = BENCH_HOME / f"llm-{time.strftime('%Y%m%d-%H%M%S')}"
     workdir.mkdir(parents=True)
     say(f"work folder {workdir.relative_to(ROOT)}; {args.max_tokens} tokens a request")
@@ -210,20 +253,27 @@ def main() -> None:
             for c, n in plan
         }
 
-    with llama_cpp_server(workdir, args.threads) as peer:
-        results[peer.name] = best_of_rounds(peer)
-    with modelmint(workdir, slots=8, threads=args.threads) as ours:
+    slots = 8
+    if "llama-server" in peers:
+        with llama_server(workdir, slots, args.threads) as peer:
+            results[peer.name] = best_of_rounds(peer)
+    if "llama-cpp-server" in peers:
+        with llama_cpp_server(workdir, args.threads) as peer:
+            results[peer.name] = best_of_rounds(peer)
+    with modelmint(workdir, slots=slots, threads=args.threads) as ours:
         results[ours.name] = best_of_rounds(ours)
     print()
     for concurrency, _ in plan:
         ours_point = results["modelmint"][concurrency]
-        peer_point = results["llama-cpp-server"][concurrency]
-        ratio = ours_point.tokens_per_s / max(peer_point.tokens_per_s, 1e-9)
-        print(f"llm_c{concurrency}_ratio_vs_llama_cpp_server: {ratio:.2f}")
         print(f"llm_c{concurrency}_modelmint_tokens_per_s: {ours_point.tokens_per_s:.1f}")
-        print(f"llm_c{concurrency}_llama_cpp_server_tokens_per_s: {peer_point.tokens_per_s:.1f}")
         print(f"llm_c{concurrency}_ttft_p50_ms_modelmint: {ours_point.ttft_p50_ms:.1f}")
-        print(f"llm_c{concurrency}_ttft_p50_ms_llama_cpp_server: {peer_point.ttft_p50_ms:.1f}")
+        for peer_name in peers:
+            peer_point = results[peer_name][concurrency]
+            label = PEERS[peer_name]
+            ratio = ours_point.tokens_per_s / max(peer_point.tokens_per_s, 1e-9)
+            print(f"llm_c{concurrency}_ratio_vs_{label}: {ratio:.2f}")
+            print(f"llm_c{concurrency}_{label}_tokens_per_s: {peer_point.tokens_per_s:.1f}")
+            print(f"llm_c{concurrency}_ttft_p50_ms_{label}: {peer_point.ttft_p50_ms:.1f}")
 
 
 if __name__ == "__main__":
