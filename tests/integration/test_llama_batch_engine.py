@@ -146,20 +146,42 @@ async def _run_in(
 QUESTION = "The three primary colors are red, blue and yellow. The sky is"
 
 
-async def test_a_start_kept_in_another_slot_is_copied_into_the_lowest_free_one(
+async def test_a_lone_request_reuses_a_start_where_it_is_kept(
     trio: BatchedLlamaBackend,
 ) -> None:
-    """Live slots stay packed from 0 (llama.cpp computes only consecutive sequence ids
-    together), and a longer kept start in a higher slot is copied down, not recomputed."""
-    # The question ends first, so nothing moves: it leaves its cells in slot 1.
+    """With nothing else decoding, slot packing does not matter: a request takes the slot
+    that kept its start, and a new prompt the slot used longest ago, so the slots keep
+    the last few distinct prompts."""
     (_, beside, _), (fresh, first, _) = await asyncio.gather(
         _run_in(trio, "Zebras live in", 40), _run_in(trio, QUESTION, 16)
     )
     assert (beside.slot, first.slot) == (0, 1)
-    again, copied, prompt_tokens = await _run_in(trio, QUESTION, 16)  # slot 0 holds zebras
+    again, kept, prompt_tokens = await _run_in(trio, QUESTION, 16)
+    other, spread, _ = await _run_in(trio, "Penguins eat", 8)
 
-    assert copied.slot == 0
+    assert kept.slot == 1  # where its cells are: no copy
     # All of it but the last two tokens, which always run (see _MIN_TAIL).
+    assert kept.reused_tokens == prompt_tokens - 2
+    assert again == fresh
+    assert spread.slot == 2 and other  # the slot used longest ago, not one holding a prompt
+
+
+async def test_beside_a_live_sequence_a_kept_start_is_copied_into_the_lowest_free_slot(
+    trio: BatchedLlamaBackend,
+) -> None:
+    """Live slots stay packed from 0 (llama.cpp computes only consecutive sequence ids
+    together), and a longer kept start in a higher slot is copied down, not recomputed."""
+    zebras = asyncio.create_task(_run_in(trio, "Zebras live in", 160))
+    (_, filler, _), (fresh, first, _) = await asyncio.gather(
+        _run_in(trio, "Penguins eat", 40),
+        _run_in(trio, QUESTION, 16),  # the question ends first
+    )
+    assert (filler.slot, first.slot) == (1, 2)
+    again, copied, prompt_tokens = await _run_in(trio, QUESTION, 16)  # zebras still run
+    (_, zebra, _) = await zebras
+
+    assert zebra.slot == 0 and zebra.steps > copied.steps  # it was live all along
+    assert copied.slot == 1  # the lowest free slot, its start copied in from slot 2
     assert copied.reused_tokens == prompt_tokens - 2
     assert again == fresh
 

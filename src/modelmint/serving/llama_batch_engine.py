@@ -220,6 +220,9 @@ class BatchedLlamaBackend:
         self._memory: Any = None  # the context's KV memory (engine thread only)
         # Slot -> the prompt tokens whose KV cells it still holds (engine thread only).
         self._kept: dict[int, list[int]] = {}
+        # When each slot was last taken (a count of takings), to keep recent prompts.
+        self._used: dict[int, int] = {}
+        self._ticks = 0
 
     @property
     def context_window(self) -> int:
@@ -479,7 +482,7 @@ class BatchedLlamaBackend:
                         self._out.post(job, "done")
                         continue
                     job.seq, job.n_past = self._take_slot(
-                        free, job.tokens, among=min(placing, len(free))
+                        free, job.tokens, among=min(placing, len(free)), alone=not live
                     )
                     placing -= 1
                     job.charge.reused_tokens, job.charge.slot = job.n_past, job.seq
@@ -497,7 +500,9 @@ class BatchedLlamaBackend:
                 self._out.flush()
                 self._wake.wait()
 
-    def _take_slot(self, free: list[int], tokens: list[int], among: int) -> tuple[int, int]:
+    def _take_slot(
+        self, free: list[int], tokens: list[int], among: int, *, alone: bool = False
+    ) -> tuple[int, int]:
         """A free slot for a prompt, and how many of its tokens are already in that slot.
 
         One of the ``among`` lowest free slots, ``among`` being how many prompts this
@@ -523,13 +528,34 @@ class BatchedLlamaBackend:
             slot: max(0, min(_shared_prefix(self._kept.get(slot, ()), tokens), usable))
             for slot in free
         }
-        candidates = sorted(free)[:among]
-        seq = max(candidates, key=lambda slot: (shares[slot], -len(self._kept.get(slot, ()))))
-        reused = shares[seq]
-        donor = max(free, key=shares.__getitem__)
-        if shares[donor] >= reused + _COPY_GAIN:
-            self._copy_stream(donor, seq)  # its tail after the shared start goes just below
-            reused = shares[donor]
+        if alone and among == 1:
+            # Nothing else decodes, so no pass needs packing and the slots can keep the
+            # last few distinct prompts (a repeated prompt, or the next turn of a
+            # conversation, then computes only its new tokens). The slot sharing the
+            # longest start is taken where it is if writing there loses nothing it kept
+            # (its prompt is all shared, or this one is wholly in it); otherwise the slot
+            # used longest ago is, with that start copied in. Should more requests join,
+            # ``_compact`` packs the live ones with one stream copy each.
+            best = max(free, key=lambda slot: (shares[slot], self._used.get(slot, -1)))
+            kept = len(self._kept.get(best, ()))
+            if shares[best] == kept or shares[best] == usable:
+                seq = best
+            else:
+                seq = min(free, key=lambda slot: (self._used.get(slot, -1), slot))
+                if shares[best] >= shares[seq] + _COPY_GAIN:
+                    self._copy_stream(best, seq)
+                    shares[seq] = shares[best]
+            reused = shares[seq]
+        else:
+            candidates = sorted(free)[:among]
+            seq = max(candidates, key=lambda slot: (shares[slot], -len(self._kept.get(slot, ()))))
+            reused = shares[seq]
+            donor = max(free, key=shares.__getitem__)
+            if shares[donor] >= reused + _COPY_GAIN:
+                self._copy_stream(donor, seq)  # its tail after the shared start goes below
+                reused = shares[donor]
+        self._ticks += 1
+        self._used[seq] = self._ticks
         free.remove(seq)
         self._kept.pop(seq, None)
         lc.llama_memory_seq_rm(self._memory, seq, reused, -1)
@@ -545,7 +571,8 @@ class BatchedLlamaBackend:
         of the sequence's KV stream, done by llama.cpp before the next step computes;
         the cells stay where they were too, kept for a later prompt with the same start.
         """
-        while live and free and min(free) < live[-1].seq:
+        # One live sequence is one pass wherever it is: moving it would only spend a copy.
+        while len(live) > 1 and free and min(free) < live[-1].seq:
             job, hole = live.pop(), min(free)
             self._copy_stream(job.seq, hole)
             free.remove(hole)
