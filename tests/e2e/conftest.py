@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from openai import OpenAI
 from sqlalchemy import create_engine, text
 
 from tests.support.processes import Server, cli_json
@@ -24,6 +25,11 @@ class LiveServer:
 
     def new_key(self, *args: str) -> dict[str, Any]:
         return dict(cli_json(self.server.env, "keys", "create", *args))
+
+    def usage_row_of(self, response_id: str) -> dict[str, Any] | None:
+        """The usage row of the request that answered with ``response_id`` (``chatcmpl-...``
+        or ``cmpl-...``: the request id with another prefix)."""
+        return self.usage_row("req_" + response_id.split("-", 1)[1])
 
     def usage_row(self, request_id: str) -> dict[str, Any] | None:
         engine = create_engine(f"sqlite:///{self.server.home / 'modelmint.db'}")
@@ -52,3 +58,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         yield LiveServer(server, created["key"], created["id"])
     finally:
         server.stop()
+
+
+@pytest.fixture
+def client(live: LiveServer) -> OpenAI:
+    """The official SDK, on the session's server and key, never retrying."""
+    return OpenAI(base_url=live.base_url, api_key=live.key, max_retries=0)

@@ -13,15 +13,6 @@ CHAT_MODEL = "smollm2-135m-instruct"
 ASK = [{"role": "user", "content": "Name three rivers."}]
 
 
-@pytest.fixture
-def client(live: LiveServer) -> OpenAI:
-    return OpenAI(base_url=live.base_url, api_key=live.key, max_retries=0)
-
-
-def _request_id(response_id: str) -> str:
-    return "req_" + response_id.split("-", 1)[1]
-
-
 def test_greedy_choices_are_the_single_answer_n_times_and_usage_sums_them(
     live: LiveServer, client: OpenAI
 ) -> None:
@@ -36,7 +27,7 @@ def test_greedy_choices_are_the_single_answer_n_times_and_usage_sums_them(
     assert one.usage is not None and three.usage is not None
     assert three.usage.prompt_tokens == one.usage.prompt_tokens  # the prompt counts once
     assert three.usage.completion_tokens == 3 * one.usage.completion_tokens
-    row = live.usage_row(_request_id(three.id))
+    row = live.usage_row_of(three.id)
     assert row is not None and row["output_tokens"] == three.usage.completion_tokens
 
 
@@ -67,7 +58,7 @@ def test_sampled_choices_differ_and_stream_with_their_indexes(
     assert set(finished) == {0, 1} and all(texts.values())
     assert texts[0] != texts[1]  # own seeds: two different answers
     assert usage is not None and request_id is not None
-    row = live.usage_row(_request_id(request_id))
+    row = live.usage_row_of(request_id)
     assert row is not None and row["output_tokens"] == usage.completion_tokens >= 2
 
 

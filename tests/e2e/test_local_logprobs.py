@@ -10,15 +10,8 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.e2e.conftest import LiveServer
-
 CHAT_MODEL = "smollm2-135m-instruct"
 ASK = [{"role": "user", "content": "Name a fruit."}]
-
-
-@pytest.fixture
-def client(live: LiveServer) -> OpenAI:
-    return OpenAI(base_url=live.base_url, api_key=live.key, max_retries=0)
 
 
 def test_greedy_chat_tokens_are_their_own_top_alternative(client: OpenAI) -> None:

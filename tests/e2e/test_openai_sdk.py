@@ -17,15 +17,6 @@ CHAT_MODEL = "smollm2-135m-instruct"
 EMBED_MODEL = "all-minilm-l6-v2"
 
 
-@pytest.fixture
-def client(live: LiveServer) -> OpenAI:
-    return OpenAI(base_url=live.base_url, api_key=live.key, max_retries=0)
-
-
-def _request_id(response_id: str) -> str:
-    return "req_" + response_id.split("-", 1)[1]
-
-
 def test_chat_answer_has_usage_and_one_matching_usage_row(live: LiveServer, client: OpenAI) -> None:
     reply = client.chat.completions.create(
         model=CHAT_MODEL,
@@ -39,7 +30,7 @@ def test_chat_answer_has_usage_and_one_matching_usage_row(live: LiveServer, clie
     assert reply.choices[0].finish_reason in ("stop", "length")
     assert reply.usage is not None and reply.usage.prompt_tokens > 0
     assert 0 < reply.usage.completion_tokens <= 24
-    row = live.usage_row(_request_id(reply.id))
+    row = live.usage_row_of(reply.id)
     assert row is not None
     assert (row["input_tokens"], row["output_tokens"]) == (
         reply.usage.prompt_tokens,
@@ -83,7 +74,7 @@ def test_stream_ends_with_a_usage_chunk_that_matches_the_usage_row(
         c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
     ]
     assert finishes in (["stop"], ["length"])
-    row = live.usage_row(_request_id(last.id))
+    row = live.usage_row_of(last.id)
     assert row is not None and row["streamed"]
     assert (row["input_tokens"], row["output_tokens"]) == (
         last.usage.prompt_tokens,

@@ -34,15 +34,6 @@ SCHEMA_FORMAT: Any = {
 ASK = [{"role": "user", "content": "Describe a person called Ada as JSON."}]
 
 
-@pytest.fixture
-def client(live: LiveServer) -> OpenAI:
-    return OpenAI(base_url=live.base_url, api_key=live.key, max_retries=0)
-
-
-def _request_id(response_id: str) -> str:
-    return "req_" + response_id.split("-", 1)[1]
-
-
 def test_a_json_object_answer_parses_and_is_metered(live: LiveServer, client: OpenAI) -> None:
     reply = client.chat.completions.create(
         model=CHAT_MODEL,
@@ -54,7 +45,7 @@ def test_a_json_object_answer_parses_and_is_metered(live: LiveServer, client: Op
     [choice] = reply.choices
     assert choice.finish_reason == "stop"
     assert isinstance(json.loads(choice.message.content or ""), dict)
-    row = live.usage_row(_request_id(reply.id))
+    row = live.usage_row_of(reply.id)
     assert reply.usage is not None and row is not None
     assert row["output_tokens"] == reply.usage.completion_tokens > 0
 
