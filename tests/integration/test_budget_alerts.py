@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from modelmint import accounts
-from modelmint.billing import Budget, InvalidBudget, Money, PrepaidPlan, SubscriptionPlan
+from modelmint.billing import InvalidBudget, Money, PrepaidPlan, SubscriptionPlan
 from modelmint.billing.periods import Period
 from modelmint.billing.repository import BillingRepository
 from modelmint.charging import budget_operations
@@ -21,7 +21,7 @@ from modelmint.charging.settlement import Charger
 from modelmint.metering import UsageEvent, UsageWriter
 from modelmint.storage import Database
 from modelmint.storage.tables import BillingAlert
-from tests.integration.test_gateway_billing import PRICES, ask, subscribe
+from tests.integration.test_gateway_billing import PRICES, ask, hard_key_budget, subscribe
 from tests.integration.test_gateway_remote import (  # noqa: F401 - fixtures
     Gateway,
     gateway,
@@ -75,10 +75,7 @@ async def test_a_hard_budget_that_refuses_a_request_raises_its_exhausted_alert(
     upstream: MockUpstream,  # noqa: F811
 ) -> None:
     await gateway.serve("mock", upstream)
-    subscribe(gateway, SubscriptionPlan("pro", 1, Money(D("10"), "USD"), PRICES))
-    with gateway.database.session() as session:
-        budget = Budget(Money(D("0.40"), "USD"), hard=True, thresholds=(50, 100))
-        BillingRepository(session).set_budget(gateway.org_id, gateway.key_id, budget)
+    hard_key_budget(gateway, "0.40", (50, 100))
     await ask(gateway)
     await ask(gateway)  # 0.28 of 0.40 charged (70 %); the next worst case, 0.15, does not fit
     with pytest.raises(openai.APIStatusError) as refused:

@@ -61,6 +61,14 @@ def subscribe(gw: Gateway, plan: Plan, credit: str | None = None) -> None:
             repo.save_wallet(wallet)
 
 
+def hard_key_budget(gw: Gateway, amount: str, thresholds: tuple[int, ...]) -> None:
+    """Put the organisation on a monthly plan with a hard budget of ``amount`` on its key."""
+    subscribe(gw, SubscriptionPlan("pro", 1, Money(D("10"), "USD"), PRICES))
+    with gw.database.session() as session:
+        budget = Budget(Money(D(amount), "USD"), hard=True, thresholds=thresholds)
+        BillingRepository(session).set_budget(gw.org_id, gw.key_id, budget)
+
+
 def refusals(reason: str) -> float:
     return REGISTRY.get_sample_value("modelmint_billing_refusals_total", {"reason": reason}) or 0.0
 
@@ -87,9 +95,10 @@ async def test_a_prepaid_wallet_pays_until_it_cannot_cover_the_worst_case(
     assert len(upstream.requests) == 3  # refused before any model work
 
     rows = await gateway.usage_rows()
-    assert sorted((r.status_code, r.charge) for r in rows if r.status_code == 200) == [
-        (200, CHARGE)
-    ] * 3
+    assert (
+        sorted((r.status_code, r.charge) for r in rows if r.status_code == 200)
+        == [(200, CHARGE)] * 3
+    )
     assert [r.charge for r in rows if r.status_code != 200] == [None]  # the refusal's record
     with gateway.database.session() as session:
         repo = BillingRepository(session)
@@ -141,10 +150,7 @@ async def test_a_hard_key_budget_refuses_once_its_month_is_spent(
     upstream: MockUpstream,  # noqa: F811
 ) -> None:
     await gateway.serve("mock", upstream)
-    subscribe(gateway, SubscriptionPlan("pro", 1, Money(D("10"), "USD"), PRICES))
-    with gateway.database.session() as session:
-        budget = Budget(Money(D("0.40"), "USD"), hard=True, thresholds=(50,))
-        BillingRepository(session).set_budget(gateway.org_id, gateway.key_id, budget)
+    hard_key_budget(gateway, "0.40", (50,))
     # Each request holds 0.15 and costs 0.14: 0.14 + 0.14 + 0.15 > 0.40 refuses the third.
     await ask(gateway)
     await ask(gateway)

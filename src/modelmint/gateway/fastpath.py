@@ -146,14 +146,14 @@ class ModelRoutes:
         state["organization_id"] = key.organization_id
         raw = await _read_body(receive)
         refusal = refusal_of(key)
-        # A known key: its organisation sees the refusal, unless the key was revoked
-        # (as every key of an erased organisation is: nothing more is kept of it).
-        if refusal is not None and not key.revoked:
-            model = _model_named(raw)
-            platform.inference.refused(
-                key, state["request_id"], model, route.endpoint, refusal.status_code
-            )
         if refusal is not None:
+            # A known key: its organisation sees the refusal, unless the key was revoked
+            # (as every key of an erased organisation is: nothing more is kept of it).
+            if not key.revoked:
+                platform.inference.refused(
+                    key, state["request_id"], _model_named(raw), route.endpoint,
+                    refusal.status_code,
+                )  # fmt: skip
             raise refusal
         try:
             body: Any = route.body.model_validate_json(raw)
