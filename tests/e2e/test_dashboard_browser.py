@@ -25,7 +25,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from modelmint.storage.db import utcnow
+from modelmint.clock import utcnow
 from tests.support.processes import Server, cli_json
 
 pytestmark = pytest.mark.slow

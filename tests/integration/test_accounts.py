@@ -19,8 +19,9 @@ from modelmint.accounts import (
     lookup_key,
     revoke_key,
 )
+from modelmint.clock import utcnow
 from modelmint.errors import Conflict, InvalidRequest, NotFound
-from modelmint.storage import Database, utcnow
+from modelmint.storage import Database
 from modelmint.storage.tables import ApiKey
 
 

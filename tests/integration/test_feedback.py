@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from modelmint import accounts
+from modelmint.clock import utcnow
 from modelmint.feedback.datasets import BuildOptions, build_from_feedback, resolve_dataset
 from modelmint.feedback.feedback import MAX_COMMENT_CHARS, feedback_summary
 from modelmint.feedback.samples import (
@@ -23,7 +24,6 @@ from modelmint.feedback.samples import (
     set_policy,
     store_sample,
 )
-from modelmint.storage.db import utcnow
 from modelmint.storage.tables import Feedback, RequestSample
 from modelmint.training.cards import feedback_section
 from modelmint.training.chats import read_chats

@@ -22,13 +22,13 @@ from sqlalchemy import select
 
 from modelmint import accounts
 from modelmint.charging.settlement import Charger
+from modelmint.clock import utcnow
 from modelmint.feedback.compare import compare_versions
 from modelmint.feedback.feedback import FeedbackGiven, record_feedback
 from modelmint.metering import UsageEvent
 from modelmint.metering.store import UsageStore
 from modelmint.registry.versions import TrainedVersion, register_trained
 from modelmint.storage import Database
-from modelmint.storage.db import utcnow
 from modelmint.storage.tables import ModelVersion
 from modelmint.training.recipes.tabular import TabularClassifier
 from modelmint.training.runs import TrainRequest, TrainResult, train

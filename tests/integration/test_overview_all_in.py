@@ -5,9 +5,10 @@ from __future__ import annotations
 from decimal import Decimal
 
 from modelmint.billing.periods import Period
+from modelmint.clock import utcnow
 from modelmint.dashboard.pages.overview import all_in_cost
 from modelmint.registry.bundled import register_bundled_models
-from modelmint.storage.db import Database, utcnow
+from modelmint.storage.db import Database
 
 
 def test_idle_hours_of_hourly_deployments_are_counted_whole(database: Database) -> None:

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from modelmint import accounts
 from modelmint.billing import PrepaidPlan
 from modelmint.charging import budget_operations
-from modelmint.storage.db import utcnow
+from modelmint.clock import utcnow
 from modelmint.storage.tables import PaymentAccount, UsageRecord
 from tests.integration.test_gateway_billing import PRICES, subscribe
 from tests.integration.test_gateway_remote import (  # noqa: F401 - fixtures

@@ -30,8 +30,8 @@ from sqlalchemy.orm import Session
 from modelmint.accounts.orgs import get_org
 from modelmint.billing.errors import SubscriptionConflict
 from modelmint.billing.repository import BillingRepository
+from modelmint.clock import utcnow
 from modelmint.feedback.samples import delete_organization_samples
-from modelmint.storage.db import utcnow
 from modelmint.storage.tables import ApiKey, Feedback, FeedbackDataset
 
 __all__ = ["Erasure", "delete_organization"]

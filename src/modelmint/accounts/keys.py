@@ -15,8 +15,9 @@ from datetime import datetime
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from modelmint.clock import utcnow
 from modelmint.errors import Conflict, InvalidRequest, NotFound
-from modelmint.storage.db import new_id, utcnow
+from modelmint.ids import new_id
 from modelmint.storage.tables import ApiKey, Organization, PaymentAccount
 
 __all__ = [
@@ -37,7 +38,7 @@ SECRET_PREFIX = "mm-"
 SHOWN_CHARS = 11
 # A secret: its shown prefix, then the rest (base64url), which must never be logged.
 _SECRET = re.compile(r"(mm-[A-Za-z0-9_-]{8})[A-Za-z0-9_-]+")
-_ID_CHARS = len("key_") + 24  # a key id: storage.db.new_id, 12 random bytes in hex
+_ID_CHARS = len("key_") + 24  # a key id: modelmint.ids.new_id, 12 random bytes in hex
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from modelmint.accounts.keys import check_limits
 from modelmint.errors import Conflict, InvalidRequest, NotFound
-from modelmint.storage.db import new_id
+from modelmint.ids import new_id
 from modelmint.storage.tables import Organization
 
 __all__ = ["create_org", "ensure_org", "get_org", "list_orgs", "set_org_limits"]

@@ -29,7 +29,7 @@ from modelmint.analytics.ratios import percent, ratio
 from modelmint.analytics.rollups import read_sums
 from modelmint.billing.exact import EXACT, exact_sum
 from modelmint.billing.periods import Period, utc
-from modelmint.storage.db import utcnow
+from modelmint.clock import utcnow
 from modelmint.storage.tables import (
     AnalyticsUsageDaily,
     BillingPlanVersion,

@@ -28,7 +28,7 @@ from modelmint.analytics.rollups import read_sums
 from modelmint.analytics.windows import HOUR, to_hour
 from modelmint.billing.exact import EXACT
 from modelmint.billing.periods import Period
-from modelmint.storage.db import utcnow
+from modelmint.clock import utcnow
 
 __all__ = ["DeploymentEconomics", "deployment_economics"]
 

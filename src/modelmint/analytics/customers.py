@@ -13,7 +13,7 @@ from modelmint import accounts
 from modelmint.analytics.breakdown import Breakdown, BreakdownRow, Dimension, breakdown
 from modelmint.billing.exact import EXACT
 from modelmint.billing.periods import Period
-from modelmint.storage.db import utcnow
+from modelmint.clock import utcnow
 from modelmint.storage.tables import (
     BillingInvoice,
     BillingPlanVersion,

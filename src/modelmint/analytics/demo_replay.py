@@ -37,8 +37,8 @@ from modelmint.analytics.demo_traffic import (
 )
 from modelmint.billing.serialization import plan_to_dict
 from modelmint.charging.demo import DEMO_CURRENCY, demo_plans
+from modelmint.clock import utcnow
 from modelmint.errors import InvalidRequest, ServiceUnavailable
-from modelmint.storage.db import utcnow
 
 __all__ = ["DemoResult", "DemoSettings", "run_demo"]
 

@@ -24,7 +24,7 @@ from modelmint.analytics.rollups import read_sums
 from modelmint.analytics.windows import ceil_hour
 from modelmint.billing.exact import EXACT, exact_sum
 from modelmint.billing.periods import Period, utc
-from modelmint.storage.db import utcnow
+from modelmint.clock import utcnow
 
 __all__ = ["USAGE_RUN_RATE_DAYS", "RecurringRevenue", "recurring_revenue"]
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from modelmint.billing.periods import Period
-from modelmint.storage.db import utcnow
+from modelmint.clock import utcnow
 
 __all__ = [
     "DAY",

@@ -69,8 +69,9 @@ from modelmint.billing.wallet import (
     WalletSnapshot,
     replay,
 )
+from modelmint.clock import utcnow
 from modelmint.errors import Conflict, InvalidRequest, NotFound
-from modelmint.storage.db import new_id, utcnow
+from modelmint.ids import new_id
 from modelmint.storage.tables import (
     BillingAlert,
     BillingBudget,

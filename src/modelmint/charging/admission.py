@@ -50,9 +50,10 @@ from modelmint.charging.alerts import ExhaustedAlerts
 from modelmint.charging.leases import CreditLeases, Pool
 from modelmint.charging.profiles import BillingProfile, load_profile
 from modelmint.charging.reservations import hold_budget, release_budget, reserve
+from modelmint.clock import utcnow
 from modelmint.errors import PermissionDenied
 from modelmint.observability.metrics import BILLING_REFUSALS, CREDIT_LEASE_ADMISSIONS
-from modelmint.storage.db import Database, utcnow
+from modelmint.storage.db import Database
 
 __all__ = ["NO_HOLD", "Hold", "SpendGuard"]
 

@@ -50,8 +50,9 @@ from modelmint.billing.errors import BudgetExceeded, InsufficientCredit
 from modelmint.billing.periods import Period
 from modelmint.billing.repository import BillingRepository
 from modelmint.charging.settlement import announce, threshold_alert
+from modelmint.clock import utcnow
 from modelmint.errors import Conflict
-from modelmint.storage.db import Database, utcnow
+from modelmint.storage.db import Database
 from modelmint.storage.tables import BillingAlert, BillingWallet, Organization
 
 __all__ = ["EXHAUSTED", "AlertDispatcher", "Clock", "ExhaustedAlerts"]

@@ -21,8 +21,8 @@ from modelmint.billing.repository import BillingRepository
 from modelmint.billing.serialization import Json
 from modelmint.charging.operations import currency_code, decimal_string, iso, org_fields
 from modelmint.charging.settlement import announce, threshold_alert
+from modelmint.clock import utcnow
 from modelmint.errors import InvalidRequest, NotFound
-from modelmint.storage.db import utcnow
 from modelmint.storage.tables import ApiKey, BillingAlert, BillingSpend, Organization
 
 __all__ = ["list_alerts", "list_budgets", "remove_budget", "set_alert_webhook", "set_budget"]

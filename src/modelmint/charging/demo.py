@@ -29,7 +29,7 @@ from modelmint.billing.repository import BillingRepository
 from modelmint.billing.serialization import Json
 from modelmint.billing.wallet import GrantKind
 from modelmint.charging.operations import org_fields, wallet_currencies
-from modelmint.storage.db import utcnow
+from modelmint.clock import utcnow
 from modelmint.storage.tables import ApiKey, BillingPlanVersion, Organization
 
 __all__ = ["DEMO_PREPAID_ORG", "DEMO_SUBSCRIPTION_ORG", "demo_plans", "seed_demo_billing"]

@@ -32,8 +32,10 @@ from modelmint.billing.periods import Period
 from modelmint.billing.repository import BillingRepository
 from modelmint.charging.leases import Granted, LeaseLost, Pool, fair_share
 from modelmint.charging.settlement import announce, threshold_alert
+from modelmint.clock import utcnow
+from modelmint.ids import new_id
 from modelmint.observability.metrics import BILLING_SHORTFALLS
-from modelmint.storage.db import Database, new_id, utcnow
+from modelmint.storage.db import Database
 from modelmint.storage.tables import BillingBudget, BillingCreditLease, BillingSpend, BillingWallet
 
 __all__ = ["DatabaseLeaseStore", "holder_name"]

@@ -56,8 +56,8 @@ from modelmint.billing.serialization import (
 from modelmint.billing.subscriptions import Subscription
 from modelmint.billing.tax import TaxRate
 from modelmint.billing.wallet import CreditGrant, GrantKind, Wallet
+from modelmint.clock import utcnow
 from modelmint.errors import InvalidRequest, ModelMintError, NotFound
-from modelmint.storage.db import utcnow
 from modelmint.storage.tables import (
     BillingCoupon,
     BillingCouponRedemption,

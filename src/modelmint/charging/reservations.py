@@ -26,8 +26,9 @@ from modelmint.billing.errors import BudgetExceeded, InsufficientCredit
 from modelmint.billing.exact import EXACT
 from modelmint.billing.periods import Period
 from modelmint.billing.repository import BillingRepository
+from modelmint.clock import utcnow
 from modelmint.errors import NotFound
-from modelmint.storage.db import Database, utcnow
+from modelmint.storage.db import Database
 from modelmint.storage.tables import BillingReservation, BillingWallet
 
 __all__ = ["hold_budget", "release_budget", "release_stale", "reserve", "wallet_instant"]

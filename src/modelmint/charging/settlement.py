@@ -81,6 +81,7 @@ from modelmint.charging.settlement_sql import (
     SpendRow,
     WalletRow,
 )
+from modelmint.clock import utcnow
 from modelmint.metering.events import UsageEvent
 from modelmint.observability.metrics import (
     BILLING_ALERTS,
@@ -88,7 +89,6 @@ from modelmint.observability.metrics import (
     CREDIT_LEASE_ADMISSIONS,
 )
 from modelmint.storage.batch import BatchSql, Rows, Statement
-from modelmint.storage.db import utcnow
 
 __all__ = [
     "BatchSettlement",

@@ -22,8 +22,8 @@ from modelmint.billing.periods import Period
 from modelmint.charging import budget_operations, operations
 from modelmint.charging.closing import ClosedInvoice, close_period
 from modelmint.cli.context import console, open_database, session_scope
+from modelmint.clock import utcnow
 from modelmint.errors import InvalidRequest
-from modelmint.storage.db import utcnow
 
 __all__ = ["alerts", "budgets", "coupons", "invoices", "plans", "subscriptions", "tax", "wallets"]
 

@@ -11,13 +11,13 @@ import typer
 from rich.table import Table
 
 from modelmint.cli.context import console, session_scope, settings
+from modelmint.clock import utcnow
 from modelmint.errors import InvalidRequest
 from modelmint.feedback import samples as sample_store
 from modelmint.feedback.compare import Comparison, VersionReport, compare_versions
 from modelmint.feedback.datasets import BuildOptions, build_from_feedback, list_datasets
 from modelmint.feedback.datasets import resolve_dataset as find_dataset
 from modelmint.feedback.feedback import feedback_summary
-from modelmint.storage.db import utcnow
 from modelmint.storage.tables import FeedbackDataset
 from modelmint.training.cards import FeedbackSummary
 from modelmint.training.holdout import HeldOut

@@ -8,8 +8,8 @@ import orjson
 import typer
 
 from modelmint.cli.context import console, session_scope, settings
+from modelmint.clock import utcnow
 from modelmint.portal.links import create_link, parse_ttl
-from modelmint.storage.db import utcnow
 
 __all__ = ["portal"]
 

@@ -28,10 +28,10 @@ from modelmint.analytics.breakdown import BreakdownRow, Dimension, breakdown
 from modelmint.analytics.ratios import ratio
 from modelmint.analytics.windows import ceil_hour
 from modelmint.billing.periods import Period
+from modelmint.clock import utcnow
 from modelmint.errors import InvalidRequest, ModelMintError
 from modelmint.feedback.datasets import resolve_dataset
 from modelmint.registry.versions import resolve
-from modelmint.storage.db import utcnow
 from modelmint.storage.tables import Feedback, ModelVersion, UsageRecord
 from modelmint.training.holdout import HeldOut, interval95, measure_on_held_out
 

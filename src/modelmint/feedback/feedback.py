@@ -20,8 +20,8 @@ from typing import Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from modelmint.clock import utcnow
 from modelmint.errors import InvalidRequest, NotFound
-from modelmint.storage.db import utcnow
 from modelmint.storage.tables import Feedback, UsageRecord
 from modelmint.training.cards import FeedbackSummary, ScorePoint
 

@@ -23,8 +23,9 @@ import orjson
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from modelmint.clock import utcnow
 from modelmint.errors import InvalidRequest, NotFound
-from modelmint.storage.db import Database, utcnow
+from modelmint.storage.db import Database
 from modelmint.storage.tables import ApiKey, Organization, RequestSample, SampleCapturePolicy
 from modelmint.training.pii import scrub
 

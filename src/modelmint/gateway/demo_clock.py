@@ -27,9 +27,9 @@ from starlette.types import Scope
 
 from modelmint import accounts
 from modelmint.accounts.keys import KeyInfo
+from modelmint.clock import utcnow
 from modelmint.errors import AuthenticationError, InvalidRequest, PermissionDenied
 from modelmint.gateway.middleware import header
-from modelmint.storage.db import utcnow
 
 if TYPE_CHECKING:  # the platform imports the inference service, which imports this
     from modelmint.gateway.platform import Platform

@@ -12,10 +12,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from modelmint.accounts.keys import KeyInfo
+from modelmint.clock import utcnow
 from modelmint.errors import AuthenticationError, ModelMintError, PaymentRequired, RateLimited
 from modelmint.gateway.platform import Platform
 from modelmint.observability.metrics import AUTH_FAILURES
-from modelmint.storage.db import utcnow
 
 __all__ = [
     "AdminDep",

@@ -30,6 +30,7 @@ from modelmint.charging.quantities import (
     bound_text,
     measured,
 )
+from modelmint.clock import utcnow
 from modelmint.errors import (
     BackendError,
     InsufficientQuota,
@@ -60,7 +61,6 @@ from modelmint.registry.catalog import DeploymentSpec, RouteSpec
 from modelmint.serving.backend import EmbeddingBackend, PredictionBackend, TextBackend
 from modelmint.serving.router import Router, Target
 from modelmint.serving.types import Prediction, StreamDelta, TextRequest, Usage
-from modelmint.storage.db import utcnow
 
 __all__ = ["Answer", "InferenceService"]
 

@@ -39,6 +39,7 @@ from modelmint.billing.repository import BillingRepository
 from modelmint.billing.serialization import Json
 from modelmint.charging import operations
 from modelmint.errors import Conflict, InvalidRequest, NotFound
+from modelmint.ids import new_id
 from modelmint.payments import status
 from modelmint.payments.customers import PaymentCustomers, find_account, positive_money
 from modelmint.payments.provider import (
@@ -47,7 +48,6 @@ from modelmint.payments.provider import (
     ChargeStatus,
     ProviderEvent,
 )
-from modelmint.storage.db import new_id
 from modelmint.storage.tables import (
     BillingAlert,
     BillingInvoice,

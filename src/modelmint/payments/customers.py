@@ -13,11 +13,13 @@ from modelmint.billing.errors import InvalidMoney
 from modelmint.billing.money import Money
 from modelmint.billing.serialization import Json
 from modelmint.charging import operations
+from modelmint.clock import utcnow
 from modelmint.errors import InvalidRequest
+from modelmint.ids import new_id
 from modelmint.payments import status
 from modelmint.payments.dunning import DunningSchedule
 from modelmint.payments.provider import PaymentProvider, SetupStart
-from modelmint.storage.db import Database, new_id, utcnow
+from modelmint.storage.db import Database
 from modelmint.storage.tables import PaymentAccount
 
 __all__ = ["PaymentCustomers", "find_account", "positive_money"]

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from modelmint import accounts
 from modelmint.errors import AuthenticationError, InvalidRequest
-from modelmint.storage.db import new_id
+from modelmint.ids import new_id
 from modelmint.storage.tables import PortalLink
 
 __all__ = [

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from modelmint import accounts
 from modelmint.billing.periods import Period
 from modelmint.charging import operations
+from modelmint.clock import utcnow
 from modelmint.customer.balance import balance
 from modelmint.customer.usage import usage_report
 from modelmint.dashboard.auth import clear_cookie, client_address, read_form, set_cookie
@@ -36,7 +37,6 @@ from modelmint.portal.charts import usage_charts
 from modelmint.portal.links import use_link
 from modelmint.portal.rendering import BASE, render
 from modelmint.portal.routing import PortalRoute, customer_page
-from modelmint.storage.db import utcnow
 from modelmint.storage.tables import ApiKey, BillingInvoice, Organization
 
 __all__ = ["router"]

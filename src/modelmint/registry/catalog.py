@@ -11,8 +11,9 @@ from urllib.parse import urlparse
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from modelmint.clock import utcnow
 from modelmint.errors import Conflict, InvalidRequest, NotFound
-from modelmint.storage.db import new_id, utcnow
+from modelmint.ids import new_id
 from modelmint.storage.tables import Deployment, ModelVersion, RegisteredModel
 
 __all__ = [

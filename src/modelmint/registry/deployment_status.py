@@ -15,7 +15,7 @@ from typing import Literal
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from modelmint.storage.db import utcnow
+from modelmint.clock import utcnow
 from modelmint.storage.tables import Deployment, ModelVersion, RegisteredModel
 
 __all__ = [

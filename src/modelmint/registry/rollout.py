@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from modelmint.clock import utcnow
 from modelmint.errors import Conflict, InvalidRequest, NotFound
 from modelmint.registry.catalog import ServingCosts, check_name, deploy, set_costs
 from modelmint.registry.deployment_settings import check_settings
 from modelmint.registry.versions import VersionRef, parse_ref, resolve
-from modelmint.storage.db import utcnow
 from modelmint.storage.tables import Deployment, ModelVersion, RegisteredModel
 
 __all__ = [

@@ -16,9 +16,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from modelmint.clock import utcnow
 from modelmint.errors import InvalidRequest, NotFound
+from modelmint.ids import new_id
 from modelmint.registry.catalog import add_version, ensure_model
-from modelmint.storage.db import new_id, utcnow
 from modelmint.storage.tables import ModelAlias, ModelAliasMove, ModelVersion, RegisteredModel
 
 __all__ = [

@@ -4,7 +4,7 @@ SQLite (WAL) by default, PostgreSQL in production; the same tables and the
 same Alembic migrations serve both.
 """
 
-from modelmint.storage.db import Database, new_id, utcnow
+from modelmint.storage.db import Database
 from modelmint.storage.migrate import migrate
 
-__all__ = ["Database", "migrate", "new_id", "utcnow"]
+__all__ = ["Database", "migrate"]

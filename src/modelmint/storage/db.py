@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from modelmint.errors import InvalidRequest, ServiceUnavailable
 
-__all__ = ["Database", "DatabaseUnavailable", "new_id", "utcnow"]
+__all__ = ["Database", "DatabaseUnavailable"]
 
 _SUPPORTED = "sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/NAME"
 
@@ -27,15 +25,6 @@ class DatabaseUnavailable(ServiceUnavailable):
     code = "database_unavailable"
     # Like an unreachable payment provider: a service ModelMint depends on, not the input.
     exit_code = 6
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def new_id(prefix: str) -> str:
-    """A sortable-enough, unguessable id such as ``org_3f9a...``; the prefix names the kind."""
-    return f"{prefix}_{secrets.token_hex(12)}"
 
 
 SYNCHRONOUS = ("FULL", "NORMAL")

@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from modelmint.storage.db import utcnow
+from modelmint.clock import utcnow
 from modelmint.storage.types import ExactDecimal, UTCDateTime
 
 __all__ = [

@@ -20,13 +20,13 @@ from modelmint.billing import FlatRate, Metric, Money, PriceBook, SubscriptionPl
 from modelmint.billing.periods import Period
 from modelmint.billing.repository import BillingRepository
 from modelmint.charging.settlement import Charger
+from modelmint.clock import utcnow
 from modelmint.feedback.compare import Comparison, compare_versions
 from modelmint.feedback.feedback import FeedbackGiven, record_feedback
 from modelmint.metering import UsageEvent
 from modelmint.metering.store import UsageStore
 from modelmint.registry.versions import TrainedVersion, register_trained
 from modelmint.storage import Database
-from modelmint.storage.db import utcnow
 from tests.unit.dashboard.conftest import Dashboard, build_app
 
 MODEL = "iris"

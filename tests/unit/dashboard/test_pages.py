@@ -14,12 +14,12 @@ from modelmint import accounts
 from modelmint.billing.periods import Period
 from modelmint.charging.closing import close_period
 from modelmint.charging.demo import seed_demo_billing
+from modelmint.clock import utcnow
 from modelmint.config import Settings
 from modelmint.dashboard.assets import plotly_js_path
 from modelmint.dashboard.pages.simulator import sample_prices
 from modelmint.gateway.app import create_app
 from modelmint.storage import Database
-from modelmint.storage.db import utcnow
 from modelmint.storage.tables import ApiKey, Payment, PaymentAccount
 from tests.unit.dashboard.conftest import Dashboard, build_app
 

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy.orm import Session
 
 from modelmint import accounts
+from modelmint.clock import utcnow
 from modelmint.errors import NotFound
 from modelmint.feedback.datasets import (
     BuildOptions,
@@ -22,7 +23,6 @@ from modelmint.feedback.datasets import (
 from modelmint.feedback.feedback import FeedbackGiven, feedback_summary, record_feedback
 from modelmint.registry.versions import TrainedVersion, register_trained
 from modelmint.storage import Database
-from modelmint.storage.db import utcnow
 from modelmint.storage.tables import Feedback, Organization, RequestSample, UsageRecord
 from modelmint.training.recipe import DataError
 

@@ -19,6 +19,7 @@ from modelmint import accounts
 from modelmint.billing.periods import Period
 from modelmint.charging import operations
 from modelmint.charging.closing import close_period
+from modelmint.clock import utcnow
 from modelmint.config import Settings
 from modelmint.dashboard import mount_dashboard
 from modelmint.errors import InvalidRequest
@@ -29,7 +30,6 @@ from modelmint.payments.stripe_provider import StripeProvider
 from modelmint.portal import mount_portal
 from modelmint.portal.links import LinkRefused, create_link, parse_ttl, use_link
 from modelmint.storage import Database, migrate
-from modelmint.storage.db import utcnow
 from modelmint.storage.tables import UsageRecord
 from tests.support.localstripe import (
     GOOD_CARD,

@@ -12,13 +12,13 @@ from modelmint import accounts
 from modelmint.billing.periods import Period
 from modelmint.charging import operations
 from modelmint.charging.closing import close_period
+from modelmint.clock import utcnow
 from modelmint.dashboard.auth import CheckedForm, CurrentSession
 from modelmint.dashboard.rendering import BASE
 from modelmint.dashboard.routing import DashboardRoute, page, redirect
 from modelmint.gateway.deps import PlatformDep
 from modelmint.gateway.responses import attachment
 from modelmint.payments import status as payment_status
-from modelmint.storage.db import utcnow
 
 __all__ = ["invoice_document", "invoice_list", "router"]
 

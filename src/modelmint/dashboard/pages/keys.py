@@ -9,13 +9,13 @@ from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy.orm import Session
 
 from modelmint import accounts
+from modelmint.clock import utcnow
 from modelmint.dashboard.auth import CheckedForm, CurrentSession
 from modelmint.dashboard.forms import Form
 from modelmint.dashboard.rendering import BASE
 from modelmint.dashboard.routing import DashboardRoute, page, redirect
 from modelmint.errors import InvalidRequest, ModelMintError
 from modelmint.gateway.deps import PlatformDep
-from modelmint.storage.db import utcnow
 from modelmint.storage.tables import ApiKey
 
 __all__ = ["KeyRequest", "key_rows", "router"]

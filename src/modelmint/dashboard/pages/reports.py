@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Query
 
+from modelmint.clock import utcnow
 from modelmint.dashboard.window import DAY_CHOICES, ReportWindow, report_window
-from modelmint.storage.db import utcnow
 
 __all__ = ["ReportQuery", "WindowDep"]
 

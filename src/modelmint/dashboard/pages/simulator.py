@@ -15,6 +15,7 @@ from modelmint.analytics import Simulation, parse_candidate, simulate
 from modelmint.analytics.repricing import checked_elasticity
 from modelmint.billing.exact import EXACT
 from modelmint.billing.periods import Period
+from modelmint.clock import utcnow
 from modelmint.dashboard import charts
 from modelmint.dashboard.auth import CheckedForm, CurrentSession
 from modelmint.dashboard.forms import Form
@@ -22,7 +23,6 @@ from modelmint.dashboard.rendering import BASE
 from modelmint.dashboard.routing import DashboardRoute, page
 from modelmint.errors import InvalidRequest, ModelMintError
 from modelmint.gateway.deps import PlatformDep
-from modelmint.storage.db import utcnow
 
 __all__ = ["SimulationRequest", "router", "run_simulation", "sample_prices"]
 

@@ -19,9 +19,9 @@ from sqlalchemy.orm import Session
 from modelmint.billing.periods import Period
 from modelmint.charging import budget_operations, operations
 from modelmint.charging.closing import close_period
+from modelmint.clock import utcnow
 from modelmint.gateway.deps import AdminDep, PlatformDep
 from modelmint.gateway.responses import attachment
-from modelmint.storage.db import utcnow
 
 router = APIRouter(prefix="/admin/billing", tags=["billing"], dependencies=[AdminDep])
 

@@ -17,13 +17,13 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from modelmint.clock import utcnow
 from modelmint.errors import InvalidRequest, NotFound
 from modelmint.gateway.deps import AdminDep, PlatformDep
 from modelmint.gateway.platform import Platform
 from modelmint.gateway.routes.billing import DecimalString
 from modelmint.payments.collection import Payments
 from modelmint.portal.links import create_link, parse_ttl
-from modelmint.storage.db import utcnow
 
 router = APIRouter(tags=["payments"])
 admin = APIRouter(prefix="/admin/payments", tags=["payments"], dependencies=[AdminDep])

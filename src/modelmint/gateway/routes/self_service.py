@@ -15,11 +15,11 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from modelmint.billing.periods import Period
+from modelmint.clock import utcnow
 from modelmint.customer.balance import balance
 from modelmint.customer.usage import parse_groups, usage_report
 from modelmint.errors import InvalidRequest, NotFound
 from modelmint.gateway.deps import CurrentKey, PlatformDep
-from modelmint.storage.db import utcnow
 from modelmint.storage.tables import Organization
 
 router = APIRouter(prefix="/v1", tags=["self-service"])
