@@ -13,6 +13,10 @@ prefix (the chat template and system prompt), computing only the rest.
 The step's wall time is split among the requests in it in proportion to the tokens
 each one put into the batch; ``EngineCharge.engine_ms`` is that share, summed.
 
+This module is the backend and its step loop; one sequence's state and sampler chain
+are in ``llama_sequence``, the slots' kept prompts and placement in ``llama_slots``, and
+the events back to the event loops in ``llama_outbox``.
+
     backend = BatchedLlamaBackend(path, n_threads=2, slots=4)
     await backend.start()
     charge = EngineCharge()
@@ -23,12 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +50,7 @@ from modelmint.observability.metrics import (
 )
 from modelmint.serving import logprobs
 from modelmint.serving.chat_template import ChatTemplate
+from modelmint.serving.llama_outbox import Outbox, resolve
 from modelmint.serving.llama_requests import (
     choice_count,
     collect,
@@ -55,111 +59,14 @@ from modelmint.serving.llama_requests import (
     output_grammar,
     prompt_tokens,
 )
+from modelmint.serving.llama_sequence import EngineCharge, Job, by_seq, sampler_for
+from modelmint.serving.llama_slots import MIN_TAIL, KvSlots
 
 # The request-field refusals and the chunk shape are the old backend's, shared on purpose.
 from modelmint.serving.text_stream import StopMatcher
 from modelmint.serving.types import Generation, SamplingParams, StreamDelta, TextRequest, Usage
 
 __all__ = ["BatchedLlamaBackend", "EngineCharge"]
-
-# The fewest prompt tokens a sequence computes in one step (unless its prompt is
-# shorter), even when a slot holds its whole prompt or the batch is nearly full.
-# Two, not one: llama.cpp computes a lone query row of a sequence with other kernels
-# than a chunk of several (measured: reusing all but the last token changed greedy
-# output; leaving two or more never did), and neither reuse nor batching may change
-# an answer.
-_MIN_TAIL = 2
-# How many more kept prompt tokens another free slot must share with a new prompt than
-# the lowest free slot does before its cells are copied over: a copy costs milliseconds,
-# computing 8 prompt tokens tens of them.
-_COPY_GAIN = 8
-# How many generated tokens the frequency/presence penalties look back on (llama-cpp-python's
-# default ``last_n_tokens_size``, so penalised output matches the one-at-a-time backend).
-_PENALTY_LAST_N = 64
-
-
-@dataclass(slots=True)
-class EngineCharge:
-    """What one request cost the engine; final once its stream has closed.
-
-    Written by the engine thread only; read it after the stream ends.
-    """
-
-    # Share of the wall time of every step the request took part in, in proportion to
-    # the tokens it put into that step's batch (prompt chunk or one generated token).
-    engine_ms: float = 0.0
-    # Time from arrival to the step that first processed its prompt.
-    queue_ms: float = 0.0
-    # Decode steps the request took part in.
-    steps: int = 0
-    # Prompt tokens found in the slot's KV cells, kept from an earlier prompt.
-    reused_tokens: int = 0
-    # The KV slot (llama.cpp sequence id) the request decodes in, last if it was moved
-    # down into a freed one; -1 before it had one.
-    slot: int = -1
-
-
-@dataclass(eq=False, slots=True)
-class _Job:
-    tokens: list[int]
-    max_tokens: int
-    sampling: SamplingParams
-    penalties: tuple[float, float]  # (frequency, presence)
-    grammar: str | None  # GBNF the answer must follow (response_format), or None
-    logprobs: int  # alternatives per token with the logprobs asked for; -1: none asked
-    queue: asyncio.Queue[tuple[str, Any]]
-    loop: asyncio.AbstractEventLoop
-    done: asyncio.Future[None]
-    charge: EngineCharge
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    arrived: float = field(default_factory=time.perf_counter)
-    # Engine-thread state once the job holds a slot.
-    seq: int = -1
-    n_past: int = 0  # tokens of this sequence already in the KV cache
-    next_token: int = -1  # sampled, not yet decoded
-    produced: int = 0
-    sampler: Any = None
-    matcher: StopMatcher | None = None
-    entry: dict[str, Any] | None = None  # the logprobs of the token sampled last
-    out_idx: int = -1  # index in the current batch whose logits belong to this job
-    batch_tokens: int = 0  # tokens this job put into the current batch
-
-
-class _Outbox:
-    """Events for the event loops, sent once per step: one wake-up per loop, not per token.
-
-    Fewer wake-ups matter on a small machine: the event loop thread competes for the
-    cores that llama.cpp's threads spin on.
-    """
-
-    def __init__(self) -> None:
-        self._items: dict[asyncio.AbstractEventLoop, list[tuple[_Job, str, Any]]] = {}
-
-    def post(self, job: _Job, kind: str, value: Any = None) -> None:
-        """Queue ``(kind, value)`` for the job's stream; kind "done" resolves ``job.done``."""
-        self._items.setdefault(job.loop, []).append((job, kind, value))
-
-    def flush(self) -> None:
-        items, self._items = self._items, {}
-        for loop, events in items.items():
-            try:
-                loop.call_soon_threadsafe(_deliver, events)
-            except RuntimeError:  # that event loop is closed: nobody will read these
-                for job, _, _ in events:
-                    job.cancelled.set()
-
-
-def _deliver(events: list[tuple[_Job, str, Any]]) -> None:
-    for job, kind, value in events:
-        if kind == "done":
-            _resolve(job.done)
-        else:
-            job.queue.put_nowait((kind, value))
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 class BatchedLlamaBackend:
@@ -195,8 +102,6 @@ class BatchedLlamaBackend:
         self._batch_sequences = LLM_BATCH_SEQUENCES.labels(model, deployment)
         self._prompt_tokens = LLM_TOKENS.labels(model, deployment, "prompt")
         self._generated_tokens = LLM_TOKENS.labels(model, deployment, "generated")
-        # Prompt tokens whose KV cells were kept from an earlier prompt (not computed).
-        self._reused_tokens = LLM_TOKENS.labels(model, deployment, "prompt_reused")
         self._busy = LLM_BUSY_SECONDS.labels(model, deployment)
         self._dropped = {
             reason: LLM_DROPPED.labels(model, deployment, reason)
@@ -213,16 +118,13 @@ class BatchedLlamaBackend:
         self._n_vocab = 0
         self._template: ChatTemplate | None = None
         self._wake = threading.Condition()
-        self._pending: deque[_Job] = deque()  # guarded by _wake
+        self._pending: deque[Job] = deque()  # guarded by _wake
         self._stopping = False  # guarded by _wake
         self._thread: threading.Thread | None = None
-        self._out = _Outbox()  # engine thread only
-        self._memory: Any = None  # the context's KV memory (engine thread only)
-        # Slot -> the prompt tokens whose KV cells it still holds (engine thread only).
-        self._kept: dict[int, list[int]] = {}
-        # When each slot was last taken (a count of takings), to keep recent prompts.
-        self._used: dict[int, int] = {}
-        self._ticks = 0
+        self._out = Outbox()  # engine thread only
+        # Which prompt each slot keeps (engine thread only); it counts the prompt tokens
+        # whose KV cells were kept from an earlier prompt (not computed).
+        self._kv = KvSlots(LLM_TOKENS.labels(model, deployment, "prompt_reused"))
 
     @property
     def context_window(self) -> int:
@@ -292,7 +194,7 @@ class BatchedLlamaBackend:
         grammar = output_grammar(request)
         charge = charge if charge is not None else EngineCharge()
         seed = request.sampling.seed
-        jobs: list[_Job] = []
+        jobs: list[Job] = []
         try:
             for i in range(count):
                 # Each choice samples on its own seed, reproducibly when one is given.
@@ -318,10 +220,10 @@ class BatchedLlamaBackend:
         grammar: str | None,
         charge: EngineCharge,
         sampling: SamplingParams,
-    ) -> _Job:
+    ) -> Job:
         loop = asyncio.get_running_loop()
         extra = request.extra
-        job = _Job(
+        job = Job(
             tokens=tokens,
             max_tokens=max_tokens,
             sampling=sampling,
@@ -339,7 +241,7 @@ class BatchedLlamaBackend:
         self._submit(job)
         return job
 
-    async def _follow(self, job: _Job, chat: bool, usage: Usage) -> AsyncIterator[StreamDelta]:
+    async def _follow(self, job: Job, chat: bool, usage: Usage) -> AsyncIterator[StreamDelta]:
         try:
             async for delta in deltas(job.queue, chat, usage):
                 yield delta
@@ -355,7 +257,7 @@ class BatchedLlamaBackend:
                 # while waiting for the last step (then it misses at most that step).
                 usage.engine_ms = job.charge.engine_ms
 
-    def _submit(self, job: _Job) -> None:
+    def _submit(self, job: Job) -> None:
         with self._wake:
             if self._stopping or self._thread is None:
                 raise ServiceUnavailable("the model is shutting down", retry_after=1)
@@ -378,17 +280,17 @@ class BatchedLlamaBackend:
         except BaseException as exc:
             loop.call_soon_threadsafe(_fail_start, ready, exc)
             return
-        loop.call_soon_threadsafe(_resolve, ready)
+        loop.call_soon_threadsafe(resolve, ready)
         self._slot_count.set(self._slots)
-        live: list[_Job] = []
+        live: list[Job] = []
         free = list(range(self._slots))
-        memory = self._memory = lc.llama_get_memory(ctx)
+        memory = self._kv.memory = lc.llama_get_memory(ctx)
         try:
             while True:
                 if not self._admit(live, free):
                     break
                 self._drop_cancelled(live, free, memory)
-                self._compact(live, free)
+                self._kv.compact(live, free)
                 if live:
                     self._step(ctx, batch, live, free, memory)
                 self._out.flush()
@@ -454,7 +356,7 @@ class BatchedLlamaBackend:
             )
         return ctx, batch
 
-    def _admit(self, live: list[_Job], free: list[int]) -> bool:
+    def _admit(self, live: list[Job], free: list[int]) -> bool:
         """Move queued jobs into free slots; block while there is nothing to do.
 
         Returns False when the backend is closing.
@@ -476,12 +378,12 @@ class BatchedLlamaBackend:
                         self._out.post(job, "done")
                         continue
                     try:
-                        sampler = _sampler_for(job, self._model.vocab)
+                        sampler = sampler_for(job, self._model.vocab)
                     except BackendError as exc:
                         self._out.post(job, "error", exc)
                         self._out.post(job, "done")
                         continue
-                    job.seq, job.n_past = self._take_slot(
+                    job.seq, job.n_past = self._kv.take(
                         free, job.tokens, among=min(placing, len(free)), alone=not live
                     )
                     placing -= 1
@@ -492,107 +394,13 @@ class BatchedLlamaBackend:
                 # In slot order: with a KV stream per slot, llama.cpp puts only sequences
                 # whose ids follow each other in batch order into one compute pass (8
                 # streams in admission order: 125-156 tok/s, in slot order: 227-252).
-                live.sort(key=_by_seq)
+                live.sort(key=by_seq)
                 self._queue_depth.set(len(self._pending))
                 self._slots_busy.set(len(live))
                 if live:
                     return True
                 self._out.flush()
                 self._wake.wait()
-
-    def _take_slot(
-        self, free: list[int], tokens: list[int], among: int, *, alone: bool = False
-    ) -> tuple[int, int]:
-        """A free slot for a prompt, and how many of its tokens are already in that slot.
-
-        One of the ``among`` lowest free slots, ``among`` being how many prompts this
-        admission places. With a KV stream per slot, llama.cpp computes only sequences
-        with consecutive ids in one pass, so the live slots must stay packed from 0:
-        measured in process, 6 streams in slots 0-5 decoded at 208-224 tok/s, in
-        slots 0, 1, 2, 4, 5, 7 at 131-138.
-
-        A slot keeps the KV cells of its last prompt when it is freed, and a new prompt
-        computes only what follows the start it shares with them: chat prompts of one
-        deployment mostly start alike (the template, a system prompt, an earlier turn
-        of the same conversation). So the candidate sharing the longest start is taken
-        (on a tie, the one keeping the least, so a useful start is not overwritten).
-        When a free slot outside the candidates shares a longer start, its cells are
-        copied in first: one memcpy of its KV stream (about 47 MB for SmolLM2-135M at
-        2048 cells, a few milliseconds), far less than computing those tokens again.
-        The last prompt token always runs again: its logits give the first answer token.
-        """
-
-        usable = len(tokens) - _MIN_TAIL
-        # Kept tokens this prompt can use, per free slot.
-        shares = {
-            slot: max(0, min(_shared_prefix(self._kept.get(slot, ()), tokens), usable))
-            for slot in free
-        }
-        if alone and among == 1:
-            # Nothing else decodes, so no pass needs packing and the slots can keep the
-            # last few distinct prompts (a repeated prompt, or the next turn of a
-            # conversation, then computes only its new tokens). The slot sharing the
-            # longest start is taken where it is if writing there loses nothing it kept
-            # (its prompt is all shared, or this one is wholly in it); otherwise the slot
-            # used longest ago is, with that start copied in. Should more requests join,
-            # ``_compact`` packs the live ones with one stream copy each.
-            best = max(free, key=lambda slot: (shares[slot], self._used.get(slot, -1)))
-            kept = len(self._kept.get(best, ()))
-            if shares[best] == kept or shares[best] == usable:
-                seq = best
-            else:
-                seq = min(free, key=lambda slot: (self._used.get(slot, -1), slot))
-                if shares[best] >= shares[seq] + _COPY_GAIN:
-                    self._copy_stream(best, seq)
-                    shares[seq] = shares[best]
-            reused = shares[seq]
-        else:
-            candidates = sorted(free)[:among]
-            seq = max(candidates, key=lambda slot: (shares[slot], -len(self._kept.get(slot, ()))))
-            reused = shares[seq]
-            donor = max(free, key=shares.__getitem__)
-            if shares[donor] >= reused + _COPY_GAIN:
-                self._copy_stream(donor, seq)  # its tail after the shared start goes below
-                reused = shares[donor]
-        self._ticks += 1
-        self._used[seq] = self._ticks
-        free.remove(seq)
-        self._kept.pop(seq, None)
-        lc.llama_memory_seq_rm(self._memory, seq, reused, -1)
-        self._reused_tokens.inc(reused)
-        return seq, reused
-
-    def _compact(self, live: list[_Job], free: list[int]) -> None:
-        """Move the highest live sequences down into free slots below them.
-
-        New requests fill the lowest free slots, but one that finishes between others
-        leaves a gap, and with a gap every step runs as two compute passes (6 streams
-        in slots 0, 1, 2, 4, 5, 7: 131-138 tok/s, in 0-5: 208-224). A move is one copy
-        of the sequence's KV stream, done by llama.cpp before the next step computes;
-        the cells stay where they were too, kept for a later prompt with the same start.
-        """
-        # One live sequence is one pass wherever it is: moving it would only spend a copy.
-        while len(live) > 1 and free and min(free) < live[-1].seq:
-            job, hole = live.pop(), min(free)
-            self._copy_stream(job.seq, hole)
-            free.remove(hole)
-            free.append(job.seq)
-            self._keep_prompt(job)
-            self._kept.pop(hole, None)
-            job.seq = job.charge.slot = hole
-            live.append(job)
-            live.sort(key=_by_seq)
-
-    def _copy_stream(self, source: int, target: int) -> None:
-        """Copy slot ``source``'s KV cells into slot ``target``, before the next step.
-
-        Whole streams only: llama.cpp copies across KV streams no other way.
-        """
-        lc.llama_memory_seq_cp(self._memory, source, target, -1, -1)
-
-    def _keep_prompt(self, job: _Job) -> None:
-        """Note that the job's slot holds its prompt's cells, for a prompt with the same start."""
-        self._kept[job.seq] = job.tokens[: min(job.n_past, len(job.tokens))]
 
     def _expire_waiting(self) -> None:
         """Answer 504 to queued requests that waited past their deadline (lock held)."""
@@ -607,15 +415,15 @@ class BatchedLlamaBackend:
             self._out.post(job, "error", error)
             self._out.post(job, "done")
 
-    def _drop_cancelled(self, live: list[_Job], free: list[int], memory: Any) -> None:
+    def _drop_cancelled(self, live: list[Job], free: list[int], memory: Any) -> None:
         for job in [j for j in live if j.cancelled.is_set()]:
             live.remove(job)
             self._release(job, free, memory)
 
-    def _release(self, job: _Job, free: list[int], memory: Any, *, keep: bool = True) -> None:
+    def _release(self, job: Job, free: list[int], memory: Any, *, keep: bool = True) -> None:
         if job.seq >= 0:
             if keep:
-                self._keep_prompt(job)
+                self._kv.keep_prompt(job)
             else:
                 lc.llama_memory_seq_rm(memory, job.seq, -1, -1)
             free.append(job.seq)
@@ -626,7 +434,7 @@ class BatchedLlamaBackend:
             job.sampler = None
         self._out.post(job, "done")
 
-    def _step(self, ctx: Any, batch: Any, live: list[_Job], free: list[int], memory: Any) -> None:
+    def _step(self, ctx: Any, batch: Any, live: list[Job], free: list[int], memory: Any) -> None:
         """One llama_decode over every live sequence, then one sampled token for each."""
         started = time.perf_counter()
         n = prompt_n = 0
@@ -643,9 +451,9 @@ class BatchedLlamaBackend:
                 continue
             left = len(job.tokens) - job.n_past
             take = min(left, room)
-            if 0 < left - take < _MIN_TAIL:
-                take = left - _MIN_TAIL  # a full batch must not leave a lone last token
-            if take < min(left, _MIN_TAIL):
+            if 0 < left - take < MIN_TAIL:
+                take = left - MIN_TAIL  # a full batch must not leave a lone last token
+            if take < min(left, MIN_TAIL):
                 continue  # no room this step for a chunk that keeps answers the same
             if job.charge.steps == 0:
                 job.charge.queue_ms = (started - job.arrived) * 1000.0
@@ -666,7 +474,7 @@ class BatchedLlamaBackend:
                 self._release(job, free, memory, keep=False)
             live.clear()
             return
-        sampled: list[tuple[_Job, int]] = []
+        sampled: list[tuple[Job, int]] = []
         for job in live:
             job.n_past += job.batch_tokens
             if job.out_idx >= 0:
@@ -691,7 +499,7 @@ class BatchedLlamaBackend:
             else:
                 job.next_token = token
 
-    def _logprobs(self, ctx: Any, job: _Job, token: int) -> dict[str, Any]:
+    def _logprobs(self, ctx: Any, job: Job, token: int) -> dict[str, Any]:
         """The sampled token's logprobs entry, from the logits of its batch position."""
         view = np.ctypeslib.as_array(
             lc.llama_get_logits_ith(ctx, job.out_idx), shape=(self._n_vocab,)
@@ -701,7 +509,7 @@ class BatchedLlamaBackend:
     def _piece(self, token: int) -> bytes:
         return bytes(self._model.detokenize([token]))
 
-    def _emit(self, job: _Job, token: int) -> bool:
+    def _emit(self, job: Job, token: int) -> bool:
         """Send one sampled token to its stream; True when the request is finished."""
         job.produced += 1
         matcher = job.matcher
@@ -723,19 +531,6 @@ class BatchedLlamaBackend:
         return False
 
 
-def _by_seq(job: _Job) -> int:
-    return job.seq
-
-
-def _shared_prefix(kept: Sequence[int], tokens: Sequence[int]) -> int:
-    n = 0
-    for a, b in zip(kept, tokens, strict=False):
-        if a != b:
-            break
-        n += 1
-    return n
-
-
 def _put(batch: Any, n: int, token: int, pos: int, seq: int, logits: bool) -> int:
     batch.token[n] = token
     batch.pos[n] = pos
@@ -743,32 +538,6 @@ def _put(batch: Any, n: int, token: int, pos: int, seq: int, logits: bool) -> in
     batch.seq_id[n][0] = seq
     batch.logits[n] = logits
     return n + 1
-
-
-def _sampler_for(job: _Job, vocab: Any) -> Any:
-    """The request's own sampler chain: its penalties, its grammar (only tokens that keep
-    the answer valid remain), then greedy at temperature 0, else top-p, temperature, seed."""
-    sampling = job.sampling
-    chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-    frequency, presence = job.penalties
-    if frequency or presence:
-        lc.llama_sampler_chain_add(
-            chain, lc.llama_sampler_init_penalties(_PENALTY_LAST_N, 1.0, frequency, presence)
-        )
-    if job.grammar is not None:
-        grammar = lc.llama_sampler_init_grammar(vocab, job.grammar.encode(), b"root")
-        if not grammar:
-            lc.llama_sampler_free(chain)
-            raise BackendError("the answer's grammar (response_format) could not be loaded")
-        lc.llama_sampler_chain_add(chain, grammar)
-    if sampling.temperature <= 0.0:
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
-    else:
-        seed = sampling.seed if sampling.seed is not None else random.getrandbits(31)
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(sampling.top_p, 1))
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(sampling.temperature))
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-    return chain
 
 
 def _fail_start(ready: asyncio.Future[None], exc: BaseException) -> None:

@@ -16,7 +16,7 @@ counted from its own start, so the projections, which are most of the work,
 run on the real tokens and little padding. In the bench's batches of 17
 single-text requests, 41% of a batch padded to its longest was padding, 22% when
 cut into length groups (two forward calls), 11% packed (one call). The ONNX
-backend's export takes packed rows too (``onnx_embedder._pack``).
+backend's export takes packed rows too (``onnx_export._pack``).
 
     backend = SentenceEmbeddingBackend(model_dir, n_threads=2)
     await backend.start()

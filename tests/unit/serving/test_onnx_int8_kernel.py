@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from modelmint.serving.onnx_embedder import _cpu_flags, int8_weight_type
+from modelmint.serving.onnx_int8 import _cpu_flags, int8_weight_type
 
 AVX2 = frozenset({"sse2", "avx", "avx2", "fma"})
 

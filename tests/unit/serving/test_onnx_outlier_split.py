@@ -7,7 +7,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from modelmint.serving import onnx_embedder
+from modelmint.serving import onnx_int8
 
 
 def _graph(weight: np.ndarray) -> onnx.ModelProto:
@@ -40,16 +40,16 @@ def test_split_projection_gives_the_same_product_and_masks_the_widest_channels()
     model = _graph(weight)
     expected = _run(model, x)
 
-    targets = onnx_embedder._context_readers(model)
+    targets = onnx_int8._context_readers(model)
     assert [node.name for node in targets] == ["ffn_out"]
     ranges = {"h": np.abs(x).reshape(-1, 32).max(axis=0)}
-    onnx_embedder._split_outliers(model, targets, ranges)
+    onnx_int8._split_outliers(model, targets, ranges)
     onnx.checker.check_model(model)
 
     np.testing.assert_allclose(_run(model, x), expected, rtol=1e-5, atol=1e-4)
     keep = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}["ffn_out/keep"]
     assert keep[4] == 0.0 and keep[19] == 0.0
-    assert int(keep.sum()) == 32 - onnx_embedder._OUTLIER_CHANNELS
+    assert int(keep.sum()) == 32 - onnx_int8._OUTLIER_CHANNELS
     # The node left to quantise reads the masked input, not the raw one.
     (projection,) = [n for n in model.graph.node if n.name == "ffn_out"]
     assert projection.input[0] == "ffn_out/kept"

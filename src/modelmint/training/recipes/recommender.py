@@ -37,8 +37,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-import numbers
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Self, TypeVar
@@ -63,7 +62,7 @@ from modelmint.training.matrix_factorization import (
     RegularizedLoss,
     SquaredLoss,
 )
-from modelmint.training.ranking_metrics import ranking_metrics, rmse
+from modelmint.training.ranking_metrics import rmse
 from modelmint.training.ratings import Columns, Ratings, read_ratings
 from modelmint.training.recipe import (
     DataError,
@@ -73,6 +72,9 @@ from modelmint.training.recipe import (
     SearchSpace,
     silent,
 )
+from modelmint.training.recommender_artifact import ranker_from, save_ranker
+from modelmint.training.recommender_ids import as_ids, lookup
+from modelmint.training.recommender_reports import TOP, cold_start_report, ranking_report
 from modelmint.training.torch_backed import TorchBackedRecipe
 
 __all__ = ["Recommender"]
@@ -87,7 +89,6 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "explicit": {"epochs": 20, "regularization": 1.0},
     "implicit": {"epochs": 40, "regularization": 0.15},
 }
-TOP = 10  # the cutoff of Recall@k and NDCG@k
 MIN_STEPS = 16  # optimizer steps per epoch, at least, whatever the data size
 
 T = TypeVar("T")
@@ -328,7 +329,7 @@ class Recommender(TorchBackedRecipe[Ratings]):
 
     def _encode(self, data: Ratings) -> _Encoded:
         return _Encoded(
-            _lookup(self.users_, data.users), _lookup(self.items_, data.items), data.ratings
+            lookup(self.users_, data.users), lookup(self.items_, data.items), data.ratings
         )
 
     def _objective(self, net: MatrixFactorization) -> RegularizedLoss:
@@ -420,8 +421,8 @@ class Recommender(TorchBackedRecipe[Ratings]):
         ``users[n]`` and ``items[n]`` make pair n: the two must be equally long
         (ValueError otherwise). Ids are strings as in the training file; a number is
         read as the id it spells there (``196`` or ``196.0``: "196")."""
-        user_ids = _ids(users, self.users_, "users")
-        item_ids = _ids(items, self.items_, "items")
+        user_ids = as_ids(users, self.users_, "users")
+        item_ids = as_ids(items, self.items_, "items")
         if len(user_ids) != len(item_ids):
             raise ValueError(
                 f"predict takes (user, item) pairs: got {len(user_ids)} users and "
@@ -437,8 +438,8 @@ class Recommender(TorchBackedRecipe[Ratings]):
         *,
         clip: bool = True,
     ) -> FloatArray:
-        user = _lookup(self.users_, np.asarray(users, dtype=np.str_))
-        item = _lookup(self.items_, np.asarray(items, dtype=np.str_))
+        user = lookup(self.users_, np.asarray(users, dtype=np.str_))
+        item = lookup(self.items_, np.asarray(items, dtype=np.str_))
         known_user, known_item = user >= 0, item >= 0
         u, i = user.clip(min=0), item.clip(min=0)
         dot = np.einsum("ij,ij->i", ranker.user_factors[u], ranker.item_factors[i])
@@ -458,8 +459,8 @@ class Recommender(TorchBackedRecipe[Ratings]):
         """The top ``k`` items for ``user``, as the exported predictor serves them
         (ids read as ``predict`` reads them)."""
         self.check_fitted()
-        index = _lookup(self.users_, _ids([user], self.users_, "user"))
-        excluded = _lookup(self.items_, _ids(list(exclude), self.items_, "exclude"))
+        index = lookup(self.users_, as_ids([user], self.users_, "user"))
+        excluded = lookup(self.items_, as_ids(list(exclude), self.items_, "exclude"))
         [(chosen, scores)] = self.ranker().top(index, k, [excluded[excluded >= 0]])
         return [
             {"item": str(self.items_[c]), "score": float(s)}
@@ -475,63 +476,26 @@ class Recommender(TorchBackedRecipe[Ratings]):
                 report["rmse"] = rmse(predicted, data.ratings)
                 report["mae"] = float(np.abs(predicted - data.ratings).mean()) if len(data) else 0.0
             report |= self._ranking(ranker, data)
-        report |= self._cold_start(data)
+        report |= cold_start_report(data, users=self.users_, items=self.items_)
         report["epochs_trained"] = self.epochs_trained_
         report["best_epoch"] = self.best_epoch_
         report["refit_rows"] = self.refit_rows_  # 0: learnt from the training rows alone
         return report
 
     def _ranking(self, ranker: Ranker, data: Ratings) -> dict[str, Any]:
-        """Recall@10 and NDCG@10 of the items ranked for each user with a relevant
-        held-out row, beside the same for a ranking by popularity.
-
-        Candidates are the training items the user has not rated in training.
-        Recall@k is hits / min(k, relevant); a relevant item unseen in training
-        counts against both, since it can never be recommended."""
-        relevant_rows = np.ones(len(data), dtype=bool)
-        if self.relevant_rating is not None:
-            relevant_rows = data.ratings >= float(self.relevant_rating)
-        names, group = np.unique(data.users[relevant_rows], return_inverse=True)
-        items = _lookup(self.items_, data.items[relevant_rows])
-        relevant: list[set[int]] = [set() for _ in names]
-        for g, item in zip(group.tolist(), items.tolist(), strict=True):
-            if item >= 0:
-                relevant[g].add(item)
-        totals = np.bincount(group, minlength=len(names)).astype(np.int64)
-        users = _lookup(self.users_, names)
-        report: dict[str, Any] = {"users_ranked": len(names)}
-        for prefix, by_popularity in (("", False), ("popularity_", True)):
-            ranked = ranker.top(users, TOP, by_popularity=by_popularity)
-            recall, ndcg = ranking_metrics([r[0] for r in ranked], relevant, totals, TOP)
-            report[f"{prefix}recall@{TOP}"] = recall
-            report[f"{prefix}ndcg@{TOP}"] = ndcg
-        return report
-
-    def _cold_start(self, data: Ratings) -> dict[str, int]:
-        """Held-out rows whose user or item training never saw, and how many distinct."""
-        cold_users = _lookup(self.users_, data.users) < 0
-        cold_items = _lookup(self.items_, data.items) < 0
-        return {
-            "cold_start_rows": int((cold_users | cold_items).sum()),
-            "cold_start_users": len(np.unique(data.users[cold_users])),
-            "cold_start_items": len(np.unique(data.items[cold_items])),
-        }
+        """Recall and NDCG at ``TOP`` of ``ranker`` on ``data``, and by popularity."""
+        return ranking_report(
+            ranker, data, users=self.users_, items=self.items_, relevant_rating=self.relevant_rating
+        )
 
     def ranker(self) -> Ranker:
         """The numpy scorer of the network in use, as exported for serving."""
         return self._ranker_of(self.torch_module())
 
     def _ranker_of(self, module: torch.nn.Module) -> Ranker:
-        user_bias = _table(module, "user_bias")[:, 0]
-        item_bias = _table(module, "item_bias")[:, 0]
-        mean = float(torch.as_tensor(module.global_mean))
         explicit = self.mode == "explicit"
-        return Ranker(
-            user_factors=_table(module, "user_factors"),
-            item_factors=_table(module, "item_factors"),
-            user_bias=user_bias,
-            item_bias=item_bias,
-            global_mean=mean,
+        return ranker_from(
+            module,
             item_counts=self.item_counts_,
             seen_indptr=self.seen_indptr_,
             seen_indices=self.seen_indices_,
@@ -553,19 +517,7 @@ class Recommender(TorchBackedRecipe[Ratings]):
 
     def export(self, directory: Path) -> Export:
         ranker = self.ranker()
-        np.savez(
-            directory / "model.npz",
-            user_factors=ranker.user_factors,
-            item_factors=ranker.item_factors,
-            user_bias=ranker.user_bias,
-            item_bias=ranker.item_bias,
-            global_mean=np.float64(ranker.global_mean),
-            item_counts=ranker.item_counts,
-            popular=ranker.popular(),
-            seen_indptr=ranker.seen_indptr,
-            seen_indices=ranker.seen_indices,
-            score_range=np.array(ranker.score_range, dtype=np.float64),
-        )
+        save_ranker(directory / "model.npz", ranker)
         vocab = {"users": self.users_.tolist(), "items": self.items_.tolist()}
         (directory / "vocab.json").write_text(json.dumps(vocab))
         config = {
@@ -622,61 +574,3 @@ def _joined(first: Ratings, second: Ratings) -> Ratings:
         np.concatenate([first.ratings, second.ratings]),
         first.has_ratings and second.has_ratings,
     )
-
-
-def _ids(values: object, vocabulary: NDArray[np.str_], what: str) -> NDArray[np.str_]:
-    """``values`` as the string ids training read from the file.
-
-    A number is the id it spells: ``196`` and ``196.0`` (a column of ids read as
-    floats, as pandas does when one is missing) are "196", or "196.0" if that is
-    the id training saw. Text is taken as it is: "007" and "7" are two ids."""
-    if isinstance(values, np.ndarray):
-        if values.ndim != 1:
-            shape = values.shape
-            raise ValueError(f"{what} must be a sequence of ids, not an array of shape {shape}")
-        if values.dtype.kind == "U":
-            return values
-        if values.dtype.kind in "iu":
-            return values.astype(np.str_)
-        listed: list[object] = values.tolist()
-    elif isinstance(values, str | bytes) or not isinstance(values, Iterable):
-        raise ValueError(f"{what} must be a sequence of ids, not {values!r}")
-    else:
-        # Not through np.asarray, which would spell a float among strings "196.0".
-        listed = list(values)
-    return np.array([_id(value, vocabulary, what) for value in listed], dtype=np.str_)
-
-
-def _id(value: object, vocabulary: NDArray[np.str_], what: str) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{what}: an id is a string or a number, not {value!r}")
-    if isinstance(value, numbers.Integral):
-        return str(int(value))
-    number = float(value)
-    if not math.isfinite(number):
-        raise ValueError(f"{what}: {number} is not an id (a missing value?)")
-    if not number.is_integer():
-        return repr(number)
-    whole, written = str(int(number)), repr(number)
-    known = _lookup(vocabulary, np.array([whole, written], dtype=np.str_)) >= 0
-    return written if known[1] and not known[0] else whole
-
-
-def _lookup(vocabulary: NDArray[np.str_], ids: NDArray[np.str_]) -> IndexArray:
-    """Index of each id in the sorted ``vocabulary``, -1 for ids not in it."""
-    if len(vocabulary) == 0 or len(ids) == 0:
-        return np.full(len(ids), -1, dtype=np.int64)
-    at = np.searchsorted(vocabulary, ids).clip(max=len(vocabulary) - 1)
-    return np.where(vocabulary[at] == ids, at, -1).astype(np.int64)
-
-
-def _table(module: torch.nn.Module, name: str) -> NDArray[np.float32]:
-    """An embedding table of ``module`` as numpy, also from a pruned copy (whose
-    ``weight`` is the masked tensor) or a quantized one (whose ``weight()`` is)."""
-    weight = getattr(module, name).weight
-    tensor = weight() if callable(weight) else weight
-    if tensor.is_quantized:
-        tensor = tensor.dequantize()
-    return np.asarray(tensor.detach().float().numpy(), dtype=np.float32)
