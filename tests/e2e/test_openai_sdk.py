@@ -203,7 +203,7 @@ def test_rate_limit_gives_429_with_retry_after(live: LiveServer) -> None:
         ),
         (
             b'{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "x"}],'
-            b' "tools": [{"type": "function", "function": {"name": "f"}}]}',
+            b' "tools": [{"type": "code_interpreter"}]}',
             400,
             "tools",
         ),

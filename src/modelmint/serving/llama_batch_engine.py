@@ -64,6 +64,7 @@ from modelmint.serving.llama_slots import MIN_TAIL, KvSlots
 
 # The request-field refusals and the chunk shape are the old backend's, shared on purpose.
 from modelmint.serving.text_stream import StopMatcher
+from modelmint.serving.tool_call_stream import answer_shape
 from modelmint.serving.types import Generation, SamplingParams, StreamDelta, TextRequest, Usage
 
 __all__ = ["BatchedLlamaBackend", "EngineCharge"]
@@ -209,7 +210,8 @@ class BatchedLlamaBackend:
         usage.input_tokens = len(tokens)  # the prompt is counted once, as by OpenAI
         chat = request.kind == "chat"
         # Every choice counts its tokens into ``usage`` and its steps into ``charge``.
-        async for delta in merged([self._follow(job, chat, usage) for job in jobs]):
+        out = merged([self._follow(job, chat, usage) for job in jobs])
+        async for delta in answer_shape(request, out):
             yield delta
 
     def _job(

@@ -31,6 +31,7 @@ from modelmint.serving.llama_requests import (
     prompt_tokens,
 )
 from modelmint.serving.text_stream import StopMatcher
+from modelmint.serving.tool_call_stream import answer_shape
 from modelmint.serving.types import Generation, StreamDelta, TextRequest, Usage
 
 __all__ = ["LlamaCppBackend"]
@@ -127,7 +128,9 @@ class LlamaCppBackend:
         job = _Job(tokens, max_tokens, request, grammar, asyncio.Queue(), loop, threading.Event())
         future = loop.run_in_executor(self._worker, self._run, job)
         try:
-            async for delta in deltas(job.queue, request.kind == "chat", usage):
+            async for delta in answer_shape(
+                request, deltas(job.queue, request.kind == "chat", usage)
+            ):
                 yield delta
         finally:
             # A client that went away stops the decode at the next token.

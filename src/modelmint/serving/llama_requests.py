@@ -9,7 +9,6 @@ Engines post events ``("token", text)`` (one sampled token and the text it relea
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -17,7 +16,9 @@ import orjson
 
 from modelmint.errors import ContextLengthExceeded, InvalidRequest
 from modelmint.serving.chat_template import ChatTemplate
+from modelmint.serving.json_grammar import schema_grammar, unenforced_keywords
 from modelmint.serving.logprobs import chunk, joined
+from modelmint.serving.tool_calls import conversation, tool_grammar, tool_use
 from modelmint.serving.types import Generation, StreamDelta, TextRequest, Usage
 
 __all__ = [
@@ -32,9 +33,7 @@ __all__ = [
 ]
 
 # OpenAI request fields a local engine cannot honour; refusing them beats silently ignoring.
-UNSUPPORTED = (
-    "tools", "functions", "tool_choice", "logit_bias", "echo", "suffix", "best_of",
-)  # fmt: skip
+UNSUPPORTED = ("functions", "function_call", "logit_bias", "echo", "suffix", "best_of")
 
 Event = tuple[str, Any]
 # (text, add_bos, parse_special) -> token ids
@@ -51,7 +50,8 @@ def prompt_tokens(
     if request.kind == "chat":
         if template is None:
             raise InvalidRequest("this model has no chat template; use /v1/completions")
-        tokens = tokenize(template.render(request.messages).encode(), True, True)
+        turns = conversation(request.messages, tool_use(request))
+        tokens = tokenize(template.render(turns).encode(), True, True)
     else:
         tokens = tokenize(request.prompt.encode(), True, False)
     room = n_ctx - len(tokens)
@@ -91,7 +91,13 @@ def output_grammar(request: TextRequest) -> str | None:
     converted to a grammar by llama.cpp's own converter (``llama_cpp.llama_grammar``).
     Sampling under the grammar makes every token keep the answer a prefix of a valid
     document, so an answer that ends by itself (``finish_reason: "stop"``) parses and
-    validates; one cut short by ``max_tokens`` is a prefix, as with OpenAI."""
+    validates; one cut short by ``max_tokens`` is a prefix, as with OpenAI.
+
+    With ``tools`` (and a ``tool_choice`` other than "none") the grammar is that of
+    the tool-call answer instead (``tool_calls.answer_schema``)."""
+    use = tool_use(request)
+    if use is not None:
+        return tool_grammar(use)
     response_format = request.extra.get("response_format")
     if response_format is None:
         return None
@@ -110,7 +116,7 @@ def output_grammar(request: TextRequest) -> str | None:
                 "response_format json_schema needs json_schema.schema: a JSON Schema object",
                 param="response_format",
             )
-        unenforced = sorted(_unenforced(schema))
+        unenforced = sorted(unenforced_keywords(schema))
         if unenforced:
             raise InvalidRequest(
                 f"response_format json_schema uses {', '.join(unenforced)}, which a local "
@@ -124,52 +130,8 @@ def output_grammar(request: TextRequest) -> str | None:
     )
 
 
-# JSON Schema keywords llama.cpp's converter ignores: a schema using one would be
-# followed loosely, so an answer could break it. Refused rather than half kept.
-_UNENFORCED = frozenset(
-    {
-        "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
-        "uniqueItems", "minProperties", "maxProperties", "patternProperties",
-        "propertyNames", "dependentRequired", "dependentSchemas", "not", "if", "then",
-        "else", "contains", "minContains", "maxContains",
-    }
-)  # fmt: skip
-# Where a schema holds further schemas: keyword -> how (one, a list, a name->schema map).
-_SUBSCHEMAS = {
-    "items": "one", "additionalProperties": "one", "prefixItems": "list", "anyOf": "list",
-    "oneOf": "list", "allOf": "list", "properties": "map", "$defs": "map", "definitions": "map",
-}  # fmt: skip
-
-
-def _unenforced(schema: Any) -> set[str]:
-    """The keywords of ``_UNENFORCED`` used anywhere in ``schema``."""
-    if not isinstance(schema, dict):
-        return set()
-    found = set(_UNENFORCED.intersection(schema))
-    for keyword, shape in _SUBSCHEMAS.items():
-        inner = schema.get(keyword)
-        if shape == "one":
-            found |= _unenforced(inner)
-        elif shape == "list" and isinstance(inner, list):
-            for item in inner:
-                found |= _unenforced(item)
-        elif shape == "map" and isinstance(inner, dict):
-            for item in inner.values():
-                found |= _unenforced(item)
-    return found
-
-
-@functools.lru_cache(maxsize=256)
 def _schema_grammar(schema: str) -> str:
-    # Imported here: llama_cpp loads its shared library on import.
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-
-    try:
-        return str(json_schema_to_gbnf(schema))
-    except Exception as exc:  # the converter raises bare errors on what it cannot express
-        raise InvalidRequest(
-            f"response_format json_schema cannot be followed: {exc}", param="response_format"
-        ) from None
+    return schema_grammar(schema, "response_format json_schema", "response_format")
 
 
 async def deltas(
@@ -210,10 +172,12 @@ async def deltas(
 
 
 async def collect(pieces: AsyncIterator[StreamDelta], kind: str, usage: Usage) -> Generation:
-    """A whole answer (one choice per index) from a stream of deltas."""
+    """A whole answer (one choice per index) from a stream of deltas; streamed tool-call
+    deltas are joined into ``message.tool_calls`` (``content`` then null when empty)."""
     texts: dict[int, list[str]] = {}
     finishes: dict[int, str | None] = {}
     logprobs: dict[int, list[dict[str, Any]]] = {}
+    calls: dict[int, dict[int, dict[str, Any]]] = {}
     async for delta in pieces:
         for choice in delta.choices:
             index = choice["index"]
@@ -222,12 +186,20 @@ async def collect(pieces: AsyncIterator[StreamDelta], kind: str, usage: Usage) -
             finishes[index] = choice.get("finish_reason") or finishes.get(index)
             if choice.get("logprobs"):
                 logprobs.setdefault(index, []).append(choice["logprobs"])
+            for entry in choice.get("delta", {}).get("tool_calls") or ():
+                _add_call_delta(calls.setdefault(index, {}), entry)
     chat = kind == "chat"
     answers: list[dict[str, Any]] = []
     for index in sorted(texts):
         content, finish = "".join(texts[index]), finishes[index]
         answer: dict[str, Any] = {"index": index}
-        if chat:
+        if chat and index in calls:
+            answer["message"] = {
+                "role": "assistant",
+                "content": content or None,
+                "tool_calls": [calls[index][i] for i in sorted(calls[index])],
+            }
+        elif chat:
             answer["message"] = {"role": "assistant", "content": content}
         else:
             answer["text"] = content
@@ -235,6 +207,17 @@ async def collect(pieces: AsyncIterator[StreamDelta], kind: str, usage: Usage) -
         answer["logprobs"] = joined(chat, logprobs.get(index, []))
         answers.append(answer)
     return Generation(choices=answers, usage=usage)
+
+
+def _add_call_delta(calls: dict[int, dict[str, Any]], entry: dict[str, Any]) -> None:
+    """Fold one streamed ``tool_calls`` entry into the call at its index."""
+    call = calls.setdefault(
+        entry["index"], {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+    )
+    call["id"] = entry.get("id") or call["id"]
+    function = entry.get("function") or {}
+    call["function"]["name"] += function.get("name") or ""
+    call["function"]["arguments"] += function.get("arguments") or ""
 
 
 async def merged(streams: list[AsyncIterator[StreamDelta]]) -> AsyncIterator[StreamDelta]:
