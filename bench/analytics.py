@@ -52,8 +52,8 @@ from modelmint.analytics.money_sql import exact_sum, prepare
 from modelmint.analytics.recurring import USAGE_RUN_RATE_DAYS
 from modelmint.billing.exact import exact_sum as decimal_sum
 from modelmint.billing.periods import Period
-from modelmint.billing.repository import BillingRepository
-from modelmint.charging.demo import demo_plans
+from modelmint.billing.store import BillingStore
+from modelmint.demo.billing import demo_plans
 from modelmint.metering.rollups import LATENCY_BUCKETS_MS, LATENCY_OVERFLOW_MS
 from modelmint.storage import Database, migrate
 from modelmint.storage.tables import (
@@ -126,13 +126,15 @@ def _seed(
     plans = rng.choice(len(PLANS), size=organizations, p=PLAN_WEIGHTS)
     orgs: list[tuple[str, str | None]] = []
     with database.session() as session:
-        repo = BillingRepository(session)
-        published = {plan.code: repo.publish_plan(plan) for plan in demo_plans()}
+        store = BillingStore(session)
+        published = {plan.code: store.plans.publish_plan(plan) for plan in demo_plans()}
         for index in range(organizations):
             org = accounts.create_org(session, f"bench-{index:04d}")
             code = PLANS[plans[index]]
             if code is not None:
-                repo.subscribe(org.id, published[code].ref, datetime(2026, 9, 1, tzinfo=UTC))
+                store.subscriptions.subscribe(
+                    org.id, published[code].ref, datetime(2026, 9, 1, tzinfo=UTC)
+                )
             orgs.append((org.id, code))
         for n, deploy in enumerate(DEPLOYS):
             model_id = f"rm_{deploy.model}"

@@ -10,13 +10,10 @@ from __future__ import annotations
 import os
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-if TYPE_CHECKING:
-    from modelmint.storage.db import Database
 
 __all__ = ["Settings"]
 
@@ -90,7 +87,7 @@ class Settings(BaseSettings):
     credit_lease_ttl_s: float = Field(default=30.0, ge=1.0, le=3600.0)
 
     # Demo data only: lets `modelmint demo traffic` meter requests of demo-* organisations
-    # in the past (with the admin token; see gateway/demo_clock.py). Never turn it on
+    # in the past (with the admin token; see demo/clock.py). Never turn it on
     # where real customers are billed.
     demo_time_travel: bool = False
 
@@ -125,6 +122,7 @@ class Settings(BaseSettings):
     def _upper(cls, value: str) -> str:
         return value.upper()
 
+    # The URL only: ``storage.Database.from_settings`` opens it, so settings stay below storage.
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -134,9 +132,3 @@ class Settings(BaseSettings):
     @property
     def cpu_threads(self) -> int:
         return self.llm_threads or (os.cpu_count() or 1)
-
-    def database(self) -> Database:
-        """A Database for these settings (not yet migrated)."""
-        from modelmint.storage.db import Database
-
-        return Database(self.resolved_database_url, sqlite_synchronous=self.sqlite_synchronous)

@@ -11,7 +11,7 @@ import pytest
 from pypdf import PdfReader
 
 from modelmint.billing import Period, draft_invoice
-from modelmint.billing.repository import BillingRepository
+from modelmint.billing.store import BillingStore
 from modelmint.config import Settings
 from modelmint.storage import Database, migrate
 from tests.support.processes import cli, cli_json
@@ -85,16 +85,16 @@ def test_invoices_are_shown_as_csv_paid_and_guarded(env: dict[str, str], tmp_pat
     migrate(database)
     try:
         with database.session() as session:
-            repo = BillingRepository(session)
+            store = BillingStore(session)
             invoice = draft_invoice(
                 invoice_id="inv_cli",
                 period=Period.month(2026, 11),
-                timeline=repo.timeline(org_id),
+                timeline=store.subscriptions.timeline(org_id),
                 usage=[],
                 request_charges={},
             )
             invoice.finalize(datetime(2026, 12, 1, tzinfo=UTC))
-            repo.save_invoice(invoice)
+            store.invoices.save_invoice(invoice)
     finally:
         database.dispose()
 
@@ -202,7 +202,7 @@ def test_a_soft_budget_set_again_stays_soft_and_alerts_list_their_metric(
     try:
         with database.session() as session:
             org_id = cli_json(env, "budgets", "list", "--org", "acme")[0]["organization_id"]
-            BillingRepository(session).raise_alert(
+            BillingStore(session).alerts.raise_alert(
                 org_id, api_key_id="", kind="allowance", subject="output_tokens",
                 period=Period.month(2026, 11), threshold=80, payload={},
             )  # fmt: skip

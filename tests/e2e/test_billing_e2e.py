@@ -23,9 +23,10 @@ from sqlalchemy import select
 
 from modelmint import accounts
 from modelmint.billing import Metric, Money
-from modelmint.charging.demo import demo_plans
 from modelmint.charging.quantities import measured
 from modelmint.config import Settings
+from modelmint.demo.billing import demo_plans
+from modelmint.storage import Database
 from modelmint.storage.tables import UsageRecord
 from tests.support.processes import Server, cli, cli_json
 
@@ -94,7 +95,7 @@ def cut_stream(server: Server, key: str) -> None:
 
 
 def _usage_row(server: Server, request_id: str) -> UsageRecord | None:
-    database = Settings(home=server.home).database()
+    database = Database.from_settings(Settings(home=server.home))
     try:
         with database.session() as session:
             return session.get(UsageRecord, request_id)
@@ -104,7 +105,7 @@ def _usage_row(server: Server, request_id: str) -> UsageRecord | None:
 
 def usage_by_line(server: Server, organization: str) -> dict[tuple[str, Metric], Decimal]:
     """Quantities per (model, metric) summed from the raw usage rows."""
-    database = Settings(home=server.home).database()
+    database = Database.from_settings(Settings(home=server.home))
     try:
         with database.session() as session:
             org = accounts.get_org(session, organization)

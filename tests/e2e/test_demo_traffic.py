@@ -19,8 +19,8 @@ import orjson
 import pytest
 from sqlalchemy import create_engine, text
 
-from modelmint.analytics.demo_traffic import customers, window_start
 from modelmint.config import Settings
+from modelmint.demo.traffic import customers, window_start
 from tests.support.processes import Server, cli
 
 pytestmark = pytest.mark.slow

@@ -39,9 +39,7 @@ def test_a_json_object_answer_parses_and_is_metered(live: LiveServer, client: Op
         model=CHAT_MODEL,
         # A short answer asked for: a small model's long free-form object can outgrow any
         # max_tokens, and the assertion is about the grammar, not the model's brevity.
-        messages=[
-            {"role": "user", "content": 'Reply with a JSON object whose only key is "sea".'}
-        ],
+        messages=[{"role": "user", "content": 'Reply with a JSON object whose only key is "sea".'}],
         response_format={"type": "json_object"},
         max_tokens=300,
         temperature=0,

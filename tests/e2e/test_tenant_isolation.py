@@ -21,9 +21,9 @@ from pydantic import SecretStr
 from sqlalchemy import func, select
 
 from modelmint import accounts, registry
+from modelmint.app import create_app
 from modelmint.config import Settings
-from modelmint.gateway.app import create_app
-from modelmint.gateway.platform import Platform
+from modelmint.platform import Platform
 from modelmint.storage import Database
 from modelmint.storage.tables import ApiKey, UsageRecord
 from tests.support.mock_upstream import MockUpstream

@@ -19,7 +19,7 @@ from aiohttp import web
 from sqlalchemy import select
 
 from modelmint.accounts import create_org
-from modelmint.charging.alerts import AlertDispatcher
+from modelmint.billing_admin import AlertDispatcher
 from modelmint.storage import Database
 from modelmint.storage.tables import BillingAlert
 

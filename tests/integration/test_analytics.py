@@ -39,10 +39,10 @@ from modelmint.analytics import (
 )
 from modelmint.billing import Money
 from modelmint.billing.periods import Period
-from modelmint.billing.repository import BillingRepository
-from modelmint.charging.closing import close_period
-from modelmint.charging.demo import demo_plans
+from modelmint.billing.store import BillingStore
+from modelmint.billing_admin import close_period
 from modelmint.charging.settlement import Charger
+from modelmint.demo.billing import demo_plans
 from modelmint.metering import UsageEvent, UsageWriter
 from modelmint.metering.rollups import LATENCY_BUCKETS_MS, LATENCY_OVERFLOW_MS
 from modelmint.registry.catalog import ServingCosts
@@ -117,26 +117,30 @@ def _seed_billing(database: Database) -> dict[str, str]:
     """Organisations on each demo plan; ``bolt`` starts mid-month and changes plan."""
     orgs: dict[str, str] = {}
     with database.session() as session:
-        repo = BillingRepository(session)
-        plans = {plan.code: repo.publish_plan(plan) for plan in demo_plans()}
+        store = BillingStore(session)
+        plans = {plan.code: store.plans.publish_plan(plan) for plan in demo_plans()}
         for name in ("acme", "bolt", "cask", "dune", "echo", "fern"):
             orgs[name] = accounts.create_org(session, name).id
         september = datetime(2026, 9, 1, tzinfo=UTC)
-        repo.subscribe(orgs["acme"], plans["starter"].ref, september)
-        repo.subscribe(orgs["bolt"], plans["starter"].ref, datetime(2026, 10, 10, 6, tzinfo=UTC))
-        repo.change_plan(orgs["bolt"], plans["enterprise"].ref, datetime(2026, 10, 20, tzinfo=UTC))
-        repo.subscribe(orgs["cask"], plans["payg"].ref, september)
-        repo.subscribe(orgs["dune"], plans["enterprise"].ref, september)
-        repo.subscribe(orgs["echo"], plans["free"].ref, september)
-        wallet = repo.open_wallet(orgs["cask"], "USD")
+        store.subscriptions.subscribe(orgs["acme"], plans["starter"].ref, september)
+        store.subscriptions.subscribe(
+            orgs["bolt"], plans["starter"].ref, datetime(2026, 10, 10, 6, tzinfo=UTC)
+        )
+        store.subscriptions.change_plan(
+            orgs["bolt"], plans["enterprise"].ref, datetime(2026, 10, 20, tzinfo=UTC)
+        )
+        store.subscriptions.subscribe(orgs["cask"], plans["payg"].ref, september)
+        store.subscriptions.subscribe(orgs["dune"], plans["enterprise"].ref, september)
+        store.subscriptions.subscribe(orgs["echo"], plans["free"].ref, september)
+        wallet = store.wallets.open_wallet(orgs["cask"], "USD")
         wallet.grant(Money(D("1000"), "USD"), at=datetime.now(UTC))
-        repo.save_wallet(wallet)
+        store.wallets.save_wallet(wallet)
     return orgs
 
 
 def _plan_at(database: Database, org: str, moment: datetime) -> tuple[str, int] | None:
     with database.session() as session:
-        active = BillingRepository(session).timeline(org).active_at(moment)
+        active = BillingStore(session).subscriptions.timeline(org).active_at(moment)
     return None if active is None else (active.plan.code, active.plan.version)
 
 

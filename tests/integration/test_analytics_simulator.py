@@ -33,7 +33,7 @@ __all__ = ["world"]  # the fixture, shared with the analytics tests' generated m
 D = Decimal
 PER_MILLION = 1_000_000
 
-# The demo plans of ``charging.demo``, restated in the simulator's TOML.
+# The demo plans of ``demo.billing``, restated in the simulator's TOML.
 CURRENT_PRICES = """
 currency = "USD"
 

@@ -9,8 +9,8 @@ from decimal import Decimal
 
 from sqlalchemy import select
 
+from modelmint import billing_admin
 from modelmint.billing import PrepaidPlan
-from modelmint.charging import operations
 from modelmint.payments.collection import AUTO_TOP_UP, Payments
 from modelmint.payments.stripe_provider import StripeProvider
 from modelmint.storage.db import Database
@@ -78,7 +78,7 @@ async def test_auto_top_up_fires_once_when_traffic_crosses_the_threshold(
         spent = sum(
             (r.charge or Decimal(0) for r in session.scalars(select(UsageRecord))), Decimal(0)
         )
-        balance = Decimal(operations.wallet_balance(session, "acme", "USD")["balance"])
+        balance = Decimal(billing_admin.wallet_balance(session, "acme", "USD")["balance"])
     assert (top_up.status, top_up.amount_minor) == ("succeeded", 500)
     assert len([r for r in rows if r.status_code == 200]) == served  # refusals: recorded 402s
     assert balance == Decimal("6.00") - spent

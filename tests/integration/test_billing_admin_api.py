@@ -17,11 +17,11 @@ import pytest
 from pydantic import SecretStr
 from pypdf import PdfReader
 
+from modelmint.app import create_app
 from modelmint.billing import Period, draft_invoice
-from modelmint.billing.repository import BillingRepository
+from modelmint.billing.store import BillingStore
 from modelmint.config import Settings
-from modelmint.gateway.app import create_app
-from modelmint.gateway.platform import Platform
+from modelmint.platform import Platform
 from modelmint.storage import Database
 
 ADMIN_TOKEN = "billing-admin-token"
@@ -235,17 +235,17 @@ async def test_invoices_are_listed_exported_paid_and_guarded(
     admin: httpx.AsyncClient, acme: str, sqlite_database: Database
 ) -> None:
     with sqlite_database.session() as session:  # period close is not this API's job
-        repo = BillingRepository(session)
+        store = BillingStore(session)
         for invoice_id in ("inv_a", "inv_b"):
             invoice = draft_invoice(
                 invoice_id=invoice_id,
                 period=Period.month(2026, 11),
-                timeline=repo.timeline(acme),
+                timeline=store.subscriptions.timeline(acme),
                 usage=[],
                 request_charges={},
             )
             invoice.finalize(datetime(2026, 12, 1, tzinfo=UTC))
-            repo.save_invoice(invoice)
+            store.invoices.save_invoice(invoice)
 
     listed = (
         await admin.get("/invoices", params={"organization": "acme", "period": "2026-11"})

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from modelmint import accounts
+from modelmint import billing_admin as ops
 from modelmint.billing import (
     CurrencyMismatch,
     InvalidCoupon,
@@ -30,9 +31,8 @@ from modelmint.billing import (
     SubscriptionConflict,
     draft_invoice,
 )
-from modelmint.billing.repository import BillingRepository
-from modelmint.charging import demo
-from modelmint.charging import operations as ops
+from modelmint.billing.store import BillingStore
+from modelmint.demo import billing as demo_billing
 from modelmint.errors import Conflict, InvalidRequest, ModelMintError, NotFound
 from modelmint.storage import Database
 from modelmint.storage.tables import (
@@ -125,18 +125,18 @@ def save_invoice(database: Database, org_id: str, invoice_id: str, *, finalize: 
     """An invoice for November as period close would draft it (close is not ours to call)."""
 
     def work(session: Session) -> None:
-        repo = BillingRepository(session)
+        store = BillingStore(session)
         invoice = draft_invoice(
             invoice_id=invoice_id,
             period=NOVEMBER,
-            timeline=repo.timeline(org_id),
+            timeline=store.subscriptions.timeline(org_id),
             usage=[],
             request_charges={},
-            tax_rate=repo.tax_rate(org_id),
+            tax_rate=store.invoices.tax_rate(org_id),
         )
         if finalize:
             invoice.finalize(day(30))
-        repo.save_invoice(invoice)
+        store.invoices.save_invoice(invoice)
 
     run(database, work)
 
@@ -259,7 +259,10 @@ def test_subscription_mistakes_are_refused_and_change_nothing(
         (lambda s: ops.subscribe(s, "nobody", "pro"), NotFound),
         (lambda s: ops.subscribe(s, "acme", "pro", at=day(3)), SubscriptionConflict),
         (lambda s: ops.change_plan(s, "acme", "euro", at=day(5)), CurrencyMismatch),
-        (lambda s: ops.cancel(s, "acme", at=datetime(2026, 11, 5)), InvalidPeriod),  # naive
+        (
+            lambda s: ops.cancel(s, "acme", at=datetime(2026, 11, 5)),
+            InvalidPeriod,
+        ),  # naive
     ]
     for work, error in mistakes:
         with pytest.raises(error):
@@ -390,11 +393,31 @@ def test_coupon_mistakes_are_refused_and_redeem_nothing(
     too_much = {**TEN_OFF, "code": "P", "discount": {"type": "percent_off", "percent": "150"}}
     run(database, lambda s: ops.create_coupon(s, euro))
     mistakes: list[tuple[Callable[[Session], object], type[ModelMintError], str]] = [
-        (lambda s: ops.redeem_coupon(s, "acme", "EURO", "2026-11"), CurrencyMismatch, "in USD"),
-        (lambda s: ops.redeem_coupon(s, "acme", "GHOST", "2026-11"), NotFound, "no coupon"),
-        (lambda s: ops.redeem_coupon(s, "acme", "EURO", "2026-13"), InvalidPeriod, "1..12"),
-        (lambda s: ops.redeem_coupon(s, "acme", "EURO", "November"), InvalidPeriod, "a month"),
-        (lambda s: ops.redeem_coupon(s, "ghost", "EURO", "2026-11"), NotFound, "organisation"),
+        (
+            lambda s: ops.redeem_coupon(s, "acme", "EURO", "2026-11"),
+            CurrencyMismatch,
+            "in USD",
+        ),
+        (
+            lambda s: ops.redeem_coupon(s, "acme", "GHOST", "2026-11"),
+            NotFound,
+            "no coupon",
+        ),
+        (
+            lambda s: ops.redeem_coupon(s, "acme", "EURO", "2026-13"),
+            InvalidPeriod,
+            "1..12",
+        ),
+        (
+            lambda s: ops.redeem_coupon(s, "acme", "EURO", "November"),
+            InvalidPeriod,
+            "a month",
+        ),
+        (
+            lambda s: ops.redeem_coupon(s, "ghost", "EURO", "2026-11"),
+            NotFound,
+            "organisation",
+        ),
         (lambda s: ops.create_coupon(s, too_much), InvalidCoupon, "percent off"),
     ]
     for work, error, message in mistakes:
@@ -411,7 +434,7 @@ def test_a_tax_rate_is_set_from_a_decimal_string(database: Database, acme: str) 
             run(database, lambda s, p=percent: ops.set_tax_rate(s, "acme", "VAT", p))
     with pytest.raises(InvalidTaxRate, match="tax name"):
         run(database, lambda s: ops.set_tax_rate(s, "acme", " ", "5"))
-    rate = run(database, lambda s: BillingRepository(s).tax_rate(acme))
+    rate = run(database, lambda s: BillingStore(s).invoices.tax_rate(acme))
     assert rate is not None and (rate.name, str(rate.percent)) == ("VAT", "20.5")
 
 
@@ -475,13 +498,13 @@ def test_illegal_invoice_transitions_are_refused_and_change_nothing(
 
 
 def test_seeding_the_demo_twice_creates_everything_once(database: Database) -> None:
-    first = run(database, demo.seed_demo_billing)
+    first = run(database, demo_billing.seed_demo_billing)
     assert first["plans_published"] == ["free@v1", "starter@v1", "payg@v1", "enterprise@v1"]
     assert sorted(k["organization"] for k in first["keys"]) == ["demo-prepaid", "demo-subscription"]
     assert all(k["key"].startswith(k["prefix"]) for k in first["keys"])
     plans = run(database, ops.list_plans)
 
-    second = run(database, demo.seed_demo_billing)
+    second = run(database, demo_billing.seed_demo_billing)
     assert (second["plans_published"], second["keys"]) == ([], [])
     assert second["organizations"] == first["organizations"]
     assert run(database, ops.list_plans) == plans
@@ -499,7 +522,7 @@ def test_seeding_the_demo_twice_creates_everything_once(database: Database) -> N
 def test_the_demo_plans_price_the_bundled_models_with_tiers_for_the_rest(
     database: Database,
 ) -> None:
-    run(database, demo.seed_demo_billing)
+    run(database, demo_billing.seed_demo_billing)
     starter = run(database, lambda s: ops.show_plan(s, "starter"))
     prices = {(p["target"], p["metric"]): p["charge"] for p in starter["price_book"]["prices"]}
     assert prices[("smollm2-135m-instruct", "input_tokens")]["amount"] == "0.15"
@@ -518,12 +541,12 @@ def test_the_demo_plans_price_the_bundled_models_with_tiers_for_the_rest(
 
 def test_seeding_keeps_an_organisation_s_own_key_and_wallet(database: Database) -> None:
     def existing(session: Session) -> None:
-        org = accounts.create_org(session, demo.DEMO_PREPAID_ORG)
+        org = accounts.create_org(session, demo_billing.DEMO_PREPAID_ORG)
         accounts.create_key(session, org, name="mine")
 
     run(database, existing)
-    run(database, lambda s: ops.open_wallet(s, demo.DEMO_PREPAID_ORG, "USD"))
-    seeded = run(database, demo.seed_demo_billing)
-    assert [k["organization"] for k in seeded["keys"]] == [demo.DEMO_SUBSCRIPTION_ORG]
-    wallet = run(database, lambda s: ops.wallet_balance(s, demo.DEMO_PREPAID_ORG))
+    run(database, lambda s: ops.open_wallet(s, demo_billing.DEMO_PREPAID_ORG, "USD"))
+    seeded = run(database, demo_billing.seed_demo_billing)
+    assert [k["organization"] for k in seeded["keys"]] == [demo_billing.DEMO_SUBSCRIPTION_ORG]
+    wallet = run(database, lambda s: ops.wallet_balance(s, demo_billing.DEMO_PREPAID_ORG))
     assert wallet["balance"] == "0"  # an existing wallet is not topped up behind one's back

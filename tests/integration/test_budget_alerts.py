@@ -12,11 +12,10 @@ import openai
 import pytest
 from sqlalchemy import select
 
-from modelmint import accounts
+from modelmint import accounts, billing_admin
 from modelmint.billing import InvalidBudget, Money, PrepaidPlan, SubscriptionPlan
 from modelmint.billing.periods import Period
-from modelmint.billing.repository import BillingRepository
-from modelmint.charging import budget_operations
+from modelmint.billing.store import BillingStore
 from modelmint.charging.settlement import Charger
 from modelmint.metering import UsageEvent, UsageWriter
 from modelmint.storage import Database
@@ -102,10 +101,10 @@ def spent(database: Database, writer: UsageWriter) -> str:
     """Organisation acme on a subscription, charged 0.90 USD this month (9 requests)."""
     with database.session() as session:
         org = accounts.create_org(session, "acme")
-        repo = BillingRepository(session)
+        store = BillingStore(session)
         plan = SubscriptionPlan("pro", 1, Money(D("10"), "USD"), PRICES)
-        repo.publish_plan(plan)
-        repo.subscribe(org.id, plan.ref, Period.containing(datetime.now(UTC)).start)
+        store.plans.publish_plan(plan)
+        store.subscriptions.subscribe(org.id, plan.ref, Period.containing(datetime.now(UTC)).start)
         org_id = org.id
     for n in range(9):  # 0.05 a request + 5 output tokens at 0.01
         event = UsageEvent(
@@ -121,14 +120,14 @@ def test_a_budget_set_below_the_month_s_spend_raises_what_it_passed(
     database: Database, spent: str
 ) -> None:
     with database.session() as session:
-        budget = budget_operations.set_budget(session, "acme", "1.00", "USD")
+        budget = billing_admin.set_budget(session, "acme", "1.00", "USD")
     assert (budget["spent"], budget["alerts_raised"]) == ("0.90", [50, 80])
     with database.session() as session:
-        lower = budget_operations.set_budget(session, "acme", "0.50", "USD")
+        lower = billing_admin.set_budget(session, "acme", "0.50", "USD")
     assert lower["alerts_raised"] == [100]  # 50 and 80 % were raised this month already
     assert alerts(database, "budget") == [("", 50, ""), ("", 80, ""), ("", 100, "")]
     with database.session() as session:
-        [listed] = budget_operations.list_alerts(session, "acme", limit=1)
+        [listed] = billing_admin.list_alerts(session, "acme", limit=1)
     assert (listed["threshold"], listed["payload"]["used"]) == (100, "0.90")
 
 
@@ -136,16 +135,16 @@ def test_setting_a_budget_again_keeps_its_kind_and_thresholds(
     database: Database, spent: str
 ) -> None:
     with database.session() as session:
-        budget_operations.set_budget(session, "acme", "5", "USD", hard=False, thresholds=[40])
+        billing_admin.set_budget(session, "acme", "5", "USD", hard=False, thresholds=[40])
     with database.session() as session:
-        again = budget_operations.set_budget(session, "acme", "8", "USD")
+        again = billing_admin.set_budget(session, "acme", "8", "USD")
     assert (again["limit"], again["hard"], again["thresholds"]) == ("8", False, [40])
     with database.session() as session:
-        hard = budget_operations.set_budget(session, "acme", "8", "USD", hard=True)
+        hard = billing_admin.set_budget(session, "acme", "8", "USD", hard=True)
     assert (hard["hard"], hard["thresholds"]) == (True, [40])
     with database.session() as session:
         key = accounts.create_key(session, accounts.get_org(session, "acme"), name="k")[0].id
-        fresh = budget_operations.set_budget(session, "acme", "8", "USD", key=key)
+        fresh = billing_admin.set_budget(session, "acme", "8", "USD", key=key)
     assert (fresh["hard"], fresh["thresholds"]) == (True, [50, 80, 100])  # a new budget
 
 
@@ -156,10 +155,10 @@ def test_thresholds_past_100_percent_are_refused_and_change_nothing(
         pytest.raises(InvalidBudget, match=r"1 to 100; got 150") as refused,
         database.session() as session,
     ):
-        budget_operations.set_budget(session, "acme", "5", "USD", thresholds=[50, 150])
+        billing_admin.set_budget(session, "acme", "5", "USD", thresholds=[50, 150])
     assert (refused.value.status_code, refused.value.exit_code) == (400, 2)
     with database.session() as session:
-        assert budget_operations.list_budgets(session, "acme") == []
+        assert billing_admin.list_budgets(session, "acme") == []
 
 
 def test_listed_alerts_name_the_metric_an_allowance_alert_counts(
@@ -167,13 +166,13 @@ def test_listed_alerts_name_the_metric_an_allowance_alert_counts(
 ) -> None:
     period = Period.containing(datetime.now(UTC))
     with database.session() as session:
-        repo = BillingRepository(session)
+        store = BillingStore(session)
         for kind, subject in (("allowance", "output_tokens"), ("credit", "USD")):
-            repo.raise_alert(
+            store.alerts.raise_alert(
                 spent, api_key_id="", kind=kind, subject=subject, period=period,
                 threshold=80, payload={},
             )  # fmt: skip
-        listed = budget_operations.list_alerts(session, "acme")
+        listed = billing_admin.list_alerts(session, "acme")
     assert {a["kind"]: a["metric"] for a in listed} == {
         "allowance": "output_tokens",
         "credit": None,

@@ -27,7 +27,7 @@ from modelmint.billing import (
     SubscriptionPlan,
 )
 from modelmint.billing.periods import Period
-from modelmint.billing.repository import BillingRepository
+from modelmint.billing.store import BillingStore
 from modelmint.charging.lease_store import DatabaseLeaseStore
 from modelmint.charging.leases import CreditLeases, LeaseLost, Pool
 from modelmint.charging.reservations import hold_budget, reserve
@@ -43,23 +43,23 @@ PRICE = FlatRate(D("0.01"))  # per output token
 def prepaid_org(database: Database, name: str, credit: str) -> str:
     with database.session() as session:
         org = accounts.create_org(session, name)
-        repo = BillingRepository(session)
+        repo = BillingStore(session)
         book = PriceBook("USD", {("*", Metric.OUTPUT_TOKENS): PRICE})
-        plan = repo.publish_plan(PrepaidPlan("payg", 1, book))
-        repo.subscribe(org.id, plan.ref, Period.containing(datetime.now(UTC)).start)
-        wallet = repo.open_wallet(org.id, "USD")
+        plan = repo.plans.publish_plan(PrepaidPlan("payg", 1, book))
+        repo.subscriptions.subscribe(org.id, plan.ref, Period.containing(datetime.now(UTC)).start)
+        wallet = repo.wallets.open_wallet(org.id, "USD")
         wallet.top_up(Money(D(credit), "USD"), at=datetime.now(UTC))
-        repo.save_wallet(wallet)
+        repo.wallets.save_wallet(wallet)
         return org.id
 
 
 def wallet_sums(database: Database, org: str) -> tuple[Decimal, Decimal, Decimal]:
     """The wallet row's balance, held and leased, after checking its ledger."""
     with database.session() as session:
-        repo = BillingRepository(session)
+        repo = BillingStore(session)
         row = session.scalar(select(BillingWallet).where(BillingWallet.organization_id == org))
         assert row is not None
-        repo.audit_wallet(row.id)
+        repo.ledger.audit_wallet(row.id)
         assert row.balance - row.held - row.leased >= 0
         open_amounts = session.scalars(
             select(BillingCreditLease.amount).where(
@@ -128,11 +128,13 @@ def test_a_budget_lease_counts_against_the_month(
 ) -> None:
     with database.session() as session:
         org = accounts.create_org(session, "globex").id
-        repo = BillingRepository(session)
+        repo = BillingStore(session)
         book = PriceBook("USD", {("*", Metric.OUTPUT_TOKENS): PRICE})
-        plan = repo.publish_plan(SubscriptionPlan("pro", 1, Money(D("1"), "USD"), price_book=book))
-        repo.subscribe(org, plan.ref, Period.containing(datetime.now(UTC)).start)
-        repo.set_budget(org, "", Budget(Money(D("4.00"), "USD"), hard=True))
+        plan = repo.plans.publish_plan(
+            SubscriptionPlan("pro", 1, Money(D("1"), "USD"), price_book=book)
+        )
+        repo.subscriptions.subscribe(org, plan.ref, Period.containing(datetime.now(UTC)).start)
+        repo.budgets.set_budget(org, "", Budget(Money(D("4.00"), "USD"), hard=True))
     month = Period.containing(datetime.now(UTC))
     pool = Pool.budget(org, "USD", "", month.start)
     granted = store.open(pool, D("10"), D("0.5"))
@@ -143,7 +145,7 @@ def test_a_budget_lease_counts_against_the_month(
     assert hold_budget(database, org, "key", month, "USD", D("2.00"), budgets) == ("",)
     # The budget made soft: nothing is leasable any more, the holder hands back.
     with database.session() as session:
-        BillingRepository(session).set_budget(org, "", Budget(Money(D("4.00"), "USD"), False))
+        BillingStore(session).budgets.set_budget(org, "", Budget(Money(D("4.00"), "USD"), False))
     assert store.renew(granted.lease_id, pool, D("1"), D("0.5")).low
     store.close(granted.lease_id, pool)
     with database.session() as session:

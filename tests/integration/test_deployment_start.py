@@ -70,7 +70,7 @@ class FakeClassifier:
 
 
 class Gateway:
-    """A router wired to the registry the way the gateway's platform wires it."""
+    """A router wired to the registry the way the platform (modelmint.platform) wires it."""
 
     def __init__(self, database: Database) -> None:
         self.built: list[FakeClassifier] = []

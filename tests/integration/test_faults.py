@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from modelmint.billing import FlatRate, Metric, PrepaidPlan, PriceBook
-from modelmint.billing.repository import BillingRepository
+from modelmint.billing.store import BillingStore
 from modelmint.serving.token_estimate import estimate_tokens
 from tests.integration.test_gateway_billing import subscribe
 from tests.integration.test_gateway_remote import (  # noqa: F401 - fixtures
@@ -47,10 +47,10 @@ def spent(gw: Gateway) -> Decimal:
     """What the organisation's wallet has paid so far: its own ledger, and what requests
     consumed through credit leases that their next renewal posts to the ledger."""
     with gw.database.session() as session:
-        repo = BillingRepository(session)
-        wallet = repo.load_wallet(gw.org_id, "USD")
-        left = repo.audit_wallet(wallet.id)
-        pending = repo.credit_pending(wallet.id)
+        store = BillingStore(session)
+        wallet = store.wallets.load_wallet(gw.org_id, "USD")
+        left = store.ledger.audit_wallet(wallet.id)
+        pending = store.wallets.credit_pending(wallet.id)
     return D(CREDIT) - left.amount + pending
 
 

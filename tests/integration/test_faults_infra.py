@@ -30,13 +30,13 @@ from sqlalchemy import Engine, event, select
 from sqlalchemy.engine import make_url
 
 from modelmint import accounts, registry
+from modelmint.app import create_app
 from modelmint.billing import FlatRate, Metric, Money, PrepaidPlan, PriceBook
 from modelmint.billing.periods import Period
-from modelmint.billing.repository import BillingRepository
+from modelmint.billing.store import BillingStore
 from modelmint.config import Settings
-from modelmint.gateway.app import create_app
-from modelmint.gateway.platform import Platform
 from modelmint.observability.metrics import RATE_LIMIT_FALLBACKS
+from modelmint.platform import Platform
 from modelmint.storage import Database, migrate
 from modelmint.storage.tables import UsageRecord
 from tests.support.mock_upstream import MockUpstream
@@ -141,13 +141,15 @@ def seed(database: Database, upstream: MockUpstream, *, paid: bool) -> str:
         _, secret = accounts.create_key(session, org, name="faults")
         registry.add_remote_model(session, "chat", base_url=upstream.base_url, upstream_model="m")
         if paid:
-            repo = BillingRepository(session)
+            store = BillingStore(session)
             plan = PrepaidPlan("payg", 1, PRICES)
-            repo.publish_plan(plan)
-            repo.subscribe(org.id, plan.ref, Period.containing(datetime.now(UTC)).start)
-            wallet = repo.open_wallet(org.id, "USD")
+            store.plans.publish_plan(plan)
+            store.subscriptions.subscribe(
+                org.id, plan.ref, Period.containing(datetime.now(UTC)).start
+            )
+            wallet = store.wallets.open_wallet(org.id, "USD")
             wallet.top_up(Money(D("100"), "USD"), at=datetime.now(UTC))
-            repo.save_wallet(wallet)
+            store.wallets.save_wallet(wallet)
     return secret
 
 
@@ -197,8 +199,10 @@ async def test_a_lost_database_fails_paid_requests_closed_and_the_gateway_recove
     assert served_while_down <= 1
     with direct.session() as session:
         rows = list(session.scalars(select(UsageRecord)))
-        repo = BillingRepository(session)
-        left = repo.audit_wallet(repo.load_wallet(rows[0].organization_id, "USD").id)
+        store = BillingStore(session)
+        left = store.ledger.audit_wallet(
+            store.wallets.load_wallet(rows[0].organization_id, "USD").id
+        )
     assert {r.status_code for r in rows} == {200}
     assert left == Money(D("100") - len(rows) * D("0.05"), "USD")
     direct.dispose()

@@ -26,7 +26,7 @@ from modelmint.billing import (
     SubscriptionPlan,
 )
 from modelmint.billing.periods import Period
-from modelmint.billing.repository import BillingRepository
+from modelmint.billing.store import BillingStore
 from modelmint.storage.tables import BillingReservation
 from tests.integration.test_gateway_remote import (  # noqa: F401 - fixtures
     ADMIN_TOKEN,
@@ -51,14 +51,14 @@ CHARGE = D("0.01") * 9 + D("0.05")  # what every answer of the mock costs
 
 def subscribe(gw: Gateway, plan: Plan, credit: str | None = None) -> None:
     with gw.database.session() as session:
-        repo = BillingRepository(session)
-        repo.publish_plan(plan)
+        store = BillingStore(session)
+        store.plans.publish_plan(plan)
         start = Period.containing(datetime.now(UTC)).start
-        repo.subscribe(gw.org_id, plan.ref, start)
+        store.subscriptions.subscribe(gw.org_id, plan.ref, start)
         if credit is not None:
-            wallet = repo.open_wallet(gw.org_id, "USD")
+            wallet = store.wallets.open_wallet(gw.org_id, "USD")
             wallet.top_up(Money(D(credit), "USD"), at=datetime.now(UTC))
-            repo.save_wallet(wallet)
+            store.wallets.save_wallet(wallet)
 
 
 def hard_key_budget(gw: Gateway, amount: str, thresholds: tuple[int, ...]) -> None:
@@ -66,7 +66,7 @@ def hard_key_budget(gw: Gateway, amount: str, thresholds: tuple[int, ...]) -> No
     subscribe(gw, SubscriptionPlan("pro", 1, Money(D("10"), "USD"), PRICES))
     with gw.database.session() as session:
         budget = Budget(Money(D(amount), "USD"), hard=True, thresholds=thresholds)
-        BillingRepository(session).set_budget(gw.org_id, gw.key_id, budget)
+        BillingStore(session).budgets.set_budget(gw.org_id, gw.key_id, budget)
 
 
 def refusals(reason: str) -> float:
@@ -101,9 +101,9 @@ async def test_a_prepaid_wallet_pays_until_it_cannot_cover_the_worst_case(
     )
     assert [r.charge for r in rows if r.status_code != 200] == [None]  # the refusal's record
     with gateway.database.session() as session:
-        repo = BillingRepository(session)
-        wallet = repo.load_wallet(gateway.org_id, "USD")
-        assert repo.audit_wallet(wallet.id) == Money(D("0.50") - 3 * CHARGE, "USD")
+        store = BillingStore(session)
+        wallet = store.wallets.load_wallet(gateway.org_id, "USD")
+        assert store.ledger.audit_wallet(wallet.id) == Money(D("0.50") - 3 * CHARGE, "USD")
         assert (
             session.scalars(
                 select(BillingReservation).where(BillingReservation.closed_at.is_(None))
@@ -160,9 +160,9 @@ async def test_a_hard_key_budget_refuses_once_its_month_is_spent(
     assert "this API key's monthly budget of 0.40 USD is reached" in refused.value.message
     await gateway.usage_rows()
     with gateway.database.session() as session:
-        repo = BillingRepository(session)
+        store = BillingStore(session)
         period = Period.containing(datetime.now(UTC)).start
-        spend = repo.lock_spend(gateway.org_id, [gateway.key_id], period, "USD")
+        spend = store.budgets.lock_spend(gateway.org_id, [gateway.key_id], period, "USD")
     assert spend[gateway.key_id] == (2 * CHARGE, D(0))  # the refused hold was given back
 
 

@@ -22,10 +22,10 @@ from pydantic import SecretStr
 from sqlalchemy import select
 
 from modelmint import accounts, registry
+from modelmint.app import create_app
 from modelmint.config import Settings
-from modelmint.gateway.app import create_app
-from modelmint.gateway.platform import Platform
 from modelmint.metering import UsageEvent
+from modelmint.platform import Platform
 from modelmint.serving.token_estimate import estimate_tokens
 from modelmint.storage import Database
 from modelmint.storage.tables import UsageRecord

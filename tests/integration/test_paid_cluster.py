@@ -35,7 +35,7 @@ from modelmint.billing import (
     SubscriptionPlan,
 )
 from modelmint.billing.periods import Period
-from modelmint.billing.repository import BillingRepository
+from modelmint.billing.store import BillingStore
 from modelmint.storage import Database, migrate
 from modelmint.storage.tables import (
     BillingCreditLease,
@@ -112,19 +112,19 @@ def _setup(
     with database.session() as session:
         org = accounts.create_org(session, "paying-customer")
         _, key = accounts.create_key(session, org)
-        repo = BillingRepository(session)
+        store = BillingStore(session)
         book = PriceBook("USD", {("*", metric): charge for metric, charge in prices.items()})
         if credit is not None:
-            plan = repo.publish_plan(PrepaidPlan("payg", 1, book))
+            plan = store.plans.publish_plan(PrepaidPlan("payg", 1, book))
         else:
-            plan = repo.publish_plan(SubscriptionPlan("pro", 1, Money(D("0"), "USD"), book))
-        repo.subscribe(org.id, plan.ref, Period.containing(datetime.now(UTC)).start)
+            plan = store.plans.publish_plan(SubscriptionPlan("pro", 1, Money(D("0"), "USD"), book))
+        store.subscriptions.subscribe(org.id, plan.ref, Period.containing(datetime.now(UTC)).start)
         if credit is not None:
-            wallet = repo.open_wallet(org.id, "USD")
+            wallet = store.wallets.open_wallet(org.id, "USD")
             wallet.top_up(Money(D(credit), "USD"), at=datetime.now(UTC), reference="payment")
-            repo.save_wallet(wallet)
+            store.wallets.save_wallet(wallet)
         if budget is not None:
-            repo.set_budget(org.id, "", Budget(Money(D(budget), "USD"), hard=True))
+            store.budgets.set_budget(org.id, "", Budget(Money(D(budget), "USD"), hard=True))
         return org.id, key
 
 
@@ -190,12 +190,14 @@ def assert_books_balance(cluster: Cluster, credit: Decimal) -> int:
     counting what open leases consumed but have not yet posted to the ledger (their
     ``pending``); returns how many requests were metered (all of them charged)."""
     with cluster.database.session() as session:
-        repo = BillingRepository(session)
+        store = BillingStore(session)
         wallet = session.scalar(
             select(BillingWallet).where(BillingWallet.organization_id == cluster.org)
         )
         assert wallet is not None
-        balance = repo.audit_wallet(wallet.id).amount  # the ledger explains the running sums
+        balance = store.ledger.audit_wallet(
+            wallet.id
+        ).amount  # the ledger explains the running sums
         assert balance >= 0 and wallet.balance - wallet.held - wallet.leased >= 0
         metered = session.execute(
             select(UsageRecord.status_code, UsageRecord.charge).where(

@@ -14,13 +14,12 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import select
 
-from modelmint import accounts
+from modelmint import accounts, billing_admin
 from modelmint.accounts.keys import hash_secret, lookup_key_by_hash
 from modelmint.billing.invoices import InvoiceStatus
 from modelmint.billing.periods import Period
-from modelmint.billing.repository import BillingRepository
-from modelmint.charging import operations
-from modelmint.charging.closing import close_period
+from modelmint.billing.store import BillingStore
+from modelmint.billing_admin import close_period
 from modelmint.errors import Conflict, InvalidRequest
 from modelmint.payments.collection import Payments
 from modelmint.payments.dunning import DunningSchedule
@@ -76,8 +75,8 @@ def closed_month(database: Database, org: str) -> tuple[str, str]:
     finalized; returns (organisation id, invoice id)."""
     with database.session() as session:
         org_id = accounts.ensure_org(session, org).id
-        operations.publish_plan(session, MONTHLY_PLAN)
-        operations.subscribe(session, org, "pro", at=NOVEMBER.start)
+        billing_admin.publish_plan(session, MONTHLY_PLAN)
+        billing_admin.subscribe(session, org, "pro", at=NOVEMBER.start)
     [closed] = close_period(database, NOVEMBER, organization=org, now=CLOSED_AT)
     assert closed.invoice.status.value == "finalized"
     return org_id, closed.invoice.id
@@ -85,7 +84,7 @@ def closed_month(database: Database, org: str) -> tuple[str, str]:
 
 def invoice_status(database: Database, invoice_id: str) -> str:
     with database.session() as session:
-        return BillingRepository(session).load_invoice(invoice_id).status.value
+        return BillingStore(session).invoices.load_invoice(invoice_id).status.value
 
 
 def save_card(payments: Payments, localstripe: LocalStripe, org: str, number: str) -> None:
@@ -98,7 +97,7 @@ def save_card(payments: Payments, localstripe: LocalStripe, org: str, number: st
 
 def paid_credit(database: Database, org: str) -> Decimal:
     with database.session() as session:
-        return Decimal(operations.wallet_balance(session, org, "USD")["balance"])
+        return Decimal(billing_admin.wallet_balance(session, org, "USD")["balance"])
 
 
 def test_a_saved_card_pays_the_closed_month_to_the_cent(
@@ -112,7 +111,7 @@ def test_a_saved_card_pays_the_closed_month_to_the_cent(
     assert payment["status"] == "succeeded"
     assert invoice_status(database, invoice_id) == "paid"
     with database.session() as session:
-        total = BillingRepository(session).load_invoice(invoice_id).total
+        total = BillingStore(session).invoices.load_invoice(invoice_id).total
     assert payment["amount_minor"] == total.to_minor_units() == 3000
     intent = localstripe.client.v1.payment_intents.retrieve(payment["intent_id"])
     account = payments.account("acme")
@@ -188,7 +187,7 @@ def test_a_top_up_is_credited_once_however_its_events_arrive(
     waiting = payments.top_up("acme", "25.00", "USD")
     assert waiting["status"] == "requires_action"
     with database.session() as session:
-        assert operations.wallet_currencies(session, waiting["organization_id"]) == []
+        assert billing_admin.wallet_currencies(session, waiting["organization_id"]) == []
 
     def deliver(event_id: str, kind: str) -> str:
         event = intent_event(event_id, kind, waiting["intent_id"], waiting["id"], 2500)
@@ -218,7 +217,7 @@ def test_a_top_up_is_credited_once_however_its_events_arrive(
 
     assert paid_credit(database, "acme") == Decimal("25.00")
     with database.session() as session:
-        ledger = operations.wallet_ledger(session, "acme", "USD")
+        ledger = billing_admin.wallet_ledger(session, "acme", "USD")
         grants = [entry for entry in ledger["entries"] if entry.get("reference") == waiting["id"]]
         assert len(grants) == 1
         events = {e.id: e.outcome for e in session.scalars(select(PaymentEvent))}
@@ -286,7 +285,7 @@ def test_a_paid_invoice_is_refunded_in_full_and_voided_once(
         "succeeded",
     )
     with database.session() as session:
-        invoice = BillingRepository(session).load_invoice(invoice_id)
+        invoice = BillingStore(session).invoices.load_invoice(invoice_id)
     assert invoice.status.value == "void" and invoice.stamp(InvoiceStatus.PAID) is not None
     assert invoice.total.to_minor_units() == 3000  # the bill itself is unchanged
     with pytest.raises(Conflict, match="only a paid invoice"):
@@ -299,7 +298,7 @@ def test_an_invoice_paid_by_hand_is_not_refunded_through_the_provider(
 ) -> None:
     _, invoice_id = closed_month(database, "acme")
     with database.session() as session:
-        operations.pay_invoice(session, invoice_id)
+        billing_admin.pay_invoice(session, invoice_id)
     with pytest.raises(Conflict, match="marked paid by hand"):
         payments.refund_invoice(invoice_id)
     assert invoice_status(database, invoice_id) == "paid"

@@ -30,8 +30,8 @@ from modelmint.billing import (
     tiers_up_to,
 )
 from modelmint.billing.periods import Period
-from modelmint.billing.repository import BillingRepository
-from modelmint.charging.closing import close_period
+from modelmint.billing.store import BillingStore
+from modelmint.billing_admin import close_period
 from modelmint.charging.reservations import hold_budget, release_budget, release_stale, reserve
 from modelmint.charging.settlement import Charger
 from modelmint.metering import UsageEvent, UsageWriter
@@ -66,9 +66,9 @@ def writer(database: Database) -> Iterator[UsageWriter]:
 def setup_org(database: Database, name: str, plan: SubscriptionPlan | PrepaidPlan) -> str:
     with database.session() as session:
         org = accounts.create_org(session, name)
-        repo = BillingRepository(session)
-        repo.publish_plan(plan)
-        repo.subscribe(org.id, plan.ref, Period.containing(datetime.now(UTC)).start)
+        store = BillingStore(session)
+        store.plans.publish_plan(plan)
+        store.subscriptions.subscribe(org.id, plan.ref, Period.containing(datetime.now(UTC)).start)
         return org.id
 
 
@@ -145,8 +145,10 @@ def test_a_hard_budget_holds_the_worst_case_and_settles_the_actual(
 ) -> None:
     org = setup_org(database, "initech", pro_plan())
     with database.session() as session:
-        BillingRepository(session).set_budget(org, "", Budget(Money(D("1.00"), "USD"), hard=True))
-        BillingRepository(session).set_budget(
+        BillingStore(session).budgets.set_budget(
+            org, "", Budget(Money(D("1.00"), "USD"), hard=True)
+        )
+        BillingStore(session).budgets.set_budget(
             org, "key_1", Budget(Money(D("0.20"), "USD"), hard=False, thresholds=(50, 100))
         )
     period = Period.containing(datetime.now(UTC))
@@ -163,7 +165,7 @@ def test_a_hard_budget_holds_the_worst_case_and_settles_the_actual(
     hold_budget(database, org, "key_1", period, "USD", D("0.70"), budgets)  # 0.30 + 0.70 fits
     release_budget(database, org, "key_1", period, "USD", D("0.70"), ("",))
     with database.session() as session:
-        spend = BillingRepository(session).lock_spend(org, ["key_1"], period.start, "USD")
+        spend = BillingStore(session).budgets.lock_spend(org, ["key_1"], period.start, "USD")
         alerts = session.scalars(select(BillingAlert).where(BillingAlert.kind == "budget")).all()
     assert spend == {"": (D("0.30"), D(0)), "key_1": (D("0.30"), D(0))}
     # The key's soft budget of 0.20 was passed (50% and 100%); the org's 1.00 is at 30%.
@@ -177,10 +179,10 @@ def test_prepaid_requests_settle_their_reservations_exactly(
     book = PriceBook("USD", {("*", Metric.OUTPUT_TOKENS): FlatRate(D("0.01"))})
     org = setup_org(database, "globex", PrepaidPlan("payg", 1, book))
     with database.session() as session:
-        repo = BillingRepository(session)
-        wallet = repo.open_wallet(org, "USD")
+        store = BillingStore(session)
+        wallet = store.wallets.open_wallet(org, "USD")
         wallet.grant(Money(D("1.00"), "USD"), at=datetime.now(UTC))
-        repo.save_wallet(wallet)
+        store.wallets.save_wallet(wallet)
         wallet_id = wallet.id
 
     first = reserve(database, org, "USD", D("0.50"), "req_a")
@@ -196,10 +198,10 @@ def test_prepaid_requests_settle_their_reservations_exactly(
     assert release_stale(database, timedelta(seconds=-1)) == 1
 
     with database.session() as session:
-        repo = BillingRepository(session)
-        balance = repo.audit_wallet(wallet_id)
+        store = BillingStore(session)
+        balance = store.ledger.audit_wallet(wallet_id)
         assert balance == Money(D("0.93"), "USD")  # only the served request's 7 tokens
-        assert repo.wallet_reserved(wallet_id) == Money(D(0), "USD")
+        assert store.wallets.wallet_reserved(wallet_id) == Money(D(0), "USD")
         charges = {
             r.id: r.charge
             for r in session.scalars(select(UsageRecord).where(UsageRecord.organization_id == org))
@@ -214,21 +216,21 @@ def test_credit_that_expired_unrecorded_is_written_off_before_a_hold(
     org = setup_org(database, "umbrella", PrepaidPlan("payg", 1, book))
     now = datetime.now(UTC)
     with database.session() as session:
-        repo = BillingRepository(session)
-        wallet = repo.open_wallet(org, "USD")
+        store = BillingStore(session)
+        wallet = store.wallets.open_wallet(org, "USD")
         wallet.grant(
             Money(D("1.00"), "USD"),
             at=now - timedelta(hours=2),
             expires_at=now - timedelta(hours=1),
         )
         wallet.top_up(Money(D("0.50"), "USD"), at=now - timedelta(hours=2))
-        repo.save_wallet(wallet)
+        store.wallets.save_wallet(wallet)
         wallet_id = wallet.id
     # The wallet row still counts the expired 1.00: the one-statement hold must not use it.
     assert reserve(database, org, "USD", D("0.40"), "req_1")
     with pytest.raises(InsufficientCredit, match=r"up to 0\.20 USD, 0\.10 is available"):
         reserve(database, org, "USD", D("0.20"), "req_2")
     with database.session() as session:
-        repo = BillingRepository(session)
-        assert repo.audit_wallet(wallet_id) == Money(D("0.50"), "USD")  # 1.00 written off
-        assert repo.wallet_reserved(wallet_id) == Money(D("0.40"), "USD")
+        store = BillingStore(session)
+        assert store.ledger.audit_wallet(wallet_id) == Money(D("0.50"), "USD")  # 1.00 written off
+        assert store.wallets.wallet_reserved(wallet_id) == Money(D("0.40"), "USD")

@@ -10,9 +10,8 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
-from modelmint import accounts
+from modelmint import accounts, billing_admin
 from modelmint.billing import PrepaidPlan
-from modelmint.charging import budget_operations
 from modelmint.clock import utcnow
 from modelmint.storage.tables import PaymentAccount, UsageRecord
 from tests.integration.test_gateway_billing import PRICES, subscribe
@@ -65,9 +64,9 @@ async def test_usage_and_balance_are_the_callers_own_and_exact(
         second, second_secret = accounts.create_key(session, acme, name="second")
         globex = accounts.ensure_org(session, "globex")
         _, globex_secret = accounts.create_key(session, globex, name="g")
-        budget_operations.set_budget(session, "acme", "3.00", "USD")
-        budget_operations.set_budget(session, "acme", "1.00", "USD", key=second.id)
-        budget_operations.set_budget(session, "acme", "2.00", "USD", key=gateway.key_id)
+        billing_admin.set_budget(session, "acme", "3.00", "USD")
+        billing_admin.set_budget(session, "acme", "1.00", "USD", key=second.id)
+        billing_admin.set_budget(session, "acme", "2.00", "USD", key=gateway.key_id)
     for model in ("mock", "mock", "mock-b"):
         await ask(gateway.http, model)
     async with other_client(gateway, second_secret) as second_http:

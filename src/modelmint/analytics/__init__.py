@@ -33,8 +33,6 @@ Modules, one concept each:
     repricing    pricing period totals under a plan; allowance sharing; elasticity
     simulator    replaying a period's usage under candidate prices and plans
     simulation   the simulator's results
-    demo_traffic labelled demo customers and a month of realistic traffic, replayed
-                 through the gateway's HTTP API
 """
 
 from modelmint.analytics.breakdown import (

@@ -29,16 +29,15 @@ from modelmint.analytics.ratios import percent, ratio
 from modelmint.analytics.rollups import read_sums
 from modelmint.billing.exact import EXACT, exact_sum
 from modelmint.billing.periods import Period, utc
+from modelmint.billing.store.reporting import subscription_starts
 from modelmint.clock import utcnow
-from modelmint.storage.tables import (
-    AnalyticsUsageDaily,
-    BillingPlanVersion,
-    BillingSubscription,
-)
+from modelmint.storage.tables import AnalyticsUsageDaily
 
 __all__ = ["Cohort", "CohortReport", "MonthGrowth", "cohorts"]
 
 _ZERO = Decimal(0)
+# The plan kinds whose subscription makes an organisation a paying one from its start.
+_PAID_KINDS = ("subscription", "enterprise")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,13 +86,7 @@ def _first_months(session: Session, currency: str) -> dict[str, str]:
     usage = select(AnalyticsUsageDaily.organization_id, func.min(AnalyticsUsageDaily.day))
     for org, day in session.execute(usage.group_by(AnalyticsUsageDaily.organization_id)):
         first[org] = utc(day)
-    paid = (
-        select(BillingSubscription.organization_id, BillingSubscription.starts_at)
-        .join(BillingPlanVersion, BillingPlanVersion.id == BillingSubscription.plan_version_id)
-        .where(BillingPlanVersion.kind.in_(("subscription", "enterprise")))
-        .where(BillingPlanVersion.currency == currency)
-    )
-    for org, starts in session.execute(paid):
+    for org, starts in subscription_starts(session, currency, _PAID_KINDS):
         if org not in first or starts < first[org]:
             first[org] = starts
     return {org: _label(Period.containing(moment)) for org, moment in first.items()}

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from modelmint.billing.money import Money
+from modelmint.billing.store.reporting import plan_currencies
 from modelmint.errors import InvalidRequest
-from modelmint.storage.tables import BillingPlanVersion
 
 __all__ = ["DEFAULT_CURRENCY", "report_currency"]
 
@@ -28,7 +27,7 @@ def report_currency(session: Session, currency: str | None = None) -> str:
             raise InvalidRequest(
                 f"{currency!r} is not a three-letter currency code", param="currency"
             ) from None
-    found = sorted(set(session.scalars(select(BillingPlanVersion.currency).distinct())))
+    found = sorted(plan_currencies(session))
     if not found:
         return DEFAULT_CURRENCY
     if len(found) > 1:

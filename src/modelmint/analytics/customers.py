@@ -6,20 +6,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from modelmint import accounts
 from modelmint.analytics.breakdown import Breakdown, BreakdownRow, Dimension, breakdown
 from modelmint.billing.exact import EXACT
 from modelmint.billing.periods import Period
-from modelmint.clock import utcnow
-from modelmint.storage.tables import (
-    BillingInvoice,
-    BillingPlanVersion,
-    BillingSubscription,
-    BillingWallet,
+from modelmint.billing.store.reporting import (
+    current_plan_version,
+    organization_invoices,
+    organization_wallets,
 )
+from modelmint.clock import utcnow
 
 __all__ = [
     "CustomerDetail",
@@ -81,16 +79,8 @@ class CustomerDetail:
 
 
 def _current_plan(session: Session, organization_id: str, now: datetime) -> str | None:
-    row = session.execute(
-        select(BillingPlanVersion.code, BillingPlanVersion.version)
-        .join(BillingSubscription, BillingSubscription.plan_version_id == BillingPlanVersion.id)
-        .where(
-            BillingSubscription.organization_id == organization_id,
-            BillingSubscription.starts_at <= now,
-            BillingSubscription.ends_at.is_(None) | (BillingSubscription.ends_at > now),
-        )
-    ).first()
-    return None if row is None else f"{row.code}@v{row.version}"
+    found = current_plan_version(session, organization_id, now)
+    return None if found is None else f"{found[0]}@v{found[1]}"
 
 
 def customer_detail(
@@ -104,16 +94,8 @@ def customer_detail(
     """Returns the ``CustomerDetail`` of ``organization`` (name or id; ``NotFound`` if
     unknown) with its usage by model in ``period``."""
     org = accounts.get_org(session, organization)
-    invoices = session.scalars(
-        select(BillingInvoice)
-        .where(BillingInvoice.organization_id == org.id)
-        .order_by(BillingInvoice.period_start.desc(), BillingInvoice.id)
-    )
-    wallets = session.scalars(
-        select(BillingWallet)
-        .where(BillingWallet.organization_id == org.id)
-        .order_by(BillingWallet.currency)
-    )
+    invoices = organization_invoices(session, org.id)
+    wallets = organization_wallets(session, org.id)
     return CustomerDetail(
         organization_id=org.id,
         name=org.name,

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from modelmint.analytics.windows import DAY, to_day
@@ -24,7 +23,7 @@ from modelmint.billing.money import Money
 from modelmint.billing.periods import Period
 from modelmint.billing.proration import accrued
 from modelmint.billing.serialization import money_from_dict
-from modelmint.storage.tables import BillingPlanVersion, BillingSubscription
+from modelmint.billing.store.reporting import subscription_terms
 
 __all__ = ["FeeSpan", "accrue", "fee_spans"]
 
@@ -45,22 +44,8 @@ class FeeSpan:
 
 def fee_spans(session: Session, window: Period, currency: str) -> list[FeeSpan]:
     """Subscriptions with a fee in ``currency`` that run for some of ``window``."""
-    rows = session.execute(
-        select(
-            BillingSubscription.organization_id,
-            BillingSubscription.starts_at,
-            BillingSubscription.ends_at,
-            BillingPlanVersion.code,
-            BillingPlanVersion.kind,
-            BillingPlanVersion.terms,
-        )
-        .join(BillingPlanVersion, BillingPlanVersion.id == BillingSubscription.plan_version_id)
-        .where(BillingSubscription.starts_at < window.end)
-        .where(BillingSubscription.ends_at.is_(None) | (BillingSubscription.ends_at > window.start))
-        .where(BillingPlanVersion.currency == currency)
-    )
     spans = []
-    for org, starts, ends, code, kind, terms in rows:
+    for org, starts, ends, code, kind, terms in subscription_terms(session, window, currency):
         if "fee" not in terms:
             continue  # free and prepaid plans have none
         fee = money_from_dict(terms["fee"], "plan fee")

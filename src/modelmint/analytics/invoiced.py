@@ -14,12 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from modelmint.billing.exact import EXACT
 from modelmint.billing.periods import Period
-from modelmint.storage.tables import BillingInvoice, BillingInvoiceLine
+from modelmint.billing.store.reporting import invoice_line_amounts, invoices_starting_in
 
 __all__ = ["BILLED_STATUSES", "InvoicedRevenue", "invoiced_revenue"]
 
@@ -56,15 +55,9 @@ def invoiced_revenue(
     starts inside ``window`` (of one organisation, by id, if given): totals (billed,
     subtotal, discount, tax, total, paid) and sums of fee and usage lines per
     organisation, plan code and model."""
-    query = select(BillingInvoice).where(
-        BillingInvoice.period_start >= window.start,
-        BillingInvoice.period_start < window.end,
-        BillingInvoice.currency == currency,
-        BillingInvoice.status.in_(BILLED_STATUSES),
+    invoices = invoices_starting_in(
+        session, window, currency, BILLED_STATUSES, organization=organization
     )
-    if organization is not None:
-        query = query.where(BillingInvoice.organization_id == organization)
-    invoices = list(session.scalars(query))
     sums = {name: _ZERO for name in ("billed", "subtotal", "discount", "tax", "total", "paid")}
     for invoice in invoices:
         for name in ("subtotal", "discount", "tax", "total"):
@@ -76,17 +69,7 @@ def invoiced_revenue(
     by_plan: dict[str, Decimal] = {}
     by_model: dict[str, Decimal] = {}
     if invoices:
-        lines = session.execute(
-            select(
-                BillingInvoiceLine.invoice_id,
-                BillingInvoiceLine.plan_code,
-                BillingInvoiceLine.model,
-                BillingInvoiceLine.amount,
-            ).where(
-                BillingInvoiceLine.invoice_id.in_(list(owners)),
-                BillingInvoiceLine.kind.in_(_BILLED_LINES),
-            )
-        )
+        lines = invoice_line_amounts(session, list(owners), _BILLED_LINES)
         for invoice_id, plan_code, model, amount in lines:
             sums["billed"] = EXACT.add(sums["billed"], amount)
             _add(by_org, owners[invoice_id], amount)

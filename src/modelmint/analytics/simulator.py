@@ -42,7 +42,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from modelmint import accounts
@@ -68,11 +67,11 @@ from modelmint.billing.periods import Period
 from modelmint.billing.plans import Plan, PlanRef, PrepaidPlan, SubscriptionPlan
 from modelmint.billing.price_book import PriceBook
 from modelmint.billing.rating import ChargedTotal
-from modelmint.billing.repository import BillingRepository
+from modelmint.billing.store import BillingStore
+from modelmint.billing.store.reporting import plan_codes, subscribed_organizations
 from modelmint.billing.subscriptions import Subscription, SubscriptionTimeline
 from modelmint.errors import InvalidRequest
 from modelmint.metering.rollups import EconomicsSums
-from modelmint.storage.tables import BillingPlanVersion, BillingSubscription
 
 __all__ = ["OrgSimulation", "PlanOption", "Simulation", "simulate"]
 
@@ -86,11 +85,11 @@ class _Candidates:
     """Current plan versions -> the plans the candidate file puts in their place."""
 
     def __init__(
-        self, candidate: CandidatePrices, repo: BillingRepository, currency: str, codes: set[str]
+        self, candidate: CandidatePrices, repo: BillingStore, currency: str, codes: set[str]
     ) -> None:
         self._candidate = candidate
         self._currency = currency
-        self._catalog = repo.plan_catalog()
+        self._catalog = repo.plans.plan_catalog()
         self._codes = codes  # current plan codes in ``currency``
         self._mapped: dict[PlanRef, Plan] = {}
 
@@ -194,17 +193,6 @@ def _observe(session: Session, period: Period, currency: str) -> dict[str, _Obse
     return observed
 
 
-def _subscribed(session: Session, period: Period, currency: str) -> set[str]:
-    rows = session.scalars(
-        select(BillingSubscription.organization_id)
-        .join(BillingPlanVersion, BillingPlanVersion.id == BillingSubscription.plan_version_id)
-        .where(BillingSubscription.starts_at < period.end)
-        .where(BillingSubscription.ends_at.is_(None) | (BillingSubscription.ends_at > period.start))
-        .where(BillingPlanVersion.currency == currency)
-    )
-    return set(rows)
-
-
 # -- one organisation --------------------------------------------------------------------------
 
 
@@ -219,7 +207,7 @@ class _Line:
 
 
 def _lines(
-    repo: BillingRepository,
+    repo: BillingStore,
     organization_id: str,
     period: Period,
     spans: tuple[Subscription, ...],
@@ -229,7 +217,7 @@ def _lines(
     by rollup quantities of metrics the plan did not bill (latest version of a code)."""
     plans = {s.plan.ref: s.plan for s in spans}
     totals: dict[PlanRef, list[ChargedTotal]] = defaultdict(list)
-    for charged in repo.usage_totals(organization_id, period.start):
+    for charged in repo.usage.usage_totals(organization_id, period.start):
         totals[charged.total.key.plan].append(charged)
     latest = {ref.code: ref for ref in sorted(plans)}
     lines = []
@@ -279,7 +267,7 @@ def _unpriced(exc: PriceNotFound, name: str) -> InvalidRequest:
 
 
 def _simulate_org(
-    repo: BillingRepository,
+    repo: BillingStore,
     candidates: _Candidates,
     organization_id: str,
     name: str,
@@ -287,7 +275,7 @@ def _simulate_org(
     observed: _Observed | None,
     elasticity: Decimal | None,
 ) -> OrgSimulation:
-    timeline = repo.timeline(organization_id)
+    timeline = repo.subscriptions.timeline(organization_id)
     spans = timeline.in_period(period)
     actual_fees = exact_sum(c.amount.amount for c in timeline.fee_charges(period))
     moved = SubscriptionTimeline(
@@ -395,13 +383,8 @@ def simulate(
     -10..0) models demand."""
     elasticity = checked_elasticity(elasticity)
     code = report_currency(session, currency or candidate.currency)
-    repo = BillingRepository(session)
-    codes = set(
-        session.scalars(
-            select(BillingPlanVersion.code).where(BillingPlanVersion.currency == code).distinct()
-        )
-    )
-    candidates = _Candidates(candidate, repo, code, codes)
+    repo = BillingStore(session)
+    candidates = _Candidates(candidate, repo, code, plan_codes(session, code))
     observed = _observe(session, period, code)
     names = organization_names(session)
     assigned = {accounts.get_org(session, org).id: plan for org, plan in candidate.assign.items()}
@@ -409,7 +392,7 @@ def simulate(
         _simulate_org(
             repo, candidates, org, names.get(org, org), period, observed.get(org), elasticity
         )
-        for org in sorted(_subscribed(session, period, code) - set(assigned))
+        for org in sorted(subscribed_organizations(session, period, code) - set(assigned))
     ]
     results += [
         _assigned(repo, candidates, org, names.get(org, org), plan_code, period, observed.get(org))
@@ -426,7 +409,7 @@ def simulate(
 
 
 def _assigned(
-    repo: BillingRepository,
+    repo: BillingStore,
     candidates: _Candidates,
     organization_id: str,
     name: str,
@@ -436,7 +419,7 @@ def _assigned(
 ) -> OrgSimulation:
     """An organisation the file moves to ``plan_code`` for the whole period (its observed
     usage, no demand change)."""
-    subscribed = bool(repo.timeline(organization_id).in_period(period))
+    subscribed = bool(repo.subscriptions.timeline(organization_id).in_period(period))
     actual = (
         _simulate_org(repo, candidates, organization_id, name, period, observed, None)
         if subscribed

@@ -1,7 +1,7 @@
 """Billing: the pure domain that turns metered usage into money owed and paid.
 
 Plain Python and the standard library only (no web framework, no ORM): the
-gateway, the CLI and a storage repository are adapters around it. Money is exact
+gateway, the CLI and the billing store (``billing.store``) are adapters around it. Money is exact
 ``Decimal``, never float; amounts keep full precision and are rounded once, per
 invoice line, half-even to the currency's minor units (see ``money``).
 

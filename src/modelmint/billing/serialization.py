@@ -1,7 +1,7 @@
 """Serialization: billing's domain objects as JSON-ready dicts, and back, exactly.
 
 The one wire and storage format of price books, plans, credit grants, coupons and
-tax rates (the repository keeps these documents in JSON columns; the CLI reads
+tax rates (the billing store keeps these documents in JSON columns; the CLI reads
 price-book files in it). Rules:
 
 * Decimals are strings in plain notation (``"0.00000015"``, never ``1.5E-7`` and

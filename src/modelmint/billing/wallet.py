@@ -26,8 +26,8 @@ next time the wallet is touched (entries stay in time order). Funds reserved
 before an expiry may still settle the request they were reserved for.
 
 This is the single-writer domain model; making concurrent gateways agree (row
-locks) is the repository's job, on top of these rules. The gateway itself does not
-put its per-request holds in the ledger: ``BillingRepository.hold_credit`` keeps
+locks) is the billing store's job, on top of these rules. The gateway itself does not
+put its per-request holds in the ledger: ``HoldStore.hold_credit`` keeps
 them as a sum on the wallet row (one statement per request), and the metering
 writer then ``consume``s each request's actual cost. A stored wallet is rebuilt
 with ``Wallet.restore`` from a *snapshot* (live grants with what is left of them,

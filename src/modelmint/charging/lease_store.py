@@ -22,21 +22,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
 from modelmint.billing import Money
 from modelmint.billing.budgets import DEFAULT_THRESHOLDS, crossed
 from modelmint.billing.exact import EXACT
 from modelmint.billing.periods import Period
-from modelmint.billing.repository import BillingRepository
+from modelmint.billing.store import BillingStore
+from modelmint.billing.store.leases import StoredLease
+from modelmint.charging.alerts import announce, threshold_alert
 from modelmint.charging.leases import Granted, LeaseLost, Pool, fair_share
-from modelmint.charging.settlement import announce, threshold_alert
 from modelmint.clock import utcnow
 from modelmint.ids import new_id
 from modelmint.observability.metrics import BILLING_SHORTFALLS
 from modelmint.storage.db import Database
-from modelmint.storage.tables import BillingBudget, BillingCreditLease, BillingSpend, BillingWallet
 
 __all__ = ["DatabaseLeaseStore", "holder_name"]
 
@@ -86,8 +85,9 @@ class DatabaseLeaseStore:
             if grant < minimum or grant <= 0:
                 return None
             expires = self._expiry(now, row)
-            lease = BillingCreditLease(
-                id=new_id("lse"),
+            lease_id = new_id("lse")
+            BillingStore(session).leases.add(
+                lease_id,
                 kind=pool.kind,
                 organization_id=pool.organization_id,
                 currency=pool.currency,
@@ -96,20 +96,17 @@ class DatabaseLeaseStore:
                 period_start=pool.period_start,
                 holder=self.holder,
                 amount=grant,
-                granted=grant,
-                consumed=_ZERO,
-                created_at=now,
+                now=now,
                 expires_at=expires,
             )
-            session.add(lease)
             self._set_leased(session, pool, row, EXACT.add(row.leased, grant))
-            return Granted(lease.id, grant, expires, now, low=False)
+            return Granted(lease_id, grant, expires, now, low=False)
 
     def renew(self, lease_id: str, pool: Pool, change: Decimal, minimum: Decimal) -> Granted:
         with self._database.session() as session:
             now = utcnow()
             row = self._lock(session, pool, now)
-            lease = _lock_open(session, lease_id)
+            lease = BillingStore(session).leases.lock_open(lease_id)
             if lease is None:
                 self._captured.pop(lease_id, None)
                 raise LeaseLost(lease_id)
@@ -135,7 +132,7 @@ class DatabaseLeaseStore:
         with self._database.session() as session:
             now = utcnow()
             row = self._lock(session, pool, now)
-            lease = _lock_open(session, lease_id)
+            lease = BillingStore(session).leases.lock_open(lease_id)
             if lease is not None and row is not None:
                 self._finish(session, pool, row, lease, now)
 
@@ -145,25 +142,13 @@ class DatabaseLeaseStore:
         """Close the leases whose holders stopped renewing them; returns how many."""
         now = utcnow()
         with self._database.session() as session:
-            due = session.execute(
-                select(BillingCreditLease.id, *_POOL_COLUMNS).where(
-                    BillingCreditLease.closed_at.is_(None), BillingCreditLease.expires_at < now
-                )
-            ).all()
+            due = BillingStore(session).leases.expired(now)
         closed = 0
         for lease_id, kind, organization_id, currency, scope, period_start in due:
             pool = _pool(kind, organization_id, currency, scope, period_start)
             with self._database.session() as session:
                 row = self._lock(session, pool, now)
-                lease = session.scalar(
-                    select(BillingCreditLease)
-                    .where(
-                        BillingCreditLease.id == lease_id,
-                        BillingCreditLease.closed_at.is_(None),
-                        BillingCreditLease.expires_at < now,
-                    )
-                    .with_for_update()
-                )
+                lease = BillingStore(session).leases.lock_expired(lease_id, now)
                 if lease is None or row is None:
                     continue  # renewed or closed meanwhile
                 log.warning(
@@ -185,27 +170,7 @@ class DatabaseLeaseStore:
         return self._lock_budget(session, pool)
 
     def _lock_wallet(self, session: Session, pool: Pool, now: datetime) -> _PoolRow | None:
-        where = (
-            BillingWallet.organization_id == pool.organization_id,
-            BillingWallet.currency == pool.currency,
-        )
-        if self._database.is_sqlite:  # take the write lock before reading (see _lock_wallet)
-            session.execute(
-                update(BillingWallet)
-                .where(*where)
-                .values(last_sequence=BillingWallet.last_sequence)
-            )
-        wallet = session.execute(
-            select(
-                BillingWallet.id,
-                BillingWallet.balance,
-                BillingWallet.held,
-                BillingWallet.leased,
-                BillingWallet.expires_next,
-            )
-            .where(*where)
-            .with_for_update()
-        ).one_or_none()
+        wallet = BillingStore(session).leases.lock_wallet_pool(pool.organization_id, pool.currency)
         if wallet is None:
             return None
         wallet_id, balance, held, leased, expires_next = wallet
@@ -218,38 +183,39 @@ class DatabaseLeaseStore:
 
     def _lock_budget(self, session: Session, pool: Pool) -> _PoolRow:
         assert pool.period_start is not None
-        budget = session.get(BillingBudget, (pool.organization_id, pool.scope))
-        spend = BillingRepository(session).lock_spend(
+        budgets = BillingStore(session).budgets
+        budget = budgets.budget(pool.organization_id, pool.scope)
+        spend = budgets.lock_spend(
             pool.organization_id, [pool.scope], pool.period_start, pool.currency
         )
         amount, held = spend[pool.scope]
-        leased = session.scalar(select(BillingSpend.leased).where(*_spend_row(pool))) or _ZERO
+        leased = budgets.leased(pool.organization_id, pool.scope, pool.period_start)
         ends = Period.containing(pool.period_start).end
-        if budget is None or not budget.hard or budget.currency != pool.currency:
+        if budget is None or not budget.hard or budget.limit.currency != pool.currency:
             # Removed, made soft or re-denominated since the lease was opened: nothing to lease.
             return _PoolRow(pool.scope, _ZERO, leased, ends, low=True)
-        free = EXACT.subtract(budget.amount, EXACT.add(EXACT.add(amount, held), leased))
+        limit = budget.limit.amount
+        free = EXACT.subtract(limit, EXACT.add(EXACT.add(amount, held), leased))
         return _PoolRow(pool.scope, free, leased, ends)
 
     def _set_leased(self, session: Session, pool: Pool, row: _PoolRow, leased: Decimal) -> None:
+        store = BillingStore(session)
         if pool.kind == "wallet":
-            session.execute(
-                update(BillingWallet).where(BillingWallet.id == row.key).values(leased=leased)
-            )
+            store.leases.set_wallet_leased(row.key, leased)
         else:
-            session.execute(update(BillingSpend).where(*_spend_row(pool)).values(leased=leased))
+            assert pool.period_start is not None
+            store.budgets.set_leased(pool.organization_id, pool.scope, pool.period_start, leased)
         row.leased = leased
 
     def _share(self, session: Session, pool: Pool, row: _PoolRow, mine: str | None) -> Decimal:
         """The most one lease may take now (``fair_share``)."""
-        others = (
-            select(func.count())
-            .select_from(BillingCreditLease)
-            .where(BillingCreditLease.closed_at.is_(None), *_same_pool(pool, row))
-        )
-        if mine is not None:
-            others = others.where(BillingCreditLease.id != mine)
-        return fair_share(row.free, session.scalar(others) or 0)
+        leases = BillingStore(session).leases
+        if pool.kind == "wallet":
+            others = leases.open_count(wallet_id=row.key, other_than=mine)
+        else:
+            budget = (pool.organization_id, pool.scope, pool.period_start)
+            others = leases.open_count(budget=budget, other_than=mine)
+        return fair_share(row.free, others)
 
     def _expiry(self, now: datetime, row: _PoolRow) -> datetime:
         expires = now + self._ttl
@@ -264,7 +230,7 @@ class DatabaseLeaseStore:
         return True
 
     def _finish(
-        self, session: Session, pool: Pool, row: _PoolRow, lease: BillingCreditLease, now: datetime
+        self, session: Session, pool: Pool, row: _PoolRow, lease: StoredLease, now: datetime
     ) -> None:
         """Post what ``lease`` consumed, hand back the rest (its pool ``row`` is locked)
         and close it."""
@@ -275,7 +241,7 @@ class DatabaseLeaseStore:
         lease.closed_at = now
 
     def _capture(
-        self, session: Session, pool: Pool, row: _PoolRow, lease: BillingCreditLease, now: datetime
+        self, session: Session, pool: Pool, row: _PoolRow, lease: StoredLease, now: datetime
     ) -> None:
         """Post to the wallet's ledger what requests admitted against ``lease`` consumed
         since the last capture (``pending``): one consumption, from the grants in spend
@@ -283,9 +249,9 @@ class DatabaseLeaseStore:
         pending = lease.pending
         if pool.kind != "wallet" or pending <= 0:
             return
-        repo = BillingRepository(session)
-        wallet = repo.load_wallet(pool.organization_id, pool.currency, reservations=())
-        granted, before = repo.wallet_usage(wallet.id)
+        store = BillingStore(session)
+        wallet = store.wallets.load_wallet(pool.organization_id, pool.currency, reservations=())
+        granted, before = store.wallets.wallet_usage(wallet.id)
         moments = [t for t in (wallet.last_at, lease.last_consumed_at) if t is not None]
         at = max(moments, default=now)
         covered = min(pending, wallet.available(at).amount)
@@ -298,14 +264,14 @@ class DatabaseLeaseStore:
                 lease.id, pending, covered, wallet.id, EXACT.subtract(pending, covered),
                 wallet.currency,
             )  # fmt: skip
-        repo.save_wallet(wallet)
-        _, after = repo.wallet_usage(wallet.id)
+        store.wallets.save_wallet(wallet)
+        _, after = store.wallets.wallet_usage(wallet.id)
         for percent in crossed(DEFAULT_THRESHOLDS, before, after, granted):
             alert = threshold_alert(
                 pool.organization_id, "", "credit", wallet.currency, Period.containing(at),
                 percent, now, used=after, limit=granted, currency=wallet.currency,
             )  # fmt: skip
-            if repo.raise_alert(
+            if store.alerts.raise_alert(
                 pool.organization_id,
                 api_key_id="",
                 kind="credit",
@@ -320,24 +286,6 @@ class DatabaseLeaseStore:
         self._set_leased(session, pool, row, max(EXACT.subtract(row.leased, pending), _ZERO))
 
 
-_POOL_COLUMNS = (
-    BillingCreditLease.kind,
-    BillingCreditLease.organization_id,
-    BillingCreditLease.currency,
-    BillingCreditLease.api_key_id,
-    BillingCreditLease.period_start,
-)
-
-
-def _lock_open(session: Session, lease_id: str) -> BillingCreditLease | None:
-    """The lease's row, locked, if it is still open."""
-    return session.scalar(
-        select(BillingCreditLease)
-        .where(BillingCreditLease.id == lease_id, BillingCreditLease.closed_at.is_(None))
-        .with_for_update()
-    )
-
-
 def _pool(
     kind: str, organization_id: str, currency: str, scope: str, period_start: datetime | None
 ) -> Pool:
@@ -345,22 +293,3 @@ def _pool(
         return Pool.wallet(organization_id, currency)
     assert period_start is not None
     return Pool.budget(organization_id, currency, scope, period_start)
-
-
-def _spend_row(pool: Pool) -> tuple[ColumnElement[bool], ...]:
-    return (
-        BillingSpend.organization_id == pool.organization_id,
-        BillingSpend.api_key_id == pool.scope,
-        BillingSpend.period_start == pool.period_start,
-    )
-
-
-def _same_pool(pool: Pool, row: _PoolRow) -> tuple[ColumnElement[bool], ...]:
-    if pool.kind == "wallet":
-        return (BillingCreditLease.wallet_id == row.key,)
-    return (
-        BillingCreditLease.kind == "budget",
-        BillingCreditLease.organization_id == pool.organization_id,
-        BillingCreditLease.api_key_id == pool.scope,
-        BillingCreditLease.period_start == pool.period_start,
-    )

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from modelmint.billing import Budget, FreeTierPlan, Metric, Plan
 from modelmint.billing.exact import Quantity, plus
 from modelmint.billing.periods import Period
-from modelmint.billing.repository import BillingRepository
+from modelmint.billing.store import BillingStore
 
 __all__ = ["BillingProfile", "load_profile"]
 
@@ -44,16 +44,16 @@ class BillingProfile:
 
 
 def load_profile(session: Session, organization_id: str, at: datetime) -> BillingProfile:
-    repo = BillingRepository(session)
-    subscription = repo.timeline(organization_id).active_at(at)
+    store = BillingStore(session)
+    subscription = store.subscriptions.timeline(organization_id).active_at(at)
     if subscription is None:
         return BillingProfile(organization_id, None)
     plan = subscription.plan
     period = Period.containing(at)
-    budgets = MappingProxyType(repo.budgets(organization_id))
+    budgets = MappingProxyType(store.budgets.budgets(organization_id))
     used: dict[Metric, Quantity] = {}
     if isinstance(plan, FreeTierPlan):
-        for charged in repo.usage_totals(organization_id, period.start):
+        for charged in store.usage.usage_totals(organization_id, period.start):
             key = charged.total.key
             if key.plan == plan.ref:
                 used[key.metric] = plus(used.get(key.metric, 0), charged.total.included)

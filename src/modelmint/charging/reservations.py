@@ -19,17 +19,15 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import select
-
 from modelmint.billing import Budget
 from modelmint.billing.errors import BudgetExceeded, InsufficientCredit
 from modelmint.billing.exact import EXACT
 from modelmint.billing.periods import Period
-from modelmint.billing.repository import BillingRepository
+from modelmint.billing.store import BillingStore
+from modelmint.billing.store.budgets import BudgetStore
 from modelmint.clock import utcnow
 from modelmint.errors import NotFound
 from modelmint.storage.db import Database
-from modelmint.storage.tables import BillingReservation, BillingWallet
 
 __all__ = ["hold_budget", "release_budget", "release_stale", "reserve", "wallet_instant"]
 
@@ -55,15 +53,18 @@ def reserve(
     try once more, so the refusal states what is really available.
     """
     with database.session() as session:
-        held = BillingRepository(session).hold_credit(
+        held = BillingStore(session).holds.hold_credit(
             organization_id, currency, amount, reference, utcnow()
         )
     if held is not None:
         return held
     with database.session() as session:
-        repo = BillingRepository(session)
+        store = BillingStore(session)
+        wallets = store.wallets
         try:
-            wallet = repo.load_wallet(organization_id, currency, for_update=True, reservations=())
+            wallet = wallets.load_wallet(
+                organization_id, currency, for_update=True, reservations=()
+            )
         except NotFound:
             raise InsufficientCredit(
                 f"this organisation has no {currency} prepaid credit; top up its wallet",
@@ -73,10 +74,10 @@ def reserve(
             ) from None
         at = wallet_instant(wallet.last_at)
         wallet.expire(at)
-        repo.save_wallet(wallet)
-        held = repo.hold_credit(organization_id, currency, amount, reference, at)
+        wallets.save_wallet(wallet)
+        held = store.holds.hold_credit(organization_id, currency, amount, reference, at)
         if held is None:
-            taken = EXACT.add(repo.credit_held(wallet.id), repo.credit_leased(wallet.id))
+            taken = EXACT.add(wallets.credit_held(wallet.id), wallets.credit_leased(wallet.id))
             available = EXACT.subtract(wallet.available(at).amount, taken)
             raise InsufficientCredit(
                 f"prepaid credit is too low for this request: it may cost up to "
@@ -106,9 +107,9 @@ def hold_budget(
     leased of a month counts as spent.
     """
     with database.session() as session:
-        repo = BillingRepository(session)
-        spend = repo.lock_spend(organization_id, [api_key_id], period.start, currency)
-        leased = repo.spend_leased(organization_id, [api_key_id], period.start)
+        budget_store = BillingStore(session).budgets
+        spend = budget_store.lock_spend(organization_id, [api_key_id], period.start, currency)
+        leased = budget_store.spend_leased(organization_id, [api_key_id], period.start)
         scopes = []
         for scope, budget in sorted(budgets.items()):
             if budget.limit.currency != currency:
@@ -134,7 +135,7 @@ def hold_budget(
                     period_start=period.start,
                 )
             scopes.append(scope)
-        _shift_held(repo, organization_id, scopes, period, spend, worst)
+        _shift_held(budget_store, organization_id, scopes, period, spend, worst)
         return tuple(scopes)
 
 
@@ -149,13 +150,13 @@ def release_budget(
 ) -> None:
     """Give back a budget hold whose request was refused before it ran."""
     with database.session() as session:
-        repo = BillingRepository(session)
-        spend = repo.lock_spend(organization_id, [api_key_id], period.start, currency)
-        _shift_held(repo, organization_id, scopes, period, spend, -amount)
+        budget_store = BillingStore(session).budgets
+        spend = budget_store.lock_spend(organization_id, [api_key_id], period.start, currency)
+        _shift_held(budget_store, organization_id, scopes, period, spend, -amount)
 
 
 def _shift_held(
-    repo: BillingRepository,
+    budget_store: BudgetStore,
     organization_id: str,
     scopes: Sequence[str],
     period: Period,
@@ -166,38 +167,32 @@ def _shift_held(
     for scope in sorted(scopes):
         charged, held = spend[scope]
         left = max(EXACT.add(held, delta), Decimal(0))
-        repo.set_spend(organization_id, scope, period.start, amount=charged, held=left)
+        budget_store.set_spend(organization_id, scope, period.start, amount=charged, held=left)
 
 
 def release_stale(database: Database, older_than: timedelta) -> int:
     """Release reservations open for longer than ``older_than``; returns how many."""
     cutoff = utcnow() - older_than
     with database.session() as session:
-        stale = session.execute(
-            select(
-                BillingWallet.organization_id,
-                BillingWallet.currency,
-                BillingReservation.reservation_id,
-            )
-            .join(BillingWallet, BillingWallet.id == BillingReservation.wallet_id)
-            .where(BillingReservation.closed_at.is_(None), BillingReservation.created_at < cutoff)
-        ).all()
+        stale = BillingStore(session).holds.stale(cutoff)
     by_wallet: dict[tuple[str, str], list[str]] = {}
     for organization_id, currency, reservation_id in stale:
         by_wallet.setdefault((organization_id, currency), []).append(reservation_id)
     released = 0
     for (organization_id, currency), ids in sorted(by_wallet.items()):
         with database.session() as session:
-            repo = BillingRepository(session)
-            wallet = repo.load_wallet(organization_id, currency, for_update=True, reservations=ids)
+            wallets = BillingStore(session).wallets
+            wallet = wallets.load_wallet(
+                organization_id, currency, for_update=True, reservations=ids
+            )
             at = wallet_instant(wallet.last_at)
             booked = {r.id for r in wallet.open_reservations}  # held in the ledger
             for reservation_id in booked:
                 wallet.release(reservation_id, at=at)
             # The writer may have settled some meanwhile: only open ones are taken.
-            taken = repo.take_holds(wallet, [i for i in ids if i not in booked])
+            taken = wallets.take_holds(wallet, [i for i in ids if i not in booked])
             released += len(booked) + len(taken)
-            repo.save_wallet(wallet)
+            wallets.save_wallet(wallet)
     if released:
         log.warning("released %d stale wallet reservations", released)
     return released

@@ -20,7 +20,7 @@ All of it is set-based: each step is one multi-row statement for the whole batch
 is charged exactly once: a retried batch finds its rows stored and charges nothing
 twice.
 
-Most paid batches are *quick* (``QuickSettlement``): every charge is independent of
+Most paid batches are *quick* (``quick_settlement``): every charge is independent of
 the period's running totals (flat prices, no allowance: ``rating.LinearRates``), each
 request was admitted against a wallet lease or needs no wallet, and nothing else is
 held. Such a batch reads nothing: its charges go in the usage rows' insert, and the
@@ -44,22 +44,21 @@ below zero, and the shortfall is logged and stays on the invoice as money owed.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from modelmint.billing import Metric, Money, Plan, PlanRef, PrepaidPlan
-from modelmint.billing.budgets import DEFAULT_THRESHOLDS, alert_id, crossed
+from modelmint.billing.budgets import DEFAULT_THRESHOLDS, crossed
 from modelmint.billing.errors import PriceNotFound
-from modelmint.billing.exact import EXACT, Quantity, plus
-from modelmint.billing.periods import Period, utc
+from modelmint.billing.exact import EXACT, Quantity
+from modelmint.billing.periods import Period
 from modelmint.billing.rating import (
     ChargedTotal,
     LinearRates,
@@ -68,10 +67,12 @@ from modelmint.billing.rating import (
     UsageTotal,
     billed_quantities,
 )
-from modelmint.billing.repository import BillingRepository
+from modelmint.billing.store import BillingStore
 from modelmint.billing.wallet import Wallet, WalletSnapshot
+from modelmint.charging.alerts import announce, threshold_alert
 from modelmint.charging.leases import CreditLeases
 from modelmint.charging.quantities import measured
+from modelmint.charging.quick_settlement import QuickSettlement
 from modelmint.charging.reservations import wallet_instant
 from modelmint.charging.settlement_sql import (
     BatchKeys,
@@ -84,20 +85,12 @@ from modelmint.charging.settlement_sql import (
 from modelmint.clock import utcnow
 from modelmint.metering.events import UsageEvent
 from modelmint.observability.metrics import (
-    BILLING_ALERTS,
     BILLING_SHORTFALLS,
     CREDIT_LEASE_ADMISSIONS,
 )
 from modelmint.storage.batch import BatchSql, Rows, Statement
 
-__all__ = [
-    "BatchSettlement",
-    "Charger",
-    "QuickSettlement",
-    "Settled",
-    "announce",
-    "threshold_alert",
-]
+__all__ = ["BatchSettlement", "Charger", "Settled"]
 
 log = logging.getLogger(__name__)
 # Counted per batch when settled, not per request at admission: the hot path stays bare.
@@ -144,7 +137,7 @@ class Charger:
             if found is None:
                 return None
             rates[event.id] = found
-        return QuickSettlement(self, self._statements(sql), billed, rates)
+        return QuickSettlement(self.settled, self._statements(sql), billed, rates)
 
     def begin(
         self, sql: BatchSql, events: Sequence[UsageEvent], session: Callable[[], Session]
@@ -163,9 +156,9 @@ class Charger:
         billed = [e for e in events if e.plan_code is not None and e.plan_version is not None]
         unseen = {_ref(e) for e in billed} - set(self._plans)
         if unseen:
-            repo = BillingRepository(session())
+            plans = BillingStore(session()).plans
             for ref in sorted(unseen):
-                self._plans[ref] = repo.load_plan(ref.code, ref.version)
+                self._plans[ref] = plans.load_plan(ref.code, ref.version)
         return billed
 
     def _statements(self, sql: BatchSql) -> SettlementSql:
@@ -219,78 +212,6 @@ class Charger:
 
     def plan(self, event: UsageEvent) -> Plan:
         return self._plans[_ref(event)]
-
-
-class QuickSettlement:
-    """A batch settled without reads: its charges are known before the insert."""
-
-    def __init__(
-        self,
-        charger: Charger,
-        sql: SettlementSql,
-        billed: list[UsageEvent],
-        rates: dict[str, LinearRates],
-    ) -> None:
-        self._charger = charger
-        self._billed = billed
-        self.charges: dict[str, Decimal] = {}
-        # (organisation, period start, plan, model, metric) -> [quantity, included,
-        # amount, charges]: what the batch adds to each usage total
-        added: dict[tuple[str, datetime, PlanRef, str, Metric], list[Any]] = {}
-        pending: dict[str, Decimal] = {}
-        for event in billed:
-            amount = _ZERO
-            if event.status_code < 400:  # a failed request owes nothing
-                moment = event.created_at
-                if moment.tzinfo is not UTC:
-                    moment = utc(moment)
-                start = _month_start(moment.year, moment.month)
-                line = rates[event.id]
-                used = measured(
-                    event.endpoint, event.input_tokens, event.output_tokens, event.engine_ms
-                )
-                org, included = event.organization_id, line.included
-                for metric, unit in line.units.items():
-                    quantity = used[metric]
-                    slot = (org, start, line.plan, line.model, metric)
-                    sums = added.get(slot)
-                    if sums is None:
-                        sums = added[slot] = [0, 0, _ZERO, 0]
-                    sums[0] = plus(sums[0], quantity)
-                    sums[3] += 1
-                    if metric in included:
-                        sums[1] = plus(sums[1], quantity)
-                    elif unit:
-                        part = EXACT.multiply(unit, quantity)
-                        sums[2] = EXACT.add(sums[2], part)
-                        amount = EXACT.add(amount, part)
-            self.charges[event.id] = amount
-            if event.wallet_lease is not None and amount > 0:
-                lease = event.wallet_lease
-                pending[lease] = EXACT.add(pending.get(lease, _ZERO), amount)
-        self._leases = set(pending)
-        totals = []
-        for (org, start, plan, model, metric), (q, inside, total, count) in added.items():
-            key = UsageKey(plan, model, metric)
-            totals.append((org, start, key, ChargedTotal(UsageTotal(key, q, inside), total, count)))
-        organizations = sorted({e.organization_id for e in billed})
-        self._sql = sql
-        self._parts = (totals, sorted(pending.items()), organizations, utcnow())
-        self.statements = sql.quick(*self._parts) if sql.sqlite else []
-
-    def joined(self, insert: Statement) -> Statement | None:
-        """On PostgreSQL, the usage rows' ``insert`` and this batch's statements as one
-        (``SettlementSql.quick_with``); on SQLite None, ``statements`` go apart."""
-        return None if self._sql.sqlite else self._sql.quick_with(insert, *self._parts)
-
-    def holds(self, results: Sequence[Rows]) -> bool:
-        """Whether the bet held (``results``: the rows of ``statements``): no budgets to
-        keep spend for, and every lease open with room for what was added to it."""
-        seen = {row[0] for rows in results for row in rows if row}
-        return "#budget" not in seen and seen == self._leases
-
-    def committed(self, fresh: set[str], results: Sequence[Rows]) -> None:
-        self._charger.settled(self._billed, fresh, self.charges)
 
 
 class BatchSettlement:
@@ -582,11 +503,6 @@ def _through_lease(reads: BatchReads, event: UsageEvent, charge: Decimal) -> boo
     return True
 
 
-@functools.lru_cache(maxsize=4)
-def _month_start(year: int, month: int) -> datetime:
-    return Period.month(year, month).start
-
-
 def _ref(event: UsageEvent) -> PlanRef:
     assert event.plan_code is not None and event.plan_version is not None
     return PlanRef(event.plan_code, event.plan_version)
@@ -645,66 +561,6 @@ def _draw(lease: LeaseRow, charge: Decimal) -> Decimal:
     lease.consumed = EXACT.add(lease.consumed, taken)
     lease.changed = True
     return taken
-
-
-def threshold_alert(
-    organization_id: str,
-    api_key_id: str,
-    kind: str,
-    subject: str,
-    period: Period,
-    percent: int,
-    now: datetime,
-    *,
-    used: Decimal,
-    limit: Decimal,
-    **details: object,
-) -> dict[str, Any]:
-    """An alert row, raised once per (scope, kind, subject, period, threshold): its id is
-    derived from those, so a second raise is skipped by the insert."""
-    alert = alert_id(organization_id, api_key_id, kind, subject, period, percent)
-    payload: dict[str, object] = {
-        "id": alert,
-        "type": f"{kind}.threshold",
-        "organization_id": organization_id,
-        "api_key_id": api_key_id or None,
-        "period": str(period),
-        "threshold_percent": percent,
-        "used": f"{used:f}",
-        "limit": f"{limit:f}",
-        "raised_at": now.isoformat(),
-    }
-    if subject and kind == "allowance":
-        payload["metric"] = subject
-    payload.update({k: v for k, v in details.items() if v is not None})
-    return {
-        "id": alert,
-        "organization_id": organization_id,
-        "api_key_id": api_key_id,
-        "kind": kind,
-        "subject": subject,
-        "period_start": period.start,
-        "threshold": percent,
-        "payload": payload,
-        "created_at": now,
-    }
-
-
-def announce(alerts: Sequence[dict[str, Any]], stored: set[str]) -> None:
-    """Count and log the alerts a committed batch raised for the first time."""
-    for alert in alerts:
-        if alert["id"] not in stored:
-            continue
-        BILLING_ALERTS.labels(alert["kind"]).inc()
-        payload = alert["payload"]
-        log.warning(
-            "billing alert: %s of %s at %d%% (%s of %s)",
-            alert["kind"],
-            alert["api_key_id"] or alert["organization_id"],
-            alert["threshold"],
-            payload["used"],
-            payload["limit"],
-        )
 
 
 def _shortfall(event: UsageEvent, charged: Decimal, covered: Decimal) -> None:

@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 # The first key of PostgreSQL advisory locks that serialise rating per organisation
-# (the second is the organisation id's hash); ``BillingRepository.lock_usage`` takes
+# (the second is the organisation id's hash); ``UsageStore.lock_usage`` takes
 # the same lock.
 USAGE_LOCK_SPACE = 0x6D6D6272  # "mmbr"
 

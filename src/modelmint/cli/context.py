@@ -57,7 +57,7 @@ def settings() -> Settings:
 
 def open_database(config: Settings | None = None) -> Database:
     """The configured database, migrated to the newest schema."""
-    database = (config or settings()).database()
+    database = Database.from_settings(config or settings())
     migrate(database)
     return database
 

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from modelmint.analytics.demo_replay import DemoSettings, run_demo
 from modelmint.cli.context import console, settings
+from modelmint.demo.replay import DemoSettings, run_demo
 from modelmint.errors import InvalidRequest
 
 __all__ = ["demo"]

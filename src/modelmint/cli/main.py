@@ -13,7 +13,6 @@ import typer
 from rich.table import Table
 
 from modelmint import accounts
-from modelmint.accounts.erasure import delete_organization
 from modelmint.cli import billing, keys, models
 from modelmint.cli.context import console, err_console, open_database, session_scope
 from modelmint.cli.demo import demo
@@ -24,6 +23,7 @@ from modelmint.cli.reports import report
 from modelmint.cli.simulate import simulate_command
 from modelmint.cli.train import train_command
 from modelmint.cli.up import up
+from modelmint.erasure import delete_organization
 from modelmint.errors import ModelMintError
 
 app = typer.Typer(

@@ -15,10 +15,10 @@ import typer
 from sqlalchemy import select
 
 from modelmint import accounts, registry
-from modelmint.charging.demo import seed_demo_billing
 from modelmint.cli.context import console, open_database
 from modelmint.cli.context import settings as load_settings
 from modelmint.config import Settings
+from modelmint.demo.billing import seed_demo_billing
 from modelmint.errors import Conflict, InvalidRequest
 from modelmint.observability.logs import configure_logging
 from modelmint.storage.tables import ApiKey
@@ -197,7 +197,7 @@ def up(
         _prepare_metrics_dir(config)
     _banner(config, seeded, generated_admin)
     uvicorn.run(
-        "modelmint.gateway.server:app_from_env",
+        "modelmint.server:app_from_env",
         factory=True,
         workers=workers,
         host=config.host,

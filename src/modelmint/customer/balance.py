@@ -1,7 +1,7 @@
 """An organisation's own standing: prepaid credit, this month's budgets, and its limits.
 
-Composed from the operator's views (``charging.operations.wallet_balance``,
-``charging.budget_operations.list_budgets``), stripped of what is the operator's
+Composed from the operator's views (``billing_admin.wallet_balance``,
+``billing_admin.list_budgets``), stripped of what is the operator's
 business: grant internals, and (asked with a key) the budgets of the organisation's
 other keys.
 """
@@ -13,9 +13,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from modelmint import billing_admin
 from modelmint.accounts.keys import KeyInfo
 from modelmint.billing.exact import EXACT
-from modelmint.charging import budget_operations, operations
 from modelmint.storage.tables import Organization
 
 __all__ = ["balance"]
@@ -28,8 +28,8 @@ def balance(session: Session, organization: Organization, key: KeyInfo | None) -
     its own budget and limits are shown beside the organisation's.
     """
     credit = []
-    for currency in operations.wallet_currencies(session, organization.id):
-        wallet = operations.wallet_balance(session, organization.id, currency)
+    for currency in billing_admin.wallet_currencies(session, organization.id):
+        wallet = billing_admin.wallet_balance(session, organization.id, currency)
         credit.append(
             {
                 "currency": wallet["currency"],
@@ -39,7 +39,7 @@ def balance(session: Session, organization: Organization, key: KeyInfo | None) -
             }
         )
     budgets = []
-    for budget in budget_operations.list_budgets(session, organization.id):
+    for budget in billing_admin.list_budgets(session, organization.id):
         scope = budget["api_key_id"]
         if scope is not None and key is not None and scope != key.id:
             continue  # another key's budget: the caller's key sees only its own

@@ -17,9 +17,9 @@ from fastapi import Depends, Request, Response
 
 from modelmint.dashboard.forms import Form, parse_form
 from modelmint.dashboard.sessions import LOGIN_FORM_LIFETIME_S, DashboardSession, SessionSigner
-from modelmint.dashboard.throttle import LoginThrottle
 from modelmint.errors import AuthenticationError, PermissionDenied, ServiceUnavailable
-from modelmint.gateway.platform import Platform
+from modelmint.platform import Platform
+from modelmint.web.throttle import LoginThrottle
 
 __all__ = [
     "COOKIE_PATH",

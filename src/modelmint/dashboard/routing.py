@@ -23,7 +23,7 @@ from modelmint.dashboard.auth import LoginRequired, dashboard_auth
 from modelmint.dashboard.rendering import BASE, render
 from modelmint.dashboard.sessions import DashboardSession
 from modelmint.errors import ModelMintError, RateLimited
-from modelmint.gateway.errors import invalid_request
+from modelmint.web.errors import invalid_request
 
 __all__ = ["SECURITY_HEADERS", "DashboardRoute", "page", "redirect"]
 

@@ -46,7 +46,7 @@ _RECENT_COMMENTS = 10
 # A comment says why in a sentence or a paragraph; a longer text belongs elsewhere.
 MAX_COMMENT_CHARS = 2000
 # The gateway names a chat or completion answer ``chatcmpl-`` / ``cmpl-`` followed by the
-# request id without its ``req_`` (gateway.envelope): swapping the prefix back finds the
+# request id without its ``req_`` (inference.envelope): swapping the prefix back finds the
 # request with no lookup table to keep, so the request path stays as it is.
 _RESPONSE_ID_PREFIXES = ("chatcmpl-", "cmpl-")
 _REQUEST_ID_PREFIX = "req_"

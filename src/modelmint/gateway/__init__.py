@@ -1,5 +1,12 @@
-"""The HTTP face of ModelMint: OpenAI-compatible routes, admin routes, auth, errors."""
+"""The HTTP API of ModelMint: OpenAI-compatible routes, admin routes, API-key auth.
 
-from modelmint.gateway.app import create_app
+    fastpath  the paid model routes, answered straight from ASGI before FastAPI
+    deps      who calls: the API key or the admin token of a request
+    routes/   the other routes (admin, billing, payments, self-service, feedback, health)
+    api       the routers and docs pages mounted together, and the OpenAPI document
+    api_docs  the offline /docs and /redoc pages
 
-__all__ = ["create_app"]
+It builds on the composition root (``modelmint.platform``) and the shared web pieces
+(``modelmint.web``); the whole app, with the dashboard and the portal beside the API,
+is assembled in ``modelmint.app``.
+"""

@@ -1,4 +1,6 @@
-"""FastAPI dependencies shared by the routes.
+"""Who calls the API: the API key or the admin token of a request, as FastAPI dependencies.
+
+The running platform itself comes from ``modelmint.platform.PlatformDep``.
 
 All are ``async def``: FastAPI runs a plain ``def`` dependency on a worker thread,
 a thread hop per dependency per request.
@@ -14,26 +16,17 @@ from fastapi import Depends, Request
 from modelmint.accounts.keys import KeyInfo
 from modelmint.clock import utcnow
 from modelmint.errors import AuthenticationError, ModelMintError, PaymentRequired, RateLimited
-from modelmint.gateway.platform import Platform
 from modelmint.observability.metrics import AUTH_FAILURES
+from modelmint.platform import Platform, PlatformDep
 
 __all__ = [
     "AdminDep",
     "CurrentKey",
-    "PlatformDep",
     "authenticate",
     "bearer_token",
     "check_credentials",
     "refuse_if_throttled",
 ]
-
-
-async def _platform(request: Request) -> Platform:
-    platform: Platform = request.app.state.platform
-    return platform
-
-
-PlatformDep = Annotated[Platform, Depends(_platform)]
 
 
 def bearer_token(header: str | None) -> str | None:

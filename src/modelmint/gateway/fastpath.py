@@ -14,51 +14,63 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from modelmint.demo.names import DEMO_TIME_HEADER
 from modelmint.errors import InvalidRequest, MethodNotAllowed, ModelMintError
-from modelmint.gateway import demo_clock
 from modelmint.gateway.deps import known_key, refusal_of
-from modelmint.gateway.errors import error_response, invalid_request, unexpected_error
-from modelmint.gateway.inference import Answer, InferenceService
-from modelmint.gateway.middleware import header
-from modelmint.gateway.platform import Platform
-from modelmint.gateway.protocol import (
+from modelmint.inference.protocol import (
     ChatCompletionRequest,
     ClassificationRequest,
     CompletionRequest,
     EmbeddingRequest,
     RecommendationRequest,
 )
-from modelmint.gateway.responses import EventStreamResponse, OrjsonResponse
+from modelmint.inference.service import Answer, InferenceService
+from modelmint.platform import Platform
+from modelmint.web.errors import error_response, invalid_request, unexpected_error
+from modelmint.web.middleware import header
+from modelmint.web.responses import EventStreamResponse, OrjsonResponse
 
 __all__ = ["ModelRoute", "ModelRoutes", "openapi_paths"]
 
-Handler = Callable[[InferenceService, Any, str, Any], Awaitable[Answer]]
+# (service, key, request id, body, when to meter it: None for now) -> answer
+Handler = Callable[[InferenceService, Any, str, Any, datetime | None], Awaitable[Answer]]
 
 
-async def _chat(service: InferenceService, key: Any, request_id: str, body: Any) -> Answer:
-    return await service.chat(key, request_id, body)
+async def _chat(
+    service: InferenceService, key: Any, request_id: str, body: Any, at: datetime | None
+) -> Answer:
+    return await service.chat(key, request_id, body, at)
 
 
-async def _completion(service: InferenceService, key: Any, request_id: str, body: Any) -> Answer:
-    return await service.completion(key, request_id, body)
+async def _completion(
+    service: InferenceService, key: Any, request_id: str, body: Any, at: datetime | None
+) -> Answer:
+    return await service.completion(key, request_id, body, at)
 
 
-async def _embeddings(service: InferenceService, key: Any, request_id: str, body: Any) -> Answer:
-    return await service.embeddings(key, request_id, body)
+async def _embeddings(
+    service: InferenceService, key: Any, request_id: str, body: Any, at: datetime | None
+) -> Answer:
+    return await service.embeddings(key, request_id, body, at)
 
 
-async def _classify(service: InferenceService, key: Any, request_id: str, body: Any) -> Answer:
-    return await service.classify(key, request_id, body)
+async def _classify(
+    service: InferenceService, key: Any, request_id: str, body: Any, at: datetime | None
+) -> Answer:
+    return await service.classify(key, request_id, body, at)
 
 
-async def _recommend(service: InferenceService, key: Any, request_id: str, body: Any) -> Answer:
-    return await service.recommend(key, request_id, body)
+async def _recommend(
+    service: InferenceService, key: Any, request_id: str, body: Any, at: datetime | None
+) -> Answer:
+    return await service.recommend(key, request_id, body, at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,13 +177,11 @@ class ModelRoutes:
             count = len(body.texts if isinstance(body, EmbeddingRequest) else body.items)
             if count > limit:
                 raise InvalidRequest(f"at most {limit} inputs per request", param="input")
-        at = await demo_clock.requested_time(platform, scope, key)
+        # Resolved once, and handed to the service with this request alone.
+        at = await platform.demo_clock.requested_time(scope, key)
+        answer = await route.handler(platform.inference, key, state["request_id"], body, at)
         if at is not None:
-            # This request's own task: the value ends with it.
-            demo_clock.usage_time.set(at)
-        answer = await route.handler(platform.inference, key, state["request_id"], body)
-        if at is not None:
-            answer.headers[demo_clock.DEMO_TIME_HEADER] = at.isoformat()
+            answer.headers[DEMO_TIME_HEADER] = at.isoformat()
         if answer.stream is not None:
             return EventStreamResponse(answer.stream, answer.headers)
         return OrjsonResponse(answer.body, headers=answer.headers)

@@ -32,12 +32,11 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from modelmint import accounts
+from modelmint import accounts, billing_admin
 from modelmint.billing.invoices import InvoiceStatus
 from modelmint.billing.money import Money
-from modelmint.billing.repository import BillingRepository
 from modelmint.billing.serialization import Json
-from modelmint.charging import operations
+from modelmint.billing.store import BillingStore
 from modelmint.errors import Conflict, InvalidRequest, NotFound
 from modelmint.ids import new_id
 from modelmint.payments import status
@@ -48,13 +47,7 @@ from modelmint.payments.provider import (
     ChargeStatus,
     ProviderEvent,
 )
-from modelmint.storage.tables import (
-    BillingAlert,
-    BillingInvoice,
-    Payment,
-    PaymentAccount,
-    PaymentEvent,
-)
+from modelmint.storage.tables import Payment, PaymentAccount, PaymentEvent
 
 __all__ = ["INVOICE", "TOP_UP", "Payments"]
 
@@ -99,7 +92,7 @@ class Payments(PaymentCustomers):
     def collect_invoice(self, invoice_id: str) -> Json:
         """Charge a finalised invoice's total to the saved method, off session."""
         with self._db.session() as session:
-            invoice = BillingRepository(session).load_invoice(invoice_id)
+            invoice = BillingStore(session).invoices.load_invoice(invoice_id)
             if invoice.status is not InvoiceStatus.FINALIZED:
                 raise Conflict(
                     f"invoice {invoice_id} is {invoice.status.value}: only a finalized "
@@ -187,7 +180,7 @@ class Payments(PaymentCustomers):
         """Refund a paid invoice's payment in full and void the invoice; the refund is its
         credit note. Repeating it after a crash refunds nothing twice (same key)."""
         with self._db.session() as session:
-            invoice = BillingRepository(session).load_invoice(invoice_id)
+            invoice = BillingStore(session).invoices.load_invoice(invoice_id)
             if invoice.status is not InvoiceStatus.PAID:
                 raise Conflict(
                     f"invoice {invoice_id} is {invoice.status.value}: only a paid invoice is "
@@ -212,11 +205,11 @@ class Payments(PaymentCustomers):
         now = self._clock()
         with self._db.session() as session:
             payment = _locked_payment(session, payment_id)
-            repo = BillingRepository(session)
-            invoice = repo.load_invoice(invoice_id)
+            stored = BillingStore(session).invoices
+            invoice = stored.load_invoice(invoice_id)
             if invoice.status is InvoiceStatus.PAID:
                 invoice.void_refunded(now)
-                repo.save_invoice(invoice)
+                stored.save_invoice(invoice)
             payment.status = REFUNDED
             payment.refund_id = refund_id
             payment.updated_at = now
@@ -461,12 +454,12 @@ class Payments(PaymentCustomers):
 
     def _succeeded(self, session: Session, payment: Payment, now: datetime) -> None:
         if payment.kind == INVOICE and payment.invoice_id is not None:
-            row = session.get(BillingInvoice, payment.invoice_id)
-            if row is not None and row.status == InvoiceStatus.FINALIZED.value:
-                operations.pay_invoice(session, payment.invoice_id, now)
+            stored = BillingStore(session).invoices.status(payment.invoice_id)
+            if stored == InvoiceStatus.FINALIZED.value:
+                billing_admin.pay_invoice(session, payment.invoice_id, now)
         elif payment.kind in (TOP_UP, AUTO_TOP_UP):
             money = Money.from_minor_units(payment.amount_minor, payment.currency)
-            operations.grant_credit(
+            billing_admin.grant_credit(
                 session,
                 payment.organization_id,
                 f"{money.amount:f}",
@@ -508,9 +501,9 @@ class Payments(PaymentCustomers):
 
 def _credit_balance(session: Session, organization_id: str, currency: str) -> Decimal:
     """What is left of the prepaid credit, consumption not yet posted included."""
-    if currency not in operations.wallet_currencies(session, organization_id):
+    if currency not in billing_admin.wallet_currencies(session, organization_id):
         return Decimal(0)
-    return Decimal(operations.wallet_balance(session, organization_id, currency)["balance"])
+    return Decimal(billing_admin.wallet_balance(session, organization_id, currency)["balance"])
 
 
 def _locked_payment(session: Session, payment_id: str) -> Payment:
@@ -523,34 +516,27 @@ def _locked_payment(session: Session, payment_id: str) -> Payment:
 def _raise_alert(session: Session, payment: Payment, now: datetime) -> None:
     """A ``payment`` alert per failed attempt, delivered like the billing alerts."""
     alert_id = f"payment:{payment.id}:{payment.attempts}"
-    if session.get(BillingAlert, alert_id) is not None:
-        return
     money = Money.from_minor_units(payment.amount_minor, payment.currency)
-    session.add(
-        BillingAlert(
-            id=alert_id,
-            organization_id=payment.organization_id,
-            api_key_id="",
-            kind="payment",
-            subject=payment.id,
-            period_start=payment.first_failed_at or now,
-            threshold=payment.attempts,
-            payload={
-                "id": alert_id,
-                "type": "payment.failed",
-                "organization_id": payment.organization_id,
-                "payment_id": payment.id,
-                "invoice_id": payment.invoice_id,
-                "amount": f"{money.amount:f}",
-                "currency": payment.currency,
-                "attempt": payment.attempts,
-                "failure": payment.failure,
-                "next_attempt_at": status.iso(payment.next_attempt_at),
-                "raised_at": now.isoformat(),
-            },
-            status="pending",
-            attempts=0,
-            next_attempt_at=now,
-            created_at=now,
-        )
+    BillingStore(session).alerts.add(
+        alert_id,
+        payment.organization_id,
+        api_key_id="",
+        kind="payment",
+        subject=payment.id,
+        period_start=payment.first_failed_at or now,
+        threshold=payment.attempts,
+        payload={
+            "id": alert_id,
+            "type": "payment.failed",
+            "organization_id": payment.organization_id,
+            "payment_id": payment.id,
+            "invoice_id": payment.invoice_id,
+            "amount": f"{money.amount:f}",
+            "currency": payment.currency,
+            "attempt": payment.attempts,
+            "failure": payment.failure,
+            "next_attempt_at": status.iso(payment.next_attempt_at),
+            "raised_at": now.isoformat(),
+        },
+        now=now,
     )

@@ -8,11 +8,10 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from modelmint import accounts
+from modelmint import accounts, billing_admin
 from modelmint.billing.errors import InvalidMoney
 from modelmint.billing.money import Money
 from modelmint.billing.serialization import Json
-from modelmint.charging import operations
 from modelmint.clock import utcnow
 from modelmint.errors import InvalidRequest
 from modelmint.ids import new_id
@@ -122,8 +121,8 @@ class PaymentCustomers:
         threshold = top_up = None
         if below is not None and amount is not None:
             threshold = Money(
-                operations.decimal_string(below, "below", InvalidMoney),
-                operations.currency_code(currency),
+                billing_admin.decimal_string(below, "below", InvalidMoney),
+                billing_admin.currency_code(currency),
             )
             if threshold.is_negative:
                 raise InvalidMoney("the threshold cannot be negative", param="below")
@@ -163,8 +162,8 @@ def find_account(
 
 def positive_money(amount: str, currency: str) -> Money:
     value = Money(
-        operations.decimal_string(amount, "amount", InvalidMoney),
-        operations.currency_code(currency),
+        billing_admin.decimal_string(amount, "amount", InvalidMoney),
+        billing_admin.currency_code(currency),
     )
     if value.is_negative or value.is_zero or not value.is_quantized:
         raise InvalidMoney(

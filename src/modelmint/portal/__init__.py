@@ -15,7 +15,8 @@ __all__ = ["mount_portal"]
 
 def mount_portal(app: FastAPI) -> None:
     """Add the portal's pages and its one script to ``app``."""
-    # Imported here: the pages use the gateway's platform, which imports the gateway.
+    # Imported when mounted: the CLI and the API import this package for its sign-in
+    # links (``links``), and need not load the pages with them.
     from starlette.staticfiles import StaticFiles
 
     from modelmint.portal.pages import router

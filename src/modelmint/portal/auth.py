@@ -16,8 +16,8 @@ from fastapi import Depends, Request, Response
 
 from modelmint.dashboard.auth import clear_cookie, read_form, same_origin, set_cookie
 from modelmint.dashboard.sessions import DashboardSession, SessionSigner
-from modelmint.dashboard.throttle import LoginThrottle
 from modelmint.errors import AuthenticationError, PermissionDenied, ServiceUnavailable
+from modelmint.web.throttle import LoginThrottle
 
 __all__ = [
     "COOKIE_PATH",

@@ -12,19 +12,18 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import RedirectResponse
 from sqlalchemy.orm import Session
 
-from modelmint import accounts
+from modelmint import accounts, billing_admin
 from modelmint.billing.periods import Period
-from modelmint.charging import operations
+from modelmint.billing.store.reporting import find_invoice
 from modelmint.clock import utcnow
 from modelmint.customer.balance import balance
 from modelmint.customer.usage import usage_report
 from modelmint.dashboard.auth import clear_cookie, client_address, read_form, set_cookie
 from modelmint.dashboard.sessions import LOGIN_FORM_LIFETIME_S
 from modelmint.errors import InvalidRequest, ModelMintError, NotFound
-from modelmint.gateway.deps import PlatformDep
-from modelmint.gateway.responses import attachment
 from modelmint.payments import status as payment_status
 from modelmint.payments.collection import Payments
+from modelmint.platform import PlatformDep
 from modelmint.portal.auth import (
     CurrentCustomer,
     PortalCustomer,
@@ -37,7 +36,8 @@ from modelmint.portal.charts import usage_charts
 from modelmint.portal.links import use_link
 from modelmint.portal.rendering import BASE, render
 from modelmint.portal.routing import PortalRoute, customer_page
-from modelmint.storage.tables import ApiKey, BillingInvoice, Organization
+from modelmint.storage.tables import ApiKey, Organization
+from modelmint.web.responses import attachment
 
 __all__ = ["router"]
 
@@ -147,7 +147,7 @@ def _invoices(session: Session, customer: PortalCustomer) -> dict[str, Any]:
     organization = _organization(session, customer)
     rows = [
         row
-        for row in reversed(operations.list_invoices(session, organization.id))
+        for row in reversed(billing_admin.list_invoices(session, organization.id))
         if row["status"] != "draft"  # a draft is the operator's work in progress
     ]
     return {
@@ -158,7 +158,7 @@ def _invoices(session: Session, customer: PortalCustomer) -> dict[str, Any]:
 
 
 def _own_invoice(session: Session, customer: PortalCustomer, invoice_id: str) -> None:
-    row = session.get(BillingInvoice, invoice_id)
+    row = find_invoice(session, invoice_id)
     if row is None or row.organization_id != customer.organization_id or row.status == "draft":
         raise NotFound(f"no invoice {invoice_id!r}")
 
@@ -171,8 +171,8 @@ async def invoices(request: Request, customer: CurrentCustomer, platform: Platfo
 
 # Each download: how the invoice is rendered, and the type it is served as.
 _DOWNLOADS: dict[str, tuple[Callable[[Session, str], bytes | str], str]] = {
-    "csv": (operations.invoice_csv, "text/csv; charset=utf-8"),
-    "pdf": (operations.invoice_pdf, "application/pdf"),
+    "csv": (billing_admin.invoice_csv, "text/csv; charset=utf-8"),
+    "pdf": (billing_admin.invoice_pdf, "application/pdf"),
 }
 
 

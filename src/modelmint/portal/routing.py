@@ -14,9 +14,9 @@ from fastapi.routing import APIRoute
 
 from modelmint.dashboard.routing import SECURITY_HEADERS
 from modelmint.errors import ModelMintError
-from modelmint.gateway.errors import invalid_request
 from modelmint.portal.auth import PortalCustomer, SignInRequired, portal_auth
 from modelmint.portal.rendering import render
+from modelmint.web.errors import invalid_request
 
 __all__ = ["PortalRoute", "customer_page", "security_headers"]
 

@@ -18,7 +18,7 @@ from modelmint.errors import ContextLengthExceeded, InvalidRequest
 from modelmint.serving.chat_template import ChatTemplate
 from modelmint.serving.json_grammar import schema_grammar, unenforced_keywords
 from modelmint.serving.logprobs import chunk, joined
-from modelmint.serving.tool_calls import conversation, tool_grammar, tool_use
+from modelmint.serving.tool_calls import conversation, fold_call_delta, tool_grammar, tool_use
 from modelmint.serving.types import Generation, StreamDelta, TextRequest, Usage
 
 __all__ = [
@@ -187,7 +187,7 @@ async def collect(pieces: AsyncIterator[StreamDelta], kind: str, usage: Usage) -
             if choice.get("logprobs"):
                 logprobs.setdefault(index, []).append(choice["logprobs"])
             for entry in choice.get("delta", {}).get("tool_calls") or ():
-                _add_call_delta(calls.setdefault(index, {}), entry)
+                fold_call_delta(calls.setdefault(index, {}), entry)
     chat = kind == "chat"
     answers: list[dict[str, Any]] = []
     for index in sorted(texts):
@@ -207,17 +207,6 @@ async def collect(pieces: AsyncIterator[StreamDelta], kind: str, usage: Usage) -
         answer["logprobs"] = joined(chat, logprobs.get(index, []))
         answers.append(answer)
     return Generation(choices=answers, usage=usage)
-
-
-def _add_call_delta(calls: dict[int, dict[str, Any]], entry: dict[str, Any]) -> None:
-    """Fold one streamed ``tool_calls`` entry into the call at its index."""
-    call = calls.setdefault(
-        entry["index"], {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
-    )
-    call["id"] = entry.get("id") or call["id"]
-    function = entry.get("function") or {}
-    call["function"]["name"] += function.get("name") or ""
-    call["function"]["arguments"] += function.get("arguments") or ""
 
 
 async def merged(streams: list[AsyncIterator[StreamDelta]]) -> AsyncIterator[StreamDelta]:

@@ -39,6 +39,7 @@ __all__ = [
     "ToolUse",
     "answer_schema",
     "conversation",
+    "fold_call_delta",
     "openai_tool_call",
     "read_answer",
     "tool_grammar",
@@ -386,3 +387,14 @@ def openai_tool_call(name: str, arguments: Any) -> dict[str, Any]:
         "type": "function",
         "function": {"name": name, "arguments": _json(arguments)},
     }
+
+
+def fold_call_delta(calls: dict[int, dict[str, Any]], entry: dict[str, Any]) -> None:
+    """Fold one streamed ``tool_calls`` entry into the call at its index."""
+    call = calls.setdefault(
+        entry["index"], {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+    )
+    call["id"] = entry.get("id") or call["id"]
+    function = entry.get("function") or {}
+    call["function"]["name"] += function.get("name") or ""
+    call["function"]["arguments"] += function.get("arguments") or ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
@@ -13,6 +13,9 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelmint.errors import InvalidRequest, ServiceUnavailable
+
+if TYPE_CHECKING:
+    from modelmint.config import Settings
 
 __all__ = ["Database", "DatabaseUnavailable"]
 
@@ -77,6 +80,11 @@ class Database:
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas(sqlite_synchronous))
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Database:
+        """The database ``settings`` name (not yet migrated)."""
+        return cls(settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous)
 
     @property
     def is_sqlite(self) -> bool:

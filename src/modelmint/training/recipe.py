@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, Self, TypeVa
 import numpy as np
 from numpy.typing import NDArray
 
-from modelmint.errors import Conflict, InvalidRequest
+from modelmint.training.errors import DataError, NotFittedError
+from modelmint.training.splits import split_indices
 
 if TYPE_CHECKING:
     import torch
@@ -50,17 +51,6 @@ Progress = Callable[[str, int, int, Mapping[str, float]], None]
 
 def silent(stage: str, done: int, total: int, metrics: Mapping[str, float]) -> None:
     """A progress callback that reports nothing."""
-
-
-class DataError(InvalidRequest):
-    """The data (or a parameter) cannot be trained on; the message names the problem
-    and where it is. The CLI prints it and exits with code 2."""
-
-    code = "invalid_data"
-
-
-class NotFittedError(Conflict):
-    code = "not_fitted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,8 +191,6 @@ class Recipe(ABC, Generic[D]):
 
     def split(self, data: D) -> Splits[D]:
         """A deterministic train/validation/test split, driven by ``self.seed``."""
-        from modelmint.training.splits import split_indices
-
         train, val, test = split_indices(
             self.rows(data),
             seed=int(getattr(self, "seed", 0)),

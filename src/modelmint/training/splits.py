@@ -11,7 +11,7 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
-from modelmint.training.recipe import DataError
+from modelmint.training.errors import DataError
 
 __all__ = ["data_hash", "input_key", "source_hash", "split_indices"]
 

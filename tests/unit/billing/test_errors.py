@@ -77,21 +77,30 @@ def _imports(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("path", sorted(PACKAGE.glob("*.py")), ids=lambda p: p.name)
 def test_billing_imports_only_the_standard_library_and_the_error_tree(path: Path) -> None:
-    # The repository is the one edge of the domain to storage; invoice_pdf only renders
-    # an invoice as a document, and may use the PDF library for it.
-    edge = path.name == "repository.py"
-    renderer = path.name == "invoice_pdf.py"
+    # invoice_pdf only renders an invoice as a document, and may use the PDF library for it.
+    _check_imports(path, edge=False, renderer=path.name == "invoice_pdf.py")
+
+
+@pytest.mark.parametrize(
+    "path", sorted((PACKAGE / "store").glob("*.py")), ids=lambda p: f"store/{p.name}"
+)
+def test_the_billing_store_is_the_one_edge_to_storage(path: Path) -> None:
+    _check_imports(path, edge=True, renderer=False)
+
+
+def _check_imports(path: Path, *, edge: bool, renderer: bool) -> None:
     for name in _imports(path):
         top = name.split(".")[0]
         allowed = (
             top in sys.stdlib_module_names
             or name == "modelmint.errors"
-            or name.startswith("modelmint.billing")
+            or name == "modelmint.billing"
+            or name.startswith("modelmint.billing.")
             or (edge and (top == "sqlalchemy" or name.startswith("modelmint.storage")))
             or (edge and name in ("modelmint.clock", "modelmint.ids"))
             or (renderer and top == "reportlab")
         )
-        assert allowed, f"{path.name} imports {name}"
+        assert allowed, f"{path} imports {name}"
 
 
 @pytest.mark.parametrize("path", sorted(PACKAGE.glob("*.py")), ids=lambda p: p.name)

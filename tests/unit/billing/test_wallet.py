@@ -290,7 +290,7 @@ def test_a_wallet_never_goes_negative_and_its_ledger_explains_it(
 
 
 def snapshot_of(wallet: Wallet) -> WalletSnapshot:
-    """What the repository stores of ``wallet``: live grants, counters, open reservations."""
+    """What the store keeps of ``wallet``: live grants, counters, open reservations."""
     held = {grant_id for r in wallet.open_reservations for grant_id, _ in r.holds}
     return WalletSnapshot(
         wallet_id=wallet.id,

@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 
 from modelmint.config import Settings
 from modelmint.dashboard import mount_dashboard
-from modelmint.gateway.errors import install_error_handlers
-from modelmint.gateway.platform import Platform
+from modelmint.platform import Platform
 from modelmint.storage import Database, migrate
+from modelmint.web.errors import install_error_handlers
 
 ADMIN_TOKEN = "dashboard-unit-admin-token"
 _HIDDEN = re.compile(r'name="csrf_token" value="([^"]+)"')

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from modelmint import accounts
 from modelmint.billing import FlatRate, Metric, Money, PriceBook, SubscriptionPlan
 from modelmint.billing.periods import Period
-from modelmint.billing.repository import BillingRepository
+from modelmint.billing.store import BillingStore
 from modelmint.charging.settlement import Charger
 from modelmint.clock import utcnow
 from modelmint.feedback.compare import Comparison, compare_versions
@@ -103,9 +103,11 @@ def seeded(shared_database: Database) -> Database:
     version_ids = _register(shared_database)
     with shared_database.session() as session:
         org = accounts.create_org(session, "compare-org").id
-        repo = BillingRepository(session)
-        repo.publish_plan(_plan())
-        repo.subscribe(org, repo.load_plan(PLAN, 1).ref, Period.containing(datetime.now(UTC)).start)
+        repo = BillingStore(session)
+        repo.plans.publish_plan(_plan())
+        repo.subscriptions.subscribe(
+            org, repo.plans.load_plan(PLAN, 1).ref, Period.containing(datetime.now(UTC)).start
+        )
         lonely = TrainedVersion(
             name="lonely", task="classification", recipe="r", format="onnx",
             artifact_uri="file:///lonely", params={}, metrics={}, data_hash="d", lineage={},

@@ -11,14 +11,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy import delete, select
 
 from modelmint import accounts
+from modelmint.app import create_app
 from modelmint.billing.periods import Period
-from modelmint.charging.closing import close_period
-from modelmint.charging.demo import seed_demo_billing
+from modelmint.billing_admin import close_period
 from modelmint.clock import utcnow
 from modelmint.config import Settings
 from modelmint.dashboard.assets import plotly_js_path
 from modelmint.dashboard.pages.simulator import sample_prices
-from modelmint.gateway.app import create_app
+from modelmint.demo.billing import seed_demo_billing
 from modelmint.storage import Database
 from modelmint.storage.tables import ApiKey, Payment, PaymentAccount
 from tests.unit.dashboard.conftest import Dashboard, build_app

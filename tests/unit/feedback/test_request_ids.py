@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from modelmint.feedback.feedback import request_id_of
-from modelmint.gateway.envelope import Envelope
-from modelmint.gateway.middleware import new_request_id
+from modelmint.inference.envelope import Envelope
+from modelmint.web.middleware import new_request_id
 
 
 @pytest.mark.parametrize("kind", ["chat", "completion"])

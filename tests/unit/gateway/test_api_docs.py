@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from modelmint.app import create_app
 from modelmint.config import Settings
-from modelmint.gateway.app import create_app
 
 # Where a page loads something from: an attribute, or the ``url:`` Swagger UI fetches.
 _REFERENCES = re.compile(r"""(?:\b(?:src|href|spec-url)\s*=\s*|\burl:\s*)["']([^"']+)["']""")

@@ -15,22 +15,21 @@ from fastapi.testclient import TestClient
 from pypdf import PdfReader
 from sqlalchemy import delete
 
-from modelmint import accounts
+from modelmint import accounts, billing_admin
 from modelmint.billing.periods import Period
-from modelmint.charging import operations
-from modelmint.charging.closing import close_period
+from modelmint.billing_admin import close_period
 from modelmint.clock import utcnow
 from modelmint.config import Settings
 from modelmint.dashboard import mount_dashboard
 from modelmint.errors import InvalidRequest
-from modelmint.gateway.errors import install_error_handlers
-from modelmint.gateway.platform import Platform
 from modelmint.payments.collection import Payments
 from modelmint.payments.stripe_provider import StripeProvider
+from modelmint.platform import Platform
 from modelmint.portal import mount_portal
 from modelmint.portal.links import LinkRefused, create_link, parse_ttl, use_link
 from modelmint.storage import Database, migrate
 from modelmint.storage.tables import UsageRecord
+from modelmint.web.errors import install_error_handlers
 from tests.support.localstripe import (
     GOOD_CARD,
     MONTHLY_PLAN,
@@ -49,11 +48,11 @@ def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
     db = Database(f"sqlite:///{tmp_path_factory.mktemp('portal') / 'modelmint.db'}")
     migrate(db)
     with db.session() as session:
-        operations.publish_plan(session, MONTHLY_PLAN)
+        billing_admin.publish_plan(session, MONTHLY_PLAN)
         for name in ("acme", "globex"):
             org = accounts.ensure_org(session, name)
             accounts.create_key(session, org, name=f"{name}-main")
-            operations.subscribe(session, name, "pro", at=NOVEMBER.start)
+            billing_admin.subscribe(session, name, "pro", at=NOVEMBER.start)
     close_period(db, NOVEMBER, now=datetime(2026, 12, 1, tzinfo=UTC))
     yield db
     db.dispose()
@@ -280,7 +279,7 @@ def test_a_customer_buys_credit_and_sets_auto_top_up_from_the_payment_page(
 
     assert "Done: top-up-succeeded" in bought.text
     with database.session() as session:
-        assert operations.wallet_balance(session, "acme", "USD")["balance"] == "15.00"
+        assert billing_admin.wallet_balance(session, "acme", "USD")["balance"] == "15.00"
     assert "Buy 20.00 USD whenever credit falls below 5.00" in rule.text
     off = client.post("/portal/billing/auto-top-up", data={"csrf_token": token, "off": "on"})
     assert 'id="auto-top-up">Off.' in off.text

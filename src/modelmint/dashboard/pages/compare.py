@@ -20,7 +20,7 @@ from modelmint.dashboard.rendering import BASE
 from modelmint.dashboard.routing import DashboardRoute, page
 from modelmint.errors import InvalidRequest, ModelMintError
 from modelmint.feedback.compare import Comparison, VersionReport, compare_versions
-from modelmint.gateway.deps import PlatformDep
+from modelmint.platform import PlatformDep
 from modelmint.registry.versions import list_versions
 from modelmint.storage.tables import RegisteredModel
 

@@ -7,17 +7,16 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from sqlalchemy.orm import Session
 
-from modelmint import accounts
+from modelmint import accounts, billing_admin
 from modelmint.analytics import Breakdown, Dimension, breakdown, cohorts
 from modelmint.billing.serialization import Json
-from modelmint.charging import budget_operations, operations
 from modelmint.dashboard import charts
 from modelmint.dashboard.auth import CurrentSession
 from modelmint.dashboard.pages.reports import ReportQuery, WindowDep
 from modelmint.dashboard.rendering import BASE
 from modelmint.dashboard.routing import DashboardRoute, page
-from modelmint.gateway.deps import PlatformDep
 from modelmint.payments import status as payment_status
+from modelmint.platform import PlatformDep
 from modelmint.storage.tables import Organization, PaymentAccount
 
 __all__ = ["customer_detail", "customer_rows", "router"]
@@ -29,15 +28,15 @@ COHORT_MONTHS = 6
 
 
 def _current_plan(session: Session, org: Organization) -> Json | None:
-    subscriptions = operations.list_subscriptions(session, org.id)
+    subscriptions = billing_admin.list_subscriptions(session, org.id)
     active = [s for s in subscriptions if s["status"] == "active"]
     return active[-1] if active else None
 
 
 def _wallets(session: Session, org: Organization) -> list[Json]:
     return [
-        operations.wallet_balance(session, org.id, currency)
-        for currency in operations.wallet_currencies(session, org.id)
+        billing_admin.wallet_balance(session, org.id, currency)
+        for currency in billing_admin.wallet_currencies(session, org.id)
     ]
 
 
@@ -50,7 +49,7 @@ def _summary(
         if payment_accounts is not None
         else session.get(PaymentAccount, org.id)
     )
-    invoices = operations.list_invoices(session, org.id)
+    invoices = billing_admin.list_invoices(session, org.id)
     open_invoices = [i for i in invoices if i["status"] == "finalized"]
     return {
         "id": org.id,
@@ -111,22 +110,22 @@ def customer_detail(session: Session, organization: str, query: ReportQuery) -> 
         session, window, Dimension.DAY, currency=by_model.currency, organization=org.id
     )
     wallets = _wallets(session, org)
-    invoices = operations.list_invoices(session, org.id)
+    invoices = billing_admin.list_invoices(session, org.id)
     ledgers = {
-        w["currency"]: operations.wallet_ledger(session, org.id, w["currency"], _LEDGER_ENTRIES)
+        w["currency"]: billing_admin.wallet_ledger(session, org.id, w["currency"], _LEDGER_ENTRIES)
         for w in wallets
     }
     return {
         **_summary(session, org),
         "wallets": wallets,
         "ledgers": ledgers,
-        "subscriptions": operations.list_subscriptions(session, org.id),
+        "subscriptions": billing_admin.list_subscriptions(session, org.id),
         "keys": accounts.list_keys(session, org),
         "invoice_rows": list(reversed(invoices)),
         "invoice_payments": payment_status.invoice_payments(
             session, [row["id"] for row in invoices]
         ),
-        "budgets": budget_operations.list_budgets(session, org.id),
+        "budgets": billing_admin.list_budgets(session, org.id),
         "limits": {"rpm": org.rpm_limit, "tpm": org.tpm_limit, "concurrent": org.max_concurrent},
         "usage": by_model,
         "charts": _usage_charts(by_day),

@@ -8,17 +8,16 @@ from typing import Any
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy.orm import Session
 
-from modelmint import accounts
+from modelmint import accounts, billing_admin
 from modelmint.billing.periods import Period
-from modelmint.charging import operations
-from modelmint.charging.closing import close_period
+from modelmint.billing_admin import close_period
 from modelmint.clock import utcnow
 from modelmint.dashboard.auth import CheckedForm, CurrentSession
 from modelmint.dashboard.rendering import BASE
 from modelmint.dashboard.routing import DashboardRoute, page, redirect
-from modelmint.gateway.deps import PlatformDep
-from modelmint.gateway.responses import attachment
 from modelmint.payments import status as payment_status
+from modelmint.platform import PlatformDep
+from modelmint.web.responses import attachment
 
 __all__ = ["invoice_document", "invoice_list", "router"]
 
@@ -30,7 +29,7 @@ def invoice_list(
     session: Session, organization: str | None, period: str | None, status: str | None
 ) -> dict[str, Any]:
     """Invoice headers, newest period first, and the organisations to filter by."""
-    rows = operations.list_invoices(session, organization, period, status)
+    rows = billing_admin.list_invoices(session, organization, period, status)
     return {
         "invoices": list(reversed(rows)),
         # How each invoice's collection stands, for those collected through the provider.
@@ -41,7 +40,7 @@ def invoice_list(
 
 def invoice_document(session: Session, invoice_id: str) -> dict[str, Any]:
     """The invoice with its lines, and the organisation's name for the header."""
-    invoice = operations.show_invoice(session, invoice_id)
+    invoice = billing_admin.show_invoice(session, invoice_id)
     org = accounts.get_org(session, str(invoice["organization_id"]))
     payment = payment_status.invoice_payments(session, [invoice_id]).get(invoice_id)
     return {**invoice, "organization": org.name, "payment": payment}
@@ -98,11 +97,11 @@ async def invoice_page(
 
 @router.get("/invoices/{invoice_id}/csv")
 async def invoice_csv(platform: PlatformDep, invoice_id: str) -> Response:
-    text = await platform.in_session(lambda s: operations.invoice_csv(s, invoice_id))
+    text = await platform.in_session(lambda s: billing_admin.invoice_csv(s, invoice_id))
     return attachment(text, "text/csv; charset=utf-8", f"{invoice_id}.csv")
 
 
 @router.get("/invoices/{invoice_id}/pdf")
 async def invoice_pdf(platform: PlatformDep, invoice_id: str) -> Response:
-    pdf = await platform.in_session(lambda s: operations.invoice_pdf(s, invoice_id))
+    pdf = await platform.in_session(lambda s: billing_admin.invoice_pdf(s, invoice_id))
     return attachment(pdf, "application/pdf", f"{invoice_id}.pdf")

@@ -15,7 +15,7 @@ from modelmint.dashboard.forms import Form
 from modelmint.dashboard.rendering import BASE
 from modelmint.dashboard.routing import DashboardRoute, page, redirect
 from modelmint.errors import InvalidRequest, ModelMintError
-from modelmint.gateway.deps import PlatformDep
+from modelmint.platform import PlatformDep
 from modelmint.storage.tables import ApiKey
 
 __all__ = ["KeyRequest", "key_rows", "router"]

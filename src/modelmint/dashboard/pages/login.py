@@ -20,7 +20,7 @@ from modelmint.dashboard.auth import (
 )
 from modelmint.dashboard.rendering import BASE, render
 from modelmint.dashboard.routing import DashboardRoute, redirect
-from modelmint.gateway.platform import Platform
+from modelmint.platform import Platform
 
 __all__ = ["public", "safe_next", "session_router"]
 

@@ -18,7 +18,7 @@ from modelmint.dashboard.auth import CurrentSession
 from modelmint.dashboard.pages.reports import ReportQuery, WindowDep
 from modelmint.dashboard.rendering import BASE
 from modelmint.dashboard.routing import DashboardRoute, page
-from modelmint.gateway.deps import PlatformDep
+from modelmint.platform import PlatformDep
 
 __all__ = ["all_in_cost", "overview_data", "router"]
 

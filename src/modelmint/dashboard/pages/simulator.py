@@ -22,7 +22,7 @@ from modelmint.dashboard.forms import Form
 from modelmint.dashboard.rendering import BASE
 from modelmint.dashboard.routing import DashboardRoute, page
 from modelmint.errors import InvalidRequest, ModelMintError
-from modelmint.gateway.deps import PlatformDep
+from modelmint.platform import PlatformDep
 
 __all__ = ["SimulationRequest", "router", "run_simulation", "sample_prices"]
 

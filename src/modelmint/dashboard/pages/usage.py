@@ -17,7 +17,7 @@ from modelmint.dashboard.auth import CurrentSession
 from modelmint.dashboard.rendering import BASE
 from modelmint.dashboard.routing import DashboardRoute, page
 from modelmint.errors import InvalidRequest
-from modelmint.gateway.deps import PlatformDep
+from modelmint.platform import PlatformDep
 
 __all__ = ["PAGE_SIZES", "parse_instant", "router", "usage_data"]
 

@@ -1,1 +1,1 @@
-"""HTTP routes, composed into the app in one place (``modelmint.gateway.app``)."""
+"""HTTP routes, composed into the app in one place (``modelmint.gateway.api``)."""

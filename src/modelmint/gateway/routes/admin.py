@@ -11,10 +11,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from modelmint import accounts, registry
-from modelmint.accounts.erasure import delete_organization as erase_organization
 from modelmint.accounts.keys import MAX_LIMIT
 from modelmint.billing.serialization import decimal_text
-from modelmint.gateway.deps import AdminDep, PlatformDep
+from modelmint.erasure import delete_organization as erase_organization
+from modelmint.gateway.deps import AdminDep
+from modelmint.platform import PlatformDep
 from modelmint.storage.tables import ApiKey, Organization, UsageRecord
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
@@ -150,7 +151,7 @@ async def set_organization_limits(
 async def delete_organization(organization: str, platform: PlatformDep) -> dict[str, object]:
     """Revoke the organisation's keys, erase its samples and feedback, end its plan.
 
-    Usage, charges and invoices are kept (the books); see ``accounts.erasure``.
+    Usage, charges and invoices are kept (the books); see ``modelmint.erasure``.
     """
     erasure = await platform.in_session(lambda s: erase_organization(s, organization))
     for key_id in erasure.revoked_key_ids:

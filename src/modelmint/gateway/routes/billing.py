@@ -1,4 +1,4 @@
-"""Admin API for billing under /admin/billing: thin adapters around ``charging.operations``.
+"""Admin API for billing under /admin/billing: thin adapters around ``billing_admin``.
 
 Every route runs one operation in one transaction (``platform.in_session``) and
 returns its JSON-ready result; billing errors leave as the OpenAI error shape like
@@ -16,12 +16,13 @@ from fastapi import APIRouter, Body, Query, Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy.orm import Session
 
+from modelmint import billing_admin
 from modelmint.billing.periods import Period
-from modelmint.charging import budget_operations, operations
-from modelmint.charging.closing import close_period
+from modelmint.billing_admin import close_period
 from modelmint.clock import utcnow
-from modelmint.gateway.deps import AdminDep, PlatformDep
-from modelmint.gateway.responses import attachment
+from modelmint.gateway.deps import AdminDep
+from modelmint.platform import PlatformDep
+from modelmint.web.responses import attachment
 
 router = APIRouter(prefix="/admin/billing", tags=["billing"], dependencies=[AdminDep])
 
@@ -108,19 +109,19 @@ Document = Annotated[dict[str, Any], Body(description="the document, as in the C
 
 @router.get("/plans")
 async def list_plans(platform: PlatformDep) -> list[dict[str, Any]]:
-    return await platform.in_session(operations.list_plans)
+    return await platform.in_session(billing_admin.list_plans)
 
 
 @router.post("/plans", status_code=201)
 async def publish_plan(document: Document, platform: PlatformDep) -> dict[str, Any]:
-    return await platform.in_session(lambda s: operations.publish_plan(s, document))
+    return await platform.in_session(lambda s: billing_admin.publish_plan(s, document))
 
 
 @router.get("/plans/{code}")
 async def show_plan(
     code: str, platform: PlatformDep, version: int | None = Query(default=None, ge=1)
 ) -> dict[str, Any]:
-    return await platform.in_session(lambda s: operations.show_plan(s, code, version))
+    return await platform.in_session(lambda s: billing_admin.show_plan(s, code, version))
 
 
 # -- subscriptions --------------------------------------------------------------------------
@@ -128,20 +129,20 @@ async def show_plan(
 
 @router.get("/organizations/{org}/subscriptions")
 async def list_subscriptions(org: str, platform: PlatformDep) -> list[dict[str, Any]]:
-    return await platform.in_session(lambda s: operations.list_subscriptions(s, org))
+    return await platform.in_session(lambda s: billing_admin.list_subscriptions(s, org))
 
 
 @router.post("/organizations/{org}/subscriptions", status_code=201)
 async def subscribe(org: str, body: SubscriptionCreate, platform: PlatformDep) -> dict[str, Any]:
     return await platform.in_session(
-        lambda s: operations.subscribe(s, org, body.plan, body.version, body.at)
+        lambda s: billing_admin.subscribe(s, org, body.plan, body.version, body.at)
     )
 
 
 @router.post("/organizations/{org}/subscription/change")
 async def change_plan(org: str, body: SubscriptionCreate, platform: PlatformDep) -> dict[str, Any]:
     return await platform.in_session(
-        lambda s: operations.change_plan(s, org, body.plan, body.version, body.at)
+        lambda s: billing_admin.change_plan(s, org, body.plan, body.version, body.at)
     )
 
 
@@ -150,7 +151,7 @@ async def cancel_subscription(
     org: str, platform: PlatformDep, body: SubscriptionCancel | None = None
 ) -> dict[str, Any]:
     at = body.at if body is not None else None
-    return await platform.in_session(lambda s: operations.cancel(s, org, at))
+    return await platform.in_session(lambda s: billing_admin.cancel(s, org, at))
 
 
 # -- wallets --------------------------------------------------------------------------------
@@ -158,20 +159,20 @@ async def cancel_subscription(
 
 @router.post("/organizations/{org}/wallet", status_code=201)
 async def open_wallet(org: str, body: WalletCreate, platform: PlatformDep) -> dict[str, Any]:
-    return await platform.in_session(lambda s: operations.open_wallet(s, org, body.currency))
+    return await platform.in_session(lambda s: billing_admin.open_wallet(s, org, body.currency))
 
 
 @router.get("/organizations/{org}/wallet")
 async def wallet_balance(
     org: str, platform: PlatformDep, currency: str | None = Query(default=None)
 ) -> dict[str, Any]:
-    return await platform.in_session(lambda s: operations.wallet_balance(s, org, currency))
+    return await platform.in_session(lambda s: billing_admin.wallet_balance(s, org, currency))
 
 
 @router.post("/organizations/{org}/wallet/grants", status_code=201)
 async def grant_credit(org: str, body: GrantCreate, platform: PlatformDep) -> dict[str, Any]:
     def work(session: Session) -> dict[str, Any]:
-        return operations.grant_credit(
+        return billing_admin.grant_credit(
             session,
             org,
             body.amount,
@@ -190,9 +191,9 @@ async def wallet_ledger(
     org: str,
     platform: PlatformDep,
     currency: str | None = Query(default=None),
-    limit: int = Query(default=100, ge=1, le=operations.MAX_LEDGER_LIMIT),
+    limit: int = Query(default=100, ge=1, le=billing_admin.MAX_LEDGER_LIMIT),
 ) -> dict[str, Any]:
-    return await platform.in_session(lambda s: operations.wallet_ledger(s, org, currency, limit))
+    return await platform.in_session(lambda s: billing_admin.wallet_ledger(s, org, currency, limit))
 
 
 # -- coupons and tax ------------------------------------------------------------------------
@@ -200,25 +201,25 @@ async def wallet_ledger(
 
 @router.get("/coupons")
 async def list_coupons(platform: PlatformDep) -> list[dict[str, Any]]:
-    return await platform.in_session(operations.list_coupons)
+    return await platform.in_session(billing_admin.list_coupons)
 
 
 @router.post("/coupons", status_code=201)
 async def create_coupon(document: Document, platform: PlatformDep) -> dict[str, Any]:
-    return await platform.in_session(lambda s: operations.create_coupon(s, document))
+    return await platform.in_session(lambda s: billing_admin.create_coupon(s, document))
 
 
 @router.post("/organizations/{org}/coupons", status_code=201)
 async def redeem_coupon(org: str, body: CouponRedeem, platform: PlatformDep) -> dict[str, Any]:
     return await platform.in_session(
-        lambda s: operations.redeem_coupon(s, org, body.code, body.period)
+        lambda s: billing_admin.redeem_coupon(s, org, body.code, body.period)
     )
 
 
 @router.put("/organizations/{org}/tax")
 async def set_tax_rate(org: str, body: TaxRateSet, platform: PlatformDep) -> dict[str, Any]:
     return await platform.in_session(
-        lambda s: operations.set_tax_rate(s, org, body.name, body.percent)
+        lambda s: billing_admin.set_tax_rate(s, org, body.name, body.percent)
     )
 
 
@@ -232,7 +233,7 @@ async def set_tax_rate(org: str, body: TaxRateSet, platform: PlatformDep) -> dic
 async def set_budget(org: str, body: BudgetSet, platform: PlatformDep) -> dict[str, Any]:
     """Set the monthly budget of the organisation, or of one of its keys."""
     return await platform.in_session(
-        lambda s: budget_operations.set_budget(
+        lambda s: billing_admin.set_budget(
             s, org, body.amount, body.currency, hard=body.hard, thresholds=body.thresholds,
             key=body.key,
         )
@@ -243,20 +244,18 @@ async def set_budget(org: str, body: BudgetSet, platform: PlatformDep) -> dict[s
 async def remove_budget(
     org: str, platform: PlatformDep, key: str | None = Query(default=None)
 ) -> Response:
-    await platform.in_session(lambda s: budget_operations.remove_budget(s, org, key))
+    await platform.in_session(lambda s: billing_admin.remove_budget(s, org, key))
     return Response(status_code=204)
 
 
 @router.get("/organizations/{org}/budgets")
 async def list_budgets(org: str, platform: PlatformDep) -> list[dict[str, Any]]:
-    return await platform.in_session(lambda s: budget_operations.list_budgets(s, org))
+    return await platform.in_session(lambda s: billing_admin.list_budgets(s, org))
 
 
 @router.put("/organizations/{org}/alert-webhook")
 async def set_alert_webhook(org: str, body: WebhookSet, platform: PlatformDep) -> dict[str, Any]:
-    return await platform.in_session(
-        lambda s: budget_operations.set_alert_webhook(s, org, body.url)
-    )
+    return await platform.in_session(lambda s: billing_admin.set_alert_webhook(s, org, body.url))
 
 
 @router.get("/alerts")
@@ -267,7 +266,7 @@ async def list_alerts(
     limit: int = Query(default=100, ge=1, le=10_000),
 ) -> list[dict[str, Any]]:
     return await platform.in_session(
-        lambda s: budget_operations.list_alerts(s, organization, status, limit)
+        lambda s: billing_admin.list_alerts(s, organization, status, limit)
     )
 
 
@@ -300,7 +299,7 @@ async def list_invoices(
     status: str | None = Query(default=None, description="draft, finalized, paid or void"),
 ) -> list[dict[str, Any]]:
     return await platform.in_session(
-        lambda s: operations.list_invoices(s, organization, period, status)
+        lambda s: billing_admin.list_invoices(s, organization, period, status)
     )
 
 
@@ -312,12 +311,12 @@ async def show_invoice(
 ) -> dict[str, Any] | Response:
     """The invoice as JSON, its lines as CSV with ``?format=csv``, or a PDF with ``?format=pdf``."""
     if format == "pdf":
-        pdf = await platform.in_session(lambda s: operations.invoice_pdf(s, invoice_id))
+        pdf = await platform.in_session(lambda s: billing_admin.invoice_pdf(s, invoice_id))
         return attachment(pdf, "application/pdf", f"{invoice_id}.pdf")
     if format == "csv":
-        text = await platform.in_session(lambda s: operations.invoice_csv(s, invoice_id))
+        text = await platform.in_session(lambda s: billing_admin.invoice_csv(s, invoice_id))
         return attachment(text, "text/csv; charset=utf-8", f"{invoice_id}.csv")
-    return await platform.in_session(lambda s: operations.show_invoice(s, invoice_id))
+    return await platform.in_session(lambda s: billing_admin.show_invoice(s, invoice_id))
 
 
 @router.post("/invoices/{invoice_id}/pay")
@@ -325,7 +324,7 @@ async def pay_invoice(
     invoice_id: str, platform: PlatformDep, body: InvoiceTransition | None = None
 ) -> dict[str, Any]:
     at = body.at if body is not None else None
-    return await platform.in_session(lambda s: operations.pay_invoice(s, invoice_id, at))
+    return await platform.in_session(lambda s: billing_admin.pay_invoice(s, invoice_id, at))
 
 
 @router.post("/invoices/{invoice_id}/void")
@@ -333,4 +332,4 @@ async def void_invoice(
     invoice_id: str, platform: PlatformDep, body: InvoiceTransition | None = None
 ) -> dict[str, Any]:
     at = body.at if body is not None else None
-    return await platform.in_session(lambda s: operations.void_invoice(s, invoice_id, at))
+    return await platform.in_session(lambda s: billing_admin.void_invoice(s, invoice_id, at))

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from modelmint.feedback.feedback import MAX_COMMENT_CHARS, FeedbackGiven, record_feedback
-from modelmint.gateway.deps import CurrentKey, PlatformDep
+from modelmint.gateway.deps import CurrentKey
+from modelmint.platform import PlatformDep
 
 __all__ = ["FeedbackCreate", "FeedbackPublic", "router"]
 

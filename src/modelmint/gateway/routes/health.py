@@ -7,8 +7,8 @@ import os
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
-from modelmint.gateway.deps import PlatformDep
-from modelmint.gateway.responses import OrjsonResponse
+from modelmint.platform import PlatformDep
+from modelmint.web.responses import OrjsonResponse
 
 router = APIRouter(tags=["operations"])
 

@@ -7,9 +7,10 @@ from typing import Any
 from fastapi import APIRouter
 
 from modelmint.errors import ModelNotFound
-from modelmint.gateway.deps import CurrentKey, PlatformDep
-from modelmint.gateway.inference import Answer
-from modelmint.gateway.responses import EventStreamResponse, OrjsonResponse
+from modelmint.gateway.deps import CurrentKey
+from modelmint.inference.service import Answer
+from modelmint.platform import PlatformDep
+from modelmint.web.responses import EventStreamResponse, OrjsonResponse
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 

@@ -19,10 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from modelmint.clock import utcnow
 from modelmint.errors import InvalidRequest, NotFound
-from modelmint.gateway.deps import AdminDep, PlatformDep
-from modelmint.gateway.platform import Platform
+from modelmint.gateway.deps import AdminDep
 from modelmint.gateway.routes.billing import DecimalString
 from modelmint.payments.collection import Payments
+from modelmint.platform import Platform, PlatformDep
 from modelmint.portal.links import create_link, parse_ttl
 
 router = APIRouter(tags=["payments"])

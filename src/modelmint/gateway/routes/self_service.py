@@ -19,7 +19,8 @@ from modelmint.clock import utcnow
 from modelmint.customer.balance import balance
 from modelmint.customer.usage import parse_groups, usage_report
 from modelmint.errors import InvalidRequest, NotFound
-from modelmint.gateway.deps import CurrentKey, PlatformDep
+from modelmint.gateway.deps import CurrentKey
+from modelmint.platform import PlatformDep
 from modelmint.storage.tables import Organization
 
 router = APIRouter(prefix="/v1", tags=["self-service"])

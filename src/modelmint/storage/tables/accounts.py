@@ -30,7 +30,7 @@ class Organization(Base):
     alert_webhook_url: Mapped[str | None] = mapped_column(String(500), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Set by `modelmint orgs delete`: the customer's data is erased, its financial
-    # records (usage, charges, invoices) are kept for the books; see accounts.erasure.
+    # records (usage, charges, invoices) are kept for the books; see modelmint.erasure.
     deleted_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
