@@ -39,38 +39,9 @@ from modelmint.web.responses import EventStreamResponse, OrjsonResponse
 
 __all__ = ["ModelRoute", "ModelRoutes", "openapi_paths"]
 
-# (service, key, request id, body, when to meter it: None for now) -> answer
+# An ``InferenceService`` method, unbound: (service, key, request id, body, when to meter
+# it: None for now) -> answer.
 Handler = Callable[[InferenceService, Any, str, Any, datetime | None], Awaitable[Answer]]
-
-
-async def _chat(
-    service: InferenceService, key: Any, request_id: str, body: Any, at: datetime | None
-) -> Answer:
-    return await service.chat(key, request_id, body, at)
-
-
-async def _completion(
-    service: InferenceService, key: Any, request_id: str, body: Any, at: datetime | None
-) -> Answer:
-    return await service.completion(key, request_id, body, at)
-
-
-async def _embeddings(
-    service: InferenceService, key: Any, request_id: str, body: Any, at: datetime | None
-) -> Answer:
-    return await service.embeddings(key, request_id, body, at)
-
-
-async def _classify(
-    service: InferenceService, key: Any, request_id: str, body: Any, at: datetime | None
-) -> Answer:
-    return await service.classify(key, request_id, body, at)
-
-
-async def _recommend(
-    service: InferenceService, key: Any, request_id: str, body: Any, at: datetime | None
-) -> Answer:
-    return await service.recommend(key, request_id, body, at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,31 +62,35 @@ ROUTES: dict[str, ModelRoute] = {
         ModelRoute(
             "/v1/chat/completions",
             ChatCompletionRequest,
-            _chat,
+            InferenceService.chat,
             "Create a chat completion",
             "chat.completions",
         ),
         ModelRoute(
             "/v1/completions",
             CompletionRequest,
-            _completion,
+            InferenceService.completion,
             "Create a text completion",
             "completions",
         ),
         ModelRoute(
-            "/v1/embeddings", EmbeddingRequest, _embeddings, "Create embeddings", "embeddings"
+            "/v1/embeddings",
+            EmbeddingRequest,
+            InferenceService.embeddings,
+            "Create embeddings",
+            "embeddings",
         ),
         ModelRoute(
             "/v1/classifications",
             ClassificationRequest,
-            _classify,
+            InferenceService.classify,
             "Classify inputs",
             "classifications",
         ),
         ModelRoute(
             "/v1/recommendations",
             RecommendationRequest,
-            _recommend,
+            InferenceService.recommend,
             "Recommend items to a user",
             "recommendations",
         ),
