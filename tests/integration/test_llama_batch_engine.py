@@ -200,6 +200,26 @@ async def test_a_sequence_moves_down_into_a_slot_freed_below_it(
     assert moved_text == alone
 
 
+async def test_a_move_keeps_the_prompt_kept_where_the_sequence_moved_to(
+    trio: BatchedLlamaBackend,
+) -> None:
+    """Filling a gap swaps the two slots' cells by way of the spare stream: the prompt the
+    freed slot kept is still kept, now in the slot the sequence moved from, and a later
+    request with that prompt computes only its last two tokens."""
+    visited = "The capital of France is a city that many people visit every year, and it is"
+    (_, low, _), (short_text, short, _), (_, moved, _) = await asyncio.gather(
+        _run_in(trio, "Zebras live in", 40),
+        _run_in(trio, visited, 2),
+        _run_in(trio, QUESTION, 24),
+    )
+    assert (low.slot, short.slot, moved.slot) == (0, 1, 1)
+    again, kept, prompt_tokens = await _run_in(trio, visited, 2)
+
+    assert kept.slot == 2  # where the swap put its cells
+    assert kept.reused_tokens == prompt_tokens - 2
+    assert again == short_text
+
+
 async def test_seeded_sampling_is_the_same_alone_and_in_a_batch(
     engine: BatchedLlamaBackend,
 ) -> None:

@@ -1,7 +1,8 @@
 """Local LLM backend with continuous batching: concurrent requests share each llama.cpp step.
 
-One engine thread owns the model and one llama.cpp context with ``slots`` sequences
-(``n_seq_max``), each with ``context_per_slot`` KV cells of its own (non-unified KV).
+One engine thread owns the model and one llama.cpp context with ``slots`` sequences,
+each with ``context_per_slot`` KV cells of its own (non-unified KV), and one spare KV
+stream of the same size that moves between slots swap cells through (``llama_slots``).
 Every step builds one ``llama_batch``: the next token of each generating sequence,
 then prompt chunks of newly admitted sequences up to ``n_batch`` tokens, and runs one
 ``llama_decode``. Requests join between steps and leave as soon as they finish or
@@ -125,7 +126,8 @@ class BatchedLlamaBackend:
         self._out = Outbox()  # engine thread only
         # Which prompt each slot keeps (engine thread only); it counts the prompt tokens
         # whose KV cells were kept from an earlier prompt (not computed).
-        self._kv = KvSlots(LLM_TOKENS.labels(model, deployment, "prompt_reused"))
+        # The stream past the last slot is the spare that moves swap cells through.
+        self._kv = KvSlots(LLM_TOKENS.labels(model, deployment, "prompt_reused"), spare=slots)
 
     @property
     def context_window(self) -> int:
@@ -324,8 +326,9 @@ class BatchedLlamaBackend:
         )
         self._n_vocab = lc.llama_vocab_n_tokens(model.vocab)
         params = lc.llama_context_default_params()
-        params.n_seq_max = self._slots
-        params.n_ctx = self._slots * self._context_per_slot
+        # One stream more than the slots: the spare no sequence runs in (``KvSlots``).
+        params.n_seq_max = self._slots + 1
+        params.n_ctx = (self._slots + 1) * self._context_per_slot
         # Each sequence gets its own KV stream of n_ctx / n_seq_max cells: a slot's
         # attention never scans the other slots' cells, and one long request cannot
         # take the cells of another.
