@@ -124,6 +124,7 @@ class BatchedLlamaBackend:
         self._stopping = False  # guarded by _wake
         self._thread: threading.Thread | None = None
         self._out = Outbox()  # engine thread only
+        self._pieces: dict[int, bytes] = {}  # token -> its text (engine thread only)
         # Which prompt each slot keeps (engine thread only); it counts the prompt tokens
         # whose KV cells were kept from an earlier prompt (not computed).
         # The stream past the last slot is the spare that moves swap cells through.
@@ -480,13 +481,16 @@ class BatchedLlamaBackend:
             live.clear()
             return
         sampled: list[tuple[Job, int]] = []
+        greedy = self._greedy_tokens(ctx, live)
+        for row, job in enumerate(job for job in live if job.out_idx >= 0):
+            token = greedy[row] if job.greedy else -1
+            if token < 0:
+                token = lc.llama_sampler_sample(job.sampler, ctx, job.out_idx)
+            if job.logprobs >= 0:  # read before the next decode overwrites the logits
+                job.entry = self._logprobs(ctx, job, token)
+            sampled.append((job, token))
         for job in live:
             job.n_past += job.batch_tokens
-            if job.out_idx >= 0:
-                token = lc.llama_sampler_sample(job.sampler, ctx, job.out_idx)
-                if job.logprobs >= 0:  # read before the next decode overwrites the logits
-                    job.entry = self._logprobs(ctx, job, token)
-                sampled.append((job, token))
         # Charge before any stream can end, so a closed stream reads its final charge.
         step_ms = (time.perf_counter() - started) * 1000.0
         self._busy.inc(step_ms / 1000.0)
@@ -504,6 +508,22 @@ class BatchedLlamaBackend:
             else:
                 job.next_token = token
 
+    def _greedy_tokens(self, ctx: Any, live: list[Job]) -> list[int]:
+        """The argmax of each output row of the step (in batch order, one per job that
+        samples), or [] when no job samples greedily.
+
+        One numpy pass over the step's logits: llama.cpp's greedy sampler first copies
+        all 49,152 candidates of a row into an array and then scans it, and with 8
+        sequences that was most of the step's time outside ``llama_decode``. The argmax
+        picks the first of equal logits, as the greedy sampler does.
+        """
+        rows = sum(job.out_idx >= 0 for job in live)
+        if not rows or not any(job.greedy for job in live if job.out_idx >= 0):
+            return []
+        # The rows with logits, contiguous in the order their tokens are in the batch.
+        logits = np.ctypeslib.as_array(lc.llama_get_logits(ctx), shape=(rows, self._n_vocab))
+        return [int(token) for token in logits.argmax(axis=1)]
+
     def _logprobs(self, ctx: Any, job: Job, token: int) -> dict[str, Any]:
         """The sampled token's logprobs entry, from the logits of its batch position."""
         view = np.ctypeslib.as_array(
@@ -512,7 +532,12 @@ class BatchedLlamaBackend:
         return logprobs.entry(view, token, job.logprobs, self._piece)
 
     def _piece(self, token: int) -> bytes:
-        return bytes(self._model.detokenize([token]))
+        """A token's text (bytes: a character may span tokens), remembered: the same for
+        every request, and asked for once per generated token."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = bytes(self._model.detokenize([token]))
+        return piece
 
     def _emit(self, job: Job, token: int) -> bool:
         """Send one sampled token to its stream; True when the request is finished."""
@@ -523,7 +548,7 @@ class BatchedLlamaBackend:
             self._out.post(job, "token", matcher.flush())
             self._out.post(job, "end", "stop")
             return True
-        text = matcher.feed(self._model.detokenize([token]))
+        text = matcher.feed(self._piece(token))
         entry, job.entry = job.entry, None
         self._out.post(job, "token", text if entry is None else (text, entry))
         if matcher.stopped:

@@ -74,6 +74,12 @@ class Job:
     out_idx: int = -1  # index in the current batch whose logits belong to this job
     batch_tokens: int = 0  # tokens this job put into the current batch
 
+    @property
+    def greedy(self) -> bool:
+        """Whether its next token is the argmax of its logits, whatever came before:
+        temperature 0, no penalties, no grammar (its sampler chain is greedy alone)."""
+        return self.sampling.temperature <= 0.0 and self.grammar is None and not any(self.penalties)
+
 
 def by_seq(job: Job) -> int:
     """Sort key: the job's slot, the order llama.cpp wants sequences in a batch."""
