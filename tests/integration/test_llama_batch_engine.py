@@ -21,6 +21,7 @@ from modelmint.serving.artifacts import resolve_artifact
 from modelmint.serving.backend import TextBackend
 from modelmint.serving.factory import build_backend
 from modelmint.serving.llama_batch_engine import BatchedLlamaBackend, EngineCharge
+from modelmint.serving.llama_sequence import Job
 from modelmint.serving.types import SamplingParams, StreamDelta, TextRequest, Usage
 from tests.support.deployments import deployment_spec
 from tests.support.llama import MODEL, PROMPTS, THREADS
@@ -112,6 +113,19 @@ async def test_batched_greedy_output_matches_solo(engine: BatchedLlamaBackend) -
     assert all(
         g.choices[0]["message"]["content"] != solo.choices[0]["message"]["content"] for g in rest
     )
+
+
+async def test_the_argmax_of_greedy_jobs_picks_what_llama_cpps_greedy_sampler_picks(
+    engine: BatchedLlamaBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Greedy jobs skip the sampler chain for one numpy argmax per step; the tokens (and
+    so the answers, batched with others or not) are the ones the sampler would pick."""
+    requests = [chat(q, max_tokens=40) for q in ("Name three rivers.", "Why do cats purr?")]
+    fast = await asyncio.gather(*(engine.generate(r) for r in requests))
+    monkeypatch.setattr(Job, "greedy", property(lambda job: False))
+    sampled = await asyncio.gather(*(engine.generate(r) for r in requests))
+    assert [g.choices for g in fast] == [g.choices for g in sampled]
+    assert [tokens(g.usage) for g in fast] == [tokens(g.usage) for g in sampled]
 
 
 async def test_a_prompt_reuses_the_kept_cells_of_a_shared_start_and_answers_the_same(
