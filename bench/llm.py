@@ -16,7 +16,8 @@ The same streamed, greedy chat requests (same prompts, same ``max_tokens``, same
 threads and context per request) go to each at concurrency 1 and 8, each on a
 connection of its own (llama-server drops idle keep-alive connections). The bench
 prints aggregate output tokens/s, p50/p99 time to first token, and lines such as
-``llm_c8_ratio_vs_llama_server: 0.94``. Each point is the best of ``--rounds`` runs.
+``llm_c8_ratio_vs_llama_server: 0.94``. Each point is the best of ``--rounds`` runs;
+all servers run for the whole bench and take turns within each round.
 """
 
 from __future__ import annotations
@@ -215,6 +216,24 @@ async def measure(server: Server, concurrency: int, requests: int, max_tokens: i
     return point
 
 
+def best_of_rounds(
+    servers: list[Server], plan: tuple[tuple[int, int], ...], rounds: int, max_tokens: int
+) -> dict[str, dict[int, Point]]:
+    """Each point ``rounds`` times per server, the servers taking turns within a round,
+    and each server's fastest round kept: on a shared 2-vCPU machine a round can be
+    slowed by anything else running, and the peer's own speed at c8 varied 2x between
+    runs (see docs/benchmarks.md, session 6)."""
+    results: dict[str, dict[int, Point]] = {server.name: {} for server in servers}
+    for concurrency, requests in plan:
+        for _ in range(rounds):
+            for server in servers:
+                point = asyncio.run(measure(server, concurrency, requests, max_tokens))
+                best = results[server.name].get(concurrency)
+                if best is None or point.tokens_per_s > best.tokens_per_s:
+                    results[server.name][concurrency] = point
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -239,29 +258,19 @@ def main() -> None:
     workdir.mkdir(parents=True)
     say(f"work folder {workdir.relative_to(ROOT)}; {args.max_tokens} tokens a request")
     plan = ((1, max(4, args.requests // 4)), (8, args.requests))
-    results: dict[str, dict[int, Point]] = {}
-
-    def best_of_rounds(server: Server) -> dict[int, Point]:
-        # Each point is run --rounds times and the fastest kept: on a shared 2-vCPU machine
-        # a round can be slowed by anything else running, and the peer's own speed at c8
-        # varied 2x between runs (see docs/benchmarks.md, session 6).
-        return {
-            c: max(
-                (asyncio.run(measure(server, c, n, args.max_tokens)) for _ in range(args.rounds)),
-                key=lambda point: point.tokens_per_s,
-            )
-            for c, n in plan
-        }
-
     slots = 8
-    if "llama-server" in peers:
-        with llama_server(workdir, slots, args.threads) as peer:
-            results[peer.name] = best_of_rounds(peer)
-    if "llama-cpp-server" in peers:
-        with llama_cpp_server(workdir, args.threads) as peer:
-            results[peer.name] = best_of_rounds(peer)
-    with modelmint(workdir, slots=slots, threads=args.threads) as ours:
-        results[ours.name] = best_of_rounds(ours)
+    with contextlib.ExitStack() as running:
+        # Every server runs for the whole bench and the rounds take turns among them, so
+        # a machine that speeds up or slows down during the run meets each alike (one
+        # after the other, ModelMint's c1 was 0.83 and 1.02 of llama-server's in two
+        # runs ten minutes apart, on the same code).
+        servers = []
+        if "llama-server" in peers:
+            servers.append(running.enter_context(llama_server(workdir, slots, args.threads)))
+        if "llama-cpp-server" in peers:
+            servers.append(running.enter_context(llama_cpp_server(workdir, args.threads)))
+        servers.append(running.enter_context(modelmint(workdir, slots=slots, threads=args.threads)))
+        results = best_of_rounds(servers, plan, args.rounds, args.max_tokens)
     print()
     for concurrency, _ in plan:
         ours_point = results["modelmint"][concurrency]
