@@ -48,6 +48,17 @@ async def until(condition: Callable[[], bool]) -> None:
     raise AssertionError("the background read did not finish")
 
 
+async def changed_behind_a_held_read(
+    cache: TtlCache[str, str], clock: Clock, source: Source
+) -> None:
+    """ "k" cached as v1, then changed to v2 at the source, whose reads now wait for the
+    test to open the gate; the clock past half the ttl."""
+    await cache.get("k")
+    source.values["k"] = "v2"
+    source.gate = threading.Event()
+    clock.now += 0.6
+
+
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
@@ -79,14 +90,11 @@ async def test_an_entry_is_read_once_and_trusted_until_it_expires(
 async def test_an_entry_used_after_half_its_ttl_is_reread_in_the_background(
     cache: TtlCache[str, str], clock: Clock, source: Source
 ) -> None:
-    await cache.get("k")
-    source.values["k"] = "v2"
-    source.gate = threading.Event()
-    clock.now += 0.6
+    gate = await changed_behind_a_held_read(cache, clock, source)
     # Served from the cache at once, though a read is now under way.
     assert await asyncio.wait_for(cache.get("k"), 1) == "v1"
     assert await asyncio.wait_for(cache.get("k"), 1) == "v1"  # one read ahead, not two
-    source.gate.set()
+    gate.set()
     await until(lambda: cache.peek("k") == "v2")
     assert source.reads == 2
     assert await cache.get("k") == "v2"
@@ -99,16 +107,13 @@ async def test_an_entry_used_after_half_its_ttl_is_reread_in_the_background(
 async def test_a_value_is_never_served_past_its_ttl_while_a_read_ahead_hangs(
     cache: TtlCache[str, str], clock: Clock, source: Source
 ) -> None:
-    await cache.get("k")
-    source.values["k"] = "v2"
-    source.gate = threading.Event()
-    clock.now += 0.6
+    gate = await changed_behind_a_held_read(cache, clock, source)
     assert await cache.get("k") == "v1"  # starts the read ahead, which hangs
     clock.now += 0.5  # now expired: the request waits for that same read
     waiting = asyncio.ensure_future(cache.get("k"))
     await asyncio.sleep(0.05)
     assert not waiting.done()
-    source.gate.set()
+    gate.set()
     assert await asyncio.wait_for(waiting, 5) == "v2"
     assert source.reads == 2
 

@@ -481,10 +481,12 @@ class BatchedLlamaBackend:
             live.clear()
             return
         sampled: list[tuple[Job, int]] = []
-        greedy = self._greedy_tokens(ctx, live)
-        for row, job in enumerate(job for job in live if job.out_idx >= 0):
-            token = greedy[row] if job.greedy else -1
-            if token < 0:
+        sampling = [job for job in live if job.out_idx >= 0]  # in batch order
+        greedy = self._greedy_tokens(ctx, sampling)
+        for row, job in enumerate(sampling):
+            if job.greedy:
+                token = greedy[row]
+            else:
                 token = lc.llama_sampler_sample(job.sampler, ctx, job.out_idx)
             if job.logprobs >= 0:  # read before the next decode overwrites the logits
                 job.entry = self._logprobs(ctx, job, token)
@@ -508,20 +510,20 @@ class BatchedLlamaBackend:
             else:
                 job.next_token = token
 
-    def _greedy_tokens(self, ctx: Any, live: list[Job]) -> list[int]:
-        """The argmax of each output row of the step (in batch order, one per job that
-        samples), or [] when no job samples greedily.
+    def _greedy_tokens(self, ctx: Any, sampling: list[Job]) -> list[int]:
+        """The argmax of each output row of the step (one per job in ``sampling``, the
+        jobs that sample this step, in batch order), or [] when none samples greedily.
 
         One numpy pass over the step's logits: llama.cpp's greedy sampler first copies
         all 49,152 candidates of a row into an array and then scans it, and with 8
         sequences that was most of the step's time outside ``llama_decode``. The argmax
         picks the first of equal logits, as the greedy sampler does.
         """
-        rows = sum(job.out_idx >= 0 for job in live)
-        if not rows or not any(job.greedy for job in live if job.out_idx >= 0):
+        if not any(job.greedy for job in sampling):
             return []
         # The rows with logits, contiguous in the order their tokens are in the batch.
-        logits = np.ctypeslib.as_array(lc.llama_get_logits(ctx), shape=(rows, self._n_vocab))
+        shape = (len(sampling), self._n_vocab)
+        logits = np.ctypeslib.as_array(lc.llama_get_logits(ctx), shape=shape)
         return [int(token) for token in logits.argmax(axis=1)]
 
     def _logprobs(self, ctx: Any, job: Job, token: int) -> dict[str, Any]:
