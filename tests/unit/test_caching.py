@@ -50,13 +50,14 @@ async def until(condition: Callable[[], bool]) -> None:
 
 async def changed_behind_a_held_read(
     cache: TtlCache[str, str], clock: Clock, source: Source
-) -> None:
+) -> threading.Event:
     """ "k" cached as v1, then changed to v2 at the source, whose reads now wait for the
-    test to open the gate; the clock past half the ttl."""
+    test to open the gate it returns; the clock past half the ttl."""
     await cache.get("k")
     source.values["k"] = "v2"
-    source.gate = threading.Event()
+    gate = source.gate = threading.Event()
     clock.now += 0.6
+    return gate
 
 
 @pytest.fixture
