@@ -174,8 +174,8 @@ async def test_a_lone_request_reuses_a_start_where_it_is_kept(
     other, spread, _ = await _run_in(trio, "Penguins eat", 8)
 
     assert kept.slot == 1  # where its cells are: no copy
-    # All of it but the last two tokens, which always run (see _MIN_TAIL).
-    assert kept.reused_tokens == prompt_tokens - 2
+    # All of it but the last token, which runs again for its logits.
+    assert kept.reused_tokens == prompt_tokens - 1
     assert again == fresh
     assert spread.slot == 2 and other  # the slot used longest ago, not one holding a prompt
 
@@ -196,7 +196,7 @@ async def test_beside_a_live_sequence_a_kept_start_is_copied_into_the_lowest_fre
 
     assert zebra.slot == 0 and zebra.steps > copied.steps  # it was live all along
     assert copied.slot == 1  # the lowest free slot, its start copied in from slot 2
-    assert copied.reused_tokens == prompt_tokens - 2
+    assert copied.reused_tokens == prompt_tokens - 1
     assert again == fresh
 
 
@@ -219,7 +219,7 @@ async def test_a_move_keeps_the_prompt_kept_where_the_sequence_moved_to(
 ) -> None:
     """Filling a gap swaps the two slots' cells by way of the spare stream: the prompt the
     freed slot kept is still kept, now in the slot the sequence moved from, and a later
-    request with that prompt computes only its last two tokens."""
+    request with that prompt computes only its last token."""
     visited = "The capital of France is a city that many people visit every year, and it is"
     (_, low, _), (short_text, short, _), (_, moved, _) = await asyncio.gather(
         _run_in(trio, "Zebras live in", 40),
@@ -230,7 +230,7 @@ async def test_a_move_keeps_the_prompt_kept_where_the_sequence_moved_to(
     again, kept, prompt_tokens = await _run_in(trio, visited, 2)
 
     assert kept.slot == 2  # where the swap put its cells
-    assert kept.reused_tokens == prompt_tokens - 2
+    assert kept.reused_tokens == prompt_tokens - 1
     assert again == short_text
 
 

@@ -61,7 +61,7 @@ from modelmint.serving.llama_requests import (
     prompt_tokens,
 )
 from modelmint.serving.llama_sequence import EngineCharge, Job, by_seq, sampler_for
-from modelmint.serving.llama_slots import MIN_TAIL, KvSlots
+from modelmint.serving.llama_slots import KvSlots
 
 # The request-field refusals and the chunk shape are the old backend's, shared on purpose.
 from modelmint.serving.text_stream import StopMatcher
@@ -457,10 +457,8 @@ class BatchedLlamaBackend:
                 continue
             left = len(job.tokens) - job.n_past
             take = min(left, room)
-            if 0 < left - take < MIN_TAIL:
-                take = left - MIN_TAIL  # a full batch must not leave a lone last token
-            if take < min(left, MIN_TAIL):
-                continue  # no room this step for a chunk that keeps answers the same
+            if take <= 0:
+                continue  # no room left in this step's batch
             if job.charge.steps == 0:
                 job.charge.queue_ms = (started - job.arrived) * 1000.0
             chunk = job.tokens[job.n_past : job.n_past + take]

@@ -16,15 +16,8 @@ from prometheus_client import Counter
 
 from modelmint.serving.llama_sequence import Job, by_seq
 
-__all__ = ["MIN_TAIL", "KvSlots"]
+__all__ = ["KvSlots"]
 
-# The fewest prompt tokens a sequence computes in one step (unless its prompt is
-# shorter), even when a slot holds its whole prompt or the batch is nearly full.
-# Two, not one: llama.cpp computes a lone query row of a sequence with other kernels
-# than a chunk of several (measured: reusing all but the last token changed greedy
-# output; leaving two or more never did), and neither reuse nor batching may change
-# an answer.
-MIN_TAIL = 2
 # How many more kept prompt tokens another free slot must share with a new prompt than
 # the lowest free slot does before its cells are copied over: a copy costs milliseconds,
 # computing 8 prompt tokens tens of them.
@@ -70,7 +63,7 @@ class KvSlots:
         The last prompt token always runs again: its logits give the first answer token.
         """
 
-        usable = len(tokens) - MIN_TAIL
+        usable = len(tokens) - 1  # the last token runs again: its logits are needed
         # Kept tokens this prompt can use, per free slot.
         shares = {
             slot: max(0, min(_shared_prefix(self._kept.get(slot, ()), tokens), usable))
