@@ -70,6 +70,11 @@ from modelmint.serving.types import Generation, SamplingParams, StreamDelta, Tex
 
 __all__ = ["BatchedLlamaBackend", "EngineCharge"]
 
+# After a step, how long the engine waits at most for the event loop to send the step's
+# tokens before computing the next one (``Outbox.flush``): the loop's work for a step
+# of 8 streams is about 0.7 ms; a loop busy with something else costs a step no more.
+_HANDOFF_S = 0.002
+
 
 class BatchedLlamaBackend:
     """A ``TextBackend`` serving a GGUF model with continuous batching on the CPU."""
@@ -298,7 +303,7 @@ class BatchedLlamaBackend:
                 self._kv.compact(live, free)
                 if live:
                     self._step(ctx, batch, live, free, memory)
-                self._out.flush()
+                self._out.flush(handoff_s=_HANDOFF_S)
         finally:
             # Closing or crashed: refuse new requests, fail the ones in flight; nobody hangs.
             with self._wake:
