@@ -17,6 +17,7 @@ from modelmint.errors import ServiceUnavailable
 from modelmint.metering import UsageEvent, UsageWriter
 from modelmint.storage import Database
 from modelmint.storage.tables import UsageRecord
+from modelmint.storage.write_turn import WriteTurn
 
 # A guard against hanging forever if a future is never completed; never reached when
 # the writer works.
@@ -124,6 +125,28 @@ def test_queued_events_share_transactions_up_to_max_batch(database: Database) ->
         writer.close()
     assert (writer.batches, writer.events) == (4, 200)  # 64 + 64 + 64 + 8
     assert len(stored(database)) == 200
+
+
+def test_on_sqlite_the_writer_waits_its_turn_behind_other_processes_writers(
+    sqlite_database: Database,
+) -> None:
+    """Another process's writer holding the turn (``storage.write_turn``) keeps this one
+    waiting, in a queue rather than in SQLite's busy handler; it commits once let go."""
+    database_path = sqlite_database.url.database
+    assert database_path is not None
+    other = WriteTurn(database_path)  # its own open file: to flock, another process
+    writer = UsageWriter(sqlite_database)
+    writer.start()
+    try:
+        with other():
+            future = writer.submit(event("req_after_turn"))
+            with pytest.raises(concurrent.futures.TimeoutError):
+                future.result(timeout=0.3)  # a working turn never lets it through
+        future.result(timeout=GUARD_S)
+    finally:
+        writer.close()
+        other.close()
+    assert list(stored(sqlite_database)) == ["req_after_turn"]
 
 
 async def test_duplicate_id_is_written_once_without_error(

@@ -202,6 +202,15 @@ class UsageStore:
         connection replaced, so a database that went away is reconnected to next time.
         """
         connection = self._connect()
+        with self._db.write_turn():
+            fresh, done = self._commit(connection, events)
+        if done is not None:
+            done()
+        return len(fresh)
+
+    def _commit(
+        self, connection: Connection, events: list[UsageEvent]
+    ) -> tuple[list[UsageEvent], Callable[[], None] | None]:
         try:
             # The DBAPI connection itself: SQLAlchemy's result wrapper cost more per row
             # than the database's work on this hot path. The transaction is begun through
@@ -227,9 +236,7 @@ class UsageStore:
             self._discard()
             raise
         USAGE_BATCHES.labels(way).inc()
-        if done is not None:
-            done()
-        return len(fresh)
+        return fresh, done
 
     def lost(self, events: Sequence[UsageEvent]) -> None:
         """The events finally failed to be stored (their requests were answered 503)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +13,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelmint.errors import InvalidRequest, ServiceUnavailable
+from modelmint.storage.write_turn import WriteTurn
 
 if TYPE_CHECKING:
     from modelmint.config import Settings
@@ -56,9 +57,11 @@ class Database:
             raise ValueError(f"sqlite_synchronous must be one of {SYNCHRONOUS}")
         self.url = _supported_url(url)
         kwargs: dict[str, Any] = {"echo": echo, "future": True}
+        self._turn: WriteTurn | None = None
         if self.is_sqlite:
             database = self.url.database
             if database and database != ":memory:":
+                self._turn = WriteTurn(database)
                 try:
                     Path(database).parent.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:
@@ -112,8 +115,15 @@ class Database:
         with self._sessions() as session, session.begin():
             yield session
 
+    def write_turn(self) -> AbstractContextManager[None]:
+        """Around a hot write transaction: on a SQLite file, wait for this writer's turn
+        among every process's (``storage.write_turn``); elsewhere nothing."""
+        return self._turn() if self._turn is not None else nullcontext()
+
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._turn is not None:
+            self._turn.close()
 
 
 def _supported_url(url: str) -> URL:
