@@ -18,6 +18,7 @@ from modelmint import accounts
 from modelmint.billing import (
     Budget,
     BudgetExceeded,
+    EnterprisePlan,
     FlatRate,
     GraduatedTiers,
     InsufficientCredit,
@@ -35,8 +36,9 @@ from modelmint.billing_admin import close_period
 from modelmint.charging.reservations import hold_budget, release_budget, release_stale, reserve
 from modelmint.charging.settlement import Charger
 from modelmint.metering import UsageEvent, UsageWriter
+from modelmint.observability.metrics import USAGE_BATCHES
 from modelmint.storage import Database
-from modelmint.storage.tables import BillingAlert, BillingInvoice, UsageRecord
+from modelmint.storage.tables import BillingAlert, BillingInvoice, BillingUsageTotal, UsageRecord
 
 D = Decimal
 INPUT_TIERS = GraduatedTiers(tiers_up_to((500, D("0.001")), (None, D("0.0005"))))
@@ -138,6 +140,82 @@ def test_subscription_charges_add_up_to_the_invoice_to_the_last_unit(
         # The 100 included input tokens ran out: 50, 80 and 100% alerts, each raised once.
         alerts = session.scalars(select(BillingAlert).where(BillingAlert.kind == "allowance"))
         assert sorted(a.threshold for a in alerts) == [50, 80, 100]
+
+
+def usage_totals(database: Database, org: str) -> dict[str, tuple[D, D, D, int]]:
+    """The organisation's usage totals by metric: quantity, included, amount, charges."""
+    with database.session() as session:
+        rows = session.scalars(
+            select(BillingUsageTotal).where(BillingUsageTotal.organization_id == org)
+        ).all()
+    return {r.metric: (r.quantity, r.included, r.amount, r.charges) for r in rows}
+
+
+def one_trip_batches() -> float:
+    return USAGE_BATCHES.labels("one_trip")._value.get()
+
+
+def test_flat_prices_are_settled_in_one_trip_and_add_up_exactly(
+    database: Database, writer: UsageWriter
+) -> None:
+    """Flat prices and unlimited allowances need no running totals: such batches are
+    settled without reads, their sums added blindly. The totals must still be exact,
+    fractional compute seconds included."""
+    book = PriceBook(
+        "USD",
+        {
+            ("m", Metric.INPUT_TOKENS): FlatRate(D("0.0000015")),
+            ("m", Metric.OUTPUT_TOKENS): FlatRate(D("6"), 1_000_000),
+            ("m", Metric.COMPUTE_SECONDS): FlatRate(D("0.08"), 4),
+        },
+    )
+    flat = SubscriptionPlan("flat", 1, fee=Money(D("5.00"), "USD"), price_book=book)
+    org = setup_org(database, "initech", flat)
+    reported = setup_org(database, "globex", EnterprisePlan("ent", 1, fee=Money(D("9"), "USD")))
+    rng = random.Random(11)
+    shapes = [
+        (rng.randint(1, 900), rng.randint(0, 300), rng.randint(1, 5000) / 4) for _ in range(30)
+    ]
+    events = [
+        event(org, n, "flat", input_tokens=i, output_tokens=o, engine_ms=ms)
+        for n, (i, o, ms) in enumerate(shapes)
+    ]
+    events[7].status_code = 503  # owes nothing and is in no total
+    events += [
+        event(reported, n, "ent", input_tokens=i, output_tokens=o, engine_ms=ms)
+        for n, (i, o, ms) in enumerate(shapes[:5])
+    ]
+    before = one_trip_batches()
+    for e in events:
+        writer.submit(e).result(timeout=30)
+    assert one_trip_batches() - before == len(events)  # none needed a read
+
+    served = [s for n, s in enumerate(shapes) if n != 7]
+    tokens_in = sum(i for i, _, _ in served)
+    tokens_out = sum(o for _, o, _ in served)
+    # Engine time is metered in whole microseconds.
+    secs = sum((D(round(ms * 1000)) / 1_000_000 for _, _, ms in served), D(0))
+    expected = {
+        "input_tokens": (D(tokens_in), D(0), D(tokens_in) * D("0.0000015"), len(served)),
+        "output_tokens": (D(tokens_out), D(0), D(tokens_out) * D("0.000006"), len(served)),
+        "compute_seconds": (secs, D(0), secs * D("0.02"), len(served)),
+    }
+    assert usage_totals(database, org) == expected
+    with database.session() as session:
+        charges = session.scalars(
+            select(UsageRecord.charge).where(UsageRecord.organization_id == org)
+        ).all()
+    assert sum((c for c in charges if c is not None), D(0)) == sum(
+        (amount for _, _, amount, _ in expected.values()), D(0)
+    )
+    # An enterprise plan reports every unit as included and charges nothing.
+    reported_in = sum(i for i, _, _ in shapes[:5])
+    assert usage_totals(database, reported)["input_tokens"] == (
+        D(reported_in),
+        D(reported_in),
+        D(0),
+        5,
+    )
 
 
 def test_a_hard_budget_holds_the_worst_case_and_settles_the_actual(

@@ -18,12 +18,12 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from modelmint.billing import Metric, PlanRef
+from modelmint.billing import Metric
 from modelmint.billing.exact import EXACT, plus
 from modelmint.billing.periods import Period, utc
-from modelmint.billing.rating import ChargedTotal, LinearRates, UsageKey, UsageTotal
+from modelmint.billing.rating import LinearRates
 from modelmint.charging.quantities import measured
-from modelmint.charging.settlement_sql import SettlementSql
+from modelmint.charging.settlement_sql import AddedTotal, SettlementSql
 from modelmint.clock import utcnow
 from modelmint.metering.events import UsageEvent
 from modelmint.storage.batch import Rows, Statement
@@ -49,9 +49,11 @@ class QuickSettlement:
         self._on_committed = on_committed
         self._billed = billed
         self.charges: dict[str, Decimal] = {}
-        # (organisation, period start, plan, model, metric) -> [quantity, included,
-        # amount, charges]: what the batch adds to each usage total
-        added: dict[tuple[str, datetime, PlanRef, str, Metric], list[Any]] = {}
+        # What the batch adds to the usage totals, per (organisation, period start,
+        # rates): the rates, then per billed metric [quantity, included, amount,
+        # charges]. Keyed by the rates' identity: the charger keeps one per plan
+        # version, model and endpoint, and hashing them (or their plan) costs more.
+        added: dict[tuple[str, datetime, int], tuple[LinearRates, dict[Metric, list[Any]]]] = {}
         pending: dict[str, Decimal] = {}
         for event in billed:
             amount = _ZERO
@@ -59,35 +61,43 @@ class QuickSettlement:
                 moment = event.created_at
                 if moment.tzinfo is not UTC:
                     moment = utc(moment)
-                start = _month_start(moment.year, moment.month)
                 line = rates[event.id]
+                slot = (event.organization_id, _month_start(moment.year, moment.month), id(line))
+                found = added.get(slot)
+                if found is None:
+                    found = added[slot] = (
+                        line,
+                        {metric: [0, 0, _ZERO, 0] for metric in line.units},
+                    )
+                sums = found[1]
                 used = measured(
                     event.endpoint, event.input_tokens, event.output_tokens, event.engine_ms
                 )
-                org, included = event.organization_id, line.included
+                included = line.included
                 for metric, unit in line.units.items():
                     quantity = used[metric]
-                    slot = (org, start, line.plan, line.model, metric)
-                    sums = added.get(slot)
-                    if sums is None:
-                        sums = added[slot] = [0, 0, _ZERO, 0]
-                    sums[0] = plus(sums[0], quantity)
-                    sums[3] += 1
+                    total = sums[metric]
+                    total[0] = plus(total[0], quantity)
+                    total[3] += 1
                     if metric in included:
-                        sums[1] = plus(sums[1], quantity)
+                        total[1] = plus(total[1], quantity)
                     elif unit:
                         part = EXACT.multiply(unit, quantity)
-                        sums[2] = EXACT.add(sums[2], part)
+                        total[2] = EXACT.add(total[2], part)
                         amount = EXACT.add(amount, part)
             self.charges[event.id] = amount
             if event.wallet_lease is not None and amount > 0:
                 lease = event.wallet_lease
                 pending[lease] = EXACT.add(pending.get(lease, _ZERO), amount)
         self._leases = set(pending)
-        totals = []
-        for (org, start, plan, model, metric), (q, inside, total, count) in added.items():
-            key = UsageKey(plan, model, metric)
-            totals.append((org, start, key, ChargedTotal(UsageTotal(key, q, inside), total, count)))
+        totals: list[AddedTotal] = []
+        for (org, start, _), (line, sums) in added.items():
+            plan = line.plan
+            for metric, (quantity, inside, total, count) in sums.items():
+                totals.append(
+                    (org, start, plan.code, plan.version, line.model, metric,
+                     quantity, inside, total, count)
+                )  # fmt: skip
         organizations = sorted({e.organization_id for e in billed})
         self._sql = sql
         self._parts = (totals, sorted(pending.items()), organizations, utcnow())

@@ -117,10 +117,12 @@ class Charger:
     """
 
     def __init__(self, leases: CreditLeases | None = None) -> None:
-        self._plans: dict[PlanRef, Plan] = {}  # plan versions never change once published
-        # (plan code, version, model, endpoint) -> its linear rates, or None if they are
-        # not all linear
-        self._linear: dict[tuple[Any, ...], LinearRates | None] = {}
+        # (plan code, version) -> the plan: plan versions never change once published.
+        # Keyed by plain tuples, which hash in C (a PlanRef hashes in Python).
+        self._plans: dict[tuple[str | None, int | None], Plan] = {}
+        # (plan code, version, model, endpoint) -> its linear rates (None if they are not
+        # all linear), and whether the plan is prepaid
+        self._linear: dict[tuple[Any, ...], tuple[LinearRates | None, bool]] = {}
         self.leases = leases
         self._sql: dict[bool, SettlementSql] = {}
 
@@ -154,11 +156,17 @@ class Charger:
         self, events: Sequence[UsageEvent], session: Callable[[], Session]
     ) -> list[UsageEvent]:
         billed = [e for e in events if e.plan_code is not None and e.plan_version is not None]
-        unseen = {_ref(e) for e in billed} - set(self._plans)
+        known = self._plans
+        unseen = {
+            (e.plan_code, e.plan_version)
+            for e in billed
+            if (e.plan_code, e.plan_version) not in known
+        }
         if unseen:
             plans = BillingStore(session()).plans
-            for ref in sorted(unseen):
-                self._plans[ref] = plans.load_plan(ref.code, ref.version)
+            for code, version in unseen:
+                assert code is not None and version is not None
+                known[code, version] = plans.load_plan(code, version)
         return billed
 
     def _statements(self, sql: BatchSql) -> SettlementSql:
@@ -173,18 +181,21 @@ class Charger:
             return None
         if event.currency is None:
             return None
-        plan = self.plan(event)
-        if isinstance(plan, PrepaidPlan) and event.wallet_lease is None:
-            return None
         key = (event.plan_code, event.plan_version, event.model, event.endpoint)
-        if key not in self._linear:
+        known = self._linear.get(key)
+        if known is None:
+            plan = self.plan(event)
             try:
                 metrics = billed_quantities(plan, event.model, measured(event.endpoint, 0, 0, 0))
             except PriceNotFound:
-                self._linear[key] = None  # the general way logs it
+                rates = None  # the general way logs it
             else:
-                self._linear[key] = LinearRates.of(plan, event.model, metrics)
-        return self._linear[key]
+                rates = LinearRates.of(plan, event.model, metrics)
+            known = self._linear[key] = (rates, isinstance(plan, PrepaidPlan))
+        rates, prepaid = known
+        if prepaid and event.wallet_lease is None:
+            return None
+        return rates
 
     def settled(
         self, events: Sequence[UsageEvent], fresh: set[str], charges: dict[str, Decimal]
@@ -211,7 +222,7 @@ class Charger:
                 self.leases.lost(event.leases)
 
     def plan(self, event: UsageEvent) -> Plan:
-        return self._plans[_ref(event)]
+        return self._plans[event.plan_code, event.plan_version]
 
 
 class BatchSettlement:
@@ -501,11 +512,6 @@ def _through_lease(reads: BatchReads, event: UsageEvent, charge: Decimal) -> boo
         lease.consumed = EXACT.add(lease.consumed, charge)
         lease.changed = True
     return True
-
-
-def _ref(event: UsageEvent) -> PlanRef:
-    assert event.plan_code is not None and event.plan_version is not None
-    return PlanRef(event.plan_code, event.plan_version)
 
 
 def _keys(events: list[UsageEvent], charger: Charger) -> BatchKeys:

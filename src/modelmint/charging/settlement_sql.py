@@ -24,12 +24,14 @@ from typing import Any
 import orjson
 
 from modelmint.billing import Budget, Metric, Money, PlanRef
+from modelmint.billing.exact import Quantity
 from modelmint.billing.rating import ChargedTotal, UsageKey, UsageTotal
 from modelmint.billing.wallet import CreditGrant, GrantKind
 from modelmint.storage.batch import BatchSql, Rows, Statement, read_decimal
 
 __all__ = [
     "USAGE_LOCK_SPACE",
+    "AddedTotal",
     "BatchKeys",
     "BatchReads",
     "LeaseRow",
@@ -58,6 +60,10 @@ _LEASE_COLUMNS = (
 )  # fmt: skip
 _TOTAL_KEY = ("organization_id", "period_start", "plan_code", "plan_version", "model", "metric")
 _TOTAL_VALUES = ("quantity", "included", "amount", "charges")
+
+# What a quick batch adds to one usage total: organisation, period start, plan code,
+# plan version, model, metric, then quantity, included, amount and charges added.
+AddedTotal = tuple[str, datetime, str, int, str, Metric, Quantity, Quantity, Decimal, int]
 _SPEND_KEY = ("organization_id", "api_key_id", "period_start")
 _LEDGER_COLUMNS = ("wallet_id", "sequence", "at", "kind", "grant_id", "amount", "reference")
 _ALERT_COLUMNS = (
@@ -446,50 +452,39 @@ class SettlementSql:
 
     def quick(
         self,
-        totals: Sequence[tuple[str, datetime, UsageKey, ChargedTotal]],
+        totals: Sequence[AddedTotal],
         pending: Sequence[tuple[str, Decimal]],
         organizations: Sequence[str],
         now: datetime,
     ) -> list[Statement]:
-        """A quick batch's statements on SQLite: add ``(organisation, period start, key,
-        what to add)`` to the usage totals, add each ``(lease, amount)`` to what the open
-        wallet lease has pending where it has room for it, and look for the
-        organisations' budgets. Their rows name each lease added to, and "#budget" if a
-        budget exists. (On PostgreSQL see ``quick_with``.)"""
+        """A quick batch's statements on SQLite: add ``totals`` to the usage totals, add
+        each ``(lease, amount)`` to what the open wallet lease has pending where it has
+        room for it, and look for the organisations' budgets. Their rows name each lease
+        added to, and "#budget" if a budget exists. (On PostgreSQL see ``quick_with``.)"""
         sql = self._sql
-        rows = self._total_rows(totals)
-        sets = ", ".join(
-            [
-                f"{c} = mm_exact_add(billing_usage_totals.{c}, excluded.{c})"
-                for c in ("quantity", "included", "amount")
-            ]
-            + ["charges = billing_usage_totals.charges + excluded.charges"]
-        )
-        tail = f"ON CONFLICT ({', '.join(_TOTAL_KEY)}) DO UPDATE SET {sets}"
-        statements = [sql.insert("billing_usage_totals", _TOTAL_KEY + _TOTAL_VALUES, rows, tail)]
-        for lease_id, amount in pending:  # a batch names one or two leases
-            value = sql.decimal(amount)
-            statements.append(
-                Statement(
-                    "UPDATE billing_credit_leases SET pending = mm_exact_add(pending, ?), "
-                    "consumed = mm_exact_add(consumed, ?), last_consumed_at = ? "
-                    "WHERE id = ? AND closed_at IS NULL AND mm_exact_room(amount, pending, ?) "
-                    "RETURNING id",
-                    (value, value, sql.time(now), lease_id, value),
+        rows = [
+            (org, sql.time(start), code, version, model, metric,
+             _text(quantity), _text(included), f"{amount:f}", charges)
+            for org, start, code, version, model, metric, quantity, included, amount, charges
+            in totals
+        ]  # fmt: skip
+        statements = [
+            sql.insert("billing_usage_totals", _TOTAL_KEY + _TOTAL_VALUES, rows, _QUICK_TAIL)
+        ]
+        if pending:
+            moment = sql.time(now)
+            for lease_id, amount in pending:  # a batch names one or two leases
+                value = f"{amount:f}"
+                statements.append(
+                    Statement(_QUICK_LEASE_SQLITE, (value, value, moment, lease_id, value))
                 )
-            )
-        where, params = sql.where_in(
-            "billing_budgets", ("organization_id",), [(org,) for org in organizations]
-        )
-        statements.append(
-            Statement(f"SELECT '#budget' FROM billing_budgets WHERE {where} LIMIT 1", params)
-        )
+        statements.append(Statement(_budget_probe_sqlite(len(organizations)), tuple(organizations)))
         return statements
 
     def quick_with(
         self,
         insert: Statement,
-        totals: Sequence[tuple[str, datetime, UsageKey, ChargedTotal]],
+        totals: Sequence[AddedTotal],
         pending: Sequence[tuple[str, Decimal]],
         organizations: Sequence[str],
         now: datetime,
@@ -499,35 +494,28 @@ class SettlementSql:
         both sides of the wire, than the rows it writes. Its rows are ("usage", id) for
         each usage row inserted, ("lease", id) for each lease added to, and ("budget",
         "#budget") if a budget exists."""
-        sql = self._sql
+        # Decimals go as JSON strings, which NUMERIC reads exactly (and orjson then
+        # needs no hook); times and metrics orjson writes itself.
+        records = [
+            {"organization_id": org, "period_start": start, "plan_code": code,
+             "plan_version": version, "model": model, "metric": metric,
+             "quantity": quantity if type(quantity) is int else f"{quantity:f}",
+             "included": included if type(included) is int else f"{included:f}",
+             "amount": f"{amount:f}", "charges": charges}
+            for org, start, code, version, model, metric, quantity, included, amount, charges
+            in totals
+        ]  # fmt: skip
+        leases = [{"id": lease_id, "pending": f"{amount:f}"} for lease_id, amount in pending]
         return Statement(
             _quick_with_text(insert.sql),
             (
                 *insert.params,
-                sql.records(_TOTAL_KEY + _TOTAL_VALUES, self._total_rows(totals)),
+                orjson.dumps(records).decode(),
                 now,
-                sql.records(("id", "pending"), list(pending)),
-                orjson.dumps(list(organizations)).decode(),
+                orjson.dumps(leases).decode(),
+                orjson.dumps(organizations).decode(),
             ),
         )
-
-    def _total_rows(self, totals: Sequence[tuple[str, datetime, UsageKey, ChargedTotal]]) -> Rows:
-        sql = self._sql
-        return [
-            (
-                org,
-                sql.time(start),
-                key.plan.code,
-                key.plan.version,
-                key.model,
-                key.metric.value,
-                sql.decimal(Decimal(added.total.quantity)),
-                sql.decimal(Decimal(added.total.included)),
-                sql.decimal(added.amount),
-                added.charges,
-            )
-            for org, start, key, added in totals
-        ]
 
     def alerts(self, rows: Sequence[dict[str, Any]]) -> Statement:
         """Raise alerts; an id raised before is skipped (returns the ids stored)."""
@@ -554,6 +542,34 @@ class SettlementSql:
         return sql.insert(
             "billing_alerts", _ALERT_COLUMNS, values, "ON CONFLICT (id) DO NOTHING RETURNING id"
         )
+
+
+def _text(quantity: int | Decimal) -> str:
+    """A quantity as ExactDecimal's text on SQLite."""
+    return str(quantity) if type(quantity) is int else f"{quantity:f}"
+
+
+# SQLite: a quick batch's addition to the usage totals, and to one lease's pending.
+_QUICK_TAIL = f"ON CONFLICT ({', '.join(_TOTAL_KEY)}) DO UPDATE SET " + ", ".join(
+    [
+        BatchSql(sqlite=True).add_exact("billing_usage_totals", c)
+        for c in ("quantity", "included", "amount")
+    ]
+    + ["charges = billing_usage_totals.charges + excluded.charges"]
+)
+_QUICK_LEASE_SQLITE = (
+    "UPDATE billing_credit_leases SET pending = mm_exact_add(pending, ?), "
+    "consumed = mm_exact_add(consumed, ?), last_consumed_at = ? "
+    "WHERE id = ? AND closed_at IS NULL AND mm_exact_room(amount, pending, ?) "
+    "RETURNING id"
+)
+
+
+@functools.lru_cache(maxsize=16)
+def _budget_probe_sqlite(organizations: int) -> str:
+    """SQLite: "#budget" if one of ``organizations`` organisations has a budget."""
+    marks = ", ".join(["?"] * organizations)
+    return f"SELECT '#budget' FROM billing_budgets WHERE organization_id IN ({marks}) LIMIT 1"
 
 
 @functools.lru_cache(maxsize=4)

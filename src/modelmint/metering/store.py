@@ -423,10 +423,7 @@ class UsageStore:
         conflict = (time_column, *key_columns)
         columns = (*conflict, *_ECONOMICS_COUNTS, *_ECONOMICS_MONEY)
         counts = [f"{c} = {table}.{c} + excluded.{c}" for c in _ECONOMICS_COUNTS]
-        if self._sqlite:
-            money = [f"{c} = {_EXACT_ADD}({table}.{c}, excluded.{c})" for c in _ECONOMICS_MONEY]
-        else:
-            money = [f"{c} = {table}.{c} + excluded.{c}" for c in _ECONOMICS_MONEY]
+        money = [self._sql.add_exact(table, c) for c in _ECONOMICS_MONEY]
         tail = f"ON CONFLICT ({', '.join(conflict)}) DO UPDATE SET {', '.join(counts + money)}"
         return columns, tail
 

@@ -90,6 +90,19 @@ class BatchSql:
         # Same storage as ``ExactDecimal``: plain-notation text on SQLite, NUMERIC elsewhere.
         return f"{value:f}" if self.sqlite else value
 
+    def add_exact(self, table: str, column: str) -> str:
+        """``column = column + excluded.column`` for an upsert's ON CONFLICT clause,
+        exactly: NUMERIC arithmetic on PostgreSQL; on SQLite, where ``ExactDecimal`` is
+        text and SQL arithmetic goes through floats, ``mm_exact_add`` (a Python function
+        the metering writer registers), skipped when adding "0": a call into Python
+        costs more than the CASE."""
+        if self.sqlite:
+            return (
+                f"{column} = CASE excluded.{column} WHEN '0' THEN {table}.{column} "
+                f"ELSE mm_exact_add({table}.{column}, excluded.{column}) END"
+            )
+        return f"{column} = {table}.{column} + excluded.{column}"
+
     # -- statements -----------------------------------------------------------------------
 
     def insert(self, table: str, columns: tuple[str, ...], rows: Rows, tail: str = "") -> Statement:
