@@ -26,6 +26,7 @@ from modelmint.billing import (
     PriceBook,
     SubscriptionPlan,
 )
+from modelmint.billing.errors import PlanNotFound
 from modelmint.billing.periods import Period
 from modelmint.billing.store import BillingStore
 from modelmint.charging.lease_store import DatabaseLeaseStore
@@ -33,6 +34,7 @@ from modelmint.charging.leases import CreditLeases, LeaseLost, Pool
 from modelmint.charging.reservations import hold_budget, reserve
 from modelmint.charging.settlement import Charger
 from modelmint.metering import UsageEvent, UsageWriter
+from modelmint.observability.metrics import USAGE_BATCHES
 from modelmint.storage import Database
 from modelmint.storage.tables import BillingCreditLease, BillingSpend, BillingWallet, UsageRecord
 
@@ -45,7 +47,10 @@ def prepaid_org(database: Database, name: str, credit: str) -> str:
         org = accounts.create_org(session, name)
         repo = BillingStore(session)
         book = PriceBook("USD", {("*", Metric.OUTPUT_TOKENS): PRICE})
-        plan = repo.plans.publish_plan(PrepaidPlan("payg", 1, book))
+        try:
+            plan = repo.plans.load_plan("payg", 1)  # another organisation published it
+        except PlanNotFound:
+            plan = repo.plans.publish_plan(PrepaidPlan("payg", 1, book))
         repo.subscriptions.subscribe(org.id, plan.ref, Period.containing(datetime.now(UTC)).start)
         wallet = repo.wallets.open_wallet(org.id, "USD")
         wallet.top_up(Money(D(credit), "USD"), at=datetime.now(UTC))
@@ -240,3 +245,44 @@ async def test_a_request_whose_lease_was_swept_is_paid_from_free_credit(
         paid(org, 1, tokens=7, wallet_lease=granted.lease_id, lease_worst=D("0.1"))
     )
     assert wallet_sums(database, org) == (D("0.93"), D(0), D(0))
+
+
+def test_a_batch_charging_several_leases_adds_to_each_exactly(
+    database: Database, store: DatabaseLeaseStore
+) -> None:
+    """One batch of two organisations' requests, each admitted against its own lease:
+    settled in one trip, each lease's pending is its own requests' charges."""
+    orgs = [prepaid_org(database, "soylent", "5.00"), prepaid_org(database, "tyrell", "5.00")]
+    leases = {}
+    for org in orgs:
+        granted = store.open(Pool.wallet(org, "USD"), D("1.00"), D("0.1"))
+        assert granted is not None
+        leases[org] = granted.lease_id
+    events = [
+        paid(org, n * 10 + k, tokens=n + k + 1, wallet_lease=leases[org], lease_worst=D("0.1"))
+        for n in range(4)
+        for k, org in enumerate(orgs)
+    ]
+    usage_writer = UsageWriter(database, charging=Charger())
+    futures = [usage_writer.submit(event) for event in events]  # queued: one batch
+    one_trip = USAGE_BATCHES.labels("one_trip")
+    before = one_trip._value.get()
+    usage_writer.start()
+    try:
+        for future in futures:
+            future.result(timeout=30)
+    finally:
+        usage_writer.close()
+    assert usage_writer.batches == 1
+    assert one_trip._value.get() == before + 1  # settled without reads
+    with database.session() as session:
+        pending = {
+            row.organization_id: row.pending for row in session.scalars(select(BillingCreditLease))
+        }
+    charged = {
+        org: sum((D(e.output_tokens) * D("0.01") for e in events if e.organization_id == org), D(0))
+        for org in orgs
+    }
+    assert pending == charged
+    for org in orgs:
+        assert wallet_sums(database, org)[1:] == (D(0), D("1.00"))

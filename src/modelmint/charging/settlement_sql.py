@@ -27,7 +27,7 @@ from modelmint.billing import Budget, Metric, Money, PlanRef
 from modelmint.billing.exact import Quantity
 from modelmint.billing.rating import ChargedTotal, UsageKey, UsageTotal
 from modelmint.billing.wallet import CreditGrant, GrantKind
-from modelmint.storage.batch import BatchSql, Rows, Statement, read_decimal
+from modelmint.storage.batch import BatchSql, Rows, Statement, read_decimal, text_array
 
 __all__ = [
     "USAGE_LOCK_SPACE",
@@ -505,17 +505,20 @@ class SettlementSql:
             for org, start, code, version, model, metric, quantity, included, amount, charges
             in totals
         ]  # fmt: skip
-        leases = [{"id": lease_id, "pending": f"{amount:f}"} for lease_id, amount in pending]
-        return Statement(
-            _quick_with_text(insert.sql),
-            (
-                *insert.params,
-                orjson.dumps(records).decode(),
-                now,
-                orjson.dumps(leases).decode(),
-                orjson.dumps(organizations).decode(),
-            ),
-        )
+        params: list[Any] = [*insert.params, orjson.dumps(records).decode()]
+        if len(pending) == 1:
+            shape = "one"
+            [(lease_id, amount)] = pending
+            value = f"{amount:f}"
+            params += [value, value, now, lease_id, value]
+        elif pending:
+            shape = "many"
+            leases = [{"id": lease_id, "pending": f"{amount:f}"} for lease_id, amount in pending]
+            params += [now, orjson.dumps(leases).decode()]
+        else:
+            shape = "none"
+        params.append(text_array(organizations))
+        return Statement(_quick_with_text(insert.sql, shape), params)
 
     def alerts(self, rows: Sequence[dict[str, Any]]) -> Statement:
         """Raise alerts; an id raised before is skipped (returns the ids stored)."""
@@ -572,32 +575,48 @@ def _budget_probe_sqlite(organizations: int) -> str:
     return f"SELECT '#budget' FROM billing_budgets WHERE organization_id IN ({marks}) LIMIT 1"
 
 
-@functools.lru_cache(maxsize=4)
-def _quick_with_text(insert: str) -> str:
+@functools.lru_cache(maxsize=8)
+def _quick_with_text(insert: str, leases: str) -> str:
     """``SettlementSql.quick_with``'s statement around the usage rows' ``insert`` (built
-    once: the writer sends it for every paid batch)."""
+    once per shape: the writer sends it for every paid batch). ``leases`` says how the
+    batch's wallet leases are added to: "none", "one" (by its id: an index lookup,
+    where a join with a record set builds a hash table for one row) or "many"."""
     sets = ", ".join(
         [f"{c} = t.{c} + excluded.{c}" for c in ("quantity", "included", "amount")]
         + ["charges = t.charges + excluded.charges"]
     )
     columns = ", ".join(_TOTAL_KEY + _TOTAL_VALUES)
-    # Every parameter is text (JSON) or a time: psycopg adapts those for a fraction of
-    # what a Python list costs it.
-    return (
-        f"WITH inserted AS ({insert}), "
+    # Every parameter is text (JSON, or an array's text form) or a time: psycopg adapts
+    # those for a fraction of what a Python list costs it.
+    ctes = [
+        f"inserted AS ({insert})",
         f"added AS (INSERT INTO billing_usage_totals AS t ({columns}) "
-        f"SELECT {columns} FROM jsonb_populate_recordset("
-        "NULL::billing_usage_totals, %s::jsonb) "
-        f"ON CONFLICT ({', '.join(_TOTAL_KEY)}) DO UPDATE SET {sets}), "
-        "charged AS (UPDATE billing_credit_leases l SET pending = l.pending + x.pending, "
-        "consumed = l.consumed + x.pending, last_consumed_at = %s "
-        "FROM jsonb_populate_recordset(NULL::billing_credit_leases, %s::jsonb) AS x "
-        "WHERE l.id = x.id AND l.closed_at IS NULL AND l.amount - l.pending >= x.pending "
-        "RETURNING l.id) "
-        "SELECT 'usage', id FROM inserted UNION ALL SELECT 'lease', id FROM charged "
-        "UNION ALL (SELECT 'budget', '#budget' FROM billing_budgets "
-        "WHERE organization_id IN (SELECT jsonb_array_elements_text(%s::jsonb)) LIMIT 1)"
+        f"SELECT {columns} FROM jsonb_populate_recordset(NULL::billing_usage_totals, %s::jsonb) "
+        f"ON CONFLICT ({', '.join(_TOTAL_KEY)}) DO UPDATE SET {sets})",
+    ]
+    rows = ["SELECT 'usage', id FROM inserted"]
+    if leases == "one":
+        ctes.append(
+            "charged AS (UPDATE billing_credit_leases l SET pending = l.pending + %s::numeric, "
+            "consumed = l.consumed + %s::numeric, last_consumed_at = %s "
+            "WHERE l.id = %s AND l.closed_at IS NULL AND l.amount - l.pending >= %s::numeric "
+            "RETURNING l.id)"
+        )
+    elif leases == "many":
+        ctes.append(
+            "charged AS (UPDATE billing_credit_leases l SET pending = l.pending + x.pending, "
+            "consumed = l.consumed + x.pending, last_consumed_at = %s "
+            "FROM jsonb_populate_recordset(NULL::billing_credit_leases, %s::jsonb) AS x "
+            "WHERE l.id = x.id AND l.closed_at IS NULL AND l.amount - l.pending >= x.pending "
+            "RETURNING l.id)"
+        )
+    if leases != "none":
+        rows.append("SELECT 'lease', id FROM charged")
+    rows.append(
+        "(SELECT 'budget', '#budget' FROM billing_budgets "
+        "WHERE organization_id = ANY(%s::text[]) LIMIT 1)"
     )
+    return f"WITH {', '.join(ctes)} {' UNION ALL '.join(rows)}"
 
 
 def _quantity(value: Decimal, metric: Metric) -> int | Decimal:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["BatchSql", "Rows", "Statement", "read_decimal", "run"]
+__all__ = ["BatchSql", "Rows", "Statement", "read_decimal", "run", "text_array"]
 
 Rows = list[tuple[Any, ...]]
 
@@ -54,6 +54,13 @@ def _sqlite_time(moment: datetime) -> str:
     """The text form SQLAlchemy's DateTime reads back on SQLite. Cached: a batch names
     the same few hours and days over and over."""
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def text_array(values: Iterable[str]) -> str:
+    """PostgreSQL's text form of a ``text[]`` holding ``values`` (for ``%s::text[]``):
+    psycopg sends a string for a fraction of what adapting a Python list costs it."""
+    quoted = ('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
+    return "{" + ",".join(quoted) + "}"
 
 
 def read_decimal(value: Any) -> Decimal:
