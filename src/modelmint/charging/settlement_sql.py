@@ -26,11 +26,11 @@ import orjson
 from modelmint.billing import Budget, Metric, Money, PlanRef
 from modelmint.billing.exact import Quantity
 from modelmint.billing.rating import ChargedTotal, UsageKey, UsageTotal
+from modelmint.billing.store.usage import USAGE_LOCK_SPACE
 from modelmint.billing.wallet import CreditGrant, GrantKind
 from modelmint.storage.batch import BatchSql, Rows, Statement, read_decimal, text_array
 
 __all__ = [
-    "USAGE_LOCK_SPACE",
     "AddedTotal",
     "BatchKeys",
     "BatchReads",
@@ -40,10 +40,6 @@ __all__ = [
     "WalletRow",
 ]
 
-# The first key of PostgreSQL advisory locks that serialise rating per organisation
-# (the second is the organisation id's hash); ``UsageStore.lock_usage`` takes
-# the same lock.
-USAGE_LOCK_SPACE = 0x6D6D6272  # "mmbr"
 
 _WALLET_COLUMNS = (
     "id", "organization_id", "currency", "balance", "held", "leased", "last_sequence",

@@ -63,7 +63,7 @@ class KvSlots:
         The last prompt token always runs again: its logits give the first answer token.
         """
 
-        usable = len(tokens) - 1  # the last token runs again: its logits are needed
+        usable = len(tokens) - 1
         # Kept tokens this prompt can use, per free slot.
         shares = {
             slot: max(0, min(_shared_prefix(self._kept.get(slot, ()), tokens), usable))

@@ -20,11 +20,12 @@ from modelmint.billing.rating import ChargedTotal, UsageKey, UsageTotal
 from modelmint.billing.store.base import StorePart, loaded_quantity
 from modelmint.storage.tables import BillingUsageTotal
 
-__all__ = ["UsageStore"]
+__all__ = ["USAGE_LOCK_SPACE", "UsageStore"]
 
 # The first key of PostgreSQL advisory locks that serialise rating per organisation
-# (the second is the organisation id's hash); distinct from the migration lock's.
-_USAGE_LOCK_SPACE = 0x6D6D6272  # "mmbr"
+# (the second is the organisation id's hash); distinct from the migration lock's. The
+# metering writer's settlement (``charging.settlement_sql``) takes the same lock.
+USAGE_LOCK_SPACE = 0x6D6D6272  # "mmbr"
 
 _TOTAL_KEY = ("organization_id", "period_start", "plan_code", "plan_version", "model", "metric")
 _TOTALS = cast(Table, BillingUsageTotal.__table__)
@@ -52,7 +53,7 @@ class UsageStore(StorePart):
         if self._on_postgresql():
             self._session.execute(
                 text("SELECT pg_advisory_xact_lock(:space, hashtext(:org))"),
-                {"space": _USAGE_LOCK_SPACE, "org": organization_id},
+                {"space": USAGE_LOCK_SPACE, "org": organization_id},
             )
 
     def usage_totals(self, organization_id: str, period_start: datetime) -> list[ChargedTotal]:
