@@ -35,11 +35,13 @@ def cluster(
     }
     servers = [Server(home=tmp_path / f"gw{i}", admin_token=ADMIN, extra_env=env) for i in range(2)]
     cli(servers[0].env, "models", "add-remote", "mock", "--base-url", upstream.base_url)
-    for server in servers:
-        server.start(ready_timeout=60)
-    yield servers
-    for server in servers:
-        server.stop()
+    try:
+        for server in servers:
+            server.start(ready_timeout=60)
+        yield servers
+    finally:  # also when the second fails to start: the first must not outlive the test
+        for server in servers:
+            server.stop()
 
 
 def chat(client: httpx.Client | httpx.AsyncClient, server: Server, key: str) -> object:

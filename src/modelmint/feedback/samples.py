@@ -258,13 +258,15 @@ class SampleRecorder:
             try:
                 if isinstance(item, CapturedSample):
                     self._store([item, *self._drain()])
+                # Rescheduled before the work: one that fails (the database is gone)
+                # waits its interval too, instead of being retried in a busy loop.
                 if now >= next_refresh:
-                    self.refresh()
                     next_refresh = now + self._refresh_s
+                    self.refresh()
                 if now >= next_purge:
+                    next_purge = now + self._purge_every_s
                     with self._db.session() as session:
                         purge_expired(session)
-                    next_purge = now + self._purge_every_s
             except Exception:
                 # Capture is best effort: a failed write must not stop later ones.
                 log.exception("storing captured samples failed")
