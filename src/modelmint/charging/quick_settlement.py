@@ -23,7 +23,7 @@ from modelmint.billing.exact import EXACT, plus
 from modelmint.billing.periods import Period, utc
 from modelmint.billing.rating import LinearRates
 from modelmint.charging.quantities import measured
-from modelmint.charging.settlement_sql import AddedTotal, SettlementSql
+from modelmint.charging.quick_sql import AddedTotal, QuickSql
 from modelmint.clock import utcnow
 from modelmint.metering.events import UsageEvent
 from modelmint.storage.batch import Rows, Statement
@@ -42,7 +42,7 @@ class QuickSettlement:
     def __init__(
         self,
         on_committed: Committed,
-        sql: SettlementSql,
+        sql: QuickSql,
         billed: list[UsageEvent],
         rates: dict[str, LinearRates],
     ) -> None:
@@ -101,12 +101,12 @@ class QuickSettlement:
         organizations = sorted({e.organization_id for e in billed})
         self._sql = sql
         self._parts = (totals, sorted(pending.items()), organizations, utcnow())
-        self.statements = sql.quick(*self._parts) if sql.sqlite else []
+        self.statements = sql.statements(*self._parts) if sql.sqlite else []
 
     def joined(self, insert: Statement) -> Statement | None:
         """On PostgreSQL, the usage rows' ``insert`` and this batch's statements as one
-        (``SettlementSql.quick_with``); on SQLite None, ``statements`` go apart."""
-        return None if self._sql.sqlite else self._sql.quick_with(insert, *self._parts)
+        (``QuickSql.joined``); on SQLite None, ``statements`` go apart."""
+        return None if self._sql.sqlite else self._sql.joined(insert, *self._parts)
 
     def holds(self, results: Sequence[Rows]) -> bool:
         """Whether the bet held (``results``: the rows of ``statements``): no budgets to

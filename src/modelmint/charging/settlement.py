@@ -73,6 +73,7 @@ from modelmint.charging.alerts import announce, threshold_alert
 from modelmint.charging.leases import CreditLeases
 from modelmint.charging.quantities import measured
 from modelmint.charging.quick_settlement import QuickSettlement
+from modelmint.charging.quick_sql import QuickSql
 from modelmint.charging.reservations import wallet_instant
 from modelmint.charging.settlement_sql import (
     BatchKeys,
@@ -125,6 +126,7 @@ class Charger:
         self._linear: dict[tuple[Any, ...], tuple[LinearRates | None, bool]] = {}
         self.leases = leases
         self._sql: dict[bool, SettlementSql] = {}
+        self._quick: dict[bool, QuickSql] = {}
 
     def quick(
         self, sql: BatchSql, events: Sequence[UsageEvent], session: Callable[[], Session]
@@ -139,7 +141,7 @@ class Charger:
             if found is None:
                 return None
             rates[event.id] = found
-        return QuickSettlement(self.settled, self._statements(sql), billed, rates)
+        return QuickSettlement(self.settled, self._quick_sql(sql), billed, rates)
 
     def begin(
         self, sql: BatchSql, events: Sequence[UsageEvent], session: Callable[[], Session]
@@ -173,6 +175,12 @@ class Charger:
         statements = self._sql.get(sql.sqlite)
         if statements is None:
             statements = self._sql[sql.sqlite] = SettlementSql(sql)
+        return statements
+
+    def _quick_sql(self, sql: BatchSql) -> QuickSql:
+        statements = self._quick.get(sql.sqlite)
+        if statements is None:
+            statements = self._quick[sql.sqlite] = QuickSql(sql)
         return statements
 
     def _quick_rates(self, event: UsageEvent) -> LinearRates | None:

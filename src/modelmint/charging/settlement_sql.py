@@ -1,7 +1,6 @@
 """The statements of a batch's settlement, and the rows they read back, in either dialect.
 
-Quick batches (``charging.settlement``) need no reads: their statements (``quick``)
-go with the usage rows' insert and the rollups, and add blindly.
+Quick batches need no reads: their statements are ``quick_sql``'s.
 
 Other batches are settled in two round trips inside the metering writer's
 transaction: ``reads`` (sent with the usage rows' insert) takes the locks and reads
@@ -14,7 +13,6 @@ below.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,14 +22,14 @@ from typing import Any
 import orjson
 
 from modelmint.billing import Budget, Metric, Money, PlanRef
-from modelmint.billing.exact import Quantity
 from modelmint.billing.rating import ChargedTotal, UsageKey, UsageTotal
 from modelmint.billing.store.usage import USAGE_LOCK_SPACE
 from modelmint.billing.wallet import CreditGrant, GrantKind
-from modelmint.storage.batch import BatchSql, Rows, Statement, read_decimal, text_array
+from modelmint.storage.batch import BatchSql, Rows, Statement, read_decimal
 
 __all__ = [
-    "AddedTotal",
+    "TOTAL_KEY",
+    "TOTAL_VALUES",
     "BatchKeys",
     "BatchReads",
     "LeaseRow",
@@ -54,12 +52,9 @@ _LEASE_COLUMNS = (
     "id", "kind", "organization_id", "currency", "wallet_id", "api_key_id", "period_start",
     "amount", "pending", "consumed", "closed_at", "expires_at",
 )  # fmt: skip
-_TOTAL_KEY = ("organization_id", "period_start", "plan_code", "plan_version", "model", "metric")
-_TOTAL_VALUES = ("quantity", "included", "amount", "charges")
+TOTAL_KEY = ("organization_id", "period_start", "plan_code", "plan_version", "model", "metric")
+TOTAL_VALUES = ("quantity", "included", "amount", "charges")
 
-# What a quick batch adds to one usage total: organisation, period start, plan code,
-# plan version, model, metric, then quantity, included, amount and charges added.
-AddedTotal = tuple[str, datetime, str, int, str, Metric, Quantity, Quantity, Decimal, int]
 _SPEND_KEY = ("organization_id", "api_key_id", "period_start")
 _LEDGER_COLUMNS = ("wallet_id", "sequence", "at", "kind", "grant_id", "amount", "reference")
 _ALERT_COLUMNS = (
@@ -157,7 +152,7 @@ class SettlementSql:
         )
         statements.append(
             Statement(
-                f"SELECT {', '.join(_TOTAL_KEY + _TOTAL_VALUES)} FROM billing_usage_totals "
+                f"SELECT {', '.join(TOTAL_KEY + TOTAL_VALUES)} FROM billing_usage_totals "
                 f"WHERE {where}",
                 params,
             )
@@ -361,9 +356,9 @@ class SettlementSql:
             )
             for t in totals
         ]
-        sets = ", ".join(f"{c} = excluded.{c}" for c in _TOTAL_VALUES)
-        tail = f"ON CONFLICT ({', '.join(_TOTAL_KEY)}) DO UPDATE SET {sets}"
-        return sql.insert("billing_usage_totals", _TOTAL_KEY + _TOTAL_VALUES, rows, tail)
+        sets = ", ".join(f"{c} = excluded.{c}" for c in TOTAL_VALUES)
+        tail = f"ON CONFLICT ({', '.join(TOTAL_KEY)}) DO UPDATE SET {sets}"
+        return sql.insert("billing_usage_totals", TOTAL_KEY + TOTAL_VALUES, rows, tail)
 
     def spend(self, changes: Sequence[tuple[str, str, datetime, str, SpendRow]]) -> Statement:
         """Add ``(organisation, scope, month, currency, delta)`` to the month spend rows,
@@ -444,78 +439,6 @@ class SettlementSql:
         columns = ("amount", "pending", "consumed", "closed_at", "last_consumed_at")
         return sql.update("billing_credit_leases", ("id",), columns, values)
 
-    # -- quick batches ----------------------------------------------------------------------
-
-    def quick(
-        self,
-        totals: Sequence[AddedTotal],
-        pending: Sequence[tuple[str, Decimal]],
-        organizations: Sequence[str],
-        now: datetime,
-    ) -> list[Statement]:
-        """A quick batch's statements on SQLite: add ``totals`` to the usage totals, add
-        each ``(lease, amount)`` to what the open wallet lease has pending where it has
-        room for it, and look for the organisations' budgets. Their rows name each lease
-        added to, and "#budget" if a budget exists. (On PostgreSQL see ``quick_with``.)"""
-        sql = self._sql
-        rows = [
-            (org, sql.time(start), code, version, model, metric,
-             _text(quantity), _text(included), f"{amount:f}", charges)
-            for org, start, code, version, model, metric, quantity, included, amount, charges
-            in totals
-        ]  # fmt: skip
-        statements = [
-            sql.insert("billing_usage_totals", _TOTAL_KEY + _TOTAL_VALUES, rows, _QUICK_TAIL)
-        ]
-        if pending:
-            moment = sql.time(now)
-            for lease_id, amount in pending:  # a batch names one or two leases
-                value = f"{amount:f}"
-                statements.append(
-                    Statement(_QUICK_LEASE_SQLITE, (value, value, moment, lease_id, value))
-                )
-        statements.append(Statement(_budget_probe_sqlite(len(organizations)), tuple(organizations)))
-        return statements
-
-    def quick_with(
-        self,
-        insert: Statement,
-        totals: Sequence[AddedTotal],
-        pending: Sequence[tuple[str, Decimal]],
-        organizations: Sequence[str],
-        now: datetime,
-    ) -> Statement:
-        """On PostgreSQL, what ``quick`` does and the usage rows' ``insert`` (``... RETURNING
-        id``) in one statement of data-modifying CTEs: a statement costs more here, on
-        both sides of the wire, than the rows it writes. Its rows are ("usage", id) for
-        each usage row inserted, ("lease", id) for each lease added to, and ("budget",
-        "#budget") if a budget exists."""
-        # Decimals go as JSON strings, which NUMERIC reads exactly (and orjson then
-        # needs no hook); times and metrics orjson writes itself.
-        records = [
-            {"organization_id": org, "period_start": start, "plan_code": code,
-             "plan_version": version, "model": model, "metric": metric,
-             "quantity": quantity if type(quantity) is int else f"{quantity:f}",
-             "included": included if type(included) is int else f"{included:f}",
-             "amount": f"{amount:f}", "charges": charges}
-            for org, start, code, version, model, metric, quantity, included, amount, charges
-            in totals
-        ]  # fmt: skip
-        params: list[Any] = [*insert.params, orjson.dumps(records).decode()]
-        if len(pending) == 1:
-            shape = "one"
-            [(lease_id, amount)] = pending
-            value = f"{amount:f}"
-            params += [value, value, now, lease_id, value]
-        elif pending:
-            shape = "many"
-            leases = [{"id": lease_id, "pending": f"{amount:f}"} for lease_id, amount in pending]
-            params += [now, orjson.dumps(leases).decode()]
-        else:
-            shape = "none"
-        params.append(text_array(organizations))
-        return Statement(_quick_with_text(insert.sql, shape), params)
-
     def alerts(self, rows: Sequence[dict[str, Any]]) -> Statement:
         """Raise alerts; an id raised before is skipped (returns the ids stored)."""
         sql = self._sql
@@ -541,78 +464,6 @@ class SettlementSql:
         return sql.insert(
             "billing_alerts", _ALERT_COLUMNS, values, "ON CONFLICT (id) DO NOTHING RETURNING id"
         )
-
-
-def _text(quantity: int | Decimal) -> str:
-    """A quantity as ExactDecimal's text on SQLite."""
-    return str(quantity) if type(quantity) is int else f"{quantity:f}"
-
-
-# SQLite: a quick batch's addition to the usage totals, and to one lease's pending.
-_QUICK_TAIL = f"ON CONFLICT ({', '.join(_TOTAL_KEY)}) DO UPDATE SET " + ", ".join(
-    [
-        BatchSql(sqlite=True).add_exact("billing_usage_totals", c)
-        for c in ("quantity", "included", "amount")
-    ]
-    + ["charges = billing_usage_totals.charges + excluded.charges"]
-)
-_QUICK_LEASE_SQLITE = (
-    "UPDATE billing_credit_leases SET pending = mm_exact_add(pending, ?), "
-    "consumed = mm_exact_add(consumed, ?), last_consumed_at = ? "
-    "WHERE id = ? AND closed_at IS NULL AND mm_exact_room(amount, pending, ?) "
-    "RETURNING id"
-)
-
-
-@functools.lru_cache(maxsize=16)
-def _budget_probe_sqlite(organizations: int) -> str:
-    """SQLite: "#budget" if one of ``organizations`` organisations has a budget."""
-    marks = ", ".join(["?"] * organizations)
-    return f"SELECT '#budget' FROM billing_budgets WHERE organization_id IN ({marks}) LIMIT 1"
-
-
-@functools.lru_cache(maxsize=8)
-def _quick_with_text(insert: str, leases: str) -> str:
-    """``SettlementSql.quick_with``'s statement around the usage rows' ``insert`` (built
-    once per shape: the writer sends it for every paid batch). ``leases`` says how the
-    batch's wallet leases are added to: "none", "one" (by its id: an index lookup,
-    where a join with a record set builds a hash table for one row) or "many"."""
-    sets = ", ".join(
-        [f"{c} = t.{c} + excluded.{c}" for c in ("quantity", "included", "amount")]
-        + ["charges = t.charges + excluded.charges"]
-    )
-    columns = ", ".join(_TOTAL_KEY + _TOTAL_VALUES)
-    # Every parameter is text (JSON, or an array's text form) or a time: psycopg adapts
-    # those for a fraction of what a Python list costs it.
-    ctes = [
-        f"inserted AS ({insert})",
-        f"added AS (INSERT INTO billing_usage_totals AS t ({columns}) "
-        f"SELECT {columns} FROM jsonb_populate_recordset(NULL::billing_usage_totals, %s::jsonb) "
-        f"ON CONFLICT ({', '.join(_TOTAL_KEY)}) DO UPDATE SET {sets})",
-    ]
-    rows = ["SELECT 'usage', id FROM inserted"]
-    if leases == "one":
-        ctes.append(
-            "charged AS (UPDATE billing_credit_leases l SET pending = l.pending + %s::numeric, "
-            "consumed = l.consumed + %s::numeric, last_consumed_at = %s "
-            "WHERE l.id = %s AND l.closed_at IS NULL AND l.amount - l.pending >= %s::numeric "
-            "RETURNING l.id)"
-        )
-    elif leases == "many":
-        ctes.append(
-            "charged AS (UPDATE billing_credit_leases l SET pending = l.pending + x.pending, "
-            "consumed = l.consumed + x.pending, last_consumed_at = %s "
-            "FROM jsonb_populate_recordset(NULL::billing_credit_leases, %s::jsonb) AS x "
-            "WHERE l.id = x.id AND l.closed_at IS NULL AND l.amount - l.pending >= x.pending "
-            "RETURNING l.id)"
-        )
-    if leases != "none":
-        rows.append("SELECT 'lease', id FROM charged")
-    rows.append(
-        "(SELECT 'budget', '#budget' FROM billing_budgets "
-        "WHERE organization_id = ANY(%s::text[]) LIMIT 1)"
-    )
-    return f"WITH {', '.join(ctes)} {' UNION ALL '.join(rows)}"
 
 
 def _quantity(value: Decimal, metric: Metric) -> int | Decimal:
