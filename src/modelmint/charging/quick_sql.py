@@ -20,7 +20,14 @@ import orjson
 from modelmint.billing import Metric
 from modelmint.billing.exact import Quantity
 from modelmint.charging.settlement_sql import TOTAL_KEY, TOTAL_VALUES
-from modelmint.storage.batch import BatchSql, Statement, text_array
+from modelmint.storage.batch import (
+    EXACT_ADD,
+    EXACT_ROOM,
+    BatchSql,
+    Statement,
+    sqlite_add_exact,
+    text_array,
+)
 
 __all__ = ["AddedTotal", "QuickSql"]
 
@@ -67,7 +74,8 @@ class QuickSql:
                 statements.append(
                     Statement(_QUICK_LEASE_SQLITE, (value, value, moment, lease_id, value))
                 )
-        statements.append(Statement(_budget_probe_sqlite(len(organizations)), tuple(organizations)))
+        where, params = sql.where_in("billing_budgets", ("organization_id",), _rows(organizations))
+        statements.append(Statement(_BUDGET_PROBE_SQLITE + where + " LIMIT 1", params))
         return statements
 
     def joined(
@@ -117,25 +125,21 @@ def _text(quantity: int | Decimal) -> str:
 
 # SQLite: a quick batch's addition to the usage totals, and to one lease's pending.
 _QUICK_TAIL = f"ON CONFLICT ({', '.join(TOTAL_KEY)}) DO UPDATE SET " + ", ".join(
-    [
-        BatchSql(sqlite=True).add_exact("billing_usage_totals", c)
-        for c in ("quantity", "included", "amount")
-    ]
+    [sqlite_add_exact("billing_usage_totals", c) for c in ("quantity", "included", "amount")]
     + ["charges = billing_usage_totals.charges + excluded.charges"]
 )
 _QUICK_LEASE_SQLITE = (
-    "UPDATE billing_credit_leases SET pending = mm_exact_add(pending, ?), "
-    "consumed = mm_exact_add(consumed, ?), last_consumed_at = ? "
-    "WHERE id = ? AND closed_at IS NULL AND mm_exact_room(amount, pending, ?) "
+    f"UPDATE billing_credit_leases SET pending = {EXACT_ADD}(pending, ?), "
+    f"consumed = {EXACT_ADD}(consumed, ?), last_consumed_at = ? "
+    f"WHERE id = ? AND closed_at IS NULL AND {EXACT_ROOM}(amount, pending, ?) "
     "RETURNING id"
 )
+# SQLite: "#budget" if one of the batch's organisations has a budget.
+_BUDGET_PROBE_SQLITE = "SELECT '#budget' FROM billing_budgets WHERE "
 
 
-@functools.lru_cache(maxsize=16)
-def _budget_probe_sqlite(organizations: int) -> str:
-    """SQLite: "#budget" if one of ``organizations`` organisations has a budget."""
-    marks = ", ".join(["?"] * organizations)
-    return f"SELECT '#budget' FROM billing_budgets WHERE organization_id IN ({marks}) LIMIT 1"
+def _rows(values: Sequence[str]) -> list[tuple[Any, ...]]:
+    return [(v,) for v in values]
 
 
 @functools.lru_cache(maxsize=8)

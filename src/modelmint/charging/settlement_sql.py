@@ -25,7 +25,7 @@ from modelmint.billing import Budget, Metric, Money, PlanRef
 from modelmint.billing.rating import ChargedTotal, UsageKey, UsageTotal
 from modelmint.billing.store.usage import USAGE_LOCK_SPACE
 from modelmint.billing.wallet import CreditGrant, GrantKind
-from modelmint.storage.batch import BatchSql, Rows, Statement, read_decimal
+from modelmint.storage.batch import EXACT_ADD, EXACT_FLOOR0, BatchSql, Rows, Statement, read_decimal
 
 __all__ = [
     "TOTAL_KEY",
@@ -371,10 +371,11 @@ class SettlementSql:
             for org, scope, month, currency, d in changes
         ]  # fmt: skip
         if sql.sqlite:  # exact text decimals: the writer's registered functions add them
+            add, floor0 = EXACT_ADD, EXACT_FLOOR0
             sets = (
-                "amount = mm_exact_add(billing_spend.amount, excluded.amount), "
-                "held = mm_exact_floor0(mm_exact_add(billing_spend.held, excluded.held)), "
-                "leased = mm_exact_floor0(mm_exact_add(billing_spend.leased, excluded.leased))"
+                f"amount = {add}(billing_spend.amount, excluded.amount), "
+                f"held = {floor0}({add}(billing_spend.held, excluded.held)), "
+                f"leased = {floor0}({add}(billing_spend.leased, excluded.leased))"
             )
         else:
             sets = (

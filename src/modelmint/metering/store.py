@@ -16,9 +16,9 @@ Last, the analytics rollups (``rollups.economics_rows`` per hour and per day, da
 totals per currency, and the latency histogram) take the fresh events with their
 charges. Their money columns are added exactly: NUMERIC + NUMERIC on PostgreSQL; on
 SQLite, where ``ExactDecimal`` is text and SQL arithmetic would go through floats, by
-``mm_exact_add``, a Python function registered on the writer's connection that adds
-the two texts as Decimals (with ``mm_exact_floor0``, which keeps one at least zero,
-and ``mm_exact_room``, which compares).
+``mm_exact_add`` (``storage.batch.EXACT_ADD``), a Python function registered on the
+writer's connection that adds the two texts as Decimals (with ``mm_exact_floor0``,
+which keeps one at least zero, and ``mm_exact_room``, which compares).
 """
 
 from __future__ import annotations
@@ -44,7 +44,15 @@ from modelmint.metering.rollups import (
     rollup_rows,
 )
 from modelmint.observability.metrics import USAGE_BATCHES
-from modelmint.storage.batch import BatchSql, Rows, Statement, run
+from modelmint.storage.batch import (
+    EXACT_ADD,
+    EXACT_FLOOR0,
+    EXACT_ROOM,
+    BatchSql,
+    Rows,
+    Statement,
+    run,
+)
 from modelmint.storage.db import Database
 
 __all__ = ["BatchCharges", "Charging", "QuickCharges", "UsageStore"]
@@ -154,10 +162,6 @@ _LATENCY_TAIL = (
     f"ON CONFLICT ({', '.join(_LATENCY_KEY)}) DO UPDATE SET "
     "count = analytics_latency_hourly.count + excluded.count"
 )
-# SQLite only: exact arithmetic on ExactDecimal texts (see the module docstring).
-_EXACT_ADD = "mm_exact_add"
-_EXACT_FLOOR0 = "mm_exact_floor0"
-_EXACT_ROOM = "mm_exact_room"
 
 
 def _exact_add_text(left: str | None, right: str | None) -> str:
@@ -345,12 +349,12 @@ class UsageStore:
         if self._connection is None:
             connection = self._db.engine.connect()
             pooled = connection.connection
-            if self._sqlite and not pooled.info.get(_EXACT_ADD):
+            if self._sqlite and not pooled.info.get(EXACT_ADD):
                 raw: Any = pooled.driver_connection
-                raw.create_function(_EXACT_ADD, 2, _exact_add_text, deterministic=True)
-                raw.create_function(_EXACT_FLOOR0, 1, _exact_floor0_text, deterministic=True)
-                raw.create_function(_EXACT_ROOM, 3, _exact_room, deterministic=True)
-                pooled.info[_EXACT_ADD] = True
+                raw.create_function(EXACT_ADD, 2, _exact_add_text, deterministic=True)
+                raw.create_function(EXACT_FLOOR0, 1, _exact_floor0_text, deterministic=True)
+                raw.create_function(EXACT_ROOM, 3, _exact_room, deterministic=True)
+                pooled.info[EXACT_ADD] = True
             self._connection = connection
         return self._connection
 

@@ -26,7 +26,18 @@ from typing import Any
 
 import orjson
 
-__all__ = ["BatchSql", "Rows", "Statement", "read_decimal", "run", "text_array"]
+__all__ = [
+    "EXACT_ADD",
+    "EXACT_FLOOR0",
+    "EXACT_ROOM",
+    "BatchSql",
+    "Rows",
+    "Statement",
+    "read_decimal",
+    "run",
+    "sqlite_add_exact",
+    "text_array",
+]
 
 Rows = list[tuple[Any, ...]]
 
@@ -39,6 +50,12 @@ class Statement:
 
 
 _NOTHING = Statement("SELECT 1 WHERE 1 = 0")
+
+# SQLite: the SQL functions that do exact arithmetic on ``ExactDecimal`` texts (SQL's
+# own goes through floats). The metering writer registers them on its connection.
+EXACT_ADD = "mm_exact_add"  # (a, b): a + b
+EXACT_FLOOR0 = "mm_exact_floor0"  # (a): a, or "0" if a is negative
+EXACT_ROOM = "mm_exact_room"  # (amount, pending, wanted): 1 if amount - pending >= wanted
 
 
 def _json(value: Any) -> str:
@@ -99,15 +116,9 @@ class BatchSql:
 
     def add_exact(self, table: str, column: str) -> str:
         """``column = column + excluded.column`` for an upsert's ON CONFLICT clause,
-        exactly: NUMERIC arithmetic on PostgreSQL; on SQLite, where ``ExactDecimal`` is
-        text and SQL arithmetic goes through floats, ``mm_exact_add`` (a Python function
-        the metering writer registers), skipped when adding "0": a call into Python
-        costs more than the CASE."""
+        exactly: NUMERIC arithmetic on PostgreSQL, ``sqlite_add_exact`` on SQLite."""
         if self.sqlite:
-            return (
-                f"{column} = CASE excluded.{column} WHEN '0' THEN {table}.{column} "
-                f"ELSE mm_exact_add({table}.{column}, excluded.{column}) END"
-            )
+            return sqlite_add_exact(table, column)
         return f"{column} = {table}.{column} + excluded.{column}"
 
     # -- statements -----------------------------------------------------------------------
@@ -141,20 +152,12 @@ class BatchSql:
     ) -> tuple[str, tuple[Any, ...]]:
         """A condition ``(keys) IN <rows>`` and its parameters, for a statement on ``table``
         (named ``alias`` in it, if given)."""
-        prefix = f"{alias}." if alias else ""
-        names = ", ".join(keys)
-        qualified = ", ".join(prefix + k for k in keys)
         if self.sqlite:
             if not rows:
                 return "0", ()
-            one = "(" + ", ".join(["?"] * len(keys)) + ")"
-            values = ", ".join([one] * len(rows))
-            return f"({qualified}) IN (VALUES {values})", tuple(itertools.chain.from_iterable(rows))
-        return (
-            f"({qualified}) IN (SELECT {names} "
-            f"FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb))",
-            (self.records(keys, rows),),
-        )
+            where = self._where_in_text(table, keys, alias, len(rows))
+            return where, tuple(itertools.chain.from_iterable(rows))
+        return self._where_in_text(table, keys, alias, 0), (self.records(keys, rows),)
 
     def records(self, columns: tuple[str, ...], rows: Rows) -> str:
         records = [dict(zip(columns, row, strict=True)) for row in rows]
@@ -174,6 +177,20 @@ class BatchSql:
             f"FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb) {tail}"
         )
 
+    @functools.lru_cache(maxsize=256)  # noqa: B019 - one builder per writer, few shapes
+    def _where_in_text(self, table: str, keys: tuple[str, ...], alias: str, rows: int) -> str:
+        """The text of ``where_in``: on SQLite for ``rows`` rows, on PostgreSQL one text
+        whatever their number (``rows`` 0)."""
+        prefix = f"{alias}." if alias else ""
+        qualified = ", ".join(prefix + k for k in keys)
+        if self.sqlite:
+            one = "(" + ", ".join(["?"] * len(keys)) + ")"
+            return f"({qualified}) IN (VALUES {', '.join([one] * rows)})"
+        return (
+            f"({qualified}) IN (SELECT {', '.join(keys)} "
+            f"FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb))"
+        )
+
     @functools.lru_cache(maxsize=64)  # noqa: B019 - one builder per writer, few shapes
     def _update_text(self, table: str, keys: tuple[str, ...], columns: tuple[str, ...]) -> str:
         sets = ", ".join(f"{c} = x.{c}" for c in columns)
@@ -182,6 +199,16 @@ class BatchSql:
             f"UPDATE {table} SET {sets} "
             f"FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb) AS x WHERE {where}"
         )
+
+
+def sqlite_add_exact(table: str, column: str) -> str:
+    """SQLite's exact ``column = column + excluded.column`` for an upsert's ON CONFLICT
+    clause: ``EXACT_ADD``, skipped when adding "0" (a call into Python costs more than
+    the CASE)."""
+    return (
+        f"{column} = CASE excluded.{column} WHEN '0' THEN {table}.{column} "
+        f"ELSE {EXACT_ADD}({table}.{column}, excluded.{column}) END"
+    )
 
 
 def run(raw: Any, sqlite: bool, statements: Sequence[Statement]) -> list[Rows]:
