@@ -18,7 +18,8 @@ that the wallet consumed exactly the sum of the request charges, with nothing le
 held or leased once the gateway stopped, and they print, per database,
 ``gateway_<db>_prepaid_c64_ratio_vs_unbilled`` (prepaid req/s over the same
 database's unbilled req/s) and ``gateway_<db>_prepaid_c1_added_p50_ms`` beside the
-unbilled run's added p50.
+unbilled run's added p50, and both again as the median over the rounds of each round's
+prepaid figure against the unbilled one measured beside it (``..._paired_median``).
 
     .venv/bin/python -m bench.gateway --only postgres,postgres-prepaid   (a subset)
 """
@@ -29,6 +30,7 @@ import argparse
 import contextlib
 import os
 import secrets
+import statistics
 import subprocess
 import sys
 import time
@@ -236,13 +238,24 @@ def warm(target: Target, count: int) -> None:
             response.raise_for_status()
 
 
+Points = dict[tuple[int, bool], WrkResult]
+# Every round of every point, per target: the paired estimates compare round by round.
+Rounds = dict[str, dict[tuple[int, bool], list[WrkResult]]]
+
+
 def measure(
-    targets: list[Target], workdir: Path, seconds: float, rounds: int = 1
-) -> dict[str, dict[tuple[int, bool], WrkResult]]:
+    targets: list[Target],
+    workdir: Path,
+    seconds: float,
+    rounds: int = 1,
+    history: Rounds | None = None,
+) -> dict[str, Points]:
     """Each point for every target: ``rounds`` rounds of ``seconds / rounds`` each, the
-    targets taking turns within a round, and each target's best round kept. Targets
-    measured together meet the same moments of a noisy machine."""
-    results: dict[str, dict[tuple[int, bool], WrkResult]] = {t.name: {} for t in targets}
+    targets taking turns within a round, and each target's best round kept (every
+    round also goes to ``history``). Targets measured together meet the same moments
+    of a noisy machine."""
+    results: dict[str, Points] = {t.name: {} for t in targets}
+    kept: Rounds = history if history is not None else {}
     for stream in (False, True):
         for connections in CONCURRENCY:
             for _ in range(rounds):
@@ -256,6 +269,8 @@ def measure(
                         seconds=seconds / rounds,
                         workdir=workdir,
                     )
+                    point = kept.setdefault(target.name, {})
+                    point.setdefault((connections, stream), []).append(result)
                     best = results[target.name].get((connections, stream))
                     if best is None or result.rps > best.rps:
                         results[target.name][connections, stream] = result
@@ -449,7 +464,8 @@ def main() -> None:
     workdir.mkdir(parents=True)
     folder = workdir.relative_to(ROOT)
     say(f"work folder {folder}; {args.seconds:g} s a point, {args.workers} workers")
-    results: dict[str, dict[tuple[int, bool], WrkResult]] = {}
+    results: dict[str, Points] = {}
+    history: Rounds = {}
     exact: dict[str, bool] = {}
     with mock_upstream(workdir) as upstream:
         direct = Target("direct-upstream", upstream, {}, "mock")
@@ -462,8 +478,8 @@ def main() -> None:
             # turns, round by round: their ratio is not at the mercy of a noisy minute.
             names = [n for n in (database, f"{database}-prepaid") if n in chosen]
             if names:
-                run_side_by_side(names, workdir, upstream, args, results, exact)
-    report(results, exact)
+                run_side_by_side(names, workdir, upstream, args, results, history, exact)
+    report(results, history, exact)
 
 
 def run_side_by_side(
@@ -471,7 +487,8 @@ def run_side_by_side(
     workdir: Path,
     upstream: str,
     args: argparse.Namespace,
-    results: dict[str, dict[tuple[int, bool], WrkResult]],
+    results: dict[str, Points],
+    history: Rounds,
     exact: dict[str, bool],
 ) -> None:
     with contextlib.ExitStack() as databases:
@@ -490,7 +507,7 @@ def run_side_by_side(
                 )
                 started.append((target, db_url, prepaid))
             targets = [target for target, _, _ in started]
-            results.update(measure(targets, workdir, args.seconds, args.rounds))
+            results.update(measure(targets, workdir, args.seconds, args.rounds, history))
             for target, db_url, prepaid in started:
                 exact[target.name] = check_metering(
                     target, db_url, workdir, results[target.name][64, False].rps
@@ -503,7 +520,7 @@ def run_side_by_side(
                 exact[target.name] &= check_wallet(db_url)
 
 
-def report(results: dict[str, dict[tuple[int, bool], WrkResult]], exact: dict[str, bool]) -> None:
+def report(results: dict[str, Points], history: Rounds, exact: dict[str, bool]) -> None:
     print()
     columns = ("c", "stream", "req/s", "p50 ms", "p99 ms", "added p50")
     print(f"{'target':26} " + " ".join(f"{c:>10}" for c in columns))
@@ -546,6 +563,23 @@ def report(results: dict[str, dict[tuple[int, bool], WrkResult]], exact: dict[st
         print(f"gateway_{database}_unbilled_c1_added_p50_ms: {free_added:.3f}")
         print(f"gateway_{database}_prepaid_c1_added_p50_over_unbilled_ms: "
               f"{paid_added - free_added:.3f}")  # fmt: skip
+        # The same two figures paired: each round's prepaid against the unbilled round
+        # measured right beside it, the median over the rounds. A noisy spell then hits
+        # both sides of a pair, where the best rounds above may come from different spells.
+        paid_rounds = history[f"modelmint-{database}-prepaid"]
+        free_rounds = history[f"modelmint-{database}"]
+        ratios = [
+            p.rps / max(u.rps, 1e-9)
+            for p, u in zip(paid_rounds[64, False], free_rounds[64, False], strict=True)
+        ]
+        gaps = [
+            p.p50_ms - u.p50_ms
+            for p, u in zip(paid_rounds[1, False], free_rounds[1, False], strict=True)
+        ]
+        print(f"gateway_{database}_prepaid_c64_ratio_vs_unbilled_paired_median: "
+              f"{statistics.median(ratios):.2f}")  # fmt: skip
+        print(f"gateway_{database}_prepaid_c1_added_p50_over_unbilled_ms_paired_median: "
+              f"{statistics.median(gaps):.3f}")  # fmt: skip
 
 
 if __name__ == "__main__":
