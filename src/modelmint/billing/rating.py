@@ -26,7 +26,7 @@ gap shows up at once rather than at the first overage.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from modelmint.billing.charges import FlatRate
@@ -203,6 +203,13 @@ class LinearRates:
     model: str
     units: Mapping[Metric, Decimal]
     included: frozenset[Metric]
+    # The metrics that cost anything, with their unit prices: a request's charge is the
+    # sum of these products (the hot path's loop, without the zeros).
+    priced: tuple[tuple[Metric, Decimal], ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        priced = tuple((metric, unit) for metric, unit in self.units.items() if unit)
+        object.__setattr__(self, "priced", priced)
 
     @classmethod
     def of(cls, plan: Plan, model: str, metrics: Iterable[Metric]) -> LinearRates | None:

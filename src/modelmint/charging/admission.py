@@ -64,9 +64,14 @@ WAITED = CREDIT_LEASE_ADMISSIONS.labels("waited")  # for a lease to open or refi
 Bound = Callable[[], Mapping[Metric, Quantity]]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class Hold:
-    """What admission decided for one request, carried to its usage event."""
+    """What admission decided for one request, carried to its usage event.
+
+    Never changed once made (``dataclasses.replace`` makes another): ``NO_HOLD`` and a
+    route's plain hold are shared by every request they admit. Not frozen only because
+    a frozen dataclass takes three times as long to make, and admission makes one per
+    paid request; compared by identity, as nothing compares two."""
 
     plan: PlanRef | None = None
     currency: str | None = None
@@ -96,6 +101,7 @@ class Hold:
 
 
 NO_HOLD = Hold()
+_ZERO = Decimal(0)
 _REASONS: dict[type[Exception], str] = {
     InsufficientCredit: "credit",
     BudgetExceeded: "budget",
@@ -131,9 +137,9 @@ class _Pricing:
         rates = self.rates
         if rates is None:
             return worst_case(plan, model, {m: requested[m] for m in self.metrics})
-        total = Decimal(0)
-        for metric in self.metrics:
-            total = EXACT.add(total, rates.amount(metric, requested[metric]))
+        total = _ZERO
+        for metric, unit in rates.priced:
+            total = EXACT.add(total, EXACT.multiply(unit, requested[metric]))
         return total
 
 

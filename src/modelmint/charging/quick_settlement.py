@@ -16,10 +16,9 @@ import functools
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
 
 from modelmint.billing import Metric
-from modelmint.billing.exact import EXACT, plus
+from modelmint.billing.exact import EXACT, Quantity, plus
 from modelmint.billing.periods import Period, utc
 from modelmint.billing.rating import LinearRates
 from modelmint.charging.quantities import measured
@@ -50,10 +49,12 @@ class QuickSettlement:
         self._billed = billed
         self.charges: dict[str, Decimal] = {}
         # What the batch adds to the usage totals, per (organisation, period start,
-        # rates): the rates, then per billed metric [quantity, included, amount,
-        # charges]. Keyed by the rates' identity: the charger keeps one per plan
-        # version, model and endpoint, and hashing them (or their plan) costs more.
-        added: dict[tuple[str, datetime, int], tuple[LinearRates, dict[Metric, list[Any]]]] = {}
+        # rates): the rates, each billed metric's quantity, and the number of charges.
+        # Keyed by the rates' identity: the charger keeps one per plan version, model
+        # and endpoint, and hashing them (or their plan) costs more. A slot's amounts are
+        # worked out once, at the end: a linear price of the summed quantity is exactly
+        # the sum of the requests' charges (exact arithmetic never rounds).
+        added: dict[tuple[str, datetime, int], _Slot] = {}
         pending: dict[str, Decimal] = {}
         for event in billed:
             amount = _ZERO
@@ -62,42 +63,24 @@ class QuickSettlement:
                 if moment.tzinfo is not UTC:
                     moment = utc(moment)
                 line = rates[event.id]
-                slot = (event.organization_id, _month_start(moment.year, moment.month), id(line))
-                found = added.get(slot)
-                if found is None:
-                    found = added[slot] = (
-                        line,
-                        {metric: [0, 0, _ZERO, 0] for metric in line.units},
-                    )
-                sums = found[1]
+                key = (event.organization_id, _month_start(moment.year, moment.month), id(line))
+                slot = added.get(key)
+                if slot is None:
+                    slot = added[key] = _Slot(line)
                 used = measured(
                     event.endpoint, event.input_tokens, event.output_tokens, event.engine_ms
                 )
-                included = line.included
-                for metric, unit in line.units.items():
-                    quantity = used[metric]
-                    total = sums[metric]
-                    total[0] = plus(total[0], quantity)
-                    total[3] += 1
-                    if metric in included:
-                        total[1] = plus(total[1], quantity)
-                    elif unit:
-                        part = EXACT.multiply(unit, quantity)
-                        total[2] = EXACT.add(total[2], part)
-                        amount = EXACT.add(amount, part)
+                slot.add(used)
+                for metric, unit in line.priced:
+                    amount = EXACT.add(amount, EXACT.multiply(unit, used[metric]))
             self.charges[event.id] = amount
             if event.wallet_lease is not None and amount > 0:
                 lease = event.wallet_lease
                 pending[lease] = EXACT.add(pending.get(lease, _ZERO), amount)
         self._leases = set(pending)
-        totals: list[AddedTotal] = []
-        for (org, start, _), (line, sums) in added.items():
-            plan = line.plan
-            for metric, (quantity, inside, total, count) in sums.items():
-                totals.append(
-                    (org, start, plan.code, plan.version, line.model, metric,
-                     quantity, inside, total, count)
-                )  # fmt: skip
+        totals = [
+            total for (org, start, _), slot in added.items() for total in slot.totals(org, start)
+        ]
         organizations = sorted({e.organization_id for e in billed})
         self._sql = sql
         self._parts = (totals, sorted(pending.items()), organizations, utcnow())
@@ -116,6 +99,37 @@ class QuickSettlement:
 
     def committed(self, fresh: set[str], results: Sequence[Rows]) -> None:
         self._on_committed(self._billed, fresh, self.charges)
+
+
+class _Slot:
+    """What a quick batch adds to the usage totals of one organisation, period and set
+    of rates."""
+
+    __slots__ = ("count", "line", "quantities")
+
+    def __init__(self, line: LinearRates) -> None:
+        self.line = line
+        self.quantities: dict[Metric, Quantity] = dict.fromkeys(line.units, 0)
+        self.count = 0
+
+    def add(self, used: dict[Metric, Quantity]) -> None:
+        quantities = self.quantities
+        for metric in quantities:
+            quantities[metric] = plus(quantities[metric], used[metric])
+        self.count += 1
+
+    def totals(self, organization_id: str, start: datetime) -> list[AddedTotal]:
+        line, count = self.line, self.count
+        plan, included, units = line.plan, line.included, line.units
+        rows: list[AddedTotal] = []
+        for metric, quantity in self.quantities.items():
+            unit = units[metric]
+            rows.append(
+                (organization_id, start, plan.code, plan.version, line.model, metric,
+                 quantity, quantity if metric in included else 0,
+                 EXACT.multiply(unit, quantity) if unit else _ZERO, count)
+            )  # fmt: skip
+        return rows
 
 
 @functools.lru_cache(maxsize=4)
