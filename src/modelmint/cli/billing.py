@@ -8,7 +8,7 @@ print as JSON with ``--json``, else as the sentence or table of ``cli.billing_vi
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,6 +23,7 @@ from modelmint.billing_admin import ClosedInvoice, close_period
 from modelmint.cli import billing_views as views
 from modelmint.cli.context import console, open_database
 from modelmint.cli.operation import in_transaction, run_operation, say, show_result
+from modelmint.cli.values import instant
 from modelmint.clock import utcnow
 from modelmint.errors import InvalidRequest
 
@@ -68,18 +69,6 @@ def _document(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidRequest(f"{path} must hold a JSON object")
     return data
-
-
-def _instant(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        if len(value) == 10:
-            return datetime.combine(date.fromisoformat(value), time.min, tzinfo=UTC)
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidRequest(f"{value!r} is not a date (YYYY-MM-DD) or ISO 8601 time") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _percents(text: str | None) -> list[int] | None:
@@ -139,7 +128,7 @@ def subscriptions_subscribe(
 ) -> None:
     """Start an organisation on a plan (now, unless --at)."""
     run_operation(
-        lambda s: billing_admin.subscribe(s, org, plan, version, _instant(at)),
+        lambda s: billing_admin.subscribe(s, org, plan, version, instant(at, option="--at")),
         as_json,
         views.subscription("is on"),
     )
@@ -151,7 +140,7 @@ def subscriptions_change(
 ) -> None:
     """Move an organisation to another plan; the fee of the old one is prorated."""
     run_operation(
-        lambda s: billing_admin.change_plan(s, org, plan, version, _instant(at)),
+        lambda s: billing_admin.change_plan(s, org, plan, version, instant(at, option="--at")),
         as_json,
         views.subscription("moved to"),
     )
@@ -161,7 +150,9 @@ def subscriptions_change(
 def subscriptions_cancel(org: Org, at: At = None, as_json: AsJson = False) -> None:
     """End an organisation's current subscription (now, unless --at)."""
     run_operation(
-        lambda s: billing_admin.cancel(s, org, _instant(at)), as_json, views.subscription("was on")
+        lambda s: billing_admin.cancel(s, org, instant(at, option="--at")),
+        as_json,
+        views.subscription("was on"),
     )
 
 
@@ -214,7 +205,7 @@ def wallets_grant(
             currency,
             kind=kind,
             priority=priority,
-            expires_at=_instant(expires),
+            expires_at=instant(expires, option="--expires"),
             reference=reference,
         ),
         as_json,
@@ -361,7 +352,7 @@ def invoices_show(
 def invoices_pay(invoice_id: InvoiceId, at: At = None, as_json: AsJson = False) -> None:
     """Mark a finalized invoice paid."""
     run_operation(
-        lambda s: billing_admin.pay_invoice(s, invoice_id, _instant(at)),
+        lambda s: billing_admin.pay_invoice(s, invoice_id, instant(at, option="--at")),
         as_json,
         lambda i: say(f"Invoice {invoice_id} is paid ({i['total']} {i['currency']})."),
     )
@@ -371,7 +362,7 @@ def invoices_pay(invoice_id: InvoiceId, at: At = None, as_json: AsJson = False) 
 def invoices_void(invoice_id: InvoiceId, at: At = None, as_json: AsJson = False) -> None:
     """Void a draft or finalized invoice (a paid one is refunded by a credit instead)."""
     run_operation(
-        lambda s: billing_admin.void_invoice(s, invoice_id, _instant(at)),
+        lambda s: billing_admin.void_invoice(s, invoice_id, instant(at, option="--at")),
         as_json,
         lambda _: say(f"Invoice {invoice_id} is void."),
     )

@@ -3,7 +3,6 @@ from the command line (thin adapters around ``modelmint.feedback``)."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -11,7 +10,7 @@ import typer
 from rich.table import Table
 
 from modelmint.cli.context import console, session_scope, settings
-from modelmint.clock import utcnow
+from modelmint.cli.values import instant
 from modelmint.errors import InvalidRequest
 from modelmint.feedback import samples as sample_store
 from modelmint.feedback.compare import Comparison, VersionReport, compare_versions
@@ -52,16 +51,6 @@ def _dataset_json(row: FeedbackDataset, *, with_requests: bool = False) -> dict[
     return out
 
 
-def _since(text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidRequest(f"--since {text!r} is not an ISO date such as 2026-11-01") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=utcnow().tzinfo)
-
-
 @datasets.command("build")
 def datasets_build(
     from_feedback: Annotated[
@@ -81,7 +70,11 @@ def datasets_build(
 ) -> None:
     """Write the next version of a dataset from a model's rated, captured requests."""
     options = BuildOptions(
-        model=from_feedback, name=name, min_score=min_score, since=_since(since), target=target
+        model=from_feedback,
+        name=name,
+        min_score=min_score,
+        since=instant(since, option="--since"),
+        target=target,
     )
     with session_scope() as session:
         info = _dataset_json(build_from_feedback(session, settings().home, options))

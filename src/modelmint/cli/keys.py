@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time
 from typing import Annotated, Any
 
 import orjson
@@ -12,24 +11,11 @@ from sqlalchemy.orm import Session
 
 from modelmint import accounts
 from modelmint.cli.context import console, session_scope
-from modelmint.errors import InvalidRequest, NotFound
+from modelmint.cli.values import instant
+from modelmint.errors import NotFound
 from modelmint.storage.tables import Organization
 
 app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
-
-
-def _parse_expiry(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        if len(value) == 10:
-            return datetime.combine(date.fromisoformat(value), time.min, tzinfo=UTC)
-        parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise InvalidRequest(
-            f"--expires {value!r} is not a date (YYYY-MM-DD) or ISO datetime"
-        ) from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _existing_org(session: Session, org: str) -> Organization:
@@ -60,7 +46,7 @@ def create(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Create an API key. The secret is printed once and cannot be shown again."""
-    expires_at = _parse_expiry(expires)
+    expires_at = instant(expires, option="--expires")
     model_list = models.split(",") if models is not None else None
     with session_scope() as session:
         organization = (
