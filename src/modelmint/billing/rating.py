@@ -239,6 +239,14 @@ class LinearRates:
         unit = self.units[metric]
         return _ZERO if not unit else EXACT.multiply(unit, quantity)
 
+    def charge(self, quantities: Mapping[Metric, Quantity]) -> Decimal:
+        """What a request of ``quantities`` (every billed metric) costs: the sum of its
+        metrics' amounts, over the priced ones only (the request path's loop)."""
+        total = _ZERO
+        for metric, unit in self.priced:
+            total = EXACT.add(total, EXACT.multiply(unit, quantities[metric]))
+        return total
+
     def rated(self, metric: Metric, quantity: Quantity) -> RatedUsage:
         """``rate``'s answer, without the running totals."""
         key = UsageKey(self.plan, self.model, metric)

@@ -41,7 +41,7 @@ from modelmint.billing.errors import (
     PriceNotFound,
     UsageCapExceeded,
 )
-from modelmint.billing.exact import EXACT, Quantity, minus, plus
+from modelmint.billing.exact import Quantity, minus, plus
 from modelmint.billing.periods import Period
 from modelmint.billing.rating import LinearRates, billed_quantities, worst_case
 from modelmint.billing.rating import admit as admit_units
@@ -101,7 +101,6 @@ class Hold:
 
 
 NO_HOLD = Hold()
-_ZERO = Decimal(0)
 _REASONS: dict[type[Exception], str] = {
     InsufficientCredit: "credit",
     BudgetExceeded: "budget",
@@ -137,10 +136,7 @@ class _Pricing:
         rates = self.rates
         if rates is None:
             return worst_case(plan, model, {m: requested[m] for m in self.metrics})
-        total = _ZERO
-        for metric, unit in rates.priced:
-            total = EXACT.add(total, EXACT.multiply(unit, requested[metric]))
-        return total
+        return rates.charge(requested)
 
 
 @dataclass(frozen=True, slots=True)

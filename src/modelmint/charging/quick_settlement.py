@@ -71,8 +71,7 @@ class QuickSettlement:
                     event.endpoint, event.input_tokens, event.output_tokens, event.engine_ms
                 )
                 slot.add(used)
-                for metric, unit in line.priced:
-                    amount = EXACT.add(amount, EXACT.multiply(unit, used[metric]))
+                amount = line.charge(used)
             self.charges[event.id] = amount
             if event.wallet_lease is not None and amount > 0:
                 lease = event.wallet_lease
@@ -120,16 +119,13 @@ class _Slot:
 
     def totals(self, organization_id: str, start: datetime) -> list[AddedTotal]:
         line, count = self.line, self.count
-        plan, included, units = line.plan, line.included, line.units
-        rows: list[AddedTotal] = []
-        for metric, quantity in self.quantities.items():
-            unit = units[metric]
-            rows.append(
-                (organization_id, start, plan.code, plan.version, line.model, metric,
-                 quantity, quantity if metric in included else 0,
-                 EXACT.multiply(unit, quantity) if unit else _ZERO, count)
-            )  # fmt: skip
-        return rows
+        plan, included = line.plan, line.included
+        return [
+            (organization_id, start, plan.code, plan.version, line.model, metric,
+             quantity, quantity if metric in included else 0, line.amount(metric, quantity),
+             count)
+            for metric, quantity in self.quantities.items()
+        ]  # fmt: skip
 
 
 @functools.lru_cache(maxsize=4)
