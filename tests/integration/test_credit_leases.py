@@ -241,9 +241,13 @@ async def test_a_request_whose_lease_was_swept_is_paid_from_free_credit(
             update(BillingCreditLease).values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
         )
     assert store.reclaim_expired() == 1
+    retried = USAGE_BATCHES.labels("retried")
+    before = retried._value.get()
     await usage_writer.record(
         paid(org, 1, tokens=7, wallet_lease=granted.lease_id, lease_worst=D("0.1"))
     )
+    # The quick batch bet on an open lease and lost: it was settled again the general way.
+    assert retried._value.get() == before + 1
     assert wallet_sums(database, org) == (D("0.93"), D(0), D(0))
 
 

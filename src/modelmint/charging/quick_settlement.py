@@ -6,8 +6,9 @@ wallet lease or needs no wallet, and nothing else is held (``Charger.quick`` pic
 them). Nothing is read: the charges go in the usage rows' insert, and the totals
 and lease statements add blindly, in the same round trip as an unbilled batch. The
 bet (every event new, every lease open with room, no budgets to keep spend for) is
-checked on the round trip's results (``holds``); when it is lost the writer rolls
-back and settles the batch the general way (``settlement.BatchSettlement``).
+checked on the round trip's results on SQLite (``holds``), by the statement itself
+on PostgreSQL (``QuickSql.joined``); when it is lost the writer rolls back and
+settles the batch the general way (``settlement.BatchSettlement``).
 """
 
 from __future__ import annotations
@@ -85,14 +86,18 @@ class QuickSettlement:
         self._parts = (totals, sorted(pending.items()), organizations, utcnow())
         self.statements = sql.statements(*self._parts) if sql.sqlite else []
 
-    def joined(self, insert: Statement) -> Statement | None:
-        """On PostgreSQL, the usage rows' ``insert`` and this batch's statements as one
-        (``QuickSql.joined``); on SQLite None, ``statements`` go apart."""
-        return None if self._sql.sqlite else self._sql.joined(insert, *self._parts)
+    def joined(self, insert: Statement, events: int) -> Statement | None:
+        """On PostgreSQL, the usage rows' ``insert`` (of ``events`` rows) and this batch's
+        statements as one that checks the bet (``QuickSql.joined``); on SQLite None,
+        ``statements`` go apart."""
+        if self._sql.sqlite:
+            return None
+        return self._sql.joined(insert, events, *self._parts)
 
     def holds(self, results: Sequence[Rows]) -> bool:
-        """Whether the bet held (``results``: the rows of ``statements``): no budgets to
-        keep spend for, and every lease open with room for what was added to it."""
+        """On SQLite, whether the bet held (``results``: the rows of ``statements``): no
+        budgets to keep spend for, and every lease open with room for what was added to
+        it."""
         seen = {row[0] for rows in results for row in rows if row}
         return "#budget" not in seen and seen == self._leases
 

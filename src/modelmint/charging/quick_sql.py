@@ -2,9 +2,10 @@
 
 A quick batch reads nothing: it adds its totals to the usage totals and its charges
 to its wallet leases blindly, and looks for budgets, in the usage rows' transaction.
-On SQLite these are a few statements sent with the insert; on PostgreSQL one
-statement of data-modifying CTEs around the insert, so that the batch takes the one
-round trip an unbilled one takes. The rows they return check the quick batch's bet.
+On SQLite these are a few statements sent with the insert, whose rows check the quick
+batch's bet; on PostgreSQL one statement of data-modifying CTEs around the insert,
+which checks the bet itself, so that the batch and its COMMIT take the one round trip
+an unbilled batch takes.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from modelmint.storage.batch import (
     EXACT_ROOM,
     BatchSql,
     Statement,
+    bet_checked,
     sqlite_add_exact,
     text_array,
 )
@@ -81,16 +83,16 @@ class QuickSql:
     def joined(
         self,
         insert: Statement,
+        events: int,
         totals: Sequence[AddedTotal],
         pending: Sequence[tuple[str, Decimal]],
         organizations: Sequence[str],
         now: datetime,
     ) -> Statement:
         """On PostgreSQL, what ``statements`` do and the usage rows' ``insert`` (``... RETURNING
-        id``) in one statement of data-modifying CTEs: a statement costs more here, on
-        both sides of the wire, than the rows it writes. Its rows are ("usage", id) for
-        each usage row inserted, ("lease", id) for each lease added to, and ("budget",
-        "#budget") if a budget exists."""
+        id``, of ``events`` rows) in one statement of data-modifying CTEs, which checks
+        the bet itself (``storage.batch.bet_checked``): it fails unless every event was
+        new, every lease added to and no budget found. Its rows are the ids inserted."""
         # Decimals go as JSON strings, which NUMERIC reads exactly (and orjson then
         # needs no hook); times and metrics orjson writes itself.
         records = [
@@ -107,13 +109,14 @@ class QuickSql:
             shape = "one"
             [(lease_id, amount)] = pending
             value = f"{amount:f}"
-            params += [value, value, now, lease_id, value]
+            params += [value, value, now, lease_id, value, events, 1]
         elif pending:
             shape = "many"
             leases = [{"id": lease_id, "pending": f"{amount:f}"} for lease_id, amount in pending]
-            params += [now, orjson.dumps(leases).decode()]
+            params += [now, orjson.dumps(leases).decode(), events, len(pending)]
         else:
             shape = "none"
+            params.append(events)
         params.append(text_array(organizations))
         return Statement(_quick_with_text(insert.sql, shape), params)
 
@@ -153,15 +156,14 @@ def _quick_with_text(insert: str, leases: str) -> str:
         + ["charges = t.charges + excluded.charges"]
     )
     columns = ", ".join(TOTAL_KEY + TOTAL_VALUES)
-    # Every parameter is text (JSON, or an array's text form) or a time: psycopg adapts
-    # those for a fraction of what a Python list costs it.
+    # Every parameter is text (JSON, or an array's text form), a time or a count:
+    # psycopg adapts those for a fraction of what a Python list costs it.
     ctes = [
         f"inserted AS ({insert})",
         f"added AS (INSERT INTO billing_usage_totals AS t ({columns}) "
         f"SELECT {columns} FROM jsonb_populate_recordset(NULL::billing_usage_totals, %s::jsonb) "
         f"ON CONFLICT ({', '.join(TOTAL_KEY)}) DO UPDATE SET {sets})",
     ]
-    rows = ["SELECT 'usage', id FROM inserted"]
     if leases == "one":
         ctes.append(
             "charged AS (UPDATE billing_credit_leases l SET pending = l.pending + %s::numeric, "
@@ -177,10 +179,13 @@ def _quick_with_text(insert: str, leases: str) -> str:
             "WHERE l.id = x.id AND l.closed_at IS NULL AND l.amount - l.pending >= x.pending "
             "RETURNING l.id)"
         )
+    # The bet: every event new, every lease open with room (its row updated), and no
+    # budget to keep spend for. The totals (``added``, referenced nowhere) are added
+    # after it is checked, as the general way adds them after the leases.
+    condition = ["(SELECT count(*) FROM inserted) = %s"]
     if leases != "none":
-        rows.append("SELECT 'lease', id FROM charged")
-    rows.append(
-        "(SELECT 'budget', '#budget' FROM billing_budgets "
-        "WHERE organization_id = ANY(%s::text[]) LIMIT 1)"
+        condition.append("(SELECT count(*) FROM charged) = %s")
+    condition.append(
+        "NOT EXISTS (SELECT FROM billing_budgets WHERE organization_id = ANY(%s::text[]))"
     )
-    return f"WITH {', '.join(ctes)} {' UNION ALL '.join(rows)}"
+    return bet_checked(ctes, " AND ".join(condition))

@@ -8,9 +8,11 @@ inserted, so a retried event is neither stored, rolled up nor charged twice.
 
 Events on a plan are settled by the ``charging`` hook (``charging.Charger``) in the
 same transaction. A quick batch (charges known before the insert) goes in one round
-trip, like a batch without charges on PostgreSQL (``_in_one_trip``); any other takes
-two: the usage rows' insert with the settlement's locks and reads, then the
-settlement's writes, the charges and the rollups (``_settled``).
+trip, like a batch without charges on PostgreSQL (``_in_one_trip``), where that trip
+carries the COMMIT too: the insert checks the batch's bet in the database and fails
+the transaction when it was lost. Any other batch takes two round trips and a commit:
+the usage rows' insert with the settlement's locks and reads, then the settlement's
+writes, the charges and the rollups (``_settled``).
 
 Last, the analytics rollups (``rollups.economics_rows`` per hour and per day, daily
 totals per currency, and the latency histogram) take the fresh events with their
@@ -45,12 +47,15 @@ from modelmint.metering.rollups import (
 )
 from modelmint.observability.metrics import USAGE_BATCHES
 from modelmint.storage.batch import (
+    BET_LOST,
+    COMMIT,
     EXACT_ADD,
     EXACT_FLOOR0,
     EXACT_ROOM,
     BatchSql,
     Rows,
     Statement,
+    bet_checked,
     run,
 )
 from modelmint.storage.db import Database
@@ -70,10 +75,10 @@ class QuickCharges(Protocol):
         """Whether the bet the statements made held (their rows)."""
         ...
 
-    def joined(self, insert: Statement) -> Statement | None:
-        """The usage rows' ``insert`` (``... RETURNING id``) and ``statements`` as one
-        statement, whose rows are ("usage", id) per row inserted and (anything else, value)
-        for the rows of ``statements``; None when they are sent apart."""
+    def joined(self, insert: Statement, events: int) -> Statement | None:
+        """The usage rows' ``insert`` (``... RETURNING id``, of ``events`` rows) and
+        ``statements`` as one statement that fails (``storage.batch.BET_LOST``) unless
+        the bet held, whose rows are the ids inserted; None when they are sent apart."""
         ...
 
     def committed(self, fresh: set[str], results: Sequence[Rows]) -> None: ...
@@ -162,6 +167,13 @@ _LATENCY_TAIL = (
     f"ON CONFLICT ({', '.join(_LATENCY_KEY)}) DO UPDATE SET "
     "count = analytics_latency_hourly.count + excluded.count"
 )
+
+
+@functools.lru_cache(maxsize=4)
+def _checked_insert_text(insert: str) -> str:
+    """On PostgreSQL, the usage rows' ``insert`` failing unless all of them were new
+    (its one parameter more: their number)."""
+    return bet_checked([f"inserted AS ({insert})"], "(SELECT count(*) FROM inserted) = %s")
 
 
 def _exact_add_text(left: str | None, right: str | None) -> str:
@@ -255,8 +267,10 @@ class UsageStore:
         ones are, and on what ``quick`` bets.
 
         Waiting for each of six statements cost ~0.2 ms apiece here, more than the
-        commit. When a bet is lost the transaction is rolled back and (None, None)
-        returned, for ``_settled`` to do it again the general way.
+        commit. On PostgreSQL the insert checks the bet itself (``mm_batch_bet``) and
+        the COMMIT goes in the same round trip: ~0.14 ms less per batch at c1 on a
+        2-vCPU machine. When a bet is lost the transaction is rolled back and (None,
+        None) returned, for ``_settled`` to do it again the general way.
         """
         raw: Any = connection.connection.driver_connection
         ids = {event.id for event in events}
@@ -264,20 +278,32 @@ class UsageStore:
             return None, None  # a batch naming one event twice: only one of them is new
         charges = quick.charges if quick else {}
         insert = self._insert_usage(events, charges)
-        joined = quick.joined(insert) if quick else None
-        if joined is not None:
-            results = run(raw, self._sqlite, [joined, *self._sums(events, charges)])
-            inserted = {value for kind, value in results[0] if kind == "usage"}
-            written = [[(value,) for kind, value in results[0] if kind != "usage"]]
-        else:
-            owned = list(quick.statements) if quick else []
-            results = run(raw, self._sqlite, [insert, *owned, *self._sums(events, charges)])
-            inserted = {row[0] for row in results[0]}
+        sums = self._sums(events, charges)
+        if self._sqlite:
+            # In process (and only quick batches come here): the bet is checked on the
+            # statements' rows, before the commit.
+            assert quick is not None
+            owned = list(quick.statements)
+            results = run(raw, True, [insert, *owned, *sums])
             written = results[1 : 1 + len(owned)]
-        if inserted == ids and (quick is None or quick.holds(written)):
-            if quick is None:
-                return events, None
-            return events, lambda: quick.committed(ids, written)
+            if {row[0] for row in results[0]} == ids and quick.holds(written):
+                return events, lambda: quick.committed(ids, written)
+            return self._bet_lost(connection)
+        joined = quick.joined(insert, len(events)) if quick else None
+        if joined is None:
+            joined = Statement(_checked_insert_text(insert.sql), (*insert.params, len(events)))
+        try:
+            run(raw, False, [joined, *sums, COMMIT])
+        except Exception as exc:
+            if getattr(exc, "sqlstate", None) != BET_LOST:
+                raise
+            return self._bet_lost(connection)
+        if quick is None:
+            return events, None
+        return events, lambda: quick.committed(ids, [])
+
+    @staticmethod
+    def _bet_lost(connection: Connection) -> tuple[None, None]:
         connection.rollback()
         connection.begin()
         return None, None

@@ -27,12 +27,15 @@ from typing import Any
 import orjson
 
 __all__ = [
+    "BET_LOST",
+    "COMMIT",
     "EXACT_ADD",
     "EXACT_FLOOR0",
     "EXACT_ROOM",
     "BatchSql",
     "Rows",
     "Statement",
+    "bet_checked",
     "read_decimal",
     "run",
     "sqlite_add_exact",
@@ -50,6 +53,11 @@ class Statement:
 
 
 _NOTHING = Statement("SELECT 1 WHERE 1 = 0")
+# Sent last in a batch's round trip on PostgreSQL, when the batch checks its own bet
+# (``bet_checked``): the commit then costs no round trip of its own.
+COMMIT = Statement("COMMIT")
+# The SQLSTATE ``mm_batch_bet`` raises (migration 0015): a one-trip batch's bet was lost.
+BET_LOST = "MMB01"
 
 # SQLite: the SQL functions that do exact arithmetic on ``ExactDecimal`` texts (SQL's
 # own goes through floats). The metering writer registers them on its connection.
@@ -211,6 +219,17 @@ def sqlite_add_exact(table: str, column: str) -> str:
     )
 
 
+def bet_checked(ctes: Sequence[str], condition: str) -> str:
+    """On PostgreSQL, a statement of data-modifying ``ctes``, the first of them named
+    ``inserted`` (``INSERT ... RETURNING id``), whose rows are the ids inserted and
+    which fails (SQLSTATE ``BET_LOST``) unless ``condition`` holds once they ran: a batch
+    that checks its bet in the database can send its COMMIT in the same round trip."""
+    return (
+        f"WITH {', '.join(ctes)} SELECT id FROM inserted "
+        f"UNION ALL SELECT NULL WHERE mm_batch_bet({condition})"
+    )
+
+
 def run(raw: Any, sqlite: bool, statements: Sequence[Statement]) -> list[Rows]:
     """Execute ``statements`` in order on a DBAPI connection; each one's rows (empty for
     statements that return none). On PostgreSQL all of them go in one round trip."""
@@ -230,16 +249,17 @@ def run(raw: Any, sqlite: bool, statements: Sequence[Statement]) -> list[Rows]:
             cursor.close()
         return results
     cursors = []
-    with raw.pipeline() as pipeline:
-        for statement in statements:
-            cursor = raw.cursor()
-            if statement.many:
-                cursor.executemany(statement.sql, statement.params)
-            else:
-                cursor.execute(statement.sql, statement.params)
-            cursors.append(cursor)
-        pipeline.sync()
-        results = [c.fetchall() if c.description else [] for c in cursors]
-    for cursor in cursors:
-        cursor.close()
-    return results
+    try:
+        with raw.pipeline() as pipeline:
+            for statement in statements:
+                cursor = raw.cursor()
+                cursors.append(cursor)
+                if statement.many:
+                    cursor.executemany(statement.sql, statement.params)
+                else:
+                    cursor.execute(statement.sql, statement.params)
+            pipeline.sync()
+            return [c.fetchall() if c.description else [] for c in cursors]
+    finally:
+        for cursor in cursors:
+            cursor.close()
