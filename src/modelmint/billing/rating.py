@@ -206,10 +206,19 @@ class LinearRates:
     # The metrics that cost anything, with their unit prices: a request's charge is the
     # sum of these products (the hot path's loop, without the zeros).
     priced: tuple[tuple[Metric, Decimal], ...] = field(init=False)
+    # The same prices as integers of 10**-places: whole quantities (token and request
+    # counts) are then charged in integer arithmetic, a third of Decimal's time.
+    scaled: tuple[tuple[Metric, int], ...] = field(init=False)
+    places: int = field(init=False)
 
     def __post_init__(self) -> None:
         priced = tuple((metric, unit) for metric, unit in self.units.items() if unit)
         object.__setattr__(self, "priced", priced)
+        # The Decimal sum's exponent is the least of its terms' and of 0's: keep it.
+        places = max([0, *(-int(unit.as_tuple().exponent) for _, unit in priced)])
+        scaled = tuple((metric, int(unit.scaleb(places, EXACT))) for metric, unit in priced)
+        object.__setattr__(self, "scaled", scaled)
+        object.__setattr__(self, "places", places)
 
     @classmethod
     def of(cls, plan: Plan, model: str, metrics: Iterable[Metric]) -> LinearRates | None:
@@ -242,6 +251,15 @@ class LinearRates:
     def charge(self, quantities: Mapping[Metric, Quantity]) -> Decimal:
         """What a request of ``quantities`` (every billed metric) costs: the sum of its
         metrics' amounts, over the priced ones only (the request path's loop)."""
+        whole = 0
+        for metric, unit in self.scaled:
+            quantity = quantities[metric]
+            if type(quantity) is not int:
+                return self._decimal_charge(quantities)
+            whole += unit * quantity
+        return EXACT.scaleb(Decimal(whole), -self.places)
+
+    def _decimal_charge(self, quantities: Mapping[Metric, Quantity]) -> Decimal:
         total = _ZERO
         for metric, unit in self.priced:
             total = EXACT.add(total, EXACT.multiply(unit, quantities[metric]))

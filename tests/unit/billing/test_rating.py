@@ -23,6 +23,7 @@ from modelmint.billing import (
     UsageCapExceeded,
     tiers_up_to,
 )
+from modelmint.billing.exact import exact_sum
 
 D = Decimal
 IN, OUT = Metric.INPUT_TOKENS, Metric.OUTPUT_TOKENS
@@ -188,6 +189,16 @@ def test_linear_rates_charge_what_rating_in_order_charges(
                 expected = usage.rate(plan, model, metric, quantity)
                 assert rates.rated(metric, quantity) == expected
                 assert rates.amount(metric, quantity) == expected.amount
+            # A request's charge: the sum of its amounts, in integer arithmetic when
+            # every quantity is whole, with the Decimal sum's very digits either way.
+            for used in (
+                dict(zip(metrics, (tokens_in, tokens_out, seconds), strict=True)),
+                dict(zip(metrics, (tokens_in, tokens_out, int(seconds)), strict=True)),
+            ):
+                amounts = [rates.amount(metric, quantity) for metric, quantity in used.items()]
+                charge = rates.charge(used)
+                assert charge == exact_sum(amounts)
+                assert str(charge) == str(rates._decimal_charge(used))
 
 
 def test_rates_that_depend_on_the_period_are_not_linear() -> None:
