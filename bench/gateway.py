@@ -378,17 +378,13 @@ def check_wallet(db_url: str) -> bool:
                 ),
                 Decimal(0),
             )
-            wallet, consumed, balance, granted, held, leased = (
-                connection.execute(
-                    text(
-                        "SELECT id, consumed_total, balance, granted_total, held, leased "
-                        "FROM billing_wallets WHERE organization_id = :org"
-                    ),
-                    {"org": org},
-                )
-                .one()
-                ._tuple()
-            )
+            wallet, consumed, balance, granted, held, leased = connection.execute(
+                text(
+                    "SELECT id, consumed_total, balance, granted_total, held, leased "
+                    "FROM billing_wallets WHERE organization_id = :org"
+                ),
+                {"org": org},
+            ).one()
             consumed, balance, granted, held, leased = (
                 Decimal(str(v)) for v in (consumed, balance, granted, held, leased)
             )
