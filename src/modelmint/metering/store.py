@@ -268,7 +268,7 @@ class UsageStore:
 
         Waiting for each of six statements cost ~0.2 ms apiece here, more than the
         commit. On PostgreSQL the insert checks the bet itself (``mm_batch_bet``) and
-        the COMMIT goes in the same round trip: ~0.14 ms less per batch at c1 on a
+        the COMMIT goes in the same round trip: 0.05-0.14 ms less a batch at c1 on a
         2-vCPU machine. When a bet is lost the transaction is rolled back and (None,
         None) returned, for ``_settled`` to do it again the general way.
         """
