@@ -18,4 +18,4 @@ __all__ = ["app_from_env"]
 def app_from_env() -> FastAPI:
     settings = Settings()
     configure_logging(settings.log_level, json_lines=settings.log_json)
-    return create_app(settings)
+    return create_app(settings, freeze_heap=True)
