@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from modelmint.billing import Metric
-from modelmint.billing.exact import EXACT, Quantity, plus
+from modelmint.billing.exact import EXACT, Quantity
 from modelmint.billing.periods import Period, utc
 from modelmint.billing.rating import LinearRates
 from modelmint.charging.quantities import measured
@@ -44,43 +44,38 @@ class QuickSettlement:
         on_committed: Committed,
         sql: QuickSql,
         billed: list[UsageEvent],
-        rates: dict[str, LinearRates],
+        lines: list[LinearRates],
     ) -> None:
+        """``lines``: each billed event's rates, in the same order."""
         self._on_committed = on_committed
         self._billed = billed
         self.charges: dict[str, Decimal] = {}
-        # What the batch adds to the usage totals, per (organisation, period start,
-        # rates): the rates, each billed metric's quantity, and the number of charges.
+        charges = self.charges
+        # What the batch adds to the usage totals, per organisation, month and rates.
         # Keyed by the rates' identity: the charger keeps one per plan version, model
         # and endpoint, and hashing them (or their plan) costs more. A slot's amounts are
         # worked out once, at the end: a linear price of the summed quantity is exactly
         # the sum of the requests' charges (exact arithmetic never rounds).
-        added: dict[tuple[str, datetime, int], _Slot] = {}
+        slots: dict[tuple[str, int, int, int], _Slot] = {}
         pending: dict[str, Decimal] = {}
-        for event in billed:
+        for event, line in zip(billed, lines, strict=True):
             amount = _ZERO
             if event.status_code < 400:  # a failed request owes nothing
                 moment = event.created_at
                 if moment.tzinfo is not UTC:
                     moment = utc(moment)
-                line = rates[event.id]
-                key = (event.organization_id, _month_start(moment.year, moment.month), id(line))
-                slot = added.get(key)
+                key = (event.organization_id, moment.year, moment.month, id(line))
+                slot = slots.get(key)
                 if slot is None:
-                    slot = added[key] = _Slot(line)
-                used = measured(
-                    event.endpoint, event.input_tokens, event.output_tokens, event.engine_ms
-                )
-                slot.add(used)
-                amount = line.charge(used)
-            self.charges[event.id] = amount
-            if event.wallet_lease is not None and amount > 0:
+                    slot = slots[key] = _Slot(line, event.organization_id, moment)
+                amount = slot.add(event)
                 lease = event.wallet_lease
-                pending[lease] = EXACT.add(pending.get(lease, _ZERO), amount)
+                if lease is not None and amount:
+                    before = pending.get(lease)
+                    pending[lease] = amount if before is None else EXACT.add(before, amount)
+            charges[event.id] = amount
         self._leases = set(pending)
-        totals = [
-            total for (org, start, _), slot in added.items() for total in slot.totals(org, start)
-        ]
+        totals = [total for slot in slots.values() for total in slot.totals()]
         organizations = sorted({e.organization_id for e in billed})
         self._sql = sql
         self._parts = (totals, sorted(pending.items()), organizations, utcnow())
@@ -106,27 +101,38 @@ class QuickSettlement:
 
 
 class _Slot:
-    """What a quick batch adds to the usage totals of one organisation, period and set
-    of rates."""
+    """What a quick batch adds to the usage totals of one organisation, month and set
+    of rates: the requests' measured quantities, summed."""
 
-    __slots__ = ("count", "line", "quantities")
+    __slots__ = ("count", "line", "organization_id", "quantities", "start")
 
-    def __init__(self, line: LinearRates) -> None:
+    def __init__(self, line: LinearRates, organization_id: str, moment: datetime) -> None:
         self.line = line
+        self.organization_id = organization_id
+        self.start = _month_start(moment.year, moment.month)
         self.quantities: dict[Metric, Quantity] = dict.fromkeys(line.units, 0)
         self.count = 0
 
-    def add(self, used: dict[Metric, Quantity]) -> None:
+    def add(self, event: UsageEvent) -> Decimal:
+        """Add the request's quantities; what it costs."""
+        used = measured(event.endpoint, event.input_tokens, event.output_tokens, event.engine_ms)
         quantities = self.quantities
-        for metric in quantities:
-            quantities[metric] = plus(quantities[metric], used[metric])
+        for metric, quantity in quantities.items():
+            more = used[metric]
+            quantities[metric] = (
+                quantity + more
+                if type(quantity) is int and type(more) is int
+                else EXACT.add(quantity, more)
+            )
         self.count += 1
+        return self.line.charge(used)
 
-    def totals(self, organization_id: str, start: datetime) -> list[AddedTotal]:
+    def totals(self) -> list[AddedTotal]:
         line, count = self.line, self.count
         plan, included = line.plan, line.included
+        org, start = self.organization_id, self.start
         return [
-            (organization_id, start, plan.code, plan.version, line.model, metric,
+            (org, start, plan.code, plan.version, line.model, metric,
              quantity, quantity if metric in included else 0, line.amount(metric, quantity),
              count)
             for metric, quantity in self.quantities.items()

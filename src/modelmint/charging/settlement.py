@@ -131,17 +131,21 @@ class Charger:
     def quick(
         self, sql: BatchSql, events: Sequence[UsageEvent], session: Callable[[], Session]
     ) -> QuickSettlement | None:
-        """The batch's quick settlement, or None if some billed event needs reads."""
-        billed = self._billed(events, session)
+        """The batch's quick settlement, or None if some billed event needs reads (or
+        nothing in it is billed)."""
+        billed: list[UsageEvent] = []
+        lines: list[LinearRates] = []
+        for event in events:
+            if event.plan_code is None or event.plan_version is None:
+                continue
+            line = self._quick_rates(event, session)
+            if line is None:
+                return None
+            billed.append(event)
+            lines.append(line)
         if not billed:
             return None
-        rates: dict[str, LinearRates] = {}
-        for event in billed:
-            found = self._quick_rates(event)
-            if found is None:
-                return None
-            rates[event.id] = found
-        return QuickSettlement(self.settled, self._quick_sql(sql), billed, rates)
+        return QuickSettlement(self.settled, self._quick_sql(sql), billed, lines)
 
     def begin(
         self, sql: BatchSql, events: Sequence[UsageEvent], session: Callable[[], Session]
@@ -183,7 +187,7 @@ class Charger:
             statements = self._quick[sql.sqlite] = QuickSql(sql)
         return statements
 
-    def _quick_rates(self, event: UsageEvent) -> LinearRates | None:
+    def _quick_rates(self, event: UsageEvent, session: Callable[[], Session]) -> LinearRates | None:
         """The event's rates if it can be settled quickly (see the module docstring)."""
         if event.reservation is not None or event.spend_hold or event.spend_leases:
             return None
@@ -192,6 +196,7 @@ class Charger:
         key = (event.plan_code, event.plan_version, event.model, event.endpoint)
         known = self._linear.get(key)
         if known is None:
+            self._billed([event], session)  # loads its plan version if not yet seen
             plan = self.plan(event)
             try:
                 metrics = billed_quantities(plan, event.model, measured(event.endpoint, 0, 0, 0))
