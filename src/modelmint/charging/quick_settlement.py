@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from modelmint.billing import Metric
-from modelmint.billing.exact import EXACT, Quantity
+from modelmint.billing.exact import EXACT, Quantity, plus
 from modelmint.billing.periods import Period, utc
 from modelmint.billing.rating import LinearRates
 from modelmint.charging.quantities import measured
@@ -118,12 +118,7 @@ class _Slot:
         used = measured(event.endpoint, event.input_tokens, event.output_tokens, event.engine_ms)
         quantities = self.quantities
         for metric, quantity in quantities.items():
-            more = used[metric]
-            quantities[metric] = (
-                quantity + more
-                if type(quantity) is int and type(more) is int
-                else EXACT.add(quantity, more)
-            )
+            quantities[metric] = plus(quantity, used[metric])
         self.count += 1
         return self.line.charge(used)
 

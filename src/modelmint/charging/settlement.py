@@ -162,18 +162,20 @@ class Charger:
         self, events: Sequence[UsageEvent], session: Callable[[], Session]
     ) -> list[UsageEvent]:
         billed = [e for e in events if e.plan_code is not None and e.plan_version is not None]
+        self._load_plans({(e.plan_code, e.plan_version) for e in billed}, session)
+        return billed
+
+    def _load_plans(
+        self, versions: set[tuple[str | None, int | None]], session: Callable[[], Session]
+    ) -> None:
+        """Load the plan versions not seen before (they never change once published)."""
         known = self._plans
-        unseen = {
-            (e.plan_code, e.plan_version)
-            for e in billed
-            if (e.plan_code, e.plan_version) not in known
-        }
+        unseen = [version for version in versions if version not in known]
         if unseen:
             plans = BillingStore(session()).plans
             for code, version in unseen:
                 assert code is not None and version is not None
                 known[code, version] = plans.load_plan(code, version)
-        return billed
 
     def _statements(self, sql: BatchSql) -> SettlementSql:
         statements = self._sql.get(sql.sqlite)
@@ -196,7 +198,7 @@ class Charger:
         key = (event.plan_code, event.plan_version, event.model, event.endpoint)
         known = self._linear.get(key)
         if known is None:
-            self._billed([event], session)  # loads its plan version if not yet seen
+            self._load_plans({(event.plan_code, event.plan_version)}, session)
             plan = self.plan(event)
             try:
                 metrics = billed_quantities(plan, event.model, measured(event.endpoint, 0, 0, 0))
