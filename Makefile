@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # The stamp changes whenever the declared dependencies change, so `make` reinstalls then.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile scripts/llama-wheel.sh scripts/llama-cpp-patches/*.patch | sha1sum | cut -c1-12)
 
-.PHONY: run test unit integration e2e lint typecheck fmt clean venv bench bench-gateway bench-llm bench-embeddings bench-recommender bench-analytics fuzz soak soak-prepaid audit crash
+.PHONY: run test unit integration e2e lint typecheck fmt clean venv bench bench-gateway bench-writer bench-llm bench-embeddings bench-recommender bench-analytics fuzz soak soak-prepaid audit crash
 
 venv: $(STAMP)
 
@@ -47,11 +47,15 @@ e2e: $(STAMP)
 	$(BIN)/python -m pytest tests/e2e
 
 # Benchmarks print ratios against named peers, measured side by side in one run.
-bench: bench-gateway bench-llm bench-embeddings bench-recommender bench-analytics
+bench: bench-gateway bench-writer bench-llm bench-embeddings bench-recommender bench-analytics
 
 bench-gateway: $(STAMP)
 	bash scripts/ensure-command.sh wrk
 	$(BIN)/python -m bench.gateway
+
+# The metering writer alone: an unbilled batch against a paid one, in process.
+bench-writer: $(STAMP)
+	$(BIN)/python -m bench.writer
 
 bench-llm: $(STAMP)
 	bash scripts/ensure-command.sh cmake

@@ -134,6 +134,29 @@ def postgres_database() -> Iterator[str | None]:
         admin.close()
 
 
+CLI = [sys.executable, "-m", "modelmint"]
+
+
+def provision(env: dict[str, str], upstream: str, workdir: Path, prepaid: bool) -> str:
+    """Set up a ModelMint home (``env`` names it and its database) the way the bench
+    measures it: the mock upstream as model "mock", an organisation "bench" and its key
+    (returned), and with ``prepaid`` the prepaid plan and a large paid wallet grant."""
+    run_env = {**os.environ, **env}
+
+    def cli(*command: str) -> bytes:
+        return subprocess.run([*CLI, *command], env=run_env, check=True, capture_output=True).stdout
+
+    cli("models", "add-remote", "mock", "--base-url", upstream)
+    created = cli("keys", "create", "--org", "bench", "--create-org", "--json")
+    if prepaid:
+        plan = workdir / "prepaid-plan.json"
+        plan.write_bytes(orjson.dumps(PREPAID_PLAN))
+        cli("plans", "publish", str(plan))
+        cli("subscriptions", "subscribe", "--org", "bench", "--plan", "bench-payg")
+        cli("wallets", "grant", "--org", "bench", "--amount", "1000000.00", "--paid")
+    return str(orjson.loads(created)["key"])
+
+
 @contextlib.contextmanager
 def modelmint(
     workdir: Path, upstream: str, workers: int, database_url: str | None, prepaid: bool = False
@@ -151,33 +174,10 @@ def modelmint(
     }
     if database_url:
         env["MODELMINT_DATABASE_URL"] = database_url
-    cli = [sys.executable, "-m", "modelmint"]
-    run_env = {**os.environ, **env}
-    subprocess.run(
-        [*cli, "models", "add-remote", "mock", "--base-url", upstream],
-        env=run_env,
-        check=True,
-        capture_output=True,
-    )
-    created = subprocess.run(
-        [*cli, "keys", "create", "--org", "bench", "--create-org", "--json"],
-        env=run_env,
-        check=True,
-        capture_output=True,
-    )
-    key = orjson.loads(created.stdout)["key"]
-    if prepaid:
-        plan = workdir / "prepaid-plan.json"
-        plan.write_bytes(orjson.dumps(PREPAID_PLAN))
-        for command in (
-            ["plans", "publish", str(plan)],
-            ["subscriptions", "subscribe", "--org", "bench", "--plan", "bench-payg"],
-            ["wallets", "grant", "--org", "bench", "--amount", "1000000.00", "--paid"],
-        ):
-            subprocess.run([*cli, *command], env=run_env, check=True, capture_output=True)
+    key = provision(env, upstream, workdir, prepaid)
     db_url = database_url or f"sqlite:///{home / 'modelmint.db'}"
     with process(
-        [*cli, "up", "--workers", str(workers)], env=env, log=home / "server.log"
+        [*CLI, "up", "--workers", str(workers)], env=env, log=home / "server.log"
     ) as child:
         base = f"http://127.0.0.1:{port}"
         wait_until_ready(base + "/readyz", child)
