@@ -7,9 +7,11 @@ and the plan's published prices, not read back from the totals the writer keeps.
 from __future__ import annotations
 
 import random
+import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -312,3 +314,61 @@ def test_credit_that_expired_unrecorded_is_written_off_before_a_hold(
         store = BillingStore(session)
         assert store.ledger.audit_wallet(wallet_id) == Money(D("0.50"), "USD")  # 1.00 written off
         assert store.wallets.wallet_reserved(wallet_id) == Money(D("0.40"), "USD")
+
+
+class _GeneralWayOnly(Charger):
+    """A charger that settles every batch the general way (reads, then absolute totals),
+    as batches holding a per-request hold or a budget's spend are settled."""
+
+    def quick(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+def test_a_quick_batch_committed_during_a_general_settlement_is_kept_in_the_totals(
+    _postgres_database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two gateway processes charge the first requests of a new slot (organisation,
+    month, plan, model, metric): one the general way, one the quick way. The quick batch
+    commits between the general settlement's reads and its writes, on rows that did not
+    exist when they were read: the totals must hold both batches."""
+    from modelmint.metering import store as store_module
+
+    database = _postgres_database
+    suffix = secrets.token_hex(4)
+    book = PriceBook(
+        "USD",
+        {
+            ("m", Metric.INPUT_TOKENS): FlatRate(D("0.001")),
+            ("m", Metric.OUTPUT_TOKENS): FlatRate(D("0.002")),
+        },
+    )
+    plan = SubscriptionPlan(f"race{suffix}", 1, fee=Money(D("5.00"), "USD"), price_book=book)
+    org = setup_org(database, f"race-{suffix}", plan)
+    general = store_module.UsageStore(database, _GeneralWayOnly())
+    quick = store_module.UsageStore(database, Charger())
+    first = event(org, 1, plan.code, input_tokens=100, output_tokens=10)
+    second = event(org, 2, plan.code, input_tokens=50, output_tokens=5)
+
+    real_run = store_module.run
+    calls = 0
+
+    def run_then_let_the_other_process_commit(raw: Any, sqlite: bool, statements: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        results = real_run(raw, sqlite, statements)
+        if calls == 1:  # the general settlement's reads are done, its writes not sent
+            monkeypatch.setattr(store_module, "run", real_run)
+            assert quick.write([second]) == 1
+        return results
+
+    monkeypatch.setattr(store_module, "run", run_then_let_the_other_process_commit)
+    try:
+        assert general.write([first]) == 1
+    finally:
+        general.close()
+        quick.close()
+    assert calls == 1
+    assert usage_totals(database, org) == {
+        "input_tokens": (D(150), D(0), D("0.150"), 2),
+        "output_tokens": (D(15), D(0), D("0.030"), 2),
+    }

@@ -20,14 +20,13 @@ import orjson
 
 from modelmint.billing import Metric
 from modelmint.billing.exact import Quantity
-from modelmint.charging.settlement_sql import TOTAL_KEY, TOTAL_VALUES
+from modelmint.charging.settlement_sql import TOTAL_KEY, TOTAL_VALUES, totals_added
 from modelmint.storage.batch import (
     EXACT_ADD,
     EXACT_ROOM,
     BatchSql,
     Statement,
     bet_checked,
-    sqlite_add_exact,
     text_array,
 )
 
@@ -67,7 +66,7 @@ class QuickSql:
             in totals
         ]  # fmt: skip
         statements = [
-            sql.insert("billing_usage_totals", TOTAL_KEY + TOTAL_VALUES, rows, _QUICK_TAIL)
+            sql.insert("billing_usage_totals", TOTAL_KEY + TOTAL_VALUES, rows, totals_added(sql))
         ]
         if pending:
             moment = sql.time(now)
@@ -126,11 +125,7 @@ def _text(quantity: int | Decimal) -> str:
     return str(quantity) if type(quantity) is int else f"{quantity:f}"
 
 
-# SQLite: a quick batch's addition to the usage totals, and to one lease's pending.
-_QUICK_TAIL = f"ON CONFLICT ({', '.join(TOTAL_KEY)}) DO UPDATE SET " + ", ".join(
-    [sqlite_add_exact("billing_usage_totals", c) for c in ("quantity", "included", "amount")]
-    + ["charges = billing_usage_totals.charges + excluded.charges"]
-)
+# SQLite: a quick batch's addition to one lease's pending.
 _QUICK_LEASE_SQLITE = (
     f"UPDATE billing_credit_leases SET pending = {EXACT_ADD}(pending, ?), "
     f"consumed = {EXACT_ADD}(consumed, ?), last_consumed_at = ? "

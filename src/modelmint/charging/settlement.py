@@ -310,9 +310,11 @@ class BatchSettlement:
         alerts: list[dict[str, Any]],
     ) -> Statement:
         current = reads.totals.get((organization_id, period.start), [])
-        totals = {t.total.key: t for t in current}
         usage = PeriodUsage(t.total for t in current)
-        changed: dict[UsageKey, ChargedTotal] = {}
+        # What this batch adds to each total: stored as an addition, not as the new value,
+        # because a quick batch of another process adds to the same rows without the
+        # organisation's lock (and may create them after they were read).
+        added: dict[UsageKey, ChargedTotal] = {}
         # Allowance used before this batch, per (plan, metric), for threshold alerts.
         allowances: dict[tuple[PlanRef, Metric], tuple[Plan, Quantity]] = {}
         for event in events:
@@ -322,8 +324,8 @@ class BatchSettlement:
                 if (plan.ref, metric) not in allowances:
                     allowances[(plan.ref, metric)] = (plan, usage.included_used(plan.ref, metric))
                 rated = usage.rate(plan, event.model, metric, quantity)
-                before = totals.get(rated.key) or ChargedTotal(UsageTotal(rated.key))
-                totals[rated.key] = changed[rated.key] = before.add(rated)
+                before = added.get(rated.key) or ChargedTotal(UsageTotal(rated.key))
+                added[rated.key] = before.add(rated)
                 amount = EXACT.add(amount, rated.amount)
             charges[event.id] = amount
         for (ref, metric), (plan, used_before) in sorted(allowances.items()):
@@ -338,7 +340,7 @@ class BatchSettlement:
                     organization_id, "", "allowance", metric.value, period, percent, self._now,
                     used=Decimal(used_after), limit=Decimal(allowance), plan=str(ref),
                 ))  # fmt: skip
-        return self._sql.totals(organization_id, period.start, changed.values())
+        return self._sql.totals(organization_id, period.start, added.values())
 
     # -- 3: month-to-date spend ----------------------------------------------------------------
 

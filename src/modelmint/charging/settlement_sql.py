@@ -13,6 +13,7 @@ below.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -36,6 +37,7 @@ __all__ = [
     "SettlementSql",
     "SpendRow",
     "WalletRow",
+    "totals_added",
 ]
 
 
@@ -54,6 +56,16 @@ _LEASE_COLUMNS = (
 )  # fmt: skip
 TOTAL_KEY = ("organization_id", "period_start", "plan_code", "plan_version", "model", "metric")
 TOTAL_VALUES = ("quantity", "included", "amount", "charges")
+
+
+@functools.lru_cache(maxsize=8)  # built once per writer: every paid batch sends it
+def totals_added(sql: BatchSql) -> str:
+    """The ON CONFLICT clause that adds an insert's values to the usage totals, exactly."""
+    table = "billing_usage_totals"
+    sets = [sql.add_exact(table, c) for c in ("quantity", "included", "amount")]
+    sets.append(f"charges = {table}.charges + excluded.charges")
+    return f"ON CONFLICT ({', '.join(TOTAL_KEY)}) DO UPDATE SET {', '.join(sets)}"
+
 
 _SPEND_KEY = ("organization_id", "api_key_id", "period_start")
 _LEDGER_COLUMNS = ("wallet_id", "sequence", "at", "kind", "grant_id", "amount", "reference")
@@ -337,9 +349,11 @@ class SettlementSql:
         return sql.update("usage_records", ("id",), ("charge",), rows)
 
     def totals(
-        self, organization_id: str, period_start: datetime, totals: Iterable[ChargedTotal]
+        self, organization_id: str, period_start: datetime, added: Iterable[ChargedTotal]
     ) -> Statement:
-        """Store the totals' new values (absolute: rating holds the organisation's lock)."""
+        """Add what the batch ``added`` to the usage totals. An addition, not the new
+        values, though rating holds the organisation's lock: quick batches add to the
+        same rows without it, and may create a row after this batch read it missing."""
         sql = self._sql
         rows = [
             (
@@ -354,11 +368,9 @@ class SettlementSql:
                 sql.decimal(t.amount),
                 t.charges,
             )
-            for t in totals
+            for t in added
         ]
-        sets = ", ".join(f"{c} = excluded.{c}" for c in TOTAL_VALUES)
-        tail = f"ON CONFLICT ({', '.join(TOTAL_KEY)}) DO UPDATE SET {sets}"
-        return sql.insert("billing_usage_totals", TOTAL_KEY + TOTAL_VALUES, rows, tail)
+        return sql.insert("billing_usage_totals", TOTAL_KEY + TOTAL_VALUES, rows, totals_added(sql))
 
     def spend(self, changes: Sequence[tuple[str, str, datetime, str, SpendRow]]) -> Statement:
         """Add ``(organisation, scope, month, currency, delta)`` to the month spend rows,

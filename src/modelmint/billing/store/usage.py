@@ -1,18 +1,17 @@
 """Period usage totals as stored: what each organisation used and was charged, per
 (period, plan version, model, metric), kept as requests are settled.
 
-Rating reads and writes them under the organisation's usage lock (``lock_usage``),
-so writers in several processes agree on the order of the charges.
+The metering writer adds to them (``charging.settlement_sql``): rating reads them under
+the organisation's usage lock (``lock_usage``), so that writers in several processes
+agree on the order of the charges, and stores what each batch adds, never a new value,
+as quick batches add to the same rows without that lock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import datetime
-from decimal import Decimal
-from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, select, text, update
+from sqlalchemy import select, text
 
 from modelmint.billing.metrics import Metric
 from modelmint.billing.plans import PlanRef
@@ -26,19 +25,6 @@ __all__ = ["USAGE_LOCK_SPACE", "UsageStore"]
 # (the second is the organisation id's hash); distinct from the migration lock's. The
 # metering writer's settlement (``charging.settlement_sql``) takes the same lock.
 USAGE_LOCK_SPACE = 0x6D6D6272  # "mmbr"
-
-_TOTAL_KEY = ("organization_id", "period_start", "plan_code", "plan_version", "model", "metric")
-_TOTALS = cast(Table, BillingUsageTotal.__table__)
-_UPDATE_TOTAL = (
-    update(_TOTALS)
-    .where(*(_TOTALS.c[c] == bindparam(f"k_{c}") for c in _TOTAL_KEY))
-    .values(
-        quantity=bindparam("quantity"),
-        included=bindparam("included"),
-        amount=bindparam("amount"),
-        charges=bindparam("charges"),
-    )
-)
 
 
 class UsageStore(StorePart):
@@ -75,44 +61,3 @@ class UsageStore(StorePart):
                 ChargedTotal(UsageTotal(key, quantity, included), row.amount, row.charges)
             )
         return totals
-
-    def save_usage_totals(
-        self,
-        organization_id: str,
-        period_start: datetime,
-        totals: Iterable[ChargedTotal],
-        *,
-        stored: set[UsageKey] | None = None,
-    ) -> None:
-        """Store new values of the given totals (call under ``lock_usage``); ``stored``
-        names the keys that have a row already, if the caller read them."""
-        wanted = {t.total.key: t for t in totals}
-        if not wanted:
-            return
-        if stored is None:
-            stored = {t.total.key for t in self.usage_totals(organization_id, period_start)}
-        existing = stored & set(wanted)
-        updates: list[dict[str, Any]] = []
-        inserts: list[dict[str, Any]] = []
-        for key, charged in sorted(wanted.items()):
-            row = {
-                "organization_id": organization_id,
-                "period_start": period_start,
-                "plan_code": key.plan.code,
-                "plan_version": key.plan.version,
-                "model": key.model,
-                "metric": key.metric.value,
-                "quantity": Decimal(charged.total.quantity),
-                "included": Decimal(charged.total.included),
-                "amount": charged.amount,
-                "charges": charged.charges,
-            }
-            if key in existing:
-                updates.append({f"k_{c}" if c in _TOTAL_KEY else c: v for c, v in row.items()})
-            else:
-                inserts.append(row)
-        # One round trip each, with statements built once (the writer calls this per batch).
-        if updates:
-            self._session.connection().execute(_UPDATE_TOTAL, updates)
-        if inserts:
-            self._session.execute(insert(BillingUsageTotal), inserts)
