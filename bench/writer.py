@@ -28,7 +28,7 @@ import contextlib
 import statistics
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -62,18 +62,7 @@ class Account:
 
 def event(account: Account, paid: bool) -> UsageEvent:
     """One chat completion as the gateway records it (13 tokens in, 9 out)."""
-    billing = (
-        {
-            "plan_code": "bench-payg",
-            "plan_version": 1,
-            "currency": "USD",
-            "wallet_lease": account.lease_id,
-            "lease_worst": Decimal("0.001"),
-        }
-        if paid
-        else {}
-    )
-    return UsageEvent(
+    unbilled = UsageEvent(
         id=new_id("req"),
         created_at=utcnow(),
         organization_id=account.organization_id,
@@ -87,7 +76,16 @@ def event(account: Account, paid: bool) -> UsageEvent:
         deployment_id=account.deployment_id,
         model_version_id=account.model_version_id,
         finish_reason="stop",
-        **billing,  # type: ignore[arg-type]
+    )
+    if not paid:
+        return unbilled
+    return replace(
+        unbilled,
+        plan_code="bench-payg",
+        plan_version=1,
+        currency="USD",
+        wallet_lease=account.lease_id,
+        lease_worst=Decimal("0.001"),
     )
 
 

@@ -59,15 +59,7 @@ class QuickSql:
         room for it, and look for the organisations' budgets. Their rows name each lease
         added to, and "#budget" if a budget exists. (On PostgreSQL see ``joined``.)"""
         sql = self._sql
-        rows = [
-            (org, sql.time(start), code, version, model, metric,
-             _text(quantity), _text(included), f"{amount:f}", charges)
-            for org, start, code, version, model, metric, quantity, included, amount, charges
-            in totals
-        ]  # fmt: skip
-        statements = [
-            sql.insert("billing_usage_totals", TOTAL_KEY + TOTAL_VALUES, rows, totals_added(sql))
-        ]
+        statements = [self._added(totals)]
         if pending:
             moment = sql.time(now)
             for lease_id, amount in pending:  # a batch names one or two leases
@@ -92,18 +84,8 @@ class QuickSql:
         id``, of ``events`` rows) in one statement of data-modifying CTEs, which checks
         the bet itself (``storage.batch.bet_checked``): it fails unless every event was
         new, every lease added to and no budget found. Its rows are the ids inserted."""
-        # Decimals go as JSON strings, which NUMERIC reads exactly (and orjson then
-        # needs no hook); times and metrics orjson writes itself.
-        records = [
-            {"organization_id": org, "period_start": start, "plan_code": code,
-             "plan_version": version, "model": model, "metric": metric,
-             "quantity": quantity if type(quantity) is int else f"{quantity:f}",
-             "included": included if type(included) is int else f"{included:f}",
-             "amount": f"{amount:f}", "charges": charges}
-            for org, start, code, version, model, metric, quantity, included, amount, charges
-            in totals
-        ]  # fmt: skip
-        params: list[Any] = [*insert.params, orjson.dumps(records).decode()]
+        added = self._added(totals)
+        params: list[Any] = [*insert.params, *added.params]
         if len(pending) == 1:
             shape = "one"
             [(lease_id, amount)] = pending
@@ -117,11 +99,24 @@ class QuickSql:
             shape = "none"
             params.append(events)
         params.append(text_array(organizations))
-        return Statement(_quick_with_text(insert.sql, shape), params)
+        return Statement(_quick_with_text(insert.sql, added.sql, shape), params)
+
+    def _added(self, totals: Sequence[AddedTotal]) -> Statement:
+        """The upsert adding ``totals`` to the usage totals, in either dialect. Quantities
+        and amounts go as exact text: ExactDecimal's storage on SQLite, what NUMERIC reads
+        exactly on PostgreSQL (where orjson then needs no hook for them)."""
+        sql = self._sql
+        rows = [
+            (org, sql.time(start), code, version, model, metric,
+             _text(quantity), _text(included), f"{amount:f}", charges)
+            for org, start, code, version, model, metric, quantity, included, amount, charges
+            in totals
+        ]  # fmt: skip
+        return sql.insert("billing_usage_totals", TOTAL_KEY + TOTAL_VALUES, rows, totals_added(sql))
 
 
 def _text(quantity: int | Decimal) -> str:
-    """A quantity as ExactDecimal's text on SQLite."""
+    """A quantity as exact text."""
     return str(quantity) if type(quantity) is int else f"{quantity:f}"
 
 
@@ -141,24 +136,15 @@ def _rows(values: Sequence[str]) -> list[tuple[Any, ...]]:
 
 
 @functools.lru_cache(maxsize=8)
-def _quick_with_text(insert: str, leases: str) -> str:
-    """``QuickSql.joined``'s statement around the usage rows' ``insert`` (built
-    once per shape: the writer sends it for every paid batch). ``leases`` says how the
-    batch's wallet leases are added to: "none", "one" (by its id: an index lookup,
-    where a join with a record set builds a hash table for one row) or "many"."""
-    sets = ", ".join(
-        [f"{c} = t.{c} + excluded.{c}" for c in ("quantity", "included", "amount")]
-        + ["charges = t.charges + excluded.charges"]
-    )
-    columns = ", ".join(TOTAL_KEY + TOTAL_VALUES)
+def _quick_with_text(insert: str, added: str, leases: str) -> str:
+    """``QuickSql.joined``'s statement around the usage rows' ``insert`` and the totals'
+    upsert ``added`` (built once per shape: the writer sends it for every paid batch).
+    ``leases`` says how the batch's wallet leases are added to: "none", "one" (by its
+    id: an index lookup, where a join with a record set builds a hash table for one
+    row) or "many"."""
     # Every parameter is text (JSON, or an array's text form), a time or a count:
     # psycopg adapts those for a fraction of what a Python list costs it.
-    ctes = [
-        f"inserted AS ({insert})",
-        f"added AS (INSERT INTO billing_usage_totals AS t ({columns}) "
-        f"SELECT {columns} FROM jsonb_populate_recordset(NULL::billing_usage_totals, %s::jsonb) "
-        f"ON CONFLICT ({', '.join(TOTAL_KEY)}) DO UPDATE SET {sets})",
-    ]
+    ctes = [f"inserted AS ({insert})", f"added AS ({added})"]
     if leases == "one":
         ctes.append(
             "charged AS (UPDATE billing_credit_leases l SET pending = l.pending + %s::numeric, "
