@@ -201,7 +201,9 @@ def test_feedback_trains_a_canaried_version_that_compare_reports(loop: Loop) -> 
             # The old deployment's backend stops as the new ones start: retry.
             assert exc.status_code == 503, exc
             return False
-        return len(_versions_of(loop, canary_ids)) == 2
+        # Two rated requests each at least: a score's 95% interval needs two.
+        served = _served_by_version(loop, canary_ids)
+        return set(served) == {1, 2} and min(served.values()) >= 2
 
     loop.wait("both versions serving", both_versions_served, timeout=60.0)
 
@@ -258,13 +260,15 @@ def test_feedback_trains_a_canaried_version_that_compare_reports(loop: Loop) -> 
     assert f"{by_version[1]['score']['count']:,} ratings" in card["card"]
 
 
-def _versions_of(loop: Loop, request_ids: list[str]) -> set[int]:
+def _served_by_version(loop: Loop, request_ids: list[str]) -> dict[int, int]:
+    """How many of ``request_ids`` each model version served."""
     if not request_ids:
-        return set()
+        return {}
     marks = ", ".join(f":r{i}" for i in range(len(request_ids)))
     found = loop.rows(
-        "SELECT DISTINCT v.version AS version FROM usage_records u "
-        f"JOIN model_versions v ON v.id = u.model_version_id WHERE u.id IN ({marks})",
+        "SELECT v.version AS version, count(*) AS n FROM usage_records u "
+        f"JOIN model_versions v ON v.id = u.model_version_id WHERE u.id IN ({marks}) "
+        "GROUP BY v.version",
         **{f"r{i}": r for i, r in enumerate(request_ids)},
     )
-    return {r["version"] for r in found}
+    return {r["version"]: r["n"] for r in found}
