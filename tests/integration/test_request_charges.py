@@ -93,6 +93,36 @@ def event(org: str, n: int, plan: str, **fields: object) -> UsageEvent:
     return UsageEvent(**values)  # type: ignore[arg-type]
 
 
+def test_an_id_named_twice_in_one_batch_is_stored_charged_and_totalled_once(
+    database: Database,
+) -> None:
+    org = setup_org(database, "twice", pro_plan())
+    first = event(org, 1, "pro", input_tokens=20, output_tokens=30)
+    again = event(org, 1, "pro", input_tokens=70, output_tokens=90)
+    usage_writer = UsageWriter(database, charging=Charger())
+    # Queued before the writer runs: one batch holds both.
+    futures = [usage_writer.submit(first), usage_writer.submit(again)]
+    usage_writer.start()
+    try:
+        assert [f.result(timeout=30) for f in futures] == [None, None]
+    finally:
+        usage_writer.close()
+    assert usage_writer.batches == 1
+    with database.session() as session:
+        [row] = session.scalars(select(UsageRecord).where(UsageRecord.organization_id == org))
+        totals = {
+            t.metric: t
+            for t in session.scalars(
+                select(BillingUsageTotal).where(BillingUsageTotal.organization_id == org)
+            )
+        }
+    assert (row.input_tokens, row.output_tokens) == (20, 30)  # the first one stands
+    assert row.charge == OUTPUT_RATE.price(30)  # its input is within the included 100
+    assert (totals["input_tokens"].quantity, totals["output_tokens"].quantity) == (20, 30)
+    assert totals["output_tokens"].amount == OUTPUT_RATE.price(30)
+    assert totals["output_tokens"].charges == 1
+
+
 def test_subscription_charges_add_up_to_the_invoice_to_the_last_unit(
     database: Database, writer: UsageWriter
 ) -> None:

@@ -47,6 +47,11 @@ def stored(database: Database) -> dict[str, UsageRecord]:
         return {row.id: row for row in session.scalars(select(UsageRecord))}
 
 
+def session_rows(database: Database, sql: str) -> list[tuple[Any, ...]]:
+    with database.session() as session:
+        return [tuple(row) for row in session.execute(text(sql))]
+
+
 @pytest.fixture
 def writer(database: Database) -> Iterator[UsageWriter]:
     writer = UsageWriter(database)
@@ -162,6 +167,14 @@ async def test_duplicate_id_is_written_once_without_error(
     rows = stored(database)
     assert list(rows) == ["req_dup"]
     assert rows["req_dup"].output_tokens == 1  # the first write stands
+    # Rolled up once: the retry's bet (every event new) was lost and its sums undone.
+    with database.session() as session:
+        rolled = dict(
+            session.execute(text("SELECT metric, quantity FROM usage_rollups_hourly")).all()
+        )
+    assert (rolled["requests"], rolled["output_tokens"], rolled["input_tokens"]) == (1, 1, 12)
+    hourly = session_rows(database, "SELECT requests, output_tokens FROM analytics_usage_hourly")
+    assert hourly == [(1, 1)]
 
 
 def test_close_drains_pending_events(database: Database) -> None:

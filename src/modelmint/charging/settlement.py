@@ -264,8 +264,9 @@ class BatchSettlement:
         """Rate and settle the ``fresh`` events (those the insert stored) with the rows
         ``reads`` returned."""
         reads = self._sql.parse(results, len(self.keys.organizations))
-        ids = {e.id for e in fresh}
-        billed = [e for e in self._billed if e.id in ids]
+        # The very events stored: of an id the batch names twice, only the first.
+        stored = {id(e) for e in fresh}
+        billed = [e for e in self._billed if id(e) in stored]
         charges: dict[str, Decimal] = {}
         alerts: list[dict[str, Any]] = []
         statements: list[Statement] = []

@@ -8,11 +8,15 @@ inserted, so a retried event is neither stored, rolled up nor charged twice.
 
 Events on a plan are settled by the ``charging`` hook (``charging.Charger``) in the
 same transaction. A quick batch (charges known before the insert) goes in one round
-trip, like a batch without charges on PostgreSQL (``_in_one_trip``), where that trip
-carries the COMMIT too: the insert checks the batch's bet in the database and fails
-the transaction when it was lost. Any other batch takes two round trips and a commit:
-the usage rows' insert with the settlement's locks and reads, then the settlement's
-writes, the charges and the rollups (``_settled``).
+trip, like a batch without charges (``_in_one_trip``), betting that every event is
+new. On PostgreSQL that trip carries the COMMIT too: the insert checks the bet in the
+database and fails the transaction when it was lost. On SQLite, in process, the bet
+is checked on the statements' rows; there the gain is that the statements are built
+before the writer takes its turn at the one write lock (``storage.write_turn``), so
+the other processes' writers wait only for the database's work. Any other batch (or
+one whose bet was lost) takes two round trips and a commit: the usage rows' insert
+with the settlement's locks and reads, then the settlement's writes, the charges and
+the rollups (``_settled``).
 
 Last, the analytics rollups (``rollups.economics_rows`` per hour and per day, daily
 totals per currency, and the latency histogram) take the fresh events with their
@@ -28,6 +32,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
@@ -176,6 +181,18 @@ def _checked_insert_text(insert: str) -> str:
     return bet_checked([f"inserted AS ({insert})"], "(SELECT count(*) FROM inserted) = %s")
 
 
+def _first_of_each(events: list[UsageEvent], inserted: set[str]) -> list[UsageEvent]:
+    """The events the insert stored: of a batch naming one id twice, only the first
+    (the insert skips the second as a conflict with the first), so that it is neither
+    rolled up nor charged twice."""
+    fresh = []
+    for event in events:
+        if event.id in inserted:
+            fresh.append(event)
+            inserted.discard(event.id)
+    return fresh
+
+
 def _exact_add_text(left: str | None, right: str | None) -> str:
     total = EXACT.add(Decimal(left or 0), Decimal(right or 0))
     return f"{total:f}"
@@ -190,6 +207,19 @@ def _exact_room(amount: str | None, pending: str | None, wanted: str | None) -> 
     """1 if ``amount - pending >= wanted`` (a lease has room for a charge), else 0."""
     left = EXACT.subtract(Decimal(amount or 0), Decimal(pending or 0))
     return int(left >= Decimal(wanted or 0))
+
+
+@dataclass(frozen=True, slots=True)
+class _Trip:
+    """A batch ready to go in one round trip: its ``statements``, the usage rows' insert
+    first, then on SQLite the ``owned`` statements of its quick settlement (whose rows
+    check the bet), then the rollups."""
+
+    events: list[UsageEvent]
+    ids: set[str]
+    quick: QuickCharges | None
+    statements: list[Statement]
+    owned: int
 
 
 class UsageStore:
@@ -218,32 +248,33 @@ class UsageStore:
         connection replaced, so a database that went away is reconnected to next time.
         """
         connection = self._connect()
+        try:
+            # The transaction's SQLAlchemy side only: no statement has been sent, so no
+            # SQLite lock is taken until the turn below (a plan's first load reads
+            # outside any transaction there).
+            connection.begin()
+            trip = self._one_trip(connection, events)
+        except BaseException:
+            self._discard()
+            raise
+        # The turn is held only while the database works: a one-trip batch's statements
+        # were built before it, so the other processes' writers do not wait on this
+        # one's Python (nor on this process's event loop, for the GIL).
         with self._db.write_turn():
-            fresh, done = self._commit(connection, events)
+            fresh, done = self._commit(connection, events, trip)
         if done is not None:
             done()
         return len(fresh)
 
     def _commit(
-        self, connection: Connection, events: list[UsageEvent]
+        self, connection: Connection, events: list[UsageEvent], trip: _Trip | None
     ) -> tuple[list[UsageEvent], Callable[[], None] | None]:
         try:
-            # The DBAPI connection itself: SQLAlchemy's result wrapper cost more per row
-            # than the database's work on this hot path. The transaction is begun through
-            # SQLAlchemy, so that ``connection.commit()`` below commits it.
-            connection.begin()
-            quick = None
-            if self._charges_due(events):
-                assert self._charging is not None
-                quick = self._charging.quick(self._sql, events, lambda: Session(bind=connection))
-                one_trip = quick is not None
-            else:  # SQLite runs in process: no round trip to save
-                one_trip = not self._sqlite
             fresh: list[UsageEvent] | None = None
             done: Callable[[], None] | None = None
             way = "two_trips"
-            if one_trip:
-                fresh, done = self._in_one_trip(connection, events, quick)
+            if trip is not None:
+                fresh, done = self._in_one_trip(connection, trip)
                 way = "one_trip" if fresh is not None else "retried"
             if fresh is None:
                 fresh, done = self._settled(connection, events)
@@ -259,10 +290,36 @@ class UsageStore:
         if self._charging is not None:
             self._charging.lost(events)
 
+    def _one_trip(self, connection: Connection, events: list[UsageEvent]) -> _Trip | None:
+        """The batch's statements for one round trip (``_in_one_trip``), betting that
+        every event is new, or None when it must go the general way: a paid batch that
+        is not quick, or a batch naming one event twice (only one of them can be new).
+        On SQLite there is no round trip to save, but the statements are built before
+        the write turn and sent in one go under it."""
+        quick = None
+        if self._charges_due(events):
+            assert self._charging is not None
+            quick = self._charging.quick(self._sql, events, lambda: Session(bind=connection))
+            if quick is None:
+                return None
+        ids = {event.id for event in events}
+        if len(ids) < len(events):
+            return None
+        charges = quick.charges if quick else {}
+        insert = self._insert_usage(events, charges)
+        sums = self._sums(events, charges)
+        if self._sqlite:
+            owned = quick.statements if quick else []
+            return _Trip(events, ids, quick, [insert, *owned, *sums], len(owned))
+        joined = quick.joined(insert, len(events)) if quick else None
+        if joined is None:
+            joined = Statement(_checked_insert_text(insert.sql), (*insert.params, len(events)))
+        return _Trip(events, ids, quick, [joined, *sums, COMMIT], 0)
+
     def _in_one_trip(
-        self, connection: Connection, events: list[UsageEvent], quick: QuickCharges | None
+        self, connection: Connection, trip: _Trip
     ) -> tuple[list[UsageEvent] | None, Callable[[], None] | None]:
-        """A batch whose charges are known (none, or ``quick``'s) in one round trip
+        """A batch whose charges are known (none, or ``trip.quick``'s) in one round trip
         (psycopg's pipeline mode), betting that every event is new, as all but retried
         ones are, and on what ``quick`` bets.
 
@@ -273,34 +330,27 @@ class UsageStore:
         None) returned, for ``_settled`` to do it again the general way.
         """
         raw: Any = connection.connection.driver_connection
-        ids = {event.id for event in events}
-        if len(ids) < len(events):
-            return None, None  # a batch naming one event twice: only one of them is new
-        charges = quick.charges if quick else {}
-        insert = self._insert_usage(events, charges)
-        sums = self._sums(events, charges)
+        quick = trip.quick
         if self._sqlite:
-            # In process (and only quick batches come here): the bet is checked on the
-            # statements' rows, before the commit.
-            assert quick is not None
-            owned = list(quick.statements)
-            results = run(raw, True, [insert, *owned, *sums])
-            written = results[1 : 1 + len(owned)]
-            if {row[0] for row in results[0]} == ids and quick.holds(written):
-                return events, lambda: quick.committed(ids, written)
+            # In process: the bet is checked on the statements' rows, before the commit.
+            results = run(raw, True, trip.statements)
+            written = results[1 : 1 + trip.owned]
+            if {row[0] for row in results[0]} != trip.ids:
+                return self._bet_lost(connection)
+            if quick is None:
+                return trip.events, None
+            if quick.holds(written):
+                return trip.events, lambda: quick.committed(trip.ids, written)
             return self._bet_lost(connection)
-        joined = quick.joined(insert, len(events)) if quick else None
-        if joined is None:
-            joined = Statement(_checked_insert_text(insert.sql), (*insert.params, len(events)))
         try:
-            run(raw, False, [joined, *sums, COMMIT])
+            run(raw, False, trip.statements)
         except Exception as exc:
             if getattr(exc, "sqlstate", None) != BET_LOST:
                 raise
             return self._bet_lost(connection)
         if quick is None:
-            return events, None
-        return events, lambda: quick.committed(ids, [])
+            return trip.events, None
+        return trip.events, lambda: quick.committed(trip.ids, [])
 
     @staticmethod
     def _bet_lost(connection: Connection) -> tuple[None, None]:
@@ -322,8 +372,7 @@ class UsageStore:
             batch = self._charging.begin(self._sql, events, lambda: Session(bind=connection))
         reads = [self._insert_usage(events, {}), *(batch.reads if batch else ())]
         results = run(raw, self._sqlite, reads)
-        inserted = {row[0] for row in results[0]}
-        fresh = [event for event in events if event.id in inserted]
+        fresh = _first_of_each(events, {row[0] for row in results[0]})
         if not fresh:
             return fresh, (lambda: batch.committed(set(), [])) if batch else None
         charges: dict[str, Decimal] = {}
