@@ -158,9 +158,8 @@ def measure(database: Database, name: str, rounds: int, warmup: int) -> dict[int
                     elapsed = time.perf_counter() - started
                     if index >= warmup:
                         times[paid].append(elapsed * 1e6)
-            # Every paid batch in one trip; on PostgreSQL every unbilled batch too (on
-            # SQLite they take the general way: in process, no round trip to save).
-            expected = (warmup + rounds) * (1 if database.is_sqlite else 2)
+            # Every batch in one trip, paid and unbilled.
+            expected = (warmup + rounds) * 2
             quick = one_trips() - quick_before == expected
             exact[size] = quick and charged_through(database, who.lease_id)
             report(name, size, times, exact[size])
