@@ -141,13 +141,16 @@ def upstream() -> Iterator[MockUpstreamProcess]:
 ClusterFactory = Callable[..., Cluster]
 
 
-@pytest.fixture
-def postgres_cluster(
-    tmp_path: Path, fresh_postgres_url: str, redis_url: str, upstream: MockUpstreamProcess
+def _clusters(
+    database: Database,
+    homes: list[Path],
+    env: dict[str, str],
+    upstream: MockUpstreamProcess,
+    *up_args: str,
 ) -> Iterator[ClusterFactory]:
-    """Two gateway processes on one PostgreSQL and one Redis."""
+    """A factory of clusters on ``database``: a gateway process per home (``modelmint up
+    *up_args``), all stopped afterwards."""
     started: list[Server] = []
-    database = Database(fresh_postgres_url)
 
     def make(
         *,
@@ -156,20 +159,18 @@ def postgres_cluster(
         budget: str | None = None,
         lease_ttl: float = 30.0,
     ) -> Cluster:
-        env = {
-            "MODELMINT_DATABASE_URL": fresh_postgres_url,
-            "MODELMINT_REDIS_URL": redis_url,
+        server_env = {
+            **env,
             "MODELMINT_LOAD_BUNDLED_MODELS": "false",
             "MODELMINT_ADMIN_TOKEN": ADMIN,
             "MODELMINT_CREDIT_LEASE_TTL_S": str(lease_ttl),
         }
-        servers = [
-            Server(home=tmp_path / f"gw{i}", admin_token=ADMIN, extra_env=env) for i in (0, 1)
-        ]
+        servers = [Server(home=home, admin_token=ADMIN, extra_env=server_env) for home in homes]
         cli(servers[0].env, "models", "add-remote", "mock", "--base-url", upstream.base_url)
+        migrate(database)
         org, key = _setup(database, credit=credit, prices=prices, budget=budget)
         for server in servers:
-            server.start(ready_timeout=60)
+            server.start(*up_args, ready_timeout=60)
             started.append(server)
         return Cluster(servers, database, org, key)
 
@@ -180,35 +181,20 @@ def postgres_cluster(
 
 
 @pytest.fixture
+def postgres_cluster(
+    tmp_path: Path, fresh_postgres_url: str, redis_url: str, upstream: MockUpstreamProcess
+) -> Iterator[ClusterFactory]:
+    """Two gateway processes on one PostgreSQL and one Redis."""
+    env = {"MODELMINT_DATABASE_URL": fresh_postgres_url, "MODELMINT_REDIS_URL": redis_url}
+    homes = [tmp_path / "gw0", tmp_path / "gw1"]
+    yield from _clusters(Database(fresh_postgres_url), homes, env, upstream)
+
+
+@pytest.fixture
 def sqlite_cluster(tmp_path: Path, upstream: MockUpstreamProcess) -> Iterator[ClusterFactory]:
     """One gateway process with two workers (each its own leases) on one SQLite file."""
-    started: list[Server] = []
     database = Database(f"sqlite:///{tmp_path / 'modelmint.db'}")
-
-    def make(
-        *,
-        credit: str | None = None,
-        prices: dict[Metric, FlatRate] = PRICES,
-        budget: str | None = None,
-        lease_ttl: float = 30.0,
-    ) -> Cluster:
-        env = {
-            "MODELMINT_LOAD_BUNDLED_MODELS": "false",
-            "MODELMINT_ADMIN_TOKEN": ADMIN,
-            "MODELMINT_CREDIT_LEASE_TTL_S": str(lease_ttl),
-        }
-        server = Server(home=tmp_path, admin_token=ADMIN, extra_env=env)
-        cli(server.env, "models", "add-remote", "mock", "--base-url", upstream.base_url)
-        migrate(database)
-        org, key = _setup(database, credit=credit, prices=prices, budget=budget)
-        server.start("--workers", "2", ready_timeout=60)
-        started.append(server)
-        return Cluster([server], database, org, key)
-
-    yield make
-    for server in started:
-        server.stop()
-    database.dispose()
+    yield from _clusters(database, [tmp_path], {}, upstream, "--workers", "2")
 
 
 @pytest.fixture(params=["postgres", "sqlite"])

@@ -182,9 +182,9 @@ def _checked_insert_text(insert: str) -> str:
 
 
 def _first_of_each(events: list[UsageEvent], inserted: set[str]) -> list[UsageEvent]:
-    """The events the insert stored: of a batch naming one id twice, only the first
-    (the insert skips the second as a conflict with the first), so that it is neither
-    rolled up nor charged twice."""
+    """The events the insert stored (``inserted``, their ids, is used up): of a batch
+    naming one id twice, only the first (the insert skips the second as a conflict with
+    the first), so that it is neither rolled up nor charged twice."""
     fresh = []
     for event in events:
         if event.id in inserted:
@@ -329,28 +329,29 @@ class UsageStore:
         2-vCPU machine. When a bet is lost the transaction is rolled back and (None,
         None) returned, for ``_settled`` to do it again the general way.
         """
+        # The DBAPI connection itself: SQLAlchemy's result wrapper cost more per row than
+        # the database's work on this hot path. The transaction was begun through
+        # SQLAlchemy, so that ``connection.commit()`` commits it.
         raw: Any = connection.connection.driver_connection
         quick = trip.quick
+        written: list[Rows] = []  # the quick settlement's rows (SQLite only)
         if self._sqlite:
             # In process: the bet is checked on the statements' rows, before the commit.
             results = run(raw, True, trip.statements)
             written = results[1 : 1 + trip.owned]
-            if {row[0] for row in results[0]} != trip.ids:
+            all_new = {row[0] for row in results[0]} == trip.ids
+            if not all_new or (quick is not None and not quick.holds(written)):
                 return self._bet_lost(connection)
-            if quick is None:
-                return trip.events, None
-            if quick.holds(written):
-                return trip.events, lambda: quick.committed(trip.ids, written)
-            return self._bet_lost(connection)
-        try:
-            run(raw, False, trip.statements)
-        except Exception as exc:
-            if getattr(exc, "sqlstate", None) != BET_LOST:
-                raise
-            return self._bet_lost(connection)
+        else:
+            try:
+                run(raw, False, trip.statements)
+            except Exception as exc:
+                if getattr(exc, "sqlstate", None) != BET_LOST:
+                    raise
+                return self._bet_lost(connection)
         if quick is None:
             return trip.events, None
-        return trip.events, lambda: quick.committed(trip.ids, [])
+        return trip.events, lambda: quick.committed(trip.ids, written)
 
     @staticmethod
     def _bet_lost(connection: Connection) -> tuple[None, None]:
